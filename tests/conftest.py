@@ -1,0 +1,25 @@
+"""Shared test fixtures. Real data comes from ../shared/data/cxr3 (or $CXR_DATA), never from the repo."""
+
+import os
+
+# Tests run on the CPU, also on machines that have an accelerator, so numbers are comparable.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from cxr_jax import paths  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cxr3_root():
+  root = paths.default_data_root()
+  if not (root / "manifest.csv").is_file():
+    pytest.fail(f"cxr3 data not found at {root}: set CXR_DATA to the folder holding manifest.csv")
+  return root
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+  """A cache root shared by the tests of one session (built datasets, converted weights)."""
+  return tmp_path_factory.mktemp("cxr_jax_cache")
