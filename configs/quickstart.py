@@ -1,0 +1,22 @@
+"""VGG16-FT2 sized for a 2-core CPU: real ImageNet weights, real cxr3 images, ~15 minutes.
+
+What changes from configs/vgg16_ft2.py, and why: 128 px instead of 800 (compute is quadratic in
+size), global average pooling head (the 800 px flatten head alone has 82M weights), a larger
+learning rate and few epochs so that the short run gets somewhere.
+"""
+
+from configs import vgg16_ft2
+
+
+def get_config():
+  c = vgg16_ft2.get_config()
+  c.data.image_size = 128
+  c.data.balance = False
+  c.model.head = "gap"
+  c.train.batch_size = 16
+  c.train.learning_rate = 1e-4
+  c.train.num_epochs = 3
+  c.train.early_stopping_patience = 3
+  c.train.plateau_patience = 1
+  c.train.eval_batch_size = 32
+  return c

@@ -1,0 +1,229 @@
+"""The training loop: `train_and_evaluate(config, workdir)` (flax examples' entry-point shape)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers, periodic_actions
+from flax import jax_utils
+
+from cxr_jax import data, models, weights
+from cxr_jax.train import checkpoint, optim, overview
+from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run derives from its config before the first step."""
+  config: ml_collections.ConfigDict
+  built: data.BuiltDataset
+  split_ids: dict
+  model: object
+  tx: object
+  plateau: object
+  state: TrainState
+  preprocessing: str
+  versions: dict
+  class_weights: np.ndarray
+
+
+def init_params(model, config, rng):
+  size = config.data.image_size
+  dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+  return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)["params"]
+
+
+def pretrained_params(params, model_config):
+  """Fresh params with the backbone replaced by ImageNet weights; returns (params, preproc, version)."""
+  if model_config.pretrained == "none":
+    return params, "torchvision", "random-init"
+  if model_config.pretrained != "imagenet":
+    raise ValueError(f"config.model.pretrained={model_config.pretrained!r}: use imagenet or none")
+  pre = weights.load_pretrained(model_config.arch, source=model_config.weights_source or None)
+  return weights.merge_pretrained(params, pre.params), pre.preprocessing, pre.version
+
+
+def class_weights_for(labels: np.ndarray, num_classes: int, enabled: bool) -> np.ndarray:
+  if not enabled:
+    return np.ones(num_classes, np.float32)
+  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+  return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  built = data.build_dataset(config.data)
+  split_ids = data.make_splits(built.metadata, config.data)
+  model = models.create_model(config.model)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  params = init_params(model, config, init_rng)
+  params, preprocessing, weights_version = pretrained_params(params, config.model)
+  tx = optim.make_optimizer(params, config)
+  plateau = optim.make_plateau(config.train)
+  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
+                     plateau_state=plateau.init({}), rng=state_rng)
+  train_labels = built.metadata["label"][split_ids["train"]]
+  versions = {
+      "dataset": built.version, "weights": weights_version, "preprocessing": preprocessing,
+      "jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),
+      "devices": [str(d) for d in jax.devices()],
+      "split_sizes": {k: int(len(v)) for k, v in split_ids.items()},
+  }
+  return Setup(config, built, split_ids, model, tx, plateau, state, preprocessing, versions,
+               class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting))
+
+
+def _local_shard(batch: dict) -> dict:
+  """This process's rows of a batch laid out as [global devices, per-device batch, ...]."""
+  if jax.process_count() == 1:
+    return batch
+  n = jax.local_device_count()
+  start = jax.process_index() * n
+  return {k: v[start:start + n] for k, v in batch.items()}
+
+
+def train_batches(s: Setup, epoch: int):
+  return data.make_dataset(
+      s.built, s.split_ids["train"], batch_size=s.config.train.batch_size,
+      num_devices=jax.device_count(), preprocessing=s.preprocessing, train=True,
+      seed=s.config.seed, epoch=epoch, data_config=s.config.data)
+
+
+def steps_per_epoch(s: Setup) -> int:
+  full = len(s.split_ids["train"]) // s.config.train.batch_size
+  if full == 0:
+    raise ValueError(
+        f"the training split has {len(s.split_ids['train'])} images, fewer than one batch of "
+        f"config.train.batch_size={s.config.train.batch_size}")
+  cap = s.config.train.steps_per_epoch
+  return min(full, cap) if cap > 0 else full
+
+
+def predict_split(s: Setup, p_eval, params, split: str):
+  """Logits and labels of every example of a split, padding removed, in split order."""
+  logits, labels, ids = [], [], []
+  for batch in data.make_dataset(
+      s.built, s.split_ids[split], batch_size=s.config.train.eval_batch_size,
+      num_devices=jax.local_device_count(), preprocessing=s.preprocessing, train=False,
+      seed=s.config.seed, epoch=0, data_config=s.config.data):
+    out = np.asarray(p_eval(params, {"image": batch["image"]}))
+    keep = batch["mask"].reshape(-1) > 0
+    logits.append(out.reshape(-1, out.shape[-1])[keep])
+    labels.append(batch["label"].reshape(-1)[keep])
+    ids.append(batch["index"].reshape(-1)[keep])
+  return np.concatenate(logits), np.concatenate(labels), np.concatenate(ids)
+
+
+def validation_metrics(s: Setup, p_eval, params) -> dict:
+  logits, labels, _ = predict_split(s, p_eval, params, "val")
+  logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+  loss = -np.asarray(logp)[np.arange(len(labels)), labels]
+  return {"val_loss": float(loss.mean()), "val_accuracy": float((logits.argmax(-1) == labels).mean())}
+
+
+def _prepare_batch(s: Setup, batch: dict, epoch: int, step: int) -> dict:
+  batch = {"image": batch["image"], "label": batch["label"],
+           "weight": s.class_weights[batch["label"]]}
+  if s.config.train.mixup_alpha > 0:
+    rng = np.random.default_rng([s.config.seed, epoch, step])
+    batch = mixup(batch, s.config.train.mixup_alpha, s.config.model.num_classes, rng)
+  return _local_shard(batch)
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def train(s: Setup, workdir: Path) -> dict:
+  """Trains with resume; returns the loop state (epochs run, best epoch, history)."""
+  config = s.config
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
+  ckpt = checkpoint.Checkpoints(workdir)
+  restored = ckpt.restore_latest(s.state)
+  state, loop = s.state, {"epoch": 0, "early_stopping": None, "history": [], "finished": False}
+  if restored is not None:
+    state, loop = restored
+    logging.info("Resuming from %s at epoch %d (step %d)", workdir, loop["epoch"], int(state.step))
+  else:
+    overview.log_overview(state.params, config.model.trainable_blocks)
+  stopper = (optim.EarlyStopping.from_dict(loop["early_stopping"]) if loop["early_stopping"]
+             else optim.EarlyStopping(config.train.early_stopping_patience))
+  if loop["finished"]:
+    ckpt.close()
+    return loop
+
+  p_train, p_eval = make_pmapped_steps(s.model, s.tx, config.model.num_classes)
+  n_steps = steps_per_epoch(s)
+  max_steps = config.train.max_steps if config.train.max_steps > 0 else None
+  total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  r_state = jax_utils.replicate(state)
+  step = int(state.step)
+  for epoch in range(loop["epoch"], config.train.num_epochs):
+    train_metrics = []
+    for i, batch in enumerate(train_batches(s, epoch)):
+      if i >= n_steps or (max_steps and step >= max_steps):
+        break
+      r_state, metrics = p_train(r_state, _prepare_batch(s, batch, epoch, step))
+      step += 1
+      metrics = jax.tree.map(lambda x: float(x[0]), metrics)
+      if not np.isfinite(metrics["loss"]):
+        ckpt.close()
+        raise NonFiniteLoss(
+            f"loss is {metrics['loss']} at step {step} (epoch {epoch}); the last good checkpoint "
+            f"(end of epoch {loop['epoch'] - 1}) is kept in {workdir}/checkpoints. Lower "
+            f"config.train.learning_rate or check the input data.")
+      train_metrics.append(metrics)
+      progress(step)
+      if step % config.train.log_every_steps == 0:
+        writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
+
+    state = jax_utils.unreplicate(r_state)
+    val = validation_metrics(s, p_eval, r_state.params)
+    state = state.replace(plateau_state=optim.plateau_step(s.plateau, state.plateau_state,
+                                                           val["val_loss"]))
+    improved, stop = stopper.update(epoch, val["val_loss"])
+    epoch_metrics = {"epoch": epoch, "step": step, **val,
+                     "train_loss": float(np.mean([m["loss"] for m in train_metrics] or [np.nan])),
+                     "lr": config.train.learning_rate * float(state.plateau_state.scale)}
+    writer.write_scalars(step, {k: v for k, v in epoch_metrics.items() if k != "epoch"})
+    logging.info("epoch %d: %s", epoch, json.dumps(epoch_metrics))
+    if improved:
+      ckpt.save_best(epoch, {"params": state.params}, {"epoch": epoch, **val})
+    out_of_steps = bool(max_steps and step >= max_steps)
+    loop = {"epoch": epoch + 1, "early_stopping": stopper.to_dict(),
+            "history": loop["history"] + [epoch_metrics],
+            "finished": stop or out_of_steps or epoch + 1 == config.train.num_epochs}
+    ckpt.save_latest(epoch, state, loop)
+    r_state = jax_utils.replicate(state)
+    if loop["finished"]:
+      break
+  writer.flush()
+  ckpt.close()
+  return loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains (or resumes) in `workdir`, then evaluates the kept parameters on the test split."""
+  workdir = Path(workdir)
+  s = setup(config)
+  checkpoint.write_run_info(workdir, config, s.versions)
+  loop = train(s, workdir)
+  (workdir / "history.json").write_text(json.dumps(loop["history"], indent=2))
+  return evaluate_kept(s, workdir)
+
+
+def evaluate_kept(s: Setup, workdir: Path) -> dict:
+  """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json."""
+  from cxr_jax import evaluate  # evaluation pulls in plotting; import only when needed
+
+  return evaluate.evaluate_workdir(workdir, split="test", config=s.config)

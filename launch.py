@@ -1,0 +1,71 @@
+"""Entry point: python launch.py --config=configs/vgg16_ft2.py --workdir=workdirs/ft2 [--mode=...]
+
+Modes: train (train, resume if the workdir has a checkpoint, then evaluate on the test split),
+evaluate (recompute metrics and plots from the kept checkpoint), explain (Grad-CAM overlays).
+Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain"], "What to do.")
+flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
+flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++"], "Heatmap method for explain.")
+flags.DEFINE_integer("per_class", 4, "Images per class (right and wrong each) for explain.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  import jax  # after flag parsing, so --help is fast
+
+  config = FLAGS.config
+  if config.distributed:
+    # Multi-host: one process per host, coordinator address etc. from the environment
+    # (see README, "Multi-host training").
+    jax.distributed.initialize()
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX
+  logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+               jax.process_count())
+
+  if FLAGS.mode == "train":
+    from cxr_jax import train
+
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == "evaluate":
+    from cxr_jax import evaluate
+
+    result = evaluate.evaluate_workdir(FLAGS.workdir, split=FLAGS.split, config=config)
+  else:
+    from cxr_jax import explain
+
+    result = explain.explain_workdir(FLAGS.workdir, split=FLAGS.split, per_class=FLAGS.per_class,
+                                     method=FLAGS.method, config=config)
+  if jax.process_index() == 0:
+    summary = result if isinstance(result, dict) else {"result": str(result)}
+    print(json.dumps(_headline(summary), indent=2), file=sys.stdout)
+
+
+def _headline(metrics: dict) -> dict:
+  """The few numbers worth printing at the end; the full set is in the workdir."""
+  keys = ("accuracy", "auc", "per_class", "num_examples", "written")
+  picked = {k: metrics[k] for k in keys if k in metrics}
+  return picked or metrics
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,78 @@
+"""Fine-tuning degree labels, plateau schedule and early stopping, on constructed inputs."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from cxr_jax.train import optim
+
+
+def _tree():
+  params = {f"block{i}": {"conv1": {"kernel": np.zeros((3, 3, 1, 1)), "bias": np.zeros(1)}}
+            for i in range(1, 6)}
+  params["head"] = {"logits": {"kernel": np.zeros((1, 3)), "bias": np.zeros(3)}}
+  return params
+
+
+@pytest.mark.parametrize("k", range(6))
+def test_labels_follow_fine_tuning_degree(k):
+  labels = optim.param_labels(_tree(), k)
+  frozen = {name for name, sub in labels.items()
+            if set(jax.tree.leaves(sub)) == {optim.FROZEN}}
+  assert frozen == {f"block{i}" for i in range(1, 6 - k)}
+  assert set(jax.tree.leaves(labels["head"])) == {optim.TRAINABLE}
+  assert optim.trainable_block_names(k) == tuple(f"block{i}" for i in range(6 - k, 6))
+
+
+def test_bad_degree_is_refused():
+  with pytest.raises(ValueError, match="trainable_blocks=6"):
+    optim.param_labels(_tree(), 6)
+
+
+def test_frozen_params_never_move_even_with_gradient():
+  config = default.get_config()
+  config.model.trainable_blocks = 1
+  params = jax.tree.map(lambda x: np.ones_like(x, np.float32), _tree())
+  tx = optim.make_optimizer(params, config)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  moved = optax.apply_updates(params, updates)
+  for i in range(1, 5):
+    np.testing.assert_array_equal(moved[f"block{i}"]["conv1"]["kernel"], 1.0)
+  assert np.all(moved["block5"]["conv1"]["kernel"] < 1.0)
+  assert np.all(moved["head"]["logits"]["kernel"] < 1.0)
+
+
+def test_rmsprop_matches_keras_update():
+  # Keras RMSprop, first step from zero accumulators: v = (1-rho) g^2; x -= lr g / (sqrt(v) + eps).
+  config = default.get_config()
+  tx = optim.base_optimizer(config.train)
+  g = np.array([0.3, -2.0, 1e-4], np.float32)
+  updates, _ = tx.update(g, tx.init(g))
+  lr, rho, eps = 1e-5, 0.9, 1e-7
+  expected = -lr * g / (np.sqrt((1 - rho) * g**2) + eps)
+  np.testing.assert_allclose(updates, expected, rtol=1e-5)
+
+
+def test_plateau_reduces_lr_after_patience_epochs_of_stall():
+  config = default.get_config().train
+  config.plateau_factor, config.plateau_patience = 0.5, 2
+  plateau = optim.make_plateau(config)
+  state = plateau.init({})
+  scales = []
+  for val_loss in [1.0, 0.8, 0.8, 0.8, 0.7, 0.9, 0.9, 0.9, 0.9]:
+    state = optim.plateau_step(plateau, state, val_loss)
+    scales.append(float(state.scale))
+  assert scales == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
+
+
+def test_early_stopping_keeps_best_epoch_and_stops_after_patience():
+  stopper = optim.EarlyStopping(patience=3)
+  losses = [1.0, 0.7, 0.75, 0.69, 0.8, 0.9, 0.71]
+  decisions = [stopper.update(epoch, loss) for epoch, loss in enumerate(losses)]
+  assert [d[0] for d in decisions] == [True, True, False, True, False, False, False]
+  assert [d[1] for d in decisions] == [False] * 6 + [True]
+  restored = optim.EarlyStopping.from_dict(stopper.to_dict())
+  assert restored.best_epoch == 3 and restored.best_loss == pytest.approx(0.69)
