@@ -1,0 +1,154 @@
+"""build_dataset: read the sources, build (or reuse) the TFDS dataset, report rejects."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cxr_jax import paths
+from cxr_jax.data import readers
+from cxr_jax.data.preprocess import PreprocessConfig
+from cxr_jax.data.records import LABELS
+from cxr_jax.data.tfds_builder import SPLIT, CxrDataset, make_builder_config
+
+REPORT_NAME = "rejects.json"         # in the builder config's folder, rewritten on every build
+_BUILD_LOG_NAME = "cxr_build.json"   # in the version folder, written once with the dataset
+_STRING_FIELDS = ("patient_id", "patient_group", "source", "file", "sha1")
+
+
+class DataBuildError(RuntimeError):
+  """The sources cannot make a usable dataset (too many rejects, an empty class...)."""
+
+
+@dataclasses.dataclass
+class BuiltDataset:
+  """A built TFDS dataset with its per-example metadata (arrays indexed by example id).
+
+  Attributes:
+    name: builder and config, e.g. 'cxr_dataset/s224_0123456789ab' (the hash covers content).
+    version: name plus builder version, e.g. 'cxr_dataset/s224_0123456789ab:1.0.0'; record it
+      with runs.
+    data_dir: the TFDS data dir holding it.
+    builder: the TFDS builder.
+    metadata: id, label (index into LABELS), patient_id, patient_group, source, file,
+      orig_height, orig_width, sha1; numpy arrays, metadata[k][i] belongs to example id i.
+    rejects: [{file, reason}] for every source file that could not be used.
+    duplicates: [{file, duplicate_of, ...}] files with the same content as a kept file.
+    excluded: [{file, reason}] files left out by design (lateral views, ignored folders...).
+    report_path: the JSON report of rejects, duplicates and exclusions.
+    image_size: side of the stored square images.
+  """
+  name: str
+  version: str
+  data_dir: Path
+  builder: CxrDataset
+  metadata: dict[str, np.ndarray]
+  rejects: list[dict]
+  duplicates: list[dict]
+  excluded: list[dict]
+  report_path: Path
+  image_size: int
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.metadata["id"])
+
+  def as_dataset(self, decode_image: bool = True) -> tf.data.Dataset:
+    """Every example, in id order, as a dict of tensors (image uint8 [H, W, 1], label, id...)."""
+    decoders = None if decode_image else {"image": tfds.decode.SkipDecoding()}
+    return self.builder.as_dataset(split=SPLIT, shuffle_files=False, decoders=decoders)
+
+
+def default_sources() -> tuple[str, ...]:
+  return (f"manifest:{paths.default_data_root()}",)
+
+
+def metadata_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
+  """Per-example dicts -> dict of numpy arrays, ordered by id."""
+  rows = sorted(rows, key=lambda r: r["id"])
+  out = {"id": np.array([r["id"] for r in rows], np.int64),
+         "label": np.array([r["label"] for r in rows], np.int32),
+         "orig_height": np.array([r["orig_height"] for r in rows], np.int32),
+         "orig_width": np.array([r["orig_width"] for r in rows], np.int32)}
+  for key in _STRING_FIELDS:
+    out[key] = np.array([r[key] for r in rows], dtype=str)
+  if not np.array_equal(out["id"], np.arange(len(rows))):
+    raise DataBuildError("Example ids are not 0..N-1; delete the dataset folder and rebuild.")
+  return out
+
+
+def _check_usable(num_files: int, rejects: list[dict], label_counts, max_fraction: float,
+                  report_path: Path) -> None:
+  """Fails with a clear message on too many rejects or an empty class."""
+  fraction = len(rejects) / max(num_files, 1)
+  if fraction > max_fraction:
+    first = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejects[:10])
+    raise DataBuildError(
+        f"{len(rejects)} of {num_files} source files were rejected ({fraction:.1%} > "
+        f"max_reject_fraction={max_fraction}). Fix the files or the sources, or raise "
+        f"data.max_reject_fraction. Report: {report_path}. First rejects:\n{first}")
+  empty = [label for label in LABELS if not label_counts.get(label)]
+  if empty:
+    raise DataBuildError(
+        f"Class(es) {empty} have no usable images in the sources (counts: {dict(label_counts)}). "
+        f"Check the labels / class folders of the sources. Report: {report_path}.")
+
+
+def _write_json(path: Path, obj) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=1))
+  tmp.replace(path)
+
+
+def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDataset:
+  """Builds (or reuses) the dataset described by data_config; see configs/default.py `data`."""
+  sources = [readers.canonical_source(s) for s in (tuple(data_config.sources) or
+                                                   default_sources())]
+  data_dir = Path(data_config.data_dir or paths.tfds_data_dir()).expanduser()
+  scan = readers.read_sources(sources)
+  preprocess_config = PreprocessConfig.from_data_config(data_config)
+  config = make_builder_config(preprocess_config, sources, scan.records, scan.rejects)
+  builder = CxrDataset(config=config, data_dir=str(data_dir), records=scan.records,
+                       preprocess_config=preprocess_config, num_workers=num_workers)
+  version_dir = Path(builder.data_dir)
+  report_path = version_dir.parent / REPORT_NAME
+  num_files = len(scan.records) + len(scan.rejects)
+  reader_rejects = [r.to_json() for r in scan.rejects]
+  report = dict(dataset=f"{builder.name}/{config.name}:{builder.version}", sources=sources,
+                preprocess=preprocess_config.to_json(), num_files=num_files,
+                rejects=reader_rejects, duplicates=[], excluded=[r.to_json() for r in scan.excluded])
+  _write_json(report_path, report)
+  _check_usable(num_files, reader_rejects, collections.Counter(r.label for r in scan.records),
+                data_config.max_reject_fraction, report_path)
+
+  build_log_path = version_dir / _BUILD_LOG_NAME
+  if not (builder.is_prepared() and build_log_path.is_file()):
+    logging.info("Building %s into %s", report["dataset"], data_dir)
+    # A dataset without its build log (interrupted build) is regenerated, not trusted.
+    mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if builder.is_prepared()
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    _write_json(build_log_path, dict(rejects=[r.to_json() for r in builder.decode_rejects],
+                                     duplicates=builder.duplicates,
+                                     metadata=builder.generated_metadata))
+  build_log = json.loads(build_log_path.read_text())
+  metadata = metadata_arrays(build_log["metadata"])
+  report["rejects"] = reader_rejects + build_log["rejects"]
+  report["duplicates"] = build_log["duplicates"]
+  report["num_examples"] = len(metadata["id"])
+  _write_json(report_path, report)
+  label_counts = collections.Counter(LABELS[i] for i in metadata["label"])
+  _check_usable(num_files, report["rejects"], label_counts, data_config.max_reject_fraction,
+                report_path)
+  return BuiltDataset(name=f"{builder.name}/{config.name}", version=report["dataset"], data_dir=data_dir,
+                      builder=builder, metadata=metadata, rejects=report["rejects"],
+                      duplicates=report["duplicates"], excluded=report["excluded"],
+                      report_path=report_path, image_size=preprocess_config.image_size)

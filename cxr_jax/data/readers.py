@@ -1,0 +1,228 @@
+"""Readers: turn a source spec ("kind:PATH") into Records, without decoding any image.
+
+Kinds:
+  manifest:PATH   a cxr3-style manifest.csv (PATH is the csv or the folder holding it), columns
+                  file, label, patient_id, patient_group (optional), source (optional).
+  folder:PATH     one folder per class (Kaggle COVID-19 Radiography Database, Kermany chest_xray/);
+                  the nearest enclosing folder whose name is in the class map gives the label.
+                  Override the map with ';FOLDER=label' suffixes, and leave a folder out with
+                  ';FOLDER=' (e.g. 'folder:/data/kaggle;Lung_Opacity=;Viral Pneumonia=pneumonia').
+  ieee8023:PATH   the COVID-19 image data collection (metadata.csv and its images folder);
+                  frontal X-rays only, finding -> label.
+
+Files that cannot be used are returned as rejects (they count against max_reject_fraction);
+files left out by design (lateral views, CT, findings outside the three classes, ignored class
+folders) are returned as excluded. Nothing is dropped without a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from cxr_jax.data.records import LABELS, Record, Reject
+
+KINDS = ("manifest", "folder", "ieee8023")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+
+# Folder names (lower case) -> label; None leaves the folder out (e.g. Kaggle's segmentation masks).
+DEFAULT_CLASS_MAP = {
+    "covid": "covid", "covid-19": "covid", "covid19": "covid",
+    "normal": "normal",
+    "pneumonia": "pneumonia", "viral pneumonia": "pneumonia", "bacterial pneumonia": "pneumonia",
+    "lung_opacity": None, "lung opacity": None, "masks": None,
+}
+
+# ieee8023 findings before the collection switched to "Pneumonia/<kind>/<pathogen>" strings.
+_IEEE_LEGACY_PNEUMONIA = {
+    "sars", "mers", "streptococcus", "pneumocystis", "chlamydophila", "e.coli", "klebsiella",
+    "legionella", "varicella", "influenza", "herpes", "aspergillosis", "nocardia", "mycoplasma",
+    "staphylococcus", "mycoplasma bacterial pneumonia", "lipoid", "pneumonia",
+}
+
+
+@dataclasses.dataclass
+class SourceScan:
+  """What readers found: usable records, rejected files and files excluded by design."""
+  records: list[Record] = dataclasses.field(default_factory=list)
+  rejects: list[Reject] = dataclasses.field(default_factory=list)
+  excluded: list[Reject] = dataclasses.field(default_factory=list)
+
+  def extend(self, other: SourceScan) -> None:
+    self.records.extend(other.records)
+    self.rejects.extend(other.rejects)
+    self.excluded.extend(other.excluded)
+
+
+def parse_source(spec: str) -> tuple[str, Path, dict[str, str]]:
+  """Splits 'kind:PATH[;key=value...]' into (kind, absolute path, options)."""
+  kind, sep, rest = spec.partition(":")
+  if not sep or kind not in KINDS:
+    raise ValueError(f"Bad data source {spec!r}: expected 'KIND:PATH' with KIND in {KINDS}.")
+  path, *opts = rest.split(";")
+  options = {}
+  for opt in opts:
+    key, eq, value = opt.partition("=")
+    if not eq:
+      raise ValueError(f"Bad option {opt!r} in data source {spec!r}: expected FOLDER=label.")
+    options[key.strip()] = value.strip()
+  return kind, Path(path).expanduser().resolve(), options
+
+
+def canonical_source(spec: str) -> str:
+  """The spec with an absolute path, so equal sources hash equally."""
+  kind, path, options = parse_source(spec)
+  return ";".join([f"{kind}:{path}"] + [f"{k}={v}" for k, v in sorted(options.items())])
+
+
+def read_sources(specs) -> SourceScan:
+  """Reads every source spec, in order, into one scan."""
+  scan = SourceScan()
+  for spec in specs:
+    scan.extend(read_source(spec))
+  return scan
+
+
+def read_source(spec: str) -> SourceScan:
+  kind, path, options = parse_source(spec)
+  if kind == "manifest":
+    return read_manifest(path)
+  if kind == "folder":
+    return read_folder(path, class_map=options)
+  return read_ieee8023(path)
+
+
+def _find_csv(path: Path, name: str) -> Path:
+  csv_path = path / name if path.is_dir() else path
+  if not csv_path.is_file():
+    raise FileNotFoundError(
+        f"{csv_path} not found: point the source at the {name} file or the folder holding it "
+        "(for the default source, set CXR_DATA).")
+  return csv_path
+
+
+def _read_rows(csv_path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+  with open(csv_path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in required if c not in (reader.fieldnames or ())]
+    if missing:
+      raise ValueError(f"{csv_path} lacks the column(s) {missing}; it has {reader.fieldnames}.")
+    return list(reader)
+
+
+def read_manifest(path: Path) -> SourceScan:
+  """Reads a cxr3-style manifest; file paths are relative to the manifest's folder."""
+  csv_path = _find_csv(Path(path), "manifest.csv")
+  rows = _read_rows(csv_path, ("file", "label", "patient_id"))
+  root = csv_path.parent
+  scan = SourceScan()
+  for line, row in enumerate(rows, start=2):
+    file = str((root / row["file"]).resolve())
+    label = row["label"].strip().lower()
+    if label not in LABELS:
+      scan.rejects.append(Reject(file, f"unknown label {row['label']!r} ({csv_path.name} line "
+                                       f"{line}); expected one of {LABELS}"))
+    elif not os.path.isfile(file):
+      scan.rejects.append(Reject(file, f"file not found ({csv_path.name} line {line})"))
+    else:
+      source = row.get("source") or root.name
+      patient_id = row["patient_id"]
+      scan.records.append(Record(file, label, patient_id, row.get("patient_group") or patient_id,
+                                 source))
+  return scan
+
+
+def _folder_label(parts: tuple[str, ...], class_map: dict[str, str | None]):
+  """The label of the nearest enclosing folder found in the class map, and that folder."""
+  for part in reversed(parts):
+    if part.lower() in class_map:
+      return class_map[part.lower()], part
+  return "", None
+
+
+# Kermany names: person1_bacteria_1.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-1427-0001.jpeg.
+_PATIENT_PATTERNS = (re.compile(r"^(person\d+)_"), re.compile(r"^(.*IM-\d+)-\d+$"))
+
+
+def folder_patient_id(stem: str) -> str:
+  """The patient encoded in a file name where the layout has one, else the file itself."""
+  for pattern in _PATIENT_PATTERNS:
+    match = pattern.match(stem)
+    if match:
+      return match.group(1)
+  return stem
+
+
+def read_folder(path: Path, class_map: dict[str, str] | None = None) -> SourceScan:
+  """Reads a folder-per-class tree; `class_map` entries (folder=label, '' = leave out) extend
+  DEFAULT_CLASS_MAP."""
+  root = Path(path)
+  if not root.is_dir():
+    raise FileNotFoundError(f"Folder source {root} does not exist.")
+  mapping = dict(DEFAULT_CLASS_MAP)
+  for folder, label in (class_map or {}).items():
+    if label and label not in LABELS:
+      raise ValueError(f"Class map entry {folder}={label}: label must be one of {LABELS} or empty.")
+    mapping[folder.lower()] = label or None
+  source = root.name
+  scan = SourceScan()
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      file = Path(dirpath) / name
+      rel = file.relative_to(root)
+      if name.startswith(".") or "__MACOSX" in rel.parts:
+        scan.excluded.append(Reject(str(file), "hidden or OS metadata file"))
+        continue
+      label, folder = _folder_label(rel.parts[:-1], mapping)
+      if label is None:
+        scan.excluded.append(Reject(str(file), f"folder {folder!r} is left out by the class map"))
+      elif not label:
+        if file.suffix.lower() in IMAGE_SUFFIXES:
+          scan.rejects.append(Reject(str(file), "unknown label: no enclosing folder is in the "
+                                                "class map (add ';FOLDER=label' to the source)"))
+        else:
+          scan.excluded.append(Reject(str(file), "not an image, outside the class folders"))
+      else:
+        patient = f"{source}:{folder_patient_id(file.stem)}"
+        scan.records.append(Record(str(file), label, patient, patient, source))
+  return scan
+
+
+def ieee8023_label(finding: str) -> str | None:
+  """Maps an ieee8023 finding to a label; None for findings outside the three classes."""
+  text = finding.strip().lower()
+  if "covid-19" in text:
+    return "covid"
+  if text in ("no finding", "normal"):
+    return "normal"
+  if text.startswith("pneumonia") or text in _IEEE_LEGACY_PNEUMONIA:
+    return "pneumonia"
+  return None
+
+
+def read_ieee8023(path: Path) -> SourceScan:
+  """Reads the COVID-19 image data collection: frontal X-rays (PA/AP views) only."""
+  csv_path = _find_csv(Path(path), "metadata.csv")
+  rows = _read_rows(csv_path, ("patientid", "finding", "view", "modality", "filename"))
+  root = csv_path.parent
+  scan = SourceScan()
+  for row in rows:
+    file = str((root / (row.get("folder") or "images") / row["filename"]).resolve())
+    view, modality = row["view"].strip(), row["modality"].strip()
+    label = ieee8023_label(row["finding"])
+    if modality.lower() != "x-ray":
+      scan.excluded.append(Reject(file, f"modality {modality!r} is not X-ray"))
+    elif not view.upper().startswith(("PA", "AP")):
+      scan.excluded.append(Reject(file, f"view {view!r} is not frontal"))
+    elif label is None:
+      scan.excluded.append(Reject(file, f"finding {row['finding']!r} is outside {LABELS}"))
+    elif not os.path.isfile(file):
+      scan.rejects.append(Reject(file, f"file not found (metadata.csv, patient {row['patientid']})"))
+    else:
+      patient = f"ieee8023:{row['patientid']}"
+      scan.records.append(Record(file, label, patient, patient, "ieee8023"))
+  return scan
