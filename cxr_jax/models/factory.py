@@ -1,0 +1,35 @@
+"""Builds the model a config asks for."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cxr_jax.models.vgg import BLOCK_NAMES, VGG
+
+_VGG_DEPTHS = {"vgg16": 16, "vgg19": 19}
+
+
+def create_model(model_config, dtype=jnp.float32) -> nn.Module:
+  """The module for `config.model` (fields arch, num_classes, head, hidden, dropout,
+  trainable_blocks, conv_impl).
+
+  Fine-tuning degree FTk (`trainable_blocks=k`) trains the last k blocks, so the first 5-k are
+  frozen.
+  """
+  arch = model_config.arch
+  if arch not in _VGG_DEPTHS:
+    raise ValueError(f"model.arch must be one of {sorted(_VGG_DEPTHS)}, got {arch!r}")
+  k = int(model_config.trainable_blocks)
+  if not 0 <= k <= len(BLOCK_NAMES):
+    raise ValueError(f"model.trainable_blocks must be in 0..5, got {k}")
+  return VGG(
+      depth=_VGG_DEPTHS[arch],
+      num_classes=int(model_config.num_classes),
+      head=model_config.head,
+      hidden=tuple(int(h) for h in model_config.hidden),
+      dropout=float(model_config.dropout),
+      frozen_blocks=len(BLOCK_NAMES) - k,
+      conv_impl=model_config.get("conv_impl", "xla"),
+      dtype=dtype,
+  )
