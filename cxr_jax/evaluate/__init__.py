@@ -1,0 +1,12 @@
+"""Evaluation of a trained model: metrics with patient-group bootstrap CIs, per-source breakdown,
+plots and report.md.
+
+`compute_metrics` is pure (arrays in, JSON-serialisable dict out); `evaluate_workdir` runs a saved
+model over a split and writes metrics.json, the plots and report.md.
+"""
+
+from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
+from cxr_jax.evaluate.summary import compute_metrics
+from cxr_jax.evaluate.workdir import evaluate_workdir
+
+__all__ = ["compute_metrics", "evaluate_workdir", "make_predict_fn", "predict_arrays"]

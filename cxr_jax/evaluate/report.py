@@ -1,0 +1,89 @@
+"""report.md: a short human-readable summary of metrics.json that links the plots."""
+
+from __future__ import annotations
+
+
+def _num(value, digits: int = 3) -> str:
+  return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(value, interval) -> str:
+  if interval is None or interval.get("low") is None:
+    return _num(value)
+  return f"{_num(value)} [{_num(interval['low'])}, {_num(interval['high'])}]"
+
+
+def _class_table(metrics: dict) -> list[str]:
+  intervals = metrics.get("intervals", {}).get("per_class", {})
+  lines = ["| class | n | sensitivity | specificity | precision | F1 | ROC AUC | AP |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for name, m in metrics["per_class"].items():
+    ci = intervals.get(name, {})
+    lines.append(
+        f"| {name} | {m['positives']} | {_with_ci(m['sensitivity'], ci.get('sensitivity'))} | "
+        f"{_with_ci(m['specificity'], ci.get('specificity'))} | {_num(m['precision'])} | "
+        f"{_num(m['f1'])} | {_with_ci(m['roc_auc'], ci.get('roc_auc'))} | "
+        f"{_num(m['average_precision'])} |")
+  macro = metrics["macro"]
+  lines.append("| macro | | " + " | ".join(_num(macro[k]["value"]) for k in (
+      "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision")) + " |")
+  notes = [f"- {name}: {'; '.join(m['undefined'])}"
+           for name, m in metrics["per_class"].items() if m["undefined"]]
+  return lines + ([""] + notes if notes else [])
+
+
+def _confusion_table(metrics: dict) -> list[str]:
+  names = metrics["class_names"]
+  lines = ["| true \\ predicted | " + " | ".join(names) + " |",
+           "| --- |" + " --- |" * len(names)]
+  for name, row in zip(names, metrics["confusion_matrix"], strict=True):
+    lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+  return lines
+
+
+def _source_section(metrics: dict) -> list[str]:
+  if "by_source" not in metrics:
+    return []
+  names = metrics["class_names"]
+  lines = [
+      "## By source", "",
+      "The data mixes collections whose label mix differs. If a source holds mostly one label, "
+      "a model can score well by recognising the collection. A rule that sees only the source and "
+      f"answers its most frequent label reaches accuracy **{_num(metrics['source_only_accuracy'])}** "
+      f"on this split (model: **{_num(metrics['accuracy'])}**).", "",
+      "| source | n | true (" + "/".join(names) + ") | predicted (" + "/".join(names) +
+      ") | accuracy | " + " | ".join(f"AUC {n}" for n in names) + " |",
+      "| --- |" + " --- |" * (4 + len(names))]
+  for source, s in metrics["by_source"].items():
+    aucs = [_num(s["per_class"][n].get("roc_auc")) if "roc_auc" in s["per_class"][n] else "-"
+            for n in names]
+    lines.append(
+        f"| {source} | {s['num_examples']} | {'/'.join(map(str, s['label_counts']))} | "
+        f"{'/'.join(map(str, s['prediction_counts']))} | {_num(s['accuracy'])} | "
+        + " | ".join(aucs) + " |")
+  lines += ["", "`-`: the source lacks one side of that one-vs-rest pair (counts in metrics.json)."]
+  return lines + [""]
+
+
+def render_report(metrics: dict, plots: dict, *, title: str) -> str:
+  """Markdown text; `plots` maps kind -> file name relative to the report."""
+  intervals = metrics.get("intervals")
+  ci_note = ("no confidence intervals" if not intervals else
+             f"{int(intervals['ci'] * 100)} % percentile intervals from {intervals['num_resamples']} "
+             f"bootstrap resamples of {intervals['num_groups']} {intervals['unit']}s")
+  lines = [
+      f"# {title}", "",
+      f"{metrics['num_examples']} images; labels {dict(zip(metrics['class_names'], metrics['label_counts'], strict=True))}; "
+      f"{ci_note}.", "",
+      f"**Accuracy {_with_ci(metrics['accuracy'], (intervals or {}).get('accuracy'))}**, "
+      f"expected calibration error {_num(metrics['calibration']['ece'])}.", "",
+      "## Per class (one vs rest)", "", *_class_table(metrics), "",
+      "## Confusion matrix", "", *_confusion_table(metrics), "",
+      *_source_section(metrics),
+      "## Plots", ""]
+  captions = dict(roc="ROC curves", pr="precision-recall curves", confusion="confusion matrix",
+                  reliability="reliability curve")
+  for kind, file in plots.items():
+    lines += [f"![{captions.get(kind, kind)}]({file})", ""]
+  lines += ["All numbers, curves included, are in `metrics.json`.", ""]
+  return "\n".join(lines)

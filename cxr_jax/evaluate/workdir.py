@@ -1,0 +1,127 @@
+"""evaluate_workdir: run a saved model over a split and write metrics.json, plots and report.md."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cxr_jax.data.records import LABELS
+from cxr_jax.evaluate.inference import predict_arrays
+from cxr_jax.evaluate.plots import write_plots
+from cxr_jax.evaluate.report import render_report
+from cxr_jax.evaluate.summary import compute_metrics
+
+# Fields that change what the saved parameters compute; a config given at evaluation time must
+# agree with the run's config on them.
+_MODEL_FIELDS = ("arch", "num_classes", "head", "hidden")
+_INPUT_FIELDS = ("image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+
+
+@dataclasses.dataclass
+class LoadedSplit:
+  """A trained model with the examples of one split of its data."""
+  trained: object          # cxr_jax.train.Trained
+  config: object           # the config used for data and evaluation settings
+  built: object            # cxr_jax.data.BuiltDataset
+  ids: np.ndarray          # example ids of the split
+
+
+def check_compatible(run_config, config) -> None:
+  """Raises if `config` would feed the saved model other inputs or another architecture."""
+  diffs = [f"model.{k}: run {run_config.model.get(k)!r}, given {config.model.get(k)!r}"
+           for k in _MODEL_FIELDS
+           if _plain(run_config.model.get(k)) != _plain(config.model.get(k))]
+  diffs += [f"data.{k}: run {run_config.data.get(k)!r}, given {config.data.get(k)!r}"
+            for k in _INPUT_FIELDS if run_config.data.get(k) != config.data.get(k)]
+  if diffs:
+    raise ValueError("the given config does not match the trained run (" + "; ".join(diffs) +
+                     "); pass the run's config (saved in the workdir) or the same overrides")
+
+
+def _plain(value):
+  return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def load_split(workdir, split: str, config=None, which: str = "best") -> LoadedSplit:
+  """Loads the saved model and the split's example ids (dataset built or reused)."""
+  from cxr_jax import data, train  # the trainer imports this package; import it late
+
+  trained = train.load_trained(workdir, which=which)
+  if config is None:
+    config = trained.config
+  else:
+    check_compatible(trained.config, config)
+  built = data.build_dataset(config.data)
+  splits = data.make_splits(built.metadata, config.data)
+  if split not in splits:
+    raise ValueError(f"unknown split {split!r}; known: {sorted(splits)}")
+  return LoadedSplit(trained, config, built, np.asarray(splits[split]))
+
+
+def eval_setting(config, key: str, default):
+  """config.eval.<key> when the config has it, else `default`."""
+  section = config.get("eval") if hasattr(config, "get") else None
+  return section.get(key, default) if section is not None else default
+
+
+def write_predictions(path: Path, ids, labels, probs, metadata, class_names=LABELS) -> None:
+  """One CSV row per image: id, file, source, patient_group, label, prediction, probabilities."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["id", "file", "source", "patient_group", "label", "prediction",
+                     *[f"p_{n}" for n in class_names]])
+    for i, y, p in zip(ids, labels, probs, strict=True):
+      writer.writerow([int(i), metadata["file"][i], metadata["source"][i],
+                       metadata["patient_group"][i], class_names[y],
+                       class_names[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+
+
+def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = "best",
+                     out_dir=None) -> dict:
+  """Recomputes the evaluation of a trained workdir from its checkpoint.
+
+  Writes into `out_dir` (default: the workdir for the test split, `<workdir>/eval_<split>`
+  otherwise): metrics.json, roc.png, pr.png, confusion_matrix.png, reliability.png, report.md
+  and predictions.csv. Returns the metrics dict (plus "written": the files).
+  """
+  loaded = load_split(workdir, split, config, which)
+  config, trained, built = loaded.config, loaded.trained, loaded.built
+  batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
+  probs, labels, ids = predict_arrays(trained.model, trained.variables, batches)
+  meta = built.metadata
+  if not np.array_equal(meta["id"][ids], ids):
+    raise RuntimeError("dataset metadata is not indexed by example id")
+  metrics = compute_metrics(
+      labels, probs, groups=meta["patient_group"][ids], sources=meta["source"][ids],
+      num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
+      ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
+  metrics["run"] = dict(workdir=str(workdir), split=split, checkpoint=which,
+                        dataset=built.version, preprocessing=trained.preprocessing)
+
+  out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
+  out.mkdir(parents=True, exist_ok=True)
+  plots = write_plots(metrics, out)
+  (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+  title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
+  (out / "report.md").write_text(render_report(metrics, plots, title=title))
+  write_predictions(out / "predictions.csv", ids, labels, probs, meta)
+  metrics["written"] = [str(out / f) for f in ("metrics.json", "report.md", "predictions.csv",
+                                                *plots.values())]
+  logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
+               metrics["accuracy"], out)
+  return metrics
+
+
+def data_batches(loaded: LoadedSplit, batch_size: int, ids=None):
+  """Evaluation batches (id order, padded, one device) of the split or of the given ids."""
+  from cxr_jax import data
+
+  return data.make_dataset(
+      loaded.built, loaded.ids if ids is None else ids, batch_size=batch_size, num_devices=1,
+      preprocessing=loaded.trained.preprocessing, train=False, seed=int(loaded.config.seed),
+      epoch=0, data_config=loaded.config.data)
