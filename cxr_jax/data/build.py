@@ -26,6 +26,10 @@ _STRING_FIELDS = ("patient_id", "patient_group", "source", "file", "sha1")
 class DataBuildError(RuntimeError):
   """The sources cannot make a usable dataset (too many rejects, an empty class...)."""
 
+  def __init__(self, message: str, report_path: Path | None = None):
+    super().__init__(message)
+    self.report_path = report_path  # The JSON report naming every rejected file.
+
 
 @dataclasses.dataclass
 class BuiltDataset:
@@ -93,12 +97,12 @@ def _check_usable(num_files: int, rejects: list[dict], label_counts, max_fractio
     raise DataBuildError(
         f"{len(rejects)} of {num_files} source files were rejected ({fraction:.1%} > "
         f"max_reject_fraction={max_fraction}). Fix the files or the sources, or raise "
-        f"data.max_reject_fraction. Report: {report_path}. First rejects:\n{first}")
+        f"data.max_reject_fraction. Report: {report_path}. First rejects:\n{first}", report_path)
   empty = [label for label in LABELS if not label_counts.get(label)]
   if empty:
     raise DataBuildError(
         f"Class(es) {empty} have no usable images in the sources (counts: {dict(label_counts)}). "
-        f"Check the labels / class folders of the sources. Report: {report_path}.")
+        f"Check the labels / class folders of the sources. Report: {report_path}.", report_path)
 
 
 def _write_json(path: Path, obj) -> None:

@@ -1,0 +1,35 @@
+"""One JSON-able summary of a built dataset and its splits (what the command line prints)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from cxr_jax.data.records import LABELS
+
+
+def split_summary(metadata, ids: np.ndarray) -> dict:
+  labels = np.bincount(metadata["label"][ids], minlength=len(LABELS))
+  images = {label: int(n) for label, n in zip(LABELS, labels, strict=True)}
+  images["total"] = int(len(ids))
+  return dict(images=images, patient_groups=int(len(np.unique(metadata["patient_group"][ids]))))
+
+
+def summarize(built, splits: dict[str, np.ndarray], data_config) -> dict:
+  """Images per split and label, patient groups per split, rejects, duplicates, exclusions."""
+  excluded = collections.Counter(e["reason"] for e in built.excluded)
+  return dict(
+      dataset=built.version,
+      data_dir=str(built.data_dir),
+      image_size=built.image_size,
+      num_examples=built.num_examples,
+      fold=int(data_config.fold),
+      num_folds=int(data_config.num_folds),
+      split_seed=int(data_config.split_seed),
+      splits={name: split_summary(built.metadata, ids) for name, ids in splits.items()},
+      rejected=built.rejects,
+      duplicates=built.duplicates,
+      excluded=dict(total=len(built.excluded), by_reason=dict(excluded.most_common())),
+      report=str(built.report_path),
+  )
