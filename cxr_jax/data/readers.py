@@ -96,7 +96,7 @@ def read_source(spec: str) -> SourceScan:
 
 
 def _find_csv(path: Path, name: str) -> Path:
-  csv_path = path / name if path.is_dir() else path
+  csv_path = path if path.suffix.lower() == ".csv" else path / name
   if not csv_path.is_file():
     raise FileNotFoundError(
         f"{csv_path} not found: point the source at the {name} file or the folder holding it "
