@@ -11,7 +11,7 @@ from cxr_jax.weights.errors import (
                                     WeightsError,
                                     WeightsUnavailableError,
 )
-from cxr_jax.weights.fetch import convert_file, fetch, load_pretrained
+from cxr_jax.weights.obtain import convert_file, fetch, load_pretrained
 from cxr_jax.weights.porters import from_keras_h5, from_lpips, from_torchvision, merge_pretrained
 from cxr_jax.weights.preprocessing import PREPROCESSING
 from cxr_jax.weights.safe_pickle import UnsafePickleError, load_numpy_pickle

