@@ -14,6 +14,7 @@ from configs.default import get_config
 from cxr_jax import data
 from cxr_jax.data import preprocess, readers
 from cxr_jax.data.__main__ import main as cli_main
+from cxr_jax.data.build import source_specs
 from cxr_jax.data.preprocess import PreprocessConfig
 
 
@@ -225,6 +226,14 @@ def test_missing_manifest_and_bad_source_spec_fail_clearly(tmp_path):
   (tmp_path / "m" / "manifest.csv").write_text("file,label\na.jpg,covid\n")
   with pytest.raises(ValueError, match="patient_id"):
     readers.read_source(f"manifest:{tmp_path / 'm'}")
+
+
+def test_source_specs_from_config_strings(tmp_path, monkeypatch):
+  monkeypatch.setenv("CXR_DATA", str(tmp_path / "elsewhere"))
+  assert source_specs(()) == [f"manifest:{tmp_path / 'elsewhere'}"]
+  assert source_specs(f"manifest:{tmp_path}/a,b,folder:{tmp_path}/c;X=covid") == [
+      f"manifest:{tmp_path}/a,b", f"folder:{tmp_path}/c;X=covid"]
+  assert source_specs((f"ieee8023:{tmp_path}",)) == [f"ieee8023:{tmp_path}"]
 
 
 # ------------------------------------------------------------------ builds with bad input

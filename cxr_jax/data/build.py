@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,14 @@ def default_sources() -> tuple[str, ...]:
   return (f"manifest:{paths.default_data_root()}",)
 
 
+def source_specs(sources) -> list[str]:
+  """data_config.sources as a list of canonical specs; a string (command-line override) may
+  hold several, comma-separated: 'manifest:/a,folder:/b'. Empty means the default source."""
+  if isinstance(sources, str):
+    sources = [s for s in re.split(rf",(?=(?:{'|'.join(readers.KINDS)}):)", sources) if s]
+  return [readers.canonical_source(s) for s in (tuple(sources) or default_sources())]
+
+
 def metadata_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
   """Per-example dicts -> dict of numpy arrays, ordered by id."""
   rows = sorted(rows, key=lambda r: r["id"])
@@ -114,8 +123,7 @@ def _write_json(path: Path, obj) -> None:
 
 def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDataset:
   """Builds (or reuses) the dataset described by data_config; see configs/default.py `data`."""
-  sources = [readers.canonical_source(s) for s in (tuple(data_config.sources) or
-                                                   default_sources())]
+  sources = source_specs(data_config.sources)
   data_dir = Path(data_config.data_dir or paths.tfds_data_dir()).expanduser()
   scan = readers.read_sources(sources)
   preprocess_config = PreprocessConfig.from_data_config(data_config)
