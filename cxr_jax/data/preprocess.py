@@ -67,17 +67,16 @@ def decode_dicom(data: bytes) -> np.ndarray:
   try:
     ds = pydicom.dcmread(io.BytesIO(data), force=True)
     pixels = ds.pixel_array
+    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+      pixels = pixels[0]  # Multi-frame: the first frame is the radiograph.
+    if pixels.ndim == 3:
+      return cv2.cvtColor(to_uint8(pixels), cv2.COLOR_RGB2GRAY)
+    pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
   except Exception as e:  # pydicom raises many types for broken or unsupported files.
     raise DecodeError(f"unreadable DICOM ({type(e).__name__}: {e})") from e
-  if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-    pixels = pixels[0]  # Multi-frame: the first frame is the radiograph.
-  if pixels.ndim == 3:
-    return cv2.cvtColor(to_uint8(pixels), cv2.COLOR_RGB2GRAY)
-  pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
   image = to_uint8(pixels)
-  if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-    image = 255 - image
-  return image
+  return 255 - image if photometric == "MONOCHROME1" else image
 
 
 def _is_truncated(data: bytes) -> bool:
@@ -133,10 +132,13 @@ def process_file(path: str, config: PreprocessConfig) -> Processed:
   """Reads, hashes, decodes, preprocesses and PNG-encodes one file. Raises DecodeError/OSError."""
   with open(path, "rb") as f:
     data = f.read()
-  gray = decode(data, path)
-  if gray.ndim != 2 or min(gray.shape) < 2:
-    raise DecodeError(f"unexpected image shape {gray.shape}")
-  image = preprocess(gray, config)
+  try:
+    gray = decode(data, path)
+    if gray.ndim != 2 or min(gray.shape) < 2:
+      raise DecodeError(f"unexpected image shape {gray.shape}")
+    image = preprocess(gray, config)
+  except cv2.error as e:  # OpenCV rejects some decodable but odd images (e.g. huge, 1-pixel)
+    raise DecodeError(f"OpenCV cannot process the image ({e.err})") from e
   ok, png = cv2.imencode(".png", image)
   if not ok:
     raise DecodeError("PNG encoding failed")
