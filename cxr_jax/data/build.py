@@ -121,8 +121,29 @@ def _write_json(path: Path, obj) -> None:
   tmp.replace(path)
 
 
+def _prepare(builder: CxrDataset) -> dict:
+  """Generates the dataset unless a complete build exists; returns its build log."""
+  build_log_path = Path(builder.data_dir) / _BUILD_LOG_NAME
+  if builder.is_prepared() and build_log_path.is_file():
+    return json.loads(build_log_path.read_text())
+  logging.info("Building %s/%s into %s", builder.name, builder.builder_config.name,
+               builder.data_dir)
+  # A dataset without its build log (interrupted build) is regenerated, not trusted.
+  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if builder.is_prepared()
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+  build_log = dict(rejects=[r.to_json() for r in builder.decode_rejects],
+                   duplicates=builder.duplicates, metadata=builder.generated_metadata)
+  _write_json(build_log_path, build_log)
+  return build_log
+
+
 def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDataset:
-  """Builds (or reuses) the dataset described by data_config; see configs/default.py `data`."""
+  """Builds (or reuses) the dataset described by data_config; see configs/default.py `data`.
+
+  Raises DataBuildError (after writing the report) when more than
+  data_config.max_reject_fraction of the source files are rejected or a class is empty.
+  """
   sources = source_specs(data_config.sources)
   data_dir = Path(data_config.data_dir or paths.tfds_data_dir()).expanduser()
   scan = readers.read_sources(sources)
@@ -130,37 +151,26 @@ def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDatase
   config = make_builder_config(preprocess_config, sources, scan.records, scan.rejects)
   builder = CxrDataset(config=config, data_dir=str(data_dir), records=scan.records,
                        preprocess_config=preprocess_config, num_workers=num_workers)
-  version_dir = Path(builder.data_dir)
-  report_path = version_dir.parent / REPORT_NAME
+  version = f"{builder.name}/{config.name}:{builder.version}"
+  report_path = Path(builder.data_dir).parent / REPORT_NAME
   num_files = len(scan.records) + len(scan.rejects)
-  reader_rejects = [r.to_json() for r in scan.rejects]
-  report = dict(dataset=f"{builder.name}/{config.name}:{builder.version}", sources=sources,
-                preprocess=preprocess_config.to_json(), num_files=num_files,
-                rejects=reader_rejects, duplicates=[], excluded=[r.to_json() for r in scan.excluded])
-  _write_json(report_path, report)
-  _check_usable(num_files, reader_rejects, collections.Counter(r.label for r in scan.records),
+  report = dict(dataset=version, sources=sources, preprocess=preprocess_config.to_json(),
+                num_files=num_files, rejects=[r.to_json() for r in scan.rejects], duplicates=[],
+                excluded=[r.to_json() for r in scan.excluded])
+  _write_json(report_path, report)  # Rejects found so far, in case the checks below fail.
+  _check_usable(num_files, report["rejects"], collections.Counter(r.label for r in scan.records),
                 data_config.max_reject_fraction, report_path)
 
-  build_log_path = version_dir / _BUILD_LOG_NAME
-  if not (builder.is_prepared() and build_log_path.is_file()):
-    logging.info("Building %s into %s", report["dataset"], data_dir)
-    # A dataset without its build log (interrupted build) is regenerated, not trusted.
-    mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if builder.is_prepared()
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
-    _write_json(build_log_path, dict(rejects=[r.to_json() for r in builder.decode_rejects],
-                                     duplicates=builder.duplicates,
-                                     metadata=builder.generated_metadata))
-  build_log = json.loads(build_log_path.read_text())
+  build_log = _prepare(builder)
   metadata = metadata_arrays(build_log["metadata"])
-  report["rejects"] = reader_rejects + build_log["rejects"]
+  report["rejects"] += build_log["rejects"]
   report["duplicates"] = build_log["duplicates"]
   report["num_examples"] = len(metadata["id"])
   _write_json(report_path, report)
   label_counts = collections.Counter(LABELS[i] for i in metadata["label"])
   _check_usable(num_files, report["rejects"], label_counts, data_config.max_reject_fraction,
                 report_path)
-  return BuiltDataset(name=f"{builder.name}/{config.name}", version=report["dataset"], data_dir=data_dir,
+  return BuiltDataset(name=version.rsplit(":", 1)[0], version=version, data_dir=data_dir,
                       builder=builder, metadata=metadata, rejects=report["rejects"],
                       duplicates=report["duplicates"], excluded=report["excluded"],
                       report_path=report_path, image_size=preprocess_config.image_size)
