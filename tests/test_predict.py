@@ -1,0 +1,99 @@
+"""`python -m cxr_jax.predict` on cxr3 images and on unusable files."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from cxr_jax import models, predict, train
+from cxr_jax.data.preprocess import PreprocessConfig, process_file
+from cxr_jax.weights.preprocessing import PREPROCESSING
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A run saved without training: VGG16 at 32 px with random (He-normal) weights."""
+  config = default.get_config()
+  config.data.image_size = SIZE
+  config.model.hidden = (8,)
+  config.model.pretrained = "none"
+  model = models.create_model(config.model)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.01,
+                           s.shape).astype(np.float32), shapes)
+  path = tmp_path_factory.mktemp("run")
+  train.save_trained(path, config, {"params": params}, "torchvision")
+  return path
+
+
+@pytest.fixture(scope="module")
+def images(cxr3_root):
+  """One cxr3 image per class."""
+  return [str(next(iter(sorted((cxr3_root / label).glob("*.jpg"))))) for label in
+          ("covid", "normal", "pneumonia")]
+
+
+def _reference_probs(workdir, files):
+  trained = train.load_trained(workdir)
+  spec = PREPROCESSING["torchvision"]
+  config = PreprocessConfig(SIZE, clahe=True, clahe_clip_limit=2.0, clahe_tile_grid=8)
+  x = np.stack([process_file(f, config).image for f in files]).astype(np.float32)
+  x = (np.repeat(x, 3, axis=-1) * spec["scale"] - np.array(spec["mean"])) / np.array(spec["std"])
+  return np.asarray(jax.nn.softmax(trained.model.apply(trained.variables, x)))
+
+
+def test_predict_good_and_bad_files(workdir, images, tmp_path, capsys):
+  corrupt = tmp_path / "corrupt.jpg"
+  corrupt.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
+  truncated = tmp_path / "truncated.jpg"
+  truncated.write_bytes(open(images[0], "rb").read()[:3000])
+  missing = tmp_path / "missing.png"
+  files = [images[0], str(corrupt), images[1], str(missing), str(truncated), images[2]]
+  cam_dir = tmp_path / "cams"
+  status = predict.main(["--workdir", str(workdir), "--cam", str(cam_dir), "--batch-size", "2",
+                         *files])
+  captured = capsys.readouterr()
+  lines = [json.loads(line) for line in captured.out.splitlines()]
+  assert status == 1
+  assert [r["file"] for r in lines] == files   # one line per input, in input order
+  good = [lines[k] for k in (0, 2, 5)]
+  expected = _reference_probs(workdir, images)
+  for r, p in zip(good, expected, strict=True):
+    assert "error" not in r
+    np.testing.assert_allclose([r["probs"][c] for c in ("covid", "normal", "pneumonia")], p,
+                               rtol=1e-4, atol=1e-6)
+    assert r["prediction"] == ("covid", "normal", "pneumonia")[int(np.argmax(p))]
+    assert open(r["cam"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "not a decodable image" in lines[1]["error"]
+  assert lines[3]["error"] == "no such file"
+  assert "truncated" in lines[4]["error"]
+  assert sorted(p.name for p in cam_dir.iterdir()) == sorted(
+      f.rsplit("/", 1)[-1].replace(".jpg", ".png") for f in images)
+  assert "3 of 6 files could not be used" in captured.err and str(corrupt) in captured.err
+
+
+@pytest.mark.slow   # a fresh interpreter imports jax and tensorflow (~30 s on 2 cores)
+def test_predict_command_line(workdir, images, tmp_path, capsys):
+  bad = tmp_path / "notes.txt"
+  bad.write_text("not an image")
+  run = subprocess.run([sys.executable, "-m", "cxr_jax.predict", f"--workdir={workdir}",
+                        images[1], str(bad)], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1, run.stderr
+  first, second = [json.loads(line) for line in run.stdout.splitlines()]
+  assert sum(first["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+  assert second["file"] == str(bad) and "error" in second
+  # Only good files: exit status 0, same numbers.
+  assert predict.main([f"--workdir={workdir}", images[1]]) == 0
+  assert json.loads(capsys.readouterr().out)["probs"] == pytest.approx(first["probs"])
+  # A folder that is not a workdir: a clear message, status 2.
+  assert predict.main([f"--workdir={tmp_path}", images[1]]) == 2
+  assert "not a cxr_jax training workdir" in capsys.readouterr().err
