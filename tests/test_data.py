@@ -167,6 +167,7 @@ def test_eval_batches_pad_never_drop(built, cxr3_root, val_ids, num_devices):
   index = np.concatenate([b["index"].reshape(-1) for b in out])
   mask = np.concatenate([b["mask"].reshape(-1) for b in out])
   assert mask.sum() == len(val_ids) and np.all(mask[: len(val_ids)] == 1)
+  assert np.all(index[mask == 0] == -1)
   np.testing.assert_array_equal(index[mask > 0], val_ids)  # id order, each once
   labels = np.concatenate([b["label"].reshape(-1) for b in out])[mask > 0]
   np.testing.assert_array_equal(labels, built.metadata["label"][val_ids])
@@ -194,7 +195,11 @@ def test_train_order_reproducible_per_epoch_and_drops_remainder(built, cxr3_root
   assert not np.array_equal(e0, np.sort(e0))
   assert not np.array_equal(order(epoch=0, seed=1), e0)
   with pytest.raises(ValueError, match="not divisible"):
-    batches(built, val_ids, cfg, batch_size=6, num_devices=4)
+    data.make_dataset(built, val_ids, batch_size=6, num_devices=4, preprocessing="torchvision",
+                      train=True, seed=0, epoch=0, data_config=cfg)
+  with pytest.raises(ValueError, match="Unknown preprocessing"):
+    data.make_dataset(built, val_ids, batch_size=8, num_devices=1, preprocessing="imagenet",
+                      train=True, seed=0, epoch=0, data_config=cfg)
 
 
 def test_augmentation_is_deterministic_and_changes_images(built, cxr3_root, val_ids):

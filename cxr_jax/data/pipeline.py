@@ -74,11 +74,12 @@ def _normalise(batch: dict, spec: dict) -> dict:
 
 
 def _pad_batch(batch: dict, batch_size: int) -> dict:
+  """Pads to batch_size with zeros, mask 0 and index -1 (an id no example has)."""
   missing = batch_size - len(batch["mask"])
   if missing == 0:
     return batch
-  return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
-          for k, v in batch.items()}
+  fill = lambda k, v: np.full((missing,) + v.shape[1:], -1 if k == "index" else 0, v.dtype)
+  return {k: np.concatenate([v, fill(k, v)]) for k, v in batch.items()}
 
 
 def _per_device(batch: dict, num_devices: int) -> dict:
@@ -88,7 +89,8 @@ def _per_device(batch: dict, num_devices: int) -> dict:
 def make_dataset(built, split_ids, *, batch_size: int, num_devices: int, preprocessing: str,
                  train: bool, seed: int, epoch: int, data_config):
   """Yields numpy batches of the split: image float32 [D, B/D, H, W, 3], label int32,
-  mask float32 (0 = padding), index int64 (example id), each [D, B/D, ...].
+  mask float32 (0 = padding), index int64 (example id, -1 for padding), each [D, B/D, ...].
+  Arguments are checked at the call; the batches are produced lazily.
 
   train=True: shuffled by (seed, epoch), augmented if data_config.augment, remainder dropped.
   train=False: id order, last batch padded with mask 0.
@@ -111,6 +113,9 @@ def make_dataset(built, split_ids, *, batch_size: int, num_devices: int, preproc
   ds = ds.map(lambda b: _normalise(b, spec), num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = bool(data_config.deterministic)
-  ds = ds.with_options(options).prefetch(2)
+  return _numpy_batches(ds.with_options(options).prefetch(2), batch_size, num_devices)
+
+
+def _numpy_batches(ds: tf.data.Dataset, batch_size: int, num_devices: int):
   for batch in ds.as_numpy_iterator():
     yield _per_device(_pad_batch(batch, batch_size), num_devices)
