@@ -351,3 +351,16 @@ def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "max_reject_fraction" in out["error"]
   assert {r["file"].rsplit("/", 1)[1] for r in out["rejected"]} == {"gone.jpg", "img0.jpg"}
+
+
+def test_build_without_its_log_is_regenerated(tmp_path):
+  root = tmp_path / "m"
+  good_manifest(root)
+  d = data_config(tmp_path, [f"manifest:{root}"])
+  built = data.build_dataset(d)
+  log = built.report_path.parent / "1.0.0" / "cxr_build.json"
+  assert log.is_file()
+  log.unlink()  # as if the process died between TFDS's write and ours
+  again = data.build_dataset(d)
+  assert log.is_file() and again.num_examples == built.num_examples == 12
+  np.testing.assert_array_equal(again.metadata["sha1"], built.metadata["sha1"])

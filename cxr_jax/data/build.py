@@ -124,12 +124,14 @@ def _write_json(path: Path, obj) -> None:
 def _prepare(builder: CxrDataset) -> dict:
   """Generates the dataset unless a complete build exists; returns its build log."""
   build_log_path = Path(builder.data_dir) / _BUILD_LOG_NAME
-  if builder.is_prepared() and build_log_path.is_file():
+  # (is_prepared() logs a warning for a missing folder, hence the is_dir() first.)
+  prepared = Path(builder.data_dir).is_dir() and builder.is_prepared()
+  if prepared and build_log_path.is_file():
     return json.loads(build_log_path.read_text())
   logging.info("Building %s/%s into %s", builder.name, builder.builder_config.name,
                builder.data_dir)
   # A dataset without its build log (interrupted build) is regenerated, not trusted.
-  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if builder.is_prepared()
+  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if prepared
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   build_log = dict(rejects=[r.to_json() for r in builder.decode_rejects],
