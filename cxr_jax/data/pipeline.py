@@ -42,9 +42,13 @@ def _split_examples(built, split_ids: np.ndarray) -> tf.data.Dataset:
   keep = np.zeros(built.num_examples, bool)
   keep[split_ids] = True
   keep = tf.constant(keep)
-  ds = built.as_dataset().filter(lambda ex: tf.gather(keep, ex["id"]))
-  ds = ds.map(lambda ex: dict(image=ex["image"], label=tf.cast(ex["label"], tf.int32),
-                              index=ex["id"]), num_parallel_calls=tf.data.AUTOTUNE).cache()
+  shape = (built.image_size, built.image_size, 1)
+  # Filter before decoding the PNGs, so other splits' images are never decoded.
+  ds = built.as_dataset(decode_image=False).filter(lambda ex: tf.gather(keep, ex["id"]))
+  ds = ds.map(lambda ex: dict(image=tf.ensure_shape(tf.io.decode_png(ex["image"], channels=1),
+                                                    shape),
+                              label=tf.cast(ex["label"], tf.int32), index=ex["id"]),
+              num_parallel_calls=tf.data.AUTOTUNE).cache()
   _SPLIT_CACHE[key] = ds
   if len(_SPLIT_CACHE) > _SPLIT_CACHE_SIZE:
     _SPLIT_CACHE.popitem(last=False)
