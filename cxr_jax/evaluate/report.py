@@ -70,7 +70,8 @@ def render_report(metrics: dict, plots: dict, *, title: str) -> str:
   intervals = metrics.get("intervals")
   ci_note = ("no confidence intervals" if not intervals else
              f"{int(intervals['ci'] * 100)} % percentile intervals from {intervals['num_resamples']} "
-             f"bootstrap resamples of {intervals['num_groups']} {intervals['unit']}s")
+             f"bootstrap resamples of {intervals['num_groups']} "
+             f"{'patient groups' if intervals['unit'] == 'patient_group' else 'images'}")
   lines = [
       f"# {title}", "",
       f"{metrics['num_examples']} images; labels {dict(zip(metrics['class_names'], metrics['label_counts'], strict=True))}; "

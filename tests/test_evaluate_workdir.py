@@ -1,0 +1,116 @@
+"""evaluate_workdir and explain_workdir end to end on a small generated manifest at 32 px."""
+
+import csv
+import json
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from cxr_jax import data, models, train
+from cxr_jax.evaluate import evaluate_workdir
+from cxr_jax.explain import explain_workdir
+from cxr_jax.weights.preprocessing import PREPROCESSING
+
+SIZE = 32
+
+
+def _write_source(root):
+  """36 JPEGs; source 'clinic' is mostly covid, 'archive' mostly normal and pneumonia; some
+  patients have two or three images."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for c, label in enumerate(data.LABELS):
+    (root / label).mkdir(parents=True, exist_ok=True)
+    for i in range(12):
+      image = np.clip(rng.normal(60 + 50 * c, 30, (40, 36)), 0, 255).astype(np.uint8)
+      name = f"{label}/img{i}.jpg"
+      cv2.imwrite(str(root / name), image)
+      source = "clinic" if (label == "covid") == (i < 9) else "archive"
+      rows.append(dict(file=name, label=label, patient_id=f"p{c}{i // 3 if i < 6 else i}",
+                       patient_group=f"p{c}{i // 3 if i < 6 else i}", source=source))
+  with open(root / "manifest.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gen")
+  _write_source(root / "src")
+  config = default.get_config()
+  config.data.sources = (f"manifest:{root / 'src'}",)
+  config.data.data_dir = str(root / "tfds")
+  config.data.image_size = SIZE
+  config.data.test_fraction = 0.4
+  config.data.num_folds = 2
+  config.model.hidden = (8,)
+  config.model.pretrained = "none"
+  config.train.eval_batch_size = 4   # the last batch is padded
+  model = models.create_model(config.model)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(
+      lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.1,
+                           s.shape).astype(np.float32), shapes)
+  path = root / "run"
+  train.save_trained(path, config, {"params": params}, "caffe")
+  return path
+
+
+def test_evaluate_workdir_writes_consistent_outputs(workdir):
+  metrics = evaluate_workdir(workdir)
+  for name in ("metrics.json", "report.md", "predictions.csv", "roc.png", "pr.png",
+               "confusion_matrix.png", "reliability.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  saved = json.loads((workdir / "metrics.json").read_text())
+  assert saved["accuracy"] == metrics["accuracy"]
+  assert saved["intervals"]["unit"] == "patient_group"
+  assert set(saved["by_source"]) <= {"clinic", "archive"}
+  report = (workdir / "report.md").read_text()
+  assert "![ROC curves](roc.png)" in report and "## By source" in report
+
+  # The test split, and every row's probabilities, recomputed without the evaluation code.
+  trained = train.load_trained(workdir)
+  built = data.build_dataset(trained.config.data)
+  test_ids = data.make_splits(built.metadata, trained.config.data)["test"]
+  with open(workdir / "predictions.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(int(r["id"]) for r in rows) == sorted(test_ids.tolist())
+  assert len(rows) == saved["num_examples"]
+  images = {int(ex["id"]): ex["image"] for ex in built.as_dataset().as_numpy_iterator()}
+  spec = PREPROCESSING["caffe"]
+  x = np.stack([images[int(r["id"])] for r in rows]).astype(np.float32)
+  x = (np.repeat(x, 3, -1) * spec["scale"] - np.array(spec["mean"])) / np.array(spec["std"])
+  expected = np.asarray(jax.nn.softmax(trained.model.apply(trained.variables, x)))
+  got = np.array([[float(r[f"p_{c}"]) for c in data.LABELS] for r in rows])
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  labels = np.array([data.LABELS.index(r["label"]) for r in rows])
+  assert saved["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == labels))
+
+
+def test_evaluate_rejects_a_config_that_changes_the_inputs(workdir):
+  config = train.load_trained(workdir).config
+  config.data.image_size = 64
+  with pytest.raises(ValueError, match="data.image_size"):
+    evaluate_workdir(workdir, config=config)
+
+
+def test_explain_workdir_writes_right_and_wrong_overlays(workdir):
+  result = explain_workdir(workdir, per_class=1, method="gradcam++")
+  out = workdir / "explain_test_gradcam++"
+  index = json.loads((out / "index.json").read_text())
+  assert index["layer"] == "block5/conv3" and index["method"] == "gradcam++"
+  assert index["images"] and sum(result["counts"].values()) == len(index["images"])
+  for entry in index["images"]:
+    assert entry["outcome"] in ("correct", "wrong")
+    predicted = max(entry["probs"], key=entry["probs"].get)
+    assert (predicted == entry["label"]) == (entry["outcome"] == "correct")
+    assert entry["explained_class"] == predicted
+    assert (out / entry["overlay"]).read_bytes()[:4] == b"\x89PNG"
+    assert entry["overlay"].startswith(f"{entry['label']}/{entry['outcome']}/")
+  assert max(result["counts"].values()) == 1
