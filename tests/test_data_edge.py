@@ -14,7 +14,7 @@ from configs.default import get_config
 from cxr_jax import data
 from cxr_jax.data import preprocess, readers
 from cxr_jax.data.__main__ import main as cli_main
-from cxr_jax.data.build import source_specs
+from cxr_jax.data.build import merge_patient_groups, source_specs
 from cxr_jax.data.preprocess import PreprocessConfig
 
 
@@ -260,7 +260,9 @@ def messy_sources(tmp_path):
   write_manifest(root, rows)
   folder = tmp_path / "other" / "COVID"
   folder.mkdir(parents=True)
-  (folder / "copy.jpg").write_bytes((root / "covid" / "img1.jpg").read_bytes())
+  # Same patient in the folder source: one file duplicates covid/img1.jpg, one is new.
+  (folder / "person5_a.jpg").write_bytes((root / "covid" / "img1.jpg").read_bytes())
+  cv2.imwrite(str(folder / "person5_b.jpg"), fake_xray(55))
   return root, tmp_path / "other"
 
 
@@ -279,11 +281,15 @@ def test_every_bad_input_is_reported_with_its_reason(tmp_path, messy_sources):
   assert "unknown label 'cat'" in reasons["img0.jpg"]
   # The duplicate is reported and kept once; valid DICOM and 16-bit PNG made it in.
   assert [(x["file"].rsplit("/", 1)[1], x["duplicate_of"].rsplit("/", 1)[1])
-          for x in built.duplicates] == [("copy.jpg", "img1.jpg")]
+          for x in built.duplicates] == [("person5_a.jpg", "img1.jpg")]
   files = ["/".join(f.split("/")[-2:]) for f in built.metadata["file"]]
-  assert files.count("covid/img1.jpg") == 1 and "COVID/copy.jpg" not in files
-  assert {"pneumonia/scan.dcm", "pneumonia/deep.png"} <= set(files)
-  assert built.num_examples == 18 + 2
+  assert files.count("covid/img1.jpg") == 1 and "COVID/person5_a.jpg" not in files
+  assert {"pneumonia/scan.dcm", "pneumonia/deep.png", "COVID/person5_b.jpg"} <= set(files)
+  assert built.num_examples == 18 + 2 + 1
+  # The duplicate links the two sources' patients: one group, so one split.
+  group = dict(zip(files, built.metadata["patient_group"], strict=True))
+  assert group["covid/img1.jpg"] == group["COVID/person5_b.jpg"] == "gen:p01"
+  assert group["covid/img2.jpg"] == "gen:p02"
   report = json.loads(built.report_path.read_text())
   assert report["rejects"] == built.rejects and report["duplicates"] == built.duplicates
   assert built.report_path.parent.parent.parent == tmp_path / "tfds"
@@ -343,7 +349,7 @@ def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   assert rc == 0
   summary = json.loads(capsys.readouterr().out)
   assert set(summary["splits"]) == {"train", "val", "test"}
-  assert sum(s["images"]["total"] for s in summary["splits"].values()) == 20
+  assert sum(s["images"]["total"] for s in summary["splits"].values()) == 21
   assert len(summary["rejected"]) == 6 and len(summary["duplicates"]) == 1
   # Rejects found before decoding (missing file, unknown label) already exceed 1%: no build.
   rc = cli_main([f"--source=manifest:{manifest}", "--image_size=16",
@@ -351,6 +357,13 @@ def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "max_reject_fraction" in out["error"]
   assert {r["file"].rsplit("/", 1)[1] for r in out["rejected"]} == {"gone.jpg", "img0.jpg"}
+
+
+def test_merge_patient_groups_joins_linked_groups():
+  groups = np.array(["a", "b", "c", "d", "e"])
+  merged = merge_patient_groups(groups, [("d", "b"), ("c", "d"), ("x", "e")])
+  assert list(merged) == ["a", "b", "b", "b", "e"]
+  assert merge_patient_groups(groups, []) is groups
 
 
 def test_build_without_its_log_is_regenerated(tmp_path):

@@ -44,6 +44,8 @@ class BuiltDataset:
     builder: the TFDS builder.
     metadata: id, label (index into LABELS), patient_id, patient_group, source, file,
       orig_height, orig_width, sha1; numpy arrays, metadata[k][i] belongs to example id i.
+      patient_group joins the groups of duplicate files (see merge_patient_groups), so it can
+      differ from the stored TFDS feature, which is the source's own.
     rejects: [{file, reason}] for every source file that could not be used.
     duplicates: [{file, duplicate_of, ...}] files with the same content as a kept file.
     excluded: [{file, reason}] files left out by design (lateral views, ignored folders...).
@@ -95,6 +97,23 @@ def metadata_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
   if not np.array_equal(out["id"], np.arange(len(rows))):
     raise DataBuildError("Example ids are not 0..N-1; delete the dataset folder and rebuild.")
   return out
+
+
+def merge_patient_groups(groups: np.ndarray, links) -> np.ndarray:
+  """Joins patient groups linked by duplicate images (union-find); each joined group is named
+  by its smallest member, so the result does not depend on the order of links."""
+  parent = {}
+
+  def root(g):
+    while parent.get(g, g) != g:
+      g = parent[g]
+    return g
+
+  for a, b in links:
+    ra, rb = root(a), root(b)
+    if ra != rb:
+      parent[max(ra, rb)] = min(ra, rb)
+  return np.array([root(g) for g in groups], dtype=str) if parent else groups
 
 
 def _check_usable(num_files: int, rejects: list[dict], label_counts, max_fraction: float,
@@ -165,6 +184,11 @@ def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDatase
 
   build_log = _prepare(builder)
   metadata = metadata_arrays(build_log["metadata"])
+  # A duplicate file is the same patient: its group joins the kept copy's group, so that the
+  # patient's other images land in the same split.
+  metadata["patient_group"] = merge_patient_groups(
+      metadata["patient_group"],
+      [(d["patient_group"], d["duplicate_of_patient_group"]) for d in build_log["duplicates"]])
   report["rejects"] += build_log["rejects"]
   report["duplicates"] = build_log["duplicates"]
   report["num_examples"] = len(metadata["id"])

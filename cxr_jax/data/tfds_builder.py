@@ -109,8 +109,10 @@ class CxrDataset(tfds.core.GeneratorBasedBuilder):
         continue
       kept = first_by_hash.get(out.sha1)
       if kept is not None:
-        self.duplicates.append(dict(file=record.path, label=record.label, source=record.source,
-                                    duplicate_of=kept.path, duplicate_of_label=kept.label))
+        self.duplicates.append(dict(
+            file=record.path, label=record.label, source=record.source,
+            patient_group=record.patient_group, duplicate_of=kept.path,
+            duplicate_of_label=kept.label, duplicate_of_patient_group=kept.patient_group))
         continue
       first_by_hash[out.sha1] = record
       meta = dict(id=len(self.generated_metadata), label=LABELS.index(record.label),
