@@ -1,5 +1,7 @@
 """VGG model: parameter tree, block outputs, start/stop, frozen blocks, head, config mapping."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,13 +15,23 @@ from cxr_jax.weights.porters import expected_layers
 SMALL = dict(hidden=(8,), dropout=0.5)
 
 
+def random_params(model, x, **kwargs):
+  """He-scaled random params of `model` for input `x`, drawn with numpy (jax's threefry init of
+  VGG's 15M weights is slow on a small CPU)."""
+  shapes = jax.eval_shape(lambda k: model.init(k, x, **kwargs), jax.random.key(0))["params"]
+  rng = np.random.default_rng(0)
+  def draw(s):
+    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
+    return (rng.standard_normal(s.shape, np.float32) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
+  return jax.tree.map(draw, shapes)
+
+
 @pytest.fixture(scope="module")
 def vgg16_32():
   """A VGG16 with a tiny head at 32x48 px (block5 output 1x1)."""
   model = VGG(depth=16, **SMALL)
   x = jax.random.normal(jax.random.key(1), (2, 32, 48, 3))
-  params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-  return model, params, x
+  return model, random_params(model, x), x
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
@@ -62,25 +74,31 @@ def test_bad_start_stop_raise(vgg16_32):
     model.apply({"params": params}, x, start="block4", stop="block2")
 
 
-@pytest.mark.parametrize("frozen", [0, 3, 5])
-def test_frozen_blocks_get_no_gradient(vgg16_32, frozen):
+@pytest.mark.parametrize("frozen,start", [(3, "input"), (5, "block3")])
+def test_frozen_blocks_get_no_gradient(vgg16_32, frozen, start):
   model, params, x = vgg16_32
   model = model.clone(frozen_blocks=frozen)
-  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(params)
-  for i, block in enumerate(BLOCK_NAMES):
+  if start != "input":
+    x = model.apply({"params": params}, x, stop=start)
+  loss = lambda p: jnp.sum(model.apply({"params": p}, x, start=start) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  first = BLOCK_NAMES.index(start) + 1 if start != "input" else 0
+  for i, block in enumerate(BLOCK_NAMES[first:], start=first):
     norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[block]))
     assert (norm == 0.0) == (i < frozen), (block, norm)
   assert float(jnp.abs(grads["head"]["logits"]["kernel"]).sum()) > 0
 
 
 def test_perturbations_give_activation_gradients(vgg16_32):
-  """Grad-CAM's hook: d logit / d perturbation == d logit / d conv output."""
+  """Grad-CAM's hook: d logit / d perturbations[block5][conv3_out] is the activation gradient."""
   model, params, x = vgg16_32
-  _, state = model.apply({"params": params}, x, mutable=["perturbations"])
+  x4 = model.apply({"params": params}, x, stop="block4")
+  _, state = model.apply({"params": params}, x4, start="block4", mutable=["perturbations"])
   perts = state["perturbations"]
+  assert list(perts) == ["block5"]  # only the layers that ran
   assert set(perts["block5"]) == {"conv1_out", "conv2_out", "conv3_out"}
-  f = lambda p: model.apply({"params": params, "perturbations": p}, x)[:, 0].sum()
-  g = jax.grad(f)(perts)["block5"]["conv3_out"]
+  f = lambda p: model.apply({"params": params, "perturbations": p}, x4, start="block4")[:, 0].sum()
+  g = jax.jit(jax.grad(f))(perts)["block5"]["conv3_out"]
   assert g.shape == (2, 2, 3, 512) and float(jnp.abs(g).sum()) > 0
   # The 2x2 VALID max-pool drops column 2 of block5's 2x3 map and passes one input per window.
   np.testing.assert_array_equal(g[:, :, 2], 0.0)
@@ -134,3 +152,22 @@ def test_create_model_from_config():
 
 def test_conv_impl_xla_is_flax_conv():
   assert conv_class("xla") is nn.Conv
+
+
+def test_other_conv_impls_share_params_and_outputs():
+  """Ported weights fit every conv implementation: same tree, same outputs and gradients."""
+  ops = pytest.importorskip("cxr_jax.ops")
+  x = jax.random.normal(jax.random.key(3), (2, 16, 24, 3))
+  xla = VGG(depth=16, conv_impl="xla")
+  params = random_params(xla, x, stop="block2")
+  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x, stop="block2") ** 2)
+  want_out, want_grad = jax.jit(jax.value_and_grad(loss(xla)))(params)
+  for impl in sorted(set(ops.CONV_IMPLS) & {"fast_rule"}):
+    model = xla.clone(conv_impl=impl)
+    init = functools.partial(model.init, stop="block2")
+    shapes = jax.eval_shape(init, jax.random.key(0), x)["params"]
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
+    out, grad = jax.jit(jax.value_and_grad(loss(model)))(params)
+    np.testing.assert_allclose(out, want_out, rtol=1e-4)
+    for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad), strict=True):
+      np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3 * float(jnp.abs(w).max()))
