@@ -7,6 +7,10 @@ FTk trains the last k blocks, i.e. `frozen_blocks = 5 - k`.
 Layer order and shapes match torchvision's `vgg16().features` / `vgg19().features` and Keras's
 `VGG16(include_top=False)`, so their ImageNet weights port into this tree unchanged
 (see `cxr_jax.weights`).
+
+Collections besides 'params' (take `variables["params"]` from `init`):
+  perturbations[block][f"{conv}_out"]  zero, added to each conv's ReLU output (Grad-CAM gradients);
+  intermediates[block]["output"]       each block's output, sown when 'intermediates' is mutable.
 """
 
 from __future__ import annotations
