@@ -150,8 +150,10 @@ def test_create_model_from_config():
     create_model(config)
 
 
-def test_conv_impl_xla_is_flax_conv():
+def test_conv_impl_xla_is_flax_conv_and_unknown_is_refused():
   assert conv_class("xla") is nn.Conv
+  with pytest.raises(ValueError, match="conv_impl"):
+    conv_class("no-such-conv")
 
 
 def test_other_conv_impls_share_params_and_outputs():
