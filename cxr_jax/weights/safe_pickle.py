@@ -13,8 +13,10 @@ import pickle
 
 import numpy as np
 
+from cxr_jax.weights.errors import WeightsError
 
-class UnsafePickleError(pickle.UnpicklingError):
+
+class UnsafePickleError(WeightsError, pickle.UnpicklingError):
   """A pickle names a global outside the allowed set."""
 
 
