@@ -357,6 +357,9 @@ def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "max_reject_fraction" in out["error"]
   assert {r["file"].rsplit("/", 1)[1] for r in out["rejected"]} == {"gone.jpg", "img0.jpg"}
+  rc = cli_main([f"--source=manifest:{tmp_path / 'nowhere'}", f"--data_dir={tmp_path / 'tfds'}"])
+  out = json.loads(capsys.readouterr().out)
+  assert rc == 1 and "manifest.csv not found" in out["error"]
 
 
 def test_merge_patient_groups_joins_linked_groups():

@@ -67,9 +67,10 @@ def main(argv=None) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout.
       built = data.build_dataset(data_config)
       splits = data.make_splits(built.metadata, data_config)
-  except data.DataBuildError as e:
-    report = json.loads(e.report_path.read_text()) if e.report_path else {}
-    print(json.dumps(dict(error=str(e), report=str(e.report_path),
+  except (data.DataBuildError, FileNotFoundError, ValueError) as e:  # bad sources or settings
+    report_path = getattr(e, "report_path", None)
+    report = json.loads(report_path.read_text()) if report_path else {}
+    print(json.dumps(dict(error=str(e), report=str(report_path or ""),
                           rejected=report.get("rejects", [])), indent=1))
     print(f"error: {e}", file=sys.stderr)
     return 1
