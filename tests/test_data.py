@@ -10,7 +10,7 @@ import pytest
 from configs.default import get_config
 from cxr_jax import data
 from cxr_jax.data import preprocess, splits
-from cxr_jax.weights.preprocessing import PREPROCESSING
+from cxr_jax.weights import PREPROCESSING
 
 SIZE = 32
 

@@ -21,7 +21,7 @@ _MAX_SHIFT = 0.08  # augmentation: shifts up to 8% of the side
 
 def preprocessing_spec(name: str) -> dict:
   """PREPROCESSING[name] from cxr_jax.weights (scale, mean, std, channel_order)."""
-  from cxr_jax.weights.preprocessing import PREPROCESSING
+  from cxr_jax.weights import PREPROCESSING  # Late: the weights package imports jax.
   if name not in PREPROCESSING:
     raise ValueError(f"Unknown preprocessing {name!r}; known: {sorted(PREPROCESSING)}.")
   return PREPROCESSING[name]
