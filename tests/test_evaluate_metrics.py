@@ -49,6 +49,8 @@ def test_point_metrics_match_hand_computed():
   assert pneu["roc_auc"] == pytest.approx(10 / 12)
   assert m["macro"]["precision"]["value"] == pytest.approx((0.5 + 0.5 + 0.0) / 3)
   assert m["macro"]["roc_auc"]["num_classes"] == 3
+  fpr, tpr, _ = skm.roc_curve(LABELS == 0, PROBS[:, 0])
+  assert m["curves"]["covid"]["roc"] == dict(fpr=fpr.tolist(), tpr=tpr.tolist())
   json.dumps(m)
 
 
@@ -61,6 +63,7 @@ def test_absent_class_gives_null_auc_with_reason():
   assert any("no positive examples" in r for r in pneu["undefined"])
   assert m["macro"]["roc_auc"]["num_classes"] == 2
   assert m["intervals"]["per_class"]["pneumonia"]["roc_auc"]["num_valid"] == 0
+  assert m["curves"]["pneumonia"] is None and m["curves"]["covid"] is not None
   json.dumps(m)
 
 

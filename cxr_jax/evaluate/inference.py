@@ -20,17 +20,6 @@ def make_predict_fn(model: nn.Module):
   return predict
 
 
-def flatten_batch(batch: dict) -> dict:
-  """Merges a leading device axis ([D, B/D, ...] -> [B, ...]) and drops padding rows (mask 0)."""
-  image = np.asarray(batch["image"])
-  lead = image.ndim - 3  # 1 for [B, H, W, C], 2 with a device axis
-  flat = {k: np.asarray(v).reshape((-1,) + np.shape(v)[lead:]) for k, v in batch.items()}
-  if "mask" in flat:
-    keep = flat.pop("mask") > 0
-    flat = {k: v[keep] for k, v in flat.items()}
-  return flat
-
-
 def predict_arrays(model: nn.Module, variables, batches: Iterable[dict], *, predict_fn=None):
   """Runs the model over `batches` (dicts with image, label, index and optionally mask).
 

@@ -40,7 +40,7 @@ def _ratio(num: float, den: float) -> float | None:
   return float(num / den) if den > 0 else None
 
 
-def class_metrics(labels: np.ndarray, probs: np.ndarray, k: int, *, curves: bool = True) -> dict:
+def class_metrics(labels: np.ndarray, probs: np.ndarray, k: int) -> dict:
   """One-vs-rest metrics of class `k`; counts always, rates where defined (see module doc)."""
   preds = probs.argmax(axis=1)
   truth, predicted = labels == k, preds == k
@@ -64,12 +64,18 @@ def class_metrics(labels: np.ndarray, probs: np.ndarray, k: int, *, curves: bool
     score = probs[:, k]
     out["roc_auc"] = float(skm.roc_auc_score(truth, score))
     out["average_precision"] = float(skm.average_precision_score(truth, score))
-    if curves:
-      fpr, tpr, _ = skm.roc_curve(truth, score)
-      prec, rec, _ = skm.precision_recall_curve(truth, score)
-      out["roc_curve"] = dict(fpr=fpr.tolist(), tpr=tpr.tolist())
-      out["pr_curve"] = dict(precision=prec.tolist(), recall=rec.tolist())
   return out
+
+
+def class_curves(labels: np.ndarray, probs: np.ndarray, k: int) -> dict | None:
+  """ROC and precision-recall curve points of class `k` vs rest; None if a side is missing."""
+  truth, score = labels == k, probs[:, k]
+  if truth.all() or not truth.any():
+    return None
+  fpr, tpr, _ = skm.roc_curve(truth, score)
+  precision, recall, _ = skm.precision_recall_curve(truth, score)
+  return dict(roc=dict(fpr=fpr.tolist(), tpr=tpr.tolist()),
+              pr=dict(precision=precision.tolist(), recall=recall.tolist()))
 
 
 def _macro(per_class: dict, key: str) -> dict:
@@ -96,15 +102,15 @@ def calibration(labels: np.ndarray, probs: np.ndarray, num_bins: int = 10) -> di
   return dict(ece=float(ece), bins=bins)
 
 
-def point_metrics(labels, probs, *, class_names=LABELS, curves: bool = True) -> dict:
-  """All metrics of one prediction set, without confidence intervals."""
+def point_metrics(labels, probs, *, class_names=LABELS) -> dict:
+  """All metrics of one prediction set, without confidence intervals; curve points under
+  "curves" (kept apart so that "per_class" stays a short table)."""
   labels, probs = check_inputs(labels, probs)
   num_classes = probs.shape[1]
   if len(class_names) != num_classes:
     raise ValueError(f"{len(class_names)} class names for {num_classes} probability columns")
   preds = probs.argmax(axis=1)
-  per_class = {name: class_metrics(labels, probs, k, curves=curves)
-               for k, name in enumerate(class_names)}
+  per_class = {name: class_metrics(labels, probs, k) for k, name in enumerate(class_names)}
   keys = ("sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision")
   return dict(
       num_examples=int(len(labels)),
@@ -116,4 +122,5 @@ def point_metrics(labels, probs, *, class_names=LABELS, curves: bool = True) -> 
       confusion_matrix=skm.confusion_matrix(labels, preds, labels=range(num_classes)).tolist(),
       per_class=per_class,
       macro={key: _macro(per_class, key) for key in keys},
-      calibration=calibration(labels, probs))
+      calibration=calibration(labels, probs),
+      curves={name: class_curves(labels, probs, k) for k, name in enumerate(class_names)})

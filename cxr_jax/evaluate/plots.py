@@ -30,10 +30,10 @@ def _per_class_axes(names):
 def plot_roc(metrics: dict, path: Path) -> str:
   fig, axes = _per_class_axes(metrics["class_names"])
   for ax, name in zip(axes, metrics["class_names"], strict=True):
-    m = metrics["per_class"][name]
+    m, curves = metrics["per_class"][name], metrics["curves"][name]
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
-    if "roc_curve" in m:
-      ax.plot(m["roc_curve"]["fpr"], m["roc_curve"]["tpr"], lw=2)
+    if curves:
+      ax.plot(curves["roc"]["fpr"], curves["roc"]["tpr"], lw=2)
       ax.set_title(f"{name} vs rest: AUC {m['roc_auc']:.3f}")
     else:
       ax.set_title(f"{name}: ROC undefined")
@@ -44,11 +44,11 @@ def plot_roc(metrics: dict, path: Path) -> str:
 def plot_pr(metrics: dict, path: Path) -> str:
   fig, axes = _per_class_axes(metrics["class_names"])
   for ax, name in zip(axes, metrics["class_names"], strict=True):
-    m = metrics["per_class"][name]
+    m, curves = metrics["per_class"][name], metrics["curves"][name]
     prevalence = m["positives"] / max(m["positives"] + m["negatives"], 1)
     ax.axhline(prevalence, color="0.7", lw=1, ls="--")  # a random ranking's precision
-    if "pr_curve" in m:
-      ax.step(m["pr_curve"]["recall"], m["pr_curve"]["precision"], where="post", lw=2)
+    if curves:
+      ax.step(curves["pr"]["recall"], curves["pr"]["precision"], where="post", lw=2)
       ax.set_title(f"{name} vs rest: AP {m['average_precision']:.3f}")
     else:
       ax.set_title(f"{name}: PR undefined")

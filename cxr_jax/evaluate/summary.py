@@ -22,7 +22,7 @@ def source_breakdown(labels: np.ndarray, probs: np.ndarray, sources, class_names
     y, p = labels[sel], probs[sel]
     per_class = {}
     for k, name in enumerate(class_names):
-      m = class_metrics(y, p, k, curves=False)
+      m = class_metrics(y, p, k)
       if m["positives"] == 0 or m["negatives"] == 0:
         keep = ("positives", "negatives", "predicted", "tp", "fn", "fp", "tn")
         m = {key: m[key] for key in keep}
