@@ -1,5 +1,6 @@
 """Grad-CAM against a direct jax.vjp computation, and on a model with known evidence locations."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,3 +154,37 @@ def test_overlay_png_and_display_recovers_the_grey_image(tmp_path):
   path = save_overlay(tmp_path / "a" / "x.png", caffe, np.zeros((SIZE, SIZE)), [0.2, 0.5, 0.3],
                       ["covid", "normal", "pneumonia"], heading="test")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _SownBlock(nn.Module):
+  """A block whose activation is not a ReLU and which sows it under the perturbation name."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = jnp.tanh(nn.Conv(4, (3, 3), name="conv1")(x))
+    self.sow("intermediates", "conv1_out", y)
+    return self.perturb("conv1_out", y)
+
+
+class _TinyNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, *, train=False, stop="logits"):
+    a = _SownBlock(name="block1")(x)
+    if stop == "block1":
+      return a
+    return nn.Dense(3, name="logits")(jnp.max(a, axis=(1, 2)))
+
+
+def test_gradcam_uses_a_sown_activation():
+  model = _TinyNet()
+  images = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+  variables = model.init(jax.random.key(3), images)
+  out = gradcam(model, variables, images, np.array([1, 2]), layer="block1")
+  acts = model.apply(variables, images, stop="block1")
+  kernel, bias = variables["params"]["logits"]["kernel"], variables["params"]["logits"]["bias"]
+  logits, vjp_fn = jax.vjp(lambda a: jnp.max(a, axis=(1, 2)) @ kernel + bias, acts)
+  (grads,) = vjp_fn(jax.nn.one_hot(np.array([1, 2]), 3))
+  raw = np.maximum(np.einsum("nhwc,nc->nhw", acts, grads.mean(axis=(1, 2))), 0)
+  assert raw.max() > 0
+  np.testing.assert_allclose(out["raw"], raw, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), rtol=1e-5)

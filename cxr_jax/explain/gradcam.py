@@ -2,8 +2,9 @@
 
 The model convention (cxr_jax.models): every conv layer's ReLU output passes through
 `self.perturb(f"{conv}_out", y)` inside its block, so `perturbations[block][f"{conv}_out"]` is a
-zero tensor whose gradient is d(logit)/d(activation). The activation itself is the ReLU of that
-conv module's output, captured with `capture_intermediates`.
+zero tensor whose gradient is d(logit)/d(activation). The activation itself is taken from
+`intermediates[block][f"{conv}_out"]` if the model sows it there, else it is the ReLU of that conv
+module's output, captured with `capture_intermediates`.
 
 Layer names: "block5/conv3" (a conv layer), "block5/conv3_out" (the same) or "block5" (its last
 conv layer; any block can be chosen).
@@ -73,6 +74,14 @@ def cam_from_grads(acts: jax.Array, grads: jax.Array, size: tuple[int, int],
   return jnp.clip(cam, 0.0, 1.0), raw
 
 
+def _layer_activation(block_intermediates: dict, name: str) -> jax.Array:
+  # A model may sow the perturbed activation itself under the perturbation's name; otherwise
+  # the VGG convention holds: the activation is the ReLU of the conv module's output.
+  if name in block_intermediates:
+    return block_intermediates[name][0]
+  return jax.nn.relu(block_intermediates[name.removesuffix("_out")]["__call__"][0])
+
+
 def make_cam_fn(model: nn.Module, layer: str = DEFAULT_LAYER, method: str = "gradcam"):
   """A jitted fn(variables, images, targets) -> dict(cam, raw, probs, targets).
 
@@ -100,8 +109,7 @@ def make_cam_fn(model: nn.Module, layer: str = DEFAULT_LAYER, method: str = "gra
           capture_intermediates=lambda mdl, method_name: (
               method_name == "__call__" and tuple(mdl.path) == conv_path),
           mutable=["intermediates"])
-      conv_out = state["intermediates"][conv_path[0]][conv_path[1]]["__call__"][0]
-      return logits, jax.nn.relu(conv_out).astype(jnp.float32)
+      return logits, _layer_activation(state["intermediates"][block], name).astype(jnp.float32)
 
     logits, vjp_fn, acts = jax.vjp(logits_fn, zeros[block][name], has_aux=True)
     chosen = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
