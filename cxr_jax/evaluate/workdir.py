@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from cxr_jax.data.records import LABELS
@@ -60,7 +61,8 @@ def load_split(workdir, split: str, config=None, which: str = "best") -> LoadedS
   splits = data.make_splits(built.metadata, config.data)
   if split not in splits:
     raise ValueError(f"unknown split {split!r}; known: {sorted(splits)}")
-  return LoadedSplit(trained, config, built, np.asarray(splits[split]))
+  # A balanced training split may repeat ids; each image is evaluated once.
+  return LoadedSplit(trained, config, built, np.unique(np.asarray(splits[split])))
 
 
 def eval_setting(config, key: str, default):
@@ -104,14 +106,16 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
                         dataset=built.version, preprocessing=trained.preprocessing)
 
   out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
-  out.mkdir(parents=True, exist_ok=True)
-  plots = write_plots(metrics, out)
-  (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-  title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
-  (out / "report.md").write_text(render_report(metrics, plots, title=title))
-  write_predictions(out / "predictions.csv", ids, labels, probs, meta)
-  metrics["written"] = [str(out / f) for f in ("metrics.json", "report.md", "predictions.csv",
-                                                *plots.values())]
+  files = []
+  if jax.process_index() == 0:  # every process computes the same numbers; one writes them
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(metrics, out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
+    (out / "report.md").write_text(render_report(metrics, plots, title=title))
+    write_predictions(out / "predictions.csv", ids, labels, probs, meta)
+    files = ["metrics.json", "report.md", "predictions.csv", *plots.values()]
+  metrics["written"] = [str(out / f) for f in files]
   logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
                metrics["accuracy"], out)
   return metrics
