@@ -1,0 +1,348 @@
+"""VGG16 training speed on CPU: cxr_jax's own train step against the same step in PyTorch.
+
+Every variant trains the same network (VGG16 + flatten/256/3 head, RMSprop, the first 5-k blocks
+frozen with a stop-gradient at the boundary) on the same random batch. Variants run in alternating
+rounds (A, B, C, A, B, C, ...) after their warm-up, so that load from other processes on a shared
+machine hits all of them alike; the JSON reports the median images/s per variant, the ratios
+against PyTorch fp32 channels_last, the load average during each round, the CPU model, forward-only
+speed and per-layer weight-gradient GFLOP/s.
+
+  python benchmarks/vs_pytorch.py --image-size 224 --batch 8 --trainable-blocks 5 2 \
+      --out benchmarks/results/vs_pytorch_224.json
+
+Variants (--variants): jax:<conv_impl>[:bf16] (cxr_jax.train.step's pmapped step with
+config.model.conv_impl, optionally bfloat16 compute with float32 parameters), torch:nchw,
+torch:cl (channels_last), torch:bf16 (channels_last + bfloat16 autocast), keras (tf.keras, optional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# (block, in_channels, out_channels) of VGG16's 13 convs; spatial size halves after each block.
+VGG16_CONVS = [(1, 3, 64), (1, 64, 64), (2, 64, 128), (2, 128, 128), (3, 128, 256), (3, 256, 256),
+               (3, 256, 256), (4, 256, 512), (4, 512, 512), (4, 512, 512), (5, 512, 512),
+               (5, 512, 512), (5, 512, 512)]
+NUM_CLASSES, HIDDEN = 3, 256
+
+
+def layer_shapes(size: int):
+  """(block, H, C_in, C_out) per conv layer at input size `size`."""
+  return [(b, size >> (b - 1), ci, co) for b, ci, co in VGG16_CONVS]
+
+
+def step_flops(size: int, batch: int, trainable_blocks: int) -> dict:
+  """Convolution FLOPs of one step: forward everywhere; weight gradient in trainable blocks; input
+  gradient in trainable blocks except the first trainable conv (nothing below needs it)."""
+  first = 6 - trainable_blocks
+  fwd = wgrad = dgrad = 0
+  seen_trainable = False
+  for b, h, ci, co in layer_shapes(size):
+    f = 2 * batch * h * h * 9 * ci * co
+    fwd += f
+    if b >= first:
+      wgrad += f
+      dgrad += f if seen_trainable else 0
+      seen_trainable = True
+  return {"forward": fwd, "weight_grad": wgrad, "input_grad": dgrad, "total": fwd + wgrad + dgrad}
+
+
+def machine_info() -> dict:
+  model = platform.processor()
+  flags = set()
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+      elif line.startswith("flags"):
+        flags = set(line.split(":", 1)[1].split())
+  return {"cpu": model, "cores": os.cpu_count(),
+          "isa": sorted(x for x in flags if x.startswith(("avx512f", "avx512_bf16", "amx"))),
+          "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+# ------------------------------------------------------------------ JAX (the project's own step)
+
+def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
+  """(train_fn, eval_fn) running cxr_jax.train.step's pmapped step on one device."""
+  import jax
+  import jax.numpy as jnp
+
+  from configs import default
+  from cxr_jax import models
+  from cxr_jax.train import optim, step
+
+  parts = spec.split(":")
+  config = default.get_config()
+  config.model.conv_impl = parts[1]
+  config.model.trainable_blocks = trainable_blocks
+  dtype = jnp.bfloat16 if parts[2:] == ["bf16"] else jnp.float32
+  model = models.create_model(config.model, dtype=dtype)
+  images, labels = data
+  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)))["params"])(
+      jax.random.PRNGKey(0))
+  tx = optim.make_optimizer(params, config)
+  state = step.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
+                          plateau_state=optim.make_plateau(config.train).init({}),
+                          rng=jax.random.PRNGKey(1))
+  state = jax.tree.map(lambda a: jnp.asarray(a)[None], state)
+  p_train, p_eval = step.make_pmapped_steps(model, tx, NUM_CLASSES)
+  batch_ = jax.device_put({"image": images[None], "label": labels[None],
+                           "weight": np.ones((1, batch), np.float32)})
+  holder = {"state": state}
+
+  def train_fn():
+    holder["state"], metrics = p_train(holder["state"], batch_)  # state is donated
+    jax.block_until_ready(metrics)
+
+  def eval_fn():
+    jax.block_until_ready(p_eval(holder["state"].params, batch_))
+
+  return train_fn, eval_fn
+
+
+# ------------------------------------------------------------------ PyTorch
+
+def torch_vgg16(trainable_blocks: int):
+  import torch
+  from torch import nn
+
+  blocks, c_prev, prev_block = [], 3, 0
+  for b, ci, co in VGG16_CONVS:
+    if b != prev_block:
+      if blocks:
+        blocks[-1].append(nn.MaxPool2d(2))
+      blocks.append([])
+      prev_block = b
+    blocks[-1] += [nn.Conv2d(ci, co, 3, padding=1), nn.ReLU(inplace=True)]
+    c_prev = co
+  blocks[-1].append(nn.MaxPool2d(2))
+  blocks = [nn.Sequential(*b) for b in blocks]
+  frozen = nn.Sequential(*blocks[:5 - trainable_blocks])
+  trainable = nn.Sequential(*blocks[5 - trainable_blocks:])
+  head = nn.Sequential(nn.Flatten(), nn.LazyLinear(HIDDEN), nn.ReLU(), nn.Dropout(0.5),
+                       nn.Linear(HIDDEN, NUM_CLASSES))
+  for p in frozen.parameters():
+    p.requires_grad_(False)
+  del c_prev, torch
+  return frozen, trainable, head
+
+
+def torch_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
+  import torch
+
+  torch.set_num_threads(os.cpu_count())
+  kind = spec.split(":")[1]
+  frozen, trainable, head = torch_vgg16(trainable_blocks)
+  images, labels = data
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  y = torch.from_numpy(labels).long()
+  if kind in ("cl", "bf16"):
+    x = x.contiguous(memory_format=torch.channels_last)
+    for m in (frozen, trainable):
+      m.to(memory_format=torch.channels_last)
+  with torch.no_grad():
+    head(trainable(frozen(x)))  # materialise the lazy layer
+  params = [p for m in (trainable, head) for p in m.parameters()]
+  opt = torch.optim.RMSprop(params, lr=1e-5, alpha=0.9, eps=1e-7)
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if kind == "bf16" else (
+      lambda: torch.autocast("cpu", enabled=False))
+
+  def train_fn():
+    with autocast():
+      with torch.no_grad():  # the frozen blocks: no graph, no backward
+        feats = frozen(x)
+      loss = torch.nn.functional.cross_entropy(head(trainable(feats)).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+  def eval_fn():
+    with torch.no_grad(), autocast():
+      head(trainable(frozen(x)))
+
+  for m in (frozen, trainable, head):
+    m.train()
+  return train_fn, eval_fn
+
+
+# ------------------------------------------------------------------ Keras (optional third column)
+
+def keras_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
+  import tensorflow as tf
+
+  keras = tf.keras
+  inputs = keras.Input((size, size, 3))
+  x, prev_block = inputs, 1
+  for i, (b, _, co) in enumerate(VGG16_CONVS):
+    if b != prev_block:
+      x = keras.layers.MaxPooling2D()(x)
+      prev_block = b
+    x = keras.layers.Conv2D(co, 3, padding="same", activation="relu", name=f"b{b}_c{i}",
+                            trainable=b > 5 - trainable_blocks)(x)
+  x = keras.layers.MaxPooling2D()(x)
+  x = keras.layers.Flatten()(x)
+  x = keras.layers.Dense(HIDDEN, activation="relu")(x)
+  x = keras.layers.Dropout(0.5)(x)
+  outputs = keras.layers.Dense(NUM_CLASSES)(x)
+  model = keras.Model(inputs, outputs)
+  model.compile(optimizer=keras.optimizers.RMSprop(1e-5, rho=0.9, epsilon=1e-7),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+  images, labels = data
+  x_t, y_t = tf.constant(images), tf.constant(labels)
+
+  def train_fn():
+    model.train_on_batch(x_t, y_t)
+
+  def eval_fn():
+    model.predict_on_batch(x_t)
+
+  return train_fn, eval_fn
+
+
+def make_variant(spec, *args):
+  kind = spec.split(":")[0]
+  return {"jax": jax_variant, "torch": torch_variant, "keras": keras_variant}[kind](spec, *args)
+
+
+# ------------------------------------------------------------------ timing
+
+def timed(fn, steps: int) -> float:
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - t0) / steps
+
+
+def alternate(fns: dict, rounds: int, steps: int, warmup: int) -> dict:
+  """Median seconds per call of each fn, measured in alternating rounds after `warmup` calls."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in fns}
+  loads = []
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      times[name].append(timed(fn, steps))
+    loads.append(round(os.getloadavg()[0], 2))
+  return {"median_s": {n: statistics.median(t) for n, t in times.items()},
+          "all_s": {n: [round(v, 4) for v in t] for n, t in times.items()}, "loadavg": loads}
+
+
+def weight_grad_table(size: int, batch: int, rounds: int) -> list[dict]:
+  """GFLOP/s of each VGG16 layer's weight gradient: every cxr_jax formulation and PyTorch's."""
+  import torch
+
+  from cxr_jax.ops import tuning
+
+  rows, seen = [], set()
+  for b, h, ci, co in layer_shapes(size):
+    if (h, ci, co) in seen:
+      continue
+    seen.add((h, ci, co))
+    flops = 2 * batch * h * h * 9 * ci * co
+    jax_s = tuning.measure((batch, h, h, ci), (3, 3, ci, co), ((1, 1), (1, 1)), "float32")
+    x = torch.randn(batch, ci, h, h).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(batch, co, h, h).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(co, ci, 3, 3).contiguous(memory_format=torch.channels_last)
+
+    def torch_wgrad(x=x, dy=dy, w=w, co=co):
+      torch.ops.aten.convolution_backward(dy, x, w, [co], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                          [False, True, False])
+
+    torch_wgrad()
+    torch_s = min(timed(torch_wgrad, 1) for _ in range(rounds))
+    gf = {f"jax_{k}": round(flops / v / 1e9, 1) for k, v in jax_s.items()}
+    gf["torch_cl"] = round(flops / torch_s / 1e9, 1)
+    rows.append({"block": b, "hw": h, "c_in": ci, "c_out": co, "gflops_per_s": gf,
+                 "loadavg": round(os.getloadavg()[0], 2)})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def sgemm_peak(n: int = 2048) -> dict:
+  """Large fp32/bf16 matmul GFLOP/s in both frameworks: the practical compute ceiling here."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  out = {}
+  for dt_name, jdt, tdt in (("fp32", jnp.float32, torch.float32), ("bf16", jnp.bfloat16, torch.bfloat16)):
+    a = jnp.ones((n, n), jdt)
+    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+    jax_mm = lambda f=f, a=a: jax.block_until_ready(f(a))
+    ta = torch.ones(n, n, dtype=tdt)
+    torch_mm = lambda ta=ta: ta @ ta
+    jax_mm(), torch_mm()
+    t_j = min(timed(jax_mm, 1) for _ in range(5))
+    t_t = min(timed(torch_mm, 1) for _ in range(5))
+    out[dt_name] = {"jax": round(2 * n ** 3 / t_j / 1e9, 1), "torch": round(2 * n ** 3 / t_t / 1e9, 1)}
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--image-size", type=int, default=224)
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--trainable-blocks", type=int, nargs="+", default=[5, 2])
+  ap.add_argument("--variants", nargs="+",
+                  default=["jax:xla", "jax:fast", "torch:nchw", "torch:cl", "torch:bf16"])
+  ap.add_argument("--reference", default="torch:cl", help="variant the ratios are taken against")
+  ap.add_argument("--rounds", type=int, default=5)
+  ap.add_argument("--steps", type=int, default=1, help="steps per timed run")
+  ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--no-forward", action="store_true")
+  ap.add_argument("--layers", action="store_true", help="per-layer weight-gradient GFLOP/s")
+  ap.add_argument("--out", type=Path)
+  args = ap.parse_args(argv)
+
+  rng = np.random.default_rng(0)
+  data = (rng.standard_normal((args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
+          rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32))
+  result = {"machine": machine_info(), "image_size": args.image_size, "batch": args.batch,
+            "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg()[0],
+            "sgemm_gflops_per_s": sgemm_peak(), "train": {}, "forward": {}}
+  print(json.dumps(result["sgemm_gflops_per_s"]), flush=True)
+  for k in args.trainable_blocks:
+    made = {v: make_variant(v, args.image_size, args.batch, k, data) for v in args.variants}
+    flops = step_flops(args.image_size, args.batch, k)
+    res = alternate({v: t for v, (t, _) in made.items()}, args.rounds, args.steps, args.warmup)
+    med = res["median_s"]
+    res["images_per_s"] = {v: round(args.batch / s, 3) for v, s in med.items()}
+    res["conv_gflops_per_s"] = {v: round(flops["total"] / s / 1e9, 1) for v, s in med.items()}
+    res["ratio_vs_reference"] = {v: round(med[args.reference] / s, 3) for v, s in med.items()} if (
+        args.reference in med) else {}
+    res["conv_flops"] = flops
+    result["train"][f"trainable_blocks_{k}"] = res
+    print(json.dumps({"trainable_blocks": k, "images_per_s": res["images_per_s"],
+                      "ratio": res["ratio_vs_reference"], "loadavg": res["loadavg"]}), flush=True)
+    if not args.no_forward and k == args.trainable_blocks[0]:
+      fwd = alternate({v: e for v, (_, e) in made.items()}, args.rounds, args.steps, 1)
+      fwd["images_per_s"] = {v: round(args.batch / s, 3) for v, s in fwd["median_s"].items()}
+      result["forward"] = fwd
+      print(json.dumps({"forward_images_per_s": fwd["images_per_s"]}), flush=True)
+    del made
+  if args.layers:
+    result["weight_grad_layers"] = weight_grad_table(args.image_size, args.batch, 3)
+  result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+  text = json.dumps(result, indent=1)
+  if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,72 @@
+"""Linen convolution layers that are `flax.linen.Conv` with a faster backward pass.
+
+They subclass `nn.Conv` and only swap its `conv_general_dilated`, so construction, parameter
+names and shapes (`kernel` HWIO, `bias`), initialisers, dtype promotion and the forward result are
+Conv's own; ported weights load unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+from jax import lax
+
+from cxr_jax.ops import conv, wgrad
+
+_NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _all_ones(v) -> bool:
+  return v is None or all(int(s) == 1 for s in (v if isinstance(v, tuple | list) else (v,)))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, *, wgrad_impl: str, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`lax.conv_general_dilated` that routes the case `conv.conv2d` covers (2-D NHWC/HWIO, stride 1,
+  no dilation, one group, default precision) to it and everything else to lax unchanged."""
+  dn = (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        if dimension_numbers is not None else None)
+  covered = (lhs.ndim == 4 and dn == _NHWC and _all_ones(window_strides)
+             and _all_ones(lhs_dilation) and _all_ones(rhs_dilation) and feature_group_count == 1
+             and precision is None and not kwargs and lhs.dtype == rhs.dtype)
+  if not covered:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kwargs)
+  pads = conv.explicit_padding(lhs.shape, rhs.shape, padding)
+  return conv.conv2d(lhs, rhs, pads, wgrad_impl)
+
+
+@functools.cache
+def _conv_class(wgrad_impl: str) -> type[nn.Module]:
+  fn = functools.partial(conv_general_dilated, wgrad_impl=wgrad_impl)
+  name = "FastConv" if wgrad_impl == "auto" else f"FastConv_{wgrad_impl}"
+  return type(name, (nn.Conv,), {
+      "__annotations__": {"conv_general_dilated": Callable},
+      "conv_general_dilated": fn,
+      "__doc__": f"nn.Conv whose weight gradient uses formulation {wgrad_impl!r} (cxr_jax.ops).",
+      "__module__": __name__,
+  })
+
+
+FastConv = _conv_class("auto")
+
+# config.model.conv_impl -> weight-gradient formulation (None = flax's own Conv).
+CONV_IMPLS: dict[str, str | None] = {
+    "xla": None,
+    "fast": "auto",       # measured per layer shape on first use, cached on disk
+    "fast_rule": "rule",  # fixed rule, no measuring (reproducible choice, e.g. for CI)
+    **{f"wgrad_{name}": name for name in wgrad.FORMULATIONS},  # one formulation everywhere
+}
+
+
+def conv_module(conv_impl: str) -> type[nn.Module]:
+  """The linen conv class for `config.model.conv_impl`; constructible like `nn.Conv`."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"config.model.conv_impl={conv_impl!r} is not one of {sorted(CONV_IMPLS)}")
+  impl = CONV_IMPLS[conv_impl]
+  return nn.Conv if impl is None else _conv_class(impl)

@@ -1,0 +1,113 @@
+"""Chooses a weight-gradient formulation per (shapes, dtype) by measurement, cached on disk.
+
+The choice is made at trace time (shapes are static), so it costs one measurement per new layer
+shape per machine; later runs read `<cache_dir>/ops/wgrad_choices.json`. Measurements on a shared
+CPU are noisy: each candidate is timed in alternating rounds and scored by its minimum, the time
+least disturbed by other processes. Set CXR_JAX_WGRAD_TUNE=0 to skip measuring and use the fixed
+rule in `wgrad.rule`; the cache file is plain JSON and can be edited or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax import paths
+from cxr_jax.ops import wgrad
+
+_LOCK = threading.Lock()
+_MEMO: dict[str, str] = {}
+ROUNDS = 3
+
+
+def cache_path():
+  return paths.cache_dir() / "ops" / "wgrad_choices.json"
+
+
+def _machine() -> str:
+  """Choices are per CPU model and thread count: they do not transfer between machines."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{model}|{os.cpu_count()}cpu|jax{jax.__version__}"
+
+
+def key(x_shape, kernel_shape, padding, dtype) -> str:
+  pads = ",".join(f"{lo}:{hi}" for lo, hi in padding)
+  return (f"{_machine()}|x{'x'.join(map(str, x_shape))}|k{'x'.join(map(str, kernel_shape))}"
+          f"|p{pads}|{jnp.dtype(dtype).name}")
+
+
+def _load() -> dict:
+  try:
+    return json.loads(cache_path().read_text())
+  except FileNotFoundError:
+    return {}
+  except (OSError, json.JSONDecodeError) as e:
+    raise RuntimeError(f"cannot read the weight-gradient choice cache {cache_path()} ({e}); "
+                       "delete it to measure again") from e
+
+
+def _store(k: str, entry: dict) -> None:
+  path = cache_path()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  table = _load()
+  table[k] = entry
+  tmp = path.with_suffix(f".{os.getpid()}.tmp")
+  tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+  os.replace(tmp, path)  # atomic: concurrent processes never see half a file
+
+
+def measure(x_shape, kernel_shape, padding, dtype, candidates=None) -> dict[str, float]:
+  """Best-of-ROUNDS seconds of each formulation on random data of these shapes."""
+  candidates = tuple(candidates or wgrad.FORMULATIONS)
+  rng = np.random.default_rng(0)
+  out_hw = tuple(s + lo + hi - k + 1
+                 for s, (lo, hi), k in zip(x_shape[1:3], padding, kernel_shape[:2], strict=True))
+  dy_shape = (x_shape[0],) + out_hw + (kernel_shape[3],)
+  # Measuring happens while an outer jit traces; compile-time eval runs these eagerly.
+  with jax.ensure_compile_time_eval():
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32), dtype)
+    dy = jnp.asarray(rng.standard_normal(dy_shape, np.float32), dtype)
+    fns = {}
+    for name in candidates:
+      f = wgrad.FORMULATIONS[name]
+      fns[name] = jax.jit(lambda x, dy, f=f: f(x, dy, kernel_shape, padding, dtype))
+      jax.block_until_ready(fns[name](x, dy))  # compile + warm up
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(ROUNDS):
+      for name in candidates:  # alternating, so contention hits every candidate alike
+        t0 = time.perf_counter()
+        jax.block_until_ready(fns[name](x, dy))
+        best[name] = min(best[name], time.perf_counter() - t0)
+  return best
+
+
+def choose(x_shape, kernel_shape, padding, dtype) -> str:
+  """The formulation to use for these shapes: cached, measured now, or by rule."""
+  x_shape, kernel_shape = tuple(x_shape), tuple(kernel_shape)
+  padding = tuple(tuple(p) for p in padding)
+  k = key(x_shape, kernel_shape, padding, dtype)
+  with _LOCK:
+    if k in _MEMO:
+      return _MEMO[k]
+    entry = _load().get(k)
+    if entry is None or entry.get("choice") not in wgrad.FORMULATIONS:
+      if os.environ.get("CXR_JAX_WGRAD_TUNE", "1") == "0":
+        return wgrad.rule(x_shape, kernel_shape)
+      times = measure(x_shape, kernel_shape, padding, dtype)
+      entry = {"choice": min(times, key=times.get), "seconds": times,
+               "loadavg": os.getloadavg()[0], "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+      _store(k, entry)
+    _MEMO[k] = entry["choice"]
+    return entry["choice"]

@@ -1,0 +1,87 @@
+"""Formulations of a stride-1 convolution's weight gradient.
+
+XLA on CPU lowers the weight gradient of an NHWC convolution to another convolution whose "kernel"
+is the whole output gradient (window = image size) and whose batch is the input channels; that
+runs at a fraction of the speed of the forward pass. The weight gradient is a plain contraction
+over (batch, height, width), so it can instead be written as matrix products that XLA's CPU dot
+(Eigen / YNNPACK, AMX for bfloat16) runs near peak. Which product is fastest depends on the shape,
+hence several formulations, all computing
+
+    dw[i, j, c, o] = sum_{n, h, w} xpad[n, h + i, w + j, c] * dy[n, h, w, o].
+
+Every function here takes x [N, H, W, C], dy [N, H', W', O], the kernel shape (KH, KW, C, O) and
+the (low, high) padding per spatial dim, and returns dw (KH, KW, C, O) in float32 accumulation
+cast to `dtype`. Both matrix operands are kept in row-major "normal" layout ([K, M] @ [M, O]):
+XLA CPU's dot is 2-5x slower when the contraction runs along a transposed operand's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+Padding = Sequence[tuple[int, int]]
+
+
+def _taps(kernel_shape) -> list[tuple[int, int]]:
+  return [(i, j) for i in range(kernel_shape[0]) for j in range(kernel_shape[1])]
+
+
+def xla(x, dy, kernel_shape, padding: Padding, dtype):
+  """XLA's own weight gradient (the transpose of lax.conv_general_dilated)."""
+  w0 = jnp.zeros(kernel_shape, x.dtype)
+  _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN),
+                   w0)
+  return vjp(dy)[0].astype(dtype)
+
+
+def im2col_t(x, dy, kernel_shape, padding: Padding, dtype):
+  """One product cols [KH*KW*C, M] @ dy [M, O], cols built from channel-major x (C, N, H, W)."""
+  kh, kw, c, o = kernel_shape
+  _, ho, wo, _ = dy.shape
+  xt = jnp.pad(x.transpose(3, 0, 1, 2), ((0, 0), (0, 0)) + tuple(padding))
+  cols = jnp.concatenate([xt[:, :, i:i + ho, j:j + wo] for i, j in _taps(kernel_shape)], axis=0)
+  g = jnp.dot(cols.reshape(kh * kw * c, -1), dy.reshape(-1, o), preferred_element_type=jnp.float32)
+  return g.reshape(kernel_shape).astype(dtype)
+
+
+def im2col(x, dy, kernel_shape, padding: Padding, dtype):
+  """One product dy^T [O, M] @ cols [M, KH*KW*C], cols the usual NHWC im2col; result transposed."""
+  kh, kw, c, o = kernel_shape
+  _, ho, wo, _ = dy.shape
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  cols = jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i, j in _taps(kernel_shape)], axis=-1)
+  # The barrier keeps XLA from folding the transpose back into the dot as a transposed operand.
+  dyt = lax.optimization_barrier(dy.reshape(-1, o).T)
+  g = jnp.dot(dyt, cols.reshape(-1, kh * kw * c), preferred_element_type=jnp.float32)
+  return g.T.reshape(kernel_shape).astype(dtype)
+
+
+def shift_t(x, dy, kernel_shape, padding: Padding, dtype):
+  """KH*KW products, one per tap: shifted channel-major x [C, M] @ dy [M, O], no big im2col buffer."""
+  _, _, c, o = kernel_shape
+  _, ho, wo, _ = dy.shape
+  xt = jnp.pad(x.transpose(3, 0, 1, 2), ((0, 0), (0, 0)) + tuple(padding))
+  d = dy.reshape(-1, o)
+  gs = [jnp.dot(xt[:, :, i:i + ho, j:j + wo].reshape(c, -1), d, preferred_element_type=jnp.float32)
+        for i, j in _taps(kernel_shape)]
+  return jnp.stack(gs).reshape(kernel_shape).astype(dtype)
+
+
+FORMULATIONS: dict[str, Callable] = {
+    "xla": xla,
+    "im2col_t": im2col_t,
+    "im2col": im2col,
+    "shift_t": shift_t,
+}
+
+
+def rule(x_shape, kernel_shape) -> str:
+  """A fixed choice when measuring is off: the transposed im2col, except for very wide layers where
+  the [KH*KW*C, M] buffer gets large relative to the work and the dy^T form did better in probes."""
+  del x_shape
+  return "im2col" if kernel_shape[2] >= 512 else "im2col_t"

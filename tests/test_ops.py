@@ -1,0 +1,169 @@
+"""cxr_jax.ops: every weight-gradient formulation equals jax.grad of the plain convolution, the
+layers are drop-in nn.Conv, the per-shape choice is cached, and training with the fast path gives
+the same parameters as flax's Conv."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cxr_jax import ops
+from cxr_jax.ops import tuning, wgrad
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+# (x shape, kernel shape, padding): odd and even sizes, 1x1/3x3/5x5, non-square, SAME and VALID.
+CASES = [
+    ((2, 7, 9, 3), (3, 3, 3, 5), "SAME"),
+    ((1, 8, 5, 4), (3, 3, 4, 2), "SAME"),
+    ((3, 6, 6, 2), (1, 1, 2, 7), "SAME"),
+    ((2, 11, 7, 3), (5, 5, 3, 4), "SAME"),
+    ((2, 9, 8, 3), (3, 3, 3, 4), "VALID"),
+    ((1, 5, 13, 6), (3, 1, 6, 3), "SAME"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+  """Each test measures into its own cache, so a choice never leaks between tests."""
+  monkeypatch.setenv("CXR_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(tuning, "_MEMO", {})
+
+
+def _random(shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _reference_grads(x, w, padding, dy):
+  _, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN),
+                   x, w)
+  return vjp(dy)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", CASES)
+@pytest.mark.parametrize("name", sorted(wgrad.FORMULATIONS))
+def test_formulation_matches_plain_conv_gradient(name, x_shape, k_shape, padding):
+  x, w = _random(x_shape, 0), _random(k_shape, 1)
+  y = lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN)
+  dy = _random(y.shape, 2)
+  dx_ref, dw_ref = _reference_grads(x, w, padding, dy)
+  pads = ops.explicit_padding(x_shape, k_shape, padding)
+
+  def f(x, w):
+    return jnp.vdot(ops.conv2d(x, w, pads, name), dy)
+
+  out = ops.conv2d(x, w, pads, name)
+  dx, dw = jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+  np.testing.assert_array_equal(out, y)  # forward is lax's own
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(dw_ref).max()))
+
+
+@pytest.mark.parametrize("impl", sorted(ops.CONV_IMPLS))
+def test_conv_module_is_drop_in_nn_conv(impl):
+  x = _random((2, 9, 7, 3), 3)
+  kw = dict(features=4, kernel_size=(3, 3), padding="SAME", name="conv1")
+  ref, mod = nn.Conv(**kw), ops.conv_module(impl)(**kw)
+  params = ref.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, mod.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_array_equal(mod.apply(params, x), ref.apply(params, x))
+  loss = lambda p, m: jnp.sum(jnp.tanh(m.apply(p, x)) ** 2)
+  g_ref, g = jax.grad(loss)(params, ref), jax.grad(loss)(params, mod)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, g_ref)
+
+
+def test_uncovered_convolutions_fall_back_to_lax():
+  """Strided, dilated and bfloat16-kernel-with-float32-input convs still compute nn.Conv's result."""
+  x = _random((2, 10, 10, 3), 4)
+  for kw in (dict(strides=2), dict(kernel_dilation=2), dict(padding="CIRCULAR")):
+    ref = nn.Conv(4, (3, 3), **kw)
+    mod = ops.conv_module("fast_rule")(4, (3, 3), **kw)
+    p = ref.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(mod.apply(p, x), ref.apply(p, x))
+    g = jax.grad(lambda p, m: jnp.sum(m.apply(p, x) ** 2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), g(p, mod), g(p, ref))
+
+
+def test_conv_module_names():
+  assert ops.conv_module("xla") is nn.Conv
+  assert ops.conv_module("fast") is ops.FastConv
+  with pytest.raises(ValueError, match="conv_impl='nope'"):
+    ops.conv_module("nope")
+  with pytest.raises(ValueError, match="unknown weight-gradient formulation"):
+    ops.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), ((1, 1), (1, 1)), "nope")
+
+
+def test_choice_is_measured_once_and_cached():
+  x, w = _random((2, 6, 6, 3), 5), _random((3, 3, 3, 4), 6)
+  pads = ((1, 1), (1, 1))
+  jax.grad(lambda w: jnp.sum(ops.conv2d(x, w, pads, "auto") ** 2))(w)
+  table = json.loads(tuning.cache_path().read_text())
+  (entry,) = table.values()
+  assert entry["choice"] in wgrad.FORMULATIONS
+  assert set(entry["seconds"]) == set(wgrad.FORMULATIONS)
+  assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
+  # A hand-edited choice is honoured by a fresh process (memo cleared): nothing is re-measured.
+  key = next(iter(table))
+  table[key]["choice"] = "shift_t"
+  tuning.cache_path().write_text(json.dumps(table))
+  tuning._MEMO.clear()
+  assert tuning.choose(x.shape, w.shape, pads, jnp.float32) == "shift_t"
+
+
+def test_rule_when_measuring_is_off(monkeypatch):
+  monkeypatch.setenv("CXR_JAX_WGRAD_TUNE", "0")
+  assert tuning.choose((2, 6, 6, 3), (3, 3, 3, 4), ((1, 1), (1, 1)), jnp.float32) == wgrad.rule(
+      (2, 6, 6, 3), (3, 3, 3, 4))
+  assert not tuning.cache_path().exists()
+
+
+def test_corrupt_cache_is_a_clear_error():
+  tuning.cache_path().parent.mkdir(parents=True)
+  tuning.cache_path().write_text("{not json")
+  with pytest.raises(RuntimeError, match="wgrad_choices.json.*delete it"):
+    tuning.choose((1, 4, 4, 1), (3, 3, 1, 1), ((1, 1), (1, 1)), jnp.float32)
+
+
+def _train(conv_impl: str, trainable_blocks: int, steps: int = 2):
+  """A few steps of the trainer's own pmapped step on a 32 px VGG16; returns the final params."""
+  from configs import default
+  from cxr_jax import models
+  from cxr_jax.train import optim, step
+
+  config = default.get_config()
+  config.model.conv_impl = conv_impl
+  config.model.trainable_blocks = trainable_blocks
+  # SGD: parameters move linearly in the gradients, so a parameter difference is a gradient
+  # difference (RMSprop's g/sqrt(v) turns rounding noise in a ~0 gradient into a full step).
+  config.train.optimizer = "sgd"
+  config.train.learning_rate = 1e-2
+  model = models.create_model(config.model)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((steps, 1, 4, 32, 32, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, (steps, 1, 4)).astype(np.int32)
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(images[0, 0]))["params"]
+  tx = optim.make_optimizer(params, config)
+  state = step.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
+                          plateau_state=optim.make_plateau(config.train).init({}),
+                          rng=jax.random.PRNGKey(1))
+  state = jax.tree.map(lambda a: jnp.asarray(a)[None], state)  # one device's replica
+  p_train, _ = step.make_pmapped_steps(model, tx, config.model.num_classes)
+  for i in range(steps):
+    batch = {"image": images[i], "label": labels[i], "weight": np.ones((1, 4), np.float32)}
+    state, _ = p_train(state, batch)
+  return jax.tree.map(lambda a: np.asarray(a[0]), state.params), params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainable_blocks", [5, 2])
+def test_training_with_fast_conv_gives_the_same_parameters(trainable_blocks):
+  ref, init = _train("xla", trainable_blocks)
+  fast, _ = _train("fast_rule", trainable_blocks)
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), ref, init)
+  assert moved["block5"]["conv3"]["kernel"] and moved["head"]["logits"]["kernel"]
+  assert moved["block1"]["conv1"]["kernel"] == (trainable_blocks == 5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fast, ref)
