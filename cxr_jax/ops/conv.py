@@ -1,4 +1,5 @@
-"""A convolution with XLA's forward and input gradient and a faster weight gradient."""
+"""A stride-1 convolution whose forward, input gradient and weight gradient each use the fastest
+formulation for their shapes (XLA's own convolution or matrix products)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import functools
 import jax
 from jax import lax
 
-from cxr_jax.ops import tuning, wgrad
+from cxr_jax.ops import fwd, tuning, wgrad
 
-_DN = ("NHWC", "HWIO", "NHWC")
+CHOICES = ("auto", "rule")  # besides the formulation names themselves
 
 
 def explicit_padding(x_shape, kernel_shape, padding) -> tuple[tuple[int, int], ...]:
@@ -19,55 +20,71 @@ def explicit_padding(x_shape, kernel_shape, padding) -> tuple[tuple[int, int], .
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _plain(x, w, padding):
-  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN)
+def _check(op: str, impl: str) -> None:
+  """Fails when the forward pass is traced, not only once a gradient is taken."""
+  if impl not in CHOICES and impl not in tuning.OPS[op]:
+    raise ValueError(f"unknown {op} formulation {impl!r}; use one of "
+                     f"{list(CHOICES) + sorted(tuning.OPS[op])}")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x, w, padding: tuple[tuple[int, int], ...], wgrad_impl: str = "auto"):
-  """Stride-1 NHWC x HWIO convolution; forward identical to lax.conv_general_dilated.
+def resolve(op: str, impl: str, x_shape, kernel_shape, padding, dtype) -> str:
+  """The concrete formulation name of `op` for `impl` ("auto", "rule" or a name) at these shapes."""
+  _check(op, impl)
+  if impl == "auto":
+    return tuning.choose(x_shape, kernel_shape, padding, dtype, op=op)
+  if impl == "rule":
+    return tuning.rule(op, x_shape, kernel_shape, dtype)
+  return impl
+
+
+def _forward(x, w, padding, fwd_impl):
+  name = resolve("fwd", fwd_impl, x.shape, w.shape, padding, x.dtype)
+  return fwd.FORMULATIONS[name](x, w, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x, w, padding: tuple[tuple[int, int], ...], wgrad_impl: str = "auto",
+           fwd_impl: str = "xla"):
+  """Stride-1 NHWC x HWIO convolution with selectable formulations.
 
   Args:
     x: [N, H, W, C].
-    w: [KH, KW, C, O].
+    w: [KH, KW, C, O], same dtype as x.
     padding: ((low, high), (low, high)) explicit spatial padding (see `explicit_padding`).
-    wgrad_impl: a name in `wgrad.FORMULATIONS`, "auto" (measured and cached per shape, see
-      `tuning`) or "rule" (fixed rule, no measuring).
+    wgrad_impl: weight gradient: a name in `wgrad.FORMULATIONS`, "auto" (measured and cached per
+      shape, see `tuning`) or "rule" (fixed rule, no measuring).
+    fwd_impl: forward pass and input gradient (the input gradient is the forward formulation
+      applied to dy and the flipped kernel): "xla" (= lax.conv_general_dilated, bit-identical to
+      flax's Conv), "rows", "auto" or "rule".
   """
-  _check(wgrad_impl)
-  return _plain(x, w, padding)
+  _check("wgrad", wgrad_impl)
+  return _forward(x, w, padding, fwd_impl)
 
 
-def _fwd(x, w, padding, wgrad_impl):
-  _check(wgrad_impl)
-  return _plain(x, w, padding), (x, w)
+def _fwd(x, w, padding, wgrad_impl, fwd_impl):
+  _check("wgrad", wgrad_impl)
+  return _forward(x, w, padding, fwd_impl), (x, w)
 
 
-def _bwd(padding, wgrad_impl, res, dy):
+def _input_grad(x, w, dy, padding, fwd_impl):
+  """dx is the convolution of dy with the flipped, in/out-swapped kernel: the forward problem of
+  other shapes, so it gets its own choice of formulation."""
+  t_pads = fwd.transposed_padding(w.shape, padding)
+  t_shape = w.shape[:2] + (w.shape[3], w.shape[2])
+  name = "xla" if t_pads is None else resolve("fwd", fwd_impl, dy.shape, t_shape, t_pads, dy.dtype)
+  if name == "xla":
+    # XLA's own transposed convolution: as fast as its forward pass.
+    _, vjp_x = jax.vjp(lambda x_: fwd.xla(x_, w, padding), x)
+    return vjp_x(dy)[0]
+  return fwd.FORMULATIONS[name](dy, fwd.transposed_kernel(w), t_pads)
+
+
+def _bwd(padding, wgrad_impl, fwd_impl, res, dy):
   x, w = res
-  # The input gradient stays XLA's transposed convolution: it runs as fast as the forward pass.
-  _, vjp_x = jax.vjp(lambda x_: _plain(x_, w, padding), x)
-  (dx,) = vjp_x(dy)
-  name = resolve(wgrad_impl, x.shape, w.shape, padding, x.dtype)
+  dx = _input_grad(x, w, dy, padding, fwd_impl)
+  name = resolve("wgrad", wgrad_impl, x.shape, w.shape, padding, x.dtype)
   dw = wgrad.FORMULATIONS[name](x, dy, w.shape, padding, w.dtype)
   return dx, dw
 
 
 conv2d.defvjp(_fwd, _bwd)
-
-
-def _check(wgrad_impl: str) -> None:
-  """Fails at trace time of the forward pass, not only once a gradient is taken."""
-  if wgrad_impl not in ("auto", "rule") and wgrad_impl not in wgrad.FORMULATIONS:
-    raise ValueError(f"unknown weight-gradient formulation {wgrad_impl!r}; use 'auto', 'rule' or "
-                     f"one of {sorted(wgrad.FORMULATIONS)}")
-
-
-def resolve(wgrad_impl: str, x_shape, kernel_shape, padding, dtype) -> str:
-  """The concrete formulation name for `wgrad_impl` at these shapes."""
-  _check(wgrad_impl)
-  if wgrad_impl == "auto":
-    return tuning.choose(x_shape, kernel_shape, padding, dtype)
-  if wgrad_impl == "rule":
-    return wgrad.rule(x_shape, kernel_shape)
-  return wgrad_impl

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import flax.linen as nn
 from jax import lax
 
-from cxr_jax.ops import conv, wgrad
+from cxr_jax.ops import conv, fwd, wgrad
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -22,7 +22,8 @@ def _all_ones(v) -> bool:
   return v is None or all(int(s) == 1 for s in (v if isinstance(v, tuple | list) else (v,)))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, *, wgrad_impl: str, lhs_dilation=None,
+def conv_general_dilated(lhs, rhs, window_strides, padding, *, wgrad_impl: str, fwd_impl: str,
+                         lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
   """`lax.conv_general_dilated` that routes the case `conv.conv2d` covers (2-D NHWC/HWIO, stride 1,
@@ -38,35 +39,40 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, wgrad_impl: str, 
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         precision=precision, **kwargs)
   pads = conv.explicit_padding(lhs.shape, rhs.shape, padding)
-  return conv.conv2d(lhs, rhs, pads, wgrad_impl)
+  return conv.conv2d(lhs, rhs, pads, wgrad_impl, fwd_impl)
 
 
 @functools.cache
-def _conv_class(wgrad_impl: str) -> type[nn.Module]:
-  fn = functools.partial(conv_general_dilated, wgrad_impl=wgrad_impl)
-  name = "FastConv" if wgrad_impl == "auto" else f"FastConv_{wgrad_impl}"
-  return type(name, (nn.Conv,), {
+def _conv_class(fwd_impl: str, wgrad_impl: str) -> type[nn.Module]:
+  fn = functools.partial(conv_general_dilated, wgrad_impl=wgrad_impl, fwd_impl=fwd_impl)
+  return type(f"FastConv_{fwd_impl}_{wgrad_impl}", (nn.Conv,), {
       "__annotations__": {"conv_general_dilated": Callable},
       "conv_general_dilated": fn,
-      "__doc__": f"nn.Conv whose weight gradient uses formulation {wgrad_impl!r} (cxr_jax.ops).",
+      "__doc__": (f"nn.Conv with forward/input-gradient formulation {fwd_impl!r} and weight-gradient "
+                  f"formulation {wgrad_impl!r} (cxr_jax.ops)."),
       "__module__": __name__,
   })
 
 
-FastConv = _conv_class("auto")
-
-# config.model.conv_impl -> weight-gradient formulation (None = flax's own Conv).
-CONV_IMPLS: dict[str, str | None] = {
+# config.model.conv_impl -> (forward/input-gradient, weight-gradient) formulations; None = flax's
+# own Conv. "auto" is measured per layer shape on first use and cached on disk; "rule" is a fixed
+# choice without measuring (reproducible, e.g. for CI).
+CONV_IMPLS: dict[str, tuple[str, str] | None] = {
     "xla": None,
-    "fast": "auto",       # measured per layer shape on first use, cached on disk
-    "fast_rule": "rule",  # fixed rule, no measuring (reproducible choice, e.g. for CI)
-    **{f"wgrad_{name}": name for name in wgrad.FORMULATIONS},  # one formulation everywhere
+    "fast": ("xla", "auto"),       # forward bit-identical to nn.Conv; weight gradient measured
+    "fast_rule": ("xla", "rule"),
+    "fast_mm": ("auto", "auto"),   # forward and input gradient measured too (pays in bfloat16)
+    "fast_mm_rule": ("rule", "rule"),
+    **{f"wgrad_{name}": ("xla", name) for name in wgrad.FORMULATIONS},
+    **{f"fwd_{name}": (name, "rule") for name in fwd.FORMULATIONS},
 }
+
+FastConv = _conv_class(*CONV_IMPLS["fast"])
 
 
 def conv_module(conv_impl: str) -> type[nn.Module]:
   """The linen conv class for `config.model.conv_impl`; constructible like `nn.Conv`."""
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"config.model.conv_impl={conv_impl!r} is not one of {sorted(CONV_IMPLS)}")
-  impl = CONV_IMPLS[conv_impl]
-  return nn.Conv if impl is None else _conv_class(impl)
+  impls = CONV_IMPLS[conv_impl]
+  return nn.Conv if impls is None else _conv_class(*impls)

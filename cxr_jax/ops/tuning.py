@@ -1,7 +1,8 @@
-"""Chooses a weight-gradient formulation per (shapes, dtype) by measurement, cached on disk.
+"""Chooses a formulation per (op, shapes, dtype) by measurement, cached on disk.
 
-The choice is made at trace time (shapes are static), so it costs one measurement per new layer
-shape per machine; later runs read `<cache_dir>/ops/wgrad_choices.json`. Measurements on a shared
+Ops: "wgrad" (weight gradient, `wgrad.FORMULATIONS`) and "fwd" (forward / input gradient,
+`fwd.FORMULATIONS`). The choice is made at trace time (shapes are static), so it costs one
+measurement per new layer shape per machine; later runs read `<cache_dir>/ops/wgrad_choices.json`. Measurements on a shared
 CPU are noisy: each candidate is timed in alternating rounds and scored by its minimum, the time
 least disturbed by other processes. Set CXR_JAX_WGRAD_TUNE=0 to skip measuring and use the fixed
 rule in `wgrad.rule`; the cache file is plain JSON and can be edited or deleted.
@@ -20,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import paths
-from cxr_jax.ops import wgrad
+from cxr_jax.ops import fwd, wgrad
 
+OPS = {"wgrad": wgrad.FORMULATIONS, "fwd": fwd.FORMULATIONS}
 _LOCK = threading.Lock()
 _MEMO: dict[str, str] = {}
 ROUNDS = 3
@@ -42,9 +44,10 @@ def _machine() -> str:
   return f"{model}|{os.cpu_count()}cpu|jax{jax.__version__}"
 
 
-def key(x_shape, kernel_shape, padding, dtype) -> str:
+def key(op, x_shape, kernel_shape, padding, dtype) -> str:
   pads = ",".join(f"{lo}:{hi}" for lo, hi in padding)
-  return (f"{_machine()}|x{'x'.join(map(str, x_shape))}|k{'x'.join(map(str, kernel_shape))}"
+  prefix = "" if op == "wgrad" else f"{op}|"  # "wgrad" keys predate the op field
+  return (f"{prefix}{_machine()}|x{'x'.join(map(str, x_shape))}|k{'x'.join(map(str, kernel_shape))}"
           f"|p{pads}|{jnp.dtype(dtype).name}")
 
 
@@ -68,9 +71,16 @@ def _store(k: str, entry: dict) -> None:
   os.replace(tmp, path)  # atomic: concurrent processes never see half a file
 
 
-def measure(x_shape, kernel_shape, padding, dtype, candidates=None) -> dict[str, float]:
-  """Best-of-ROUNDS seconds of each formulation on random data of these shapes."""
-  candidates = tuple(candidates or wgrad.FORMULATIONS)
+def _runner(op, name, kernel_shape, padding, dtype):
+  f = OPS[op][name]
+  if op == "wgrad":
+    return jax.jit(lambda x, y: f(x, y, kernel_shape, padding, dtype))
+  return jax.jit(lambda x, w: f(x, w, padding))
+
+
+def measure(x_shape, kernel_shape, padding, dtype, candidates=None, op="wgrad") -> dict[str, float]:
+  """Best-of-ROUNDS seconds of each formulation of `op` on random data of these shapes."""
+  candidates = tuple(candidates or OPS[op])
   rng = np.random.default_rng(0)
   out_hw = tuple(s + lo + hi - k + 1
                  for s, (lo, hi), k in zip(x_shape[1:3], padding, kernel_shape[:2], strict=True))
@@ -78,34 +88,39 @@ def measure(x_shape, kernel_shape, padding, dtype, candidates=None) -> dict[str,
   # Measuring happens while an outer jit traces; compile-time eval runs these eagerly.
   with jax.ensure_compile_time_eval():
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32), dtype)
-    dy = jnp.asarray(rng.standard_normal(dy_shape, np.float32), dtype)
-    fns = {}
-    for name in candidates:
-      f = wgrad.FORMULATIONS[name]
-      fns[name] = jax.jit(lambda x, dy, f=f: f(x, dy, kernel_shape, padding, dtype))
-      jax.block_until_ready(fns[name](x, dy))  # compile + warm up
+    other = dy_shape if op == "wgrad" else kernel_shape
+    y = jnp.asarray(rng.standard_normal(other, np.float32), dtype)
+    fns = {name: _runner(op, name, kernel_shape, padding, dtype) for name in candidates}
+    for fn in fns.values():
+      jax.block_until_ready(fn(x, y))  # compile + warm up
     best = dict.fromkeys(candidates, float("inf"))
     for _ in range(ROUNDS):
       for name in candidates:  # alternating, so contention hits every candidate alike
         t0 = time.perf_counter()
-        jax.block_until_ready(fns[name](x, dy))
+        jax.block_until_ready(fns[name](x, y))
         best[name] = min(best[name], time.perf_counter() - t0)
   return best
 
 
-def choose(x_shape, kernel_shape, padding, dtype) -> str:
-  """The formulation to use for these shapes: cached, measured now, or by rule."""
+def rule(op, x_shape, kernel_shape, dtype) -> str:
+  if op == "wgrad":
+    return wgrad.rule(x_shape, kernel_shape)
+  return fwd.rule(x_shape, kernel_shape, dtype)
+
+
+def choose(x_shape, kernel_shape, padding, dtype, op="wgrad") -> str:
+  """The formulation of `op` to use for these shapes: cached, measured now, or by rule."""
   x_shape, kernel_shape = tuple(x_shape), tuple(kernel_shape)
   padding = tuple(tuple(p) for p in padding)
-  k = key(x_shape, kernel_shape, padding, dtype)
+  k = key(op, x_shape, kernel_shape, padding, dtype)
   with _LOCK:
     if k in _MEMO:
       return _MEMO[k]
     entry = _load().get(k)
-    if entry is None or entry.get("choice") not in wgrad.FORMULATIONS:
+    if entry is None or entry.get("choice") not in OPS[op]:
       if os.environ.get("CXR_JAX_WGRAD_TUNE", "1") == "0":
-        return wgrad.rule(x_shape, kernel_shape)
-      times = measure(x_shape, kernel_shape, padding, dtype)
+        return rule(op, x_shape, kernel_shape, dtype)
+      times = measure(x_shape, kernel_shape, padding, dtype, op=op)
       entry = {"choice": min(times, key=times.get), "seconds": times,
                "loadavg": os.getloadavg()[0], "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
       _store(k, entry)

@@ -1,0 +1,61 @@
+"""Formulations of a stride-1 convolution's forward pass (also used for its input gradient).
+
+XLA's CPU convolution (YNNPACK) runs bfloat16 no faster than float32, while XLA's bfloat16 dot uses
+AMX at several times the float32 rate. "rows" writes the convolution as one matrix product:
+the KW horizontal taps of the padded input are concatenated along channels ([M', KW*C], M' counting
+every padded row), multiplied by the kernel rearranged to [KW*C, KH*O], and the KH row-shifted
+slices of the product are summed. It costs a KW-fold copy of the input and a KH-fold product
+buffer, which pays off where channels are wide (and mostly in bfloat16).
+
+Every function takes x [N, H, W, C], w [KH, KW, C, O] and (low, high) padding per spatial dim
+and returns the [N, H', W', O] output in x.dtype, accumulating in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+Padding = Sequence[tuple[int, int]]
+
+
+def xla(x, w, padding: Padding):
+  """lax.conv_general_dilated, exactly what flax's Conv computes."""
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN)
+
+
+def rows(x, w, padding: Padding):
+  """One [M', KW*C] @ [KW*C, KH*O] product, then the sum of KH row-shifted slices."""
+  n, _, _, c = x.shape
+  kh, kw, _, o = w.shape
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  hp, wp = xp.shape[1:3]
+  ho, wo = hp - kh + 1, wp - kw + 1
+  xw = jnp.concatenate([xp[:, :, j:j + wo, :] for j in range(kw)], axis=-1)
+  wr = w.transpose(1, 2, 0, 3).reshape(kw * c, kh * o)  # rows (j, c), columns (i, o)
+  z = jnp.dot(xw.reshape(-1, kw * c), wr, preferred_element_type=jnp.float32)
+  z = z.reshape(n, hp, wo, kh, o)
+  return sum(z[:, i:i + ho, :, i, :] for i in range(kh)).astype(x.dtype)
+
+
+FORMULATIONS: dict[str, Callable] = {"xla": xla, "rows": rows}
+
+
+def rule(x_shape, kernel_shape, dtype) -> str:
+  """Fixed choice when measuring is off: "rows" only for bfloat16 with wide channels."""
+  del x_shape
+  return "rows" if jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[2] >= 256 else "xla"
+
+
+def transposed_padding(kernel_shape, padding: Padding):
+  """Padding of the stride-1 convolution of dy with the flipped, in/out-swapped kernel that gives
+  dx; None where the forward padding exceeds the kernel (then XLA's own transpose is used)."""
+  pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_shape[:2], padding, strict=True))
+  return None if any(p < 0 for pair in pads for p in pair) else pads
+
+
+def transposed_kernel(w):
+  return jnp.flip(w, (0, 1)).swapaxes(2, 3)
