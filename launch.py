@@ -33,9 +33,9 @@ def main(argv):
 
   config = FLAGS.config
   if config.distributed:
-    # Multi-host: one process per host, coordinator address etc. from the environment
-    # (see README, "Multi-host training").
-    jax.distributed.initialize()
+    from cxr_jax.train import distributed
+
+    distributed.initialize(config)
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerators for JAX

@@ -63,5 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.log_every_steps = 10
   t.eval_batch_size = 16
 
-  c.distributed = False              # jax.distributed.initialize() for multi-host runs
+  # Multi-process training (one process per host): see README, "Multi-host training".
+  c.distributed = False              # call jax.distributed.initialize() first
+  c.coordinator_address = ""         # "host:port" of process 0; "" = auto-detect (TPU, SLURM, ...)
+  c.num_processes = -1               # with coordinator_address
+  c.process_id = -1                  # with coordinator_address
   return c

@@ -1,11 +1,15 @@
-"""Tiny run for tests and CI: 32 px, random init, a few steps. Seconds, says nothing about screening."""
+"""Tiny run for tests and CI: 48 px, random init, a few steps. Seconds, says nothing about screening.
+
+Why 48 and not 32 px: at 32 px block5 sees 2x2 maps, where XLA's CPU convolution takes a path
+~50x slower than at 3x3 or 4x4 (measured: 3.9 s vs 0.08 s for 64x2x2x512 -> 512).
+"""
 
 from configs import default
 
 
 def get_config():
   c = default.get_config()
-  c.data.image_size = 32
+  c.data.image_size = 48
   c.model.pretrained = "none"
   c.model.head = "gap"
   c.model.hidden = (16,)

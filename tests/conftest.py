@@ -5,6 +5,11 @@ import os
 # Tests run on the CPU, also on machines that have an accelerator, so numbers are comparable.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA compiles of VGG dominate short tests: reuse them across tests and subprocesses. The cache is
+# keyed by the computation, flags and versions, so it can never hand back a stale executable.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.expanduser("~/.cache/cxr_jax/jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 

@@ -143,8 +143,8 @@ class NonFiniteLoss(FloatingPointError):
   pass
 
 
-def train(s: Setup, workdir: Path) -> dict:
-  """Trains with resume; returns the loop state (epochs run, best epoch, history)."""
+def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
+  """Trains with resume; returns the loop state (epochs run, best epoch, history) and the state."""
   config = s.config
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   ckpt = checkpoint.Checkpoints(workdir)
@@ -159,7 +159,7 @@ def train(s: Setup, workdir: Path) -> dict:
              else optim.EarlyStopping(config.train.early_stopping_patience))
   if loop["finished"]:
     ckpt.close()
-    return loop
+    return loop, state
 
   p_train, p_eval = make_pmapped_steps(s.model, s.tx, config.model.num_classes)
   n_steps = steps_per_epoch(s)
@@ -209,7 +209,7 @@ def train(s: Setup, workdir: Path) -> dict:
       break
   writer.flush()
   ckpt.close()
-  return loop
+  return loop, state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -217,7 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   workdir = Path(workdir)
   s = setup(config)
   checkpoint.write_run_info(workdir, config, s.versions)
-  loop = train(s, workdir)
+  loop, _ = train(s, workdir)
+  if jax.process_index() != 0:   # evaluation writes files: one process is enough
+    return {}
   (workdir / "history.json").write_text(json.dumps(loop["history"], indent=2))
   return evaluate_kept(s, workdir)
 
