@@ -199,10 +199,10 @@ def _train(conv_impl: str, trainable_blocks: int, steps: int = 2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainable_blocks", [5, 2])
-def test_training_with_fast_conv_gives_the_same_parameters(trainable_blocks):
+@pytest.mark.parametrize("conv_impl,trainable_blocks", [("fast_rule", 5), ("fwd_rows", 2)])
+def test_training_with_fast_conv_gives_the_same_parameters(conv_impl, trainable_blocks):
   ref, init = _train("xla", trainable_blocks)
-  fast, _ = _train("fast_rule", trainable_blocks)
+  fast, _ = _train(conv_impl, trainable_blocks)
   moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), ref, init)
   assert moved["block5"]["conv3"]["kernel"] and moved["head"]["logits"]["kernel"]
   assert moved["block1"]["conv1"]["kernel"] == (trainable_blocks == 5)
