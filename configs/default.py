@@ -62,6 +62,28 @@ def get_config() -> ml_collections.ConfigDict:
   t.max_steps = -1                   # stop after this many steps (smoke runs); -1 = no limit
   t.log_every_steps = 10
   t.eval_batch_size = 16
+  # Frozen-feature cache (cxr_jax/train/feature_cache.py): with frozen blocks, no augmentation and
+  # no mixup, compute the frozen blocks' output once and train the rest on it. Same results.
+  t.feature_cache = False
+  t.feature_cache_max_gb = 4.0       # larger feature sets are not cached (the run trains as usual)
+
+  # ---------------------------------------------------------------- evaluation, explanations
+  c.eval = e = ml_collections.ConfigDict()
+  e.num_bootstrap = 1000             # resamples of patient groups for the confidence intervals
+  e.ci = 0.95                        # confidence level
+  c.explain = x = ml_collections.ConfigDict()
+  x.layer = "block5/conv3"           # Grad-CAM layer: "blockK/convJ" or "blockK" (its last conv)
+  x.per_class = 4                    # overlays per class, right and wrong predictions each
+
+  # ---------------------------------------------------------------- experiments (--mode=cv/ablation/sweep)
+  c.experiment = xp = ml_collections.ConfigDict()
+  # Fields varied by --mode=ablation/sweep: "field=v1,v2;field=v1,v2", e.g.
+  # "model.arch=vgg16,vgg19;model.trainable_blocks=0,1,2,3,4,5"; the last field is the plot's x axis.
+  xp.grid = ""
+  xp.num_folds = 0                   # folds trained per grid cell: 0 = all data.num_folds, n = 0..n-1
+  xp.select_metric = "accuracy"      # "best" group/fold by this test metric (higher is better)
+  xp.plot_metric = "covid/accuracy"  # y axis of the figure: accuracy, macro_auc, <class>/<accuracy|
+                                     # sensitivity|specificity|auc>
 
   # Multi-process training (one process per host): see README, "Multi-host training".
   c.distributed = False              # call jax.distributed.initialize() first

@@ -61,8 +61,7 @@ def normalise(images: np.ndarray, preprocessing: str) -> np.ndarray:
   """uint8 [N, S, S, 1] -> the model's float32 [N, S, S, 3], exactly as the training pipeline."""
   from cxr_jax.data import pipeline
 
-  spec = pipeline.preprocessing_spec(preprocessing)
-  return np.asarray(pipeline._normalise({"image": images}, spec)["image"])
+  return pipeline.normalise_images(images, preprocessing)
 
 
 def _cam_path(cam_dir: Path, file: str, used: set) -> Path:

@@ -107,23 +107,80 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
   kept.close()
 
 
-def test_launch_on_8_devices_matches_1_device_and_writes_outputs(uninterrupted, tmp_path):
-  """launch.py end to end on 8 fake CPU devices; same global batch => same params as 1 device."""
-  _, reference, history = uninterrupted
+def test_launch_on_8_devices_matches_1_device_and_writes_outputs(tmp_path):
+  """launch.py end to end on 8 fake CPU devices; same global batch => same params as 1 device.
+
+  SGD here: RMSprop divides by sqrt(v), which turns the rounding differences of a different
+  reduction order into full-size updates for parameters whose gradient is ~0, so its parameters
+  differ by more than rounding after a few steps even though both runs are correct.
+  """
+  overrides = {"optimizer": "sgd", "learning_rate": 0.01, "num_epochs": 2}
+  reference = tmp_path / "one_device"
+  loop, state = trainer.train(trainer.setup(smoke_config(**overrides)), reference)
+  workdir = tmp_path / "eight_devices"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "launch.py", "--config=configs/smoke.py", f"--workdir={tmp_path}",
-         "--config.model.dropout=0.0", "--config.train.num_epochs=3"]
+  cmd = [sys.executable, "launch.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+         "--config.model.dropout=0.0", "--config.eval.num_bootstrap=50"]
+  cmd += [f"--config.train.{k}={v}" for k, v in overrides.items()]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
-  versions = json.loads((tmp_path / "versions.json").read_text())
+  versions = json.loads((workdir / "versions.json").read_text())
   assert len(versions["devices"]) == 8
-  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  metrics = json.loads((workdir / "metrics.json").read_text())
   assert 0.0 <= metrics["accuracy"] <= 1.0
-  assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard events"
-  assert (tmp_path / "checkpoints" / "best").is_dir()
+  assert (workdir / "report.md").is_file()
+  assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard events"
+  assert (workdir / "checkpoints" / "best").is_dir()
+  history = json.loads((workdir / "history.json").read_text())
   for key in ("train_loss", "val_loss"):
-    np.testing.assert_allclose(
-        [h[key] for h in json.loads((tmp_path / "history.json").read_text())],
-        [h[key] for h in history], rtol=1e-5)
-  assert_trees_equal(latest_params(reference), latest_params(tmp_path), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([h[key] for h in history], [h[key] for h in loop["history"]],
+                               rtol=1e-5)
+  # atol: a different batch partitioning changes float rounding, which can flip a ReLU or a pooling
+  # tie here and there (seen: 1.5e-6). A data-parallel bug (sum instead of mean, unsynchronised
+  # devices) moves parameters by ~lr * |g| ~ 1e-3.
+  assert_trees_equal(state.params, latest_params(workdir), rtol=1e-5, atol=1e-5)
+
+
+_WORKER = """
+import hashlib, json, sys
+import jax, numpy as np
+from configs import smoke
+from cxr_jax.train import distributed, trainer
+c = smoke.get_config()
+c.model.dropout = 0.0
+c.train.num_epochs = 1
+c.distributed, c.coordinator_address, c.num_processes = True, sys.argv[1], 2
+c.process_id = int(sys.argv[2])
+distributed.initialize(c)
+loop, state = trainer.train(trainer.setup(c), sys.argv[3])
+leaves = jax.tree.leaves(state.params)
+print("RESULT", json.dumps({
+    "devices": jax.device_count(),
+    "digest": hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in leaves)).hexdigest(),
+    "loss": [h["train_loss"] for h in loop["history"]]}))
+"""
+
+
+def test_two_processes_train_in_lockstep(tmp_path):
+  """jax.distributed on localhost with CPU (gloo) collectives: both processes end equal."""
+  import socket
+
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _WORKER, f"127.0.0.1:{port}", str(i), str(tmp_path)],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  results = []
+  for p in procs:
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-4000:]
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    results.append(json.loads(line[len("RESULT "):]))
+  assert [r["devices"] for r in results] == [2, 2]
+  assert results[0]["digest"] == results[1]["digest"]
+  assert results[0]["loss"] == results[1]["loss"] and np.isfinite(results[0]["loss"]).all()

@@ -77,6 +77,11 @@ def _normalise(batch: dict, spec: dict) -> dict:
   return dict(batch, image=(image - mean) / std)
 
 
+def normalise_images(images: np.ndarray, preprocessing: str) -> np.ndarray:
+  """uint8 [N, H, W, 1] -> float32 [N, H, W, 3] exactly as training batches (for inference)."""
+  return np.asarray(_normalise({"image": images}, preprocessing_spec(preprocessing))["image"])
+
+
 def _pad_batch(batch: dict, batch_size: int) -> dict:
   """Pads to batch_size with zeros, mask 0 and index -1 (an id no example has)."""
   missing = batch_size - len(batch["mask"])

@@ -17,7 +17,7 @@ from clu import metric_writers, periodic_actions
 from flax import jax_utils
 
 from cxr_jax import data, models, weights
-from cxr_jax.train import checkpoint, optim, overview
+from cxr_jax.train import checkpoint, feature_cache, optim, overview
 from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup
 
 
@@ -34,6 +34,7 @@ class Setup:
   preprocessing: str
   versions: dict
   class_weights: np.ndarray
+  features: feature_cache.FeatureCache | None = None  # frozen-block outputs (train.feature_cache)
 
 
 def init_params(model, config, rng):
@@ -59,8 +60,19 @@ def class_weights_for(labels: np.ndarray, num_classes: int, enabled: bool) -> np
   return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
 
 
+def build_dataset(data_config):
+  """Builds (or reuses) the dataset; with several processes, process 0 builds it first."""
+  if jax.process_count() == 1:
+    return data.build_dataset(data_config)
+  from jax.experimental import multihost_utils
+
+  built = data.build_dataset(data_config) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("cxr_jax: dataset built")
+  return built or data.build_dataset(data_config)
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
-  built = data.build_dataset(config.data)
+  built = build_dataset(config.data)
   split_ids = data.make_splits(built.metadata, config.data)
   model = models.create_model(config.model)
   rng = jax.random.PRNGKey(config.seed)
@@ -79,7 +91,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       "split_sizes": {k: int(len(v)) for k, v in split_ids.items()},
   }
   return Setup(config, built, split_ids, model, tx, plateau, state, preprocessing, versions,
-               class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting))
+               class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting),
+               feature_cache.for_setup(config, model, params, built, split_ids, preprocessing))
 
 
 def _local_shard(batch: dict) -> dict:
@@ -92,10 +105,11 @@ def _local_shard(batch: dict) -> dict:
 
 
 def train_batches(s: Setup, epoch: int):
-  return data.make_dataset(
+  batches = data.make_dataset(
       s.built, s.split_ids["train"], batch_size=s.config.train.batch_size,
       num_devices=jax.device_count(), preprocessing=s.preprocessing, train=True,
       seed=s.config.seed, epoch=epoch, data_config=s.config.data)
+  return s.features.swap(batches) if s.features else batches
 
 
 def steps_per_epoch(s: Setup) -> int:
@@ -111,10 +125,11 @@ def steps_per_epoch(s: Setup) -> int:
 def predict_split(s: Setup, p_eval, params, split: str):
   """Logits and labels of every example of a split, padding removed, in split order."""
   logits, labels, ids = [], [], []
-  for batch in data.make_dataset(
+  batches = data.make_dataset(
       s.built, s.split_ids[split], batch_size=s.config.train.eval_batch_size,
       num_devices=jax.local_device_count(), preprocessing=s.preprocessing, train=False,
-      seed=s.config.seed, epoch=0, data_config=s.config.data):
+      seed=s.config.seed, epoch=0, data_config=s.config.data)
+  for batch in (s.features.swap(batches) if s.features else batches):
     out = np.asarray(p_eval(params, {"image": batch["image"]}))
     keep = batch["mask"].reshape(-1) > 0
     logits.append(out.reshape(-1, out.shape[-1])[keep])
@@ -161,7 +176,8 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     ckpt.close()
     return loop, state
 
-  p_train, p_eval = make_pmapped_steps(s.model, s.tx, config.model.num_classes)
+  model = s.features.suffix(s.model) if s.features else s.model
+  p_train, p_eval = make_pmapped_steps(model, s.tx, config.model.num_classes)
   n_steps = steps_per_epoch(s)
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
   total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
