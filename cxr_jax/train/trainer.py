@@ -203,7 +203,8 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
       if step % config.train.log_every_steps == 0:
         writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
 
-    state = jax_utils.unreplicate(r_state)
+    # numpy on the host: orbax cannot save pmap's host-local arrays when there are several processes.
+    state = jax.device_get(jax_utils.unreplicate(r_state))
     val = validation_metrics(s, p_eval, r_state.params)
     state = state.replace(plateau_state=optim.plateau_step(s.plateau, state.plateau_state,
                                                            val["val_loss"]))
