@@ -1,7 +1,9 @@
 """Entry point: python launch.py --config=configs/vgg16_ft2.py --workdir=workdirs/ft2 [--mode=...]
 
 Modes: train (train, resume if the workdir has a checkpoint, then evaluate on the test split),
-evaluate (recompute metrics and plots from the kept checkpoint), explain (Grad-CAM overlays).
+evaluate (recompute metrics and plots from the kept checkpoint), explain (Grad-CAM overlays),
+cv / ablation / sweep (every fold / grid cell in workdir/runs/, then tables and figures; see
+cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one).
 Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128.
 """
 
@@ -19,7 +21,8 @@ from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain", "cv", "ablation", "sweep"],
+                  "What to do.")
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++"], "Heatmap method for explain.")
 flags.DEFINE_integer("per_class", 4, "Images per class (right and wrong each) for explain.")
@@ -50,6 +53,10 @@ def main(argv):
     from cxr_jax import evaluate
 
     result = evaluate.evaluate_workdir(FLAGS.workdir, split=FLAGS.split, config=config)
+  elif FLAGS.mode in ("cv", "ablation", "sweep"):
+    from cxr_jax import experiments
+
+    result = experiments.run_experiment(config, FLAGS.workdir, FLAGS.mode)
   else:
     from cxr_jax import explain
 
@@ -62,7 +69,7 @@ def main(argv):
 
 def _headline(metrics: dict) -> dict:
   """The few numbers worth printing at the end; the full set is in the workdir."""
-  keys = ("accuracy", "auc", "per_class", "num_examples", "written")
+  keys = ("accuracy", "auc", "per_class", "num_examples", "winners", "written")
   picked = {k: metrics[k] for k in keys if k in metrics}
   return picked or metrics
 

@@ -1,0 +1,9 @@
+"""Experiments: k-fold cross-validation, the fine-tuning ablation and config sweeps.
+
+`run_experiment(config, workdir, mode)` trains every run (grid cell x fold) in its own workdir
+under `<workdir>/runs/`, skipping finished ones, and writes the tables and figures.
+"""
+
+from cxr_jax.experiments.experiment import MODES, ExperimentIncomplete, plan, run_experiment
+
+__all__ = ["MODES", "ExperimentIncomplete", "plan", "run_experiment"]

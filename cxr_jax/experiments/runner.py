@@ -1,0 +1,119 @@
+"""Runs an experiment's runs one after another, each in its own workdir, surviving interruption.
+
+  <workdir>/runs/<cell>_fold<k>/   one trainer workdir per run (config.json, checkpoints, metrics.json)
+
+A run is finished when its metrics.json exists; it is then skipped. An unfinished run is started
+again and the trainer resumes it from its latest checkpoint. A run folder whose config.json
+disagrees with the run's config is never reused: that would mix two experiments in one table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cxr_jax.experiments.grid import Run
+
+RUNS_DIR = "runs"
+METRICS_FILE, HISTORY_FILE, CONFIG_FILE = "metrics.json", "history.json", "config.json"
+# Fields that do not change what a run computes: they may differ between a run and its restart.
+_IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
+            "train.log_every_steps", "distributed", "coordinator_address", "num_processes",
+            "process_id")
+
+
+class ConfigMismatch(ValueError):
+  pass
+
+
+def run_dir(workdir: str | Path, run: Run) -> Path:
+  return Path(workdir) / RUNS_DIR / run.name
+
+
+def _comparable(config_dict: dict) -> dict:
+  """The config as plain JSON values, without the fields in _IGNORED."""
+  out = json.loads(json.dumps(config_dict))
+  for field in _IGNORED:
+    *parents, leaf = field.split(".")
+    node = out
+    for part in parents:
+      node = node.get(part, {})
+    node.pop(leaf, None)
+  return out
+
+
+def _differences(a, b, prefix="") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [d for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+  return [] if a == b else [f"{prefix.rstrip('.')}: saved {a!r}, now {b!r}"]
+
+
+def check_config(directory: Path, run: Run) -> None:
+  """Raises ConfigMismatch if `directory` holds a run of another config."""
+  path = directory / CONFIG_FILE
+  if not path.is_file():
+    return
+  saved = _comparable(json.loads(path.read_text()))
+  wanted = _comparable(json.loads(run.config.to_json_best_effort()))
+  diffs = _differences(saved, wanted)
+  if diffs:
+    raise ConfigMismatch(
+        f"{directory} holds a run with another config ({'; '.join(diffs[:5])}"
+        f"{'; ...' if len(diffs) > 5 else ''}). Use a new --workdir for a changed experiment, "
+        f"or delete {directory} to train it again.")
+
+
+def is_finished(directory: Path) -> bool:
+  return (directory / METRICS_FILE).is_file()
+
+
+def run_all(runs: list[Run], workdir: str | Path,
+            train_fn: Callable | None = None) -> dict[str, str]:
+  """Trains every unfinished run; returns {run name: 'skipped' | 'trained' | 'failed: ...'}.
+
+  Every run's config is checked before the first one trains, so a mismatch stops the experiment
+  before it spends hours. A run that fails (e.g. a non-finite loss) is reported and the others
+  go on; KeyboardInterrupt stops everything (the next start resumes).
+  """
+  if train_fn is None:
+    from cxr_jax.train import train_and_evaluate as train_fn
+  for run in runs:
+    check_config(run_dir(workdir, run), run)
+  status = {}
+  for i, run in enumerate(runs):
+    directory = run_dir(workdir, run)
+    if is_finished(directory):
+      status[run.name] = "skipped"
+      continue
+    logging.info("experiment: run %d/%d %s (%s)", i + 1, len(runs), run.name,
+                 "resuming" if (directory / "checkpoints").is_dir() else "new")
+    try:
+      train_fn(run.config, directory)
+      status[run.name] = "trained"
+    except Exception as e:  # one bad run must not cost the others
+      logging.exception("experiment: run %s failed", run.name)
+      status[run.name] = f"failed: {type(e).__name__}: {e}"
+    _write_status(workdir, status, runs)
+  _write_status(workdir, status, runs)
+  return status
+
+
+def _write_status(workdir, status: dict, runs: list[Run]) -> None:
+  path = Path(workdir) / "status.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  entries = {r.name: status.get(r.name, "pending") for r in runs}
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(entries, indent=1))
+  tmp.replace(path)
+
+
+def load_result(directory: Path) -> dict:
+  """A finished run's test metrics and the validation loss of its kept (best) epoch."""
+  metrics = json.loads((directory / METRICS_FILE).read_text())
+  history_path = directory / HISTORY_FILE
+  history = json.loads(history_path.read_text()) if history_path.is_file() else []
+  losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
+  return dict(metrics=metrics, val_loss=min(losses) if losses else None, epochs=len(history))

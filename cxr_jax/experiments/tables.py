@@ -1,0 +1,88 @@
+"""Tables of an experiment: Table 2 style per group and class (CSV + markdown), CV fold table."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from cxr_jax.experiments.summary import CLASS_METRICS, class_names
+
+
+def _fmt(entry: dict | None, digits: int = 3) -> str:
+  if not entry or entry.get("mean") is None:
+    return "n/a"
+  text = f"{entry['mean']:.{digits}f}"
+  if entry.get("low") is not None:
+    text += f" ({entry['low']:.{digits}f}-{entry['high']:.{digits}f})"
+  return text
+
+
+def table_rows(groups: dict[str, dict], axes: list[str]) -> list[dict]:
+  """One row per group and class: the axes' values and mean / sd / CI of each class metric."""
+  rows = []
+  for name, group in groups.items():
+    for cls in class_names(groups):
+      row = {"group": name, **{a: group["values"].get(a) for a in axes}, "class": cls,
+             "num_folds": len(group["folds"])}
+      for metric in CLASS_METRICS:
+        entry = group["summary"].get(f"{cls}/{metric}", {})
+        for part, key in (("", "mean"), ("_sd", "sd"), ("_low", "low"), ("_high", "high")):
+          row[f"{metric}{part}"] = entry.get(key)
+      rows.append(row)
+  return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, list(rows[0]) if rows else ["group"])
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def markdown_table(groups: dict[str, dict], ci: float, title: str) -> str:
+  """Table 2: per group and class, accuracy / sensitivity / specificity / AUC with CIs."""
+  interval = {g["interval"] for g in groups.values()}
+  lines = [f"# {title}", "",
+           f"Test split. Mean over folds ({100 * ci:.0f}% interval: {', '.join(sorted(interval))}).",
+           "", "| Group | Folds | Class | Accuracy | Sensitivity | Specificity | AUC |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name, group in groups.items():
+    for cls in class_names(groups):
+      cells = [_fmt(group["summary"].get(f"{cls}/{m}")) for m in CLASS_METRICS]
+      lines.append(f"| {name} | {len(group['folds'])} | {cls} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def markdown_winners(groups: dict[str, dict], won: dict) -> str:
+  metric = won["select_metric"]
+  lines = ["", "## Which group wins", "",
+           "| Group | Overall accuracy | Macro AUC | COVID AUC | Mean val loss |",
+           "| --- | --- | --- | --- | --- |"]
+  for name, g in groups.items():
+    s = g["summary"]
+    lines.append(f"| {name} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('macro_auc'))} | "
+                 f"{_fmt(s.get('covid/auc'))} | {_fmt(s.get('val_loss'), 4)} |")
+  lines += ["", f"- By test {metric} (how the paper chose): **{won['by_test']}**",
+            f"- By mean validation loss (does not look at the test split): "
+            f"**{won['by_val_loss']}**"]
+  return "\n".join(lines) + "\n"
+
+
+def markdown_folds(name: str, group: dict) -> str:
+  """A CV report: per-fold metrics, mean +- sd, best fold by test and by validation loss."""
+  keys = ["accuracy", "macro_auc", *(f"covid/{m}" for m in CLASS_METRICS), "val_loss"]
+  lines = [f"## {name}", "", "| Fold | " + " | ".join(keys) + " |",
+           "| --- " * (len(keys) + 1) + "|"]
+  for fold, flat in group["per_fold"].items():
+    marks = "".join([" (best by test)" if int(fold) == group["best_fold_by_test"] else "",
+                     " (best by val loss)" if int(fold) == group["best_fold_by_val_loss"] else ""])
+    cells = ["n/a" if flat.get(k) is None else f"{flat[k]:.4f}" for k in keys]
+    lines.append(f"| {fold}{marks} | " + " | ".join(cells) + " |")
+  sd = lambda e: "" if e.get("sd") is None else f" ± {e['sd']:.4f}"
+  means = [("n/a" if group["summary"][k]["mean"] is None else
+            f"{group['summary'][k]['mean']:.4f}{sd(group['summary'][k])}") for k in keys]
+  lines.append("| mean ± sd | " + " | ".join(means) + " |")
+  lines += ["", f"Best fold by test {group['select_metric']} (the paper's choice): "
+            f"{group['best_fold_by_test']}; by validation loss: {group['best_fold_by_val_loss']}.",
+            ""]
+  return "\n".join(lines) + "\n"
