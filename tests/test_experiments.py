@@ -117,6 +117,7 @@ def tiny_ablation(tiny_root, tmp_path_factory):
   return workdir, list(calls), resumed, before, doc
 
 
+@pytest.mark.slow  # the 8 runs of the tiny ablation: ~2 min of CPU
 def test_restart_skips_finished_runs_and_resumes_the_killed_one(tiny_ablation):
   workdir, trained, resumed, before, doc = tiny_ablation
   assert trained == ["vgg16_ft2_fold0", "vgg16_ft2_fold1", "vgg19_ft0_fold0", "vgg19_ft0_fold1",
@@ -130,6 +131,7 @@ def test_restart_skips_finished_runs_and_resumes_the_killed_one(tiny_ablation):
   assert [h["epoch"] for h in history] == [0, 1]
 
 
+@pytest.mark.slow  # the 8 runs of the tiny ablation: ~2 min of CPU
 def test_ablation_outputs_are_consistent(tiny_ablation):
   workdir, _, _, _, doc = tiny_ablation
   for name in ("table2.csv", "table2.md", "figure5.png", "ablation.json"):
@@ -168,6 +170,7 @@ def test_ablation_outputs_are_consistent(tiny_ablation):
   assert "| vgg16_ft2 | 2 | covid |" in text and f"**{won['by_test']}**" in text
 
 
+@pytest.mark.slow  # the 8 runs of the tiny ablation: ~2 min of CPU
 def test_launch_ablation_on_a_finished_workdir_only_rewrites_outputs(tiny_ablation, tiny_root,
                                                                      tmp_path):
   workdir = tiny_ablation[0]
