@@ -83,13 +83,14 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
     text = (tables.markdown_table(groups, float(config.eval.ci), title)
             + tables.markdown_winners(groups, won)
             + "\n## Folds of each group\n\n"
-            + "".join(tables.markdown_folds(n, g) for n, g in groups.items()))
+            + "".join(tables.markdown_folds(n, g, level=3) for n, g in groups.items()))
     written += [str(workdir / f"{stem}.csv"), _write(workdir / f"{stem}.md", text)]
     figure = ("figure5.png" if mode == "ablation"
               else f"sweep_{fields[-1].rsplit('.', 1)[-1]}.png")
     metric = config.experiment.plot_metric
-    written.append(str(plots.plot_metric(groups, fields, metric, workdir / figure,
-                                         title=f"{metric} ({title})")))
+    figure_title = (f"{metric} by fine-tuning degree (Lee et al. Figure 5)" if mode == "ablation"
+                    else f"{metric} against {fields[-1]}")
+    written.append(str(plots.plot_metric(groups, fields, metric, workdir / figure, figure_title)))
   doc["written"] = written
   json_name = {"cv": "cv.json", "ablation": "ablation.json", "sweep": "sweep.json"}[mode]
   _write(workdir / json_name, json.dumps(doc, indent=1, default=_plain))

@@ -50,8 +50,9 @@ def bootstrap_interval(metrics: dict, key: str) -> tuple[float | None, float | N
   return (entry["low"], entry["high"]) if entry else (None, None)
 
 
-def aggregate(values: list[float | None], ci: float) -> dict:
-  """mean, sd (ddof 1), n and the t interval of the mean over the defined values."""
+def aggregate(values: list[float | None], ci: float, bounds=(0.0, 1.0)) -> dict:
+  """mean, sd (ddof 1), n and the t interval of the mean over the defined values, clipped to
+  the metric's range `bounds` (a t interval knows nothing of a rate's bounds)."""
   defined = np.array([v for v in values if v is not None], np.float64)
   n = len(defined)
   if n == 0:
@@ -61,7 +62,8 @@ def aggregate(values: list[float | None], ci: float) -> dict:
     return dict(mean=mean, sd=None, n=1, low=None, high=None)
   sd = float(defined.std(ddof=1))
   half = float(scipy_stats.t.ppf(1 - (1 - ci) / 2, n - 1)) * sd / math.sqrt(n)
-  return dict(mean=mean, sd=sd, n=n, low=mean - half, high=mean + half)
+  low, high = np.clip([mean - half, mean + half], *bounds)
+  return dict(mean=mean, sd=sd, n=n, low=float(low), high=float(high))
 
 
 def summarize_group(fold_results: dict[int, dict], ci: float, select_metric: str) -> dict:
@@ -76,7 +78,8 @@ def summarize_group(fold_results: dict[int, dict], ci: float, select_metric: str
   folds = sorted(fold_results)
   flat = {f: flatten(fold_results[f]["metrics"], fold_results[f]["val_loss"]) for f in folds}
   keys = list(flat[folds[0]]) if folds else []
-  summary = {k: aggregate([flat[f][k] for f in folds], ci) for k in keys}
+  summary = {k: aggregate([flat[f][k] for f in folds], ci,
+                          (0.0, np.inf) if k == "val_loss" else (0.0, 1.0)) for k in keys}
   if len(folds) == 1:
     for k in keys:
       low, high = bootstrap_interval(fold_results[folds[0]]["metrics"], k)
@@ -86,7 +89,7 @@ def summarize_group(fold_results: dict[int, dict], ci: float, select_metric: str
 
   def best(key, sign):
     scored = [(sign * flat[f][key], f) for f in folds if flat[f].get(key) is not None]
-    return max(scored)[1] if scored else None
+    return max(scored, key=lambda t: t[0])[1] if scored else None  # ties: the first
 
   return dict(folds=folds, per_fold={str(f): flat[f] for f in folds}, summary=summary,
               interval=interval, ci=ci,
@@ -99,7 +102,7 @@ def winners(groups: dict[str, dict], select_metric: str) -> dict:
   def pick(key, sign):
     scored = [(sign * g["summary"][key]["mean"], name) for name, g in groups.items()
               if key in g["summary"] and g["summary"][key]["mean"] is not None]
-    return max(scored)[1] if scored else None
+    return max(scored, key=lambda t: t[0])[1] if scored else None  # ties: the first in the grid
 
   return dict(by_test=pick(select_metric, 1), by_val_loss=pick("val_loss", -1),
               select_metric=select_metric)

@@ -13,7 +13,7 @@ def _fmt(entry: dict | None, digits: int = 3) -> str:
     return "n/a"
   text = f"{entry['mean']:.{digits}f}"
   if entry.get("low") is not None:
-    text += f" ({entry['low']:.{digits}f}-{entry['high']:.{digits}f})"
+    text += f" [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
   return text
 
 
@@ -68,10 +68,10 @@ def markdown_winners(groups: dict[str, dict], won: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def markdown_folds(name: str, group: dict) -> str:
+def markdown_folds(name: str, group: dict, level: int = 2) -> str:
   """A CV report: per-fold metrics, mean +- sd, best fold by test and by validation loss."""
   keys = ["accuracy", "macro_auc", *(f"covid/{m}" for m in CLASS_METRICS), "val_loss"]
-  lines = [f"## {name}", "", "| Fold | " + " | ".join(keys) + " |",
+  lines = [f"{'#' * level} {name}", "", "| Fold | " + " | ".join(keys) + " |",
            "| --- " * (len(keys) + 1) + "|"]
   for fold, flat in group["per_fold"].items():
     marks = "".join([" (best by test)" if int(fold) == group["best_fold_by_test"] else "",

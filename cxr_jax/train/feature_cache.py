@@ -9,8 +9,8 @@ float reassociation (the prefix runs at another batch size).
 The key covers everything the features depend on: the dataset version (sources, image size,
 CLAHE), the preprocessing, the architecture and the block, the conv implementation, the jax
 version, the example ids and a digest of the frozen parameters themselves, so new weights or a
-new size never reuse stale features. Features are stored under <cache>/features/<key>/ and read
-memory-mapped; a feature set larger than config.train.feature_cache_max_gb (or than the free disk)
+new size never reuse stale features. Features are stored under <cache>/features/<key>/ (or
+$CXR_JAX_FEATURE_CACHE/<key>/) and read memory-mapped; a feature set larger than config.train.feature_cache_max_gb (or than the free disk)
 is not cached and the run trains as usual.
 """
 
@@ -33,6 +33,12 @@ from cxr_jax import data, paths
 from cxr_jax.models.vgg import BLOCK_NAMES
 
 _FORMAT = 1  # bump when the stored layout changes
+
+
+def cache_root() -> Path:
+  """Where feature sets are stored: $CXR_JAX_FEATURE_CACHE, else <cache>/features."""
+  env = os.environ.get("CXR_JAX_FEATURE_CACHE")
+  return Path(env).expanduser() if env else paths.cache_dir() / "features"
 
 
 def unusable_reason(config) -> str | None:
@@ -199,7 +205,7 @@ def for_setup(config, model, params, built, split_ids: dict, preprocessing: str)
   block = cached_block(config)
   shape = _feature_shape(model, params, block, int(config.data.image_size))
   size_gb = len(ids) * int(np.prod(shape)) * 4 / 2**30
-  root = paths.cache_dir() / "features"
+  root = cache_root()
   root.mkdir(parents=True, exist_ok=True)
   free_gb = shutil.disk_usage(root).free / 2**30
   if size_gb > float(config.train.feature_cache_max_gb) or size_gb > 0.9 * free_gb:
