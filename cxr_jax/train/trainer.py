@@ -203,11 +203,12 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
       if step % config.train.log_every_steps == 0:
         writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
 
-    # numpy on the host: orbax cannot save pmap's host-local arrays when there are several processes.
-    state = jax.device_get(jax_utils.unreplicate(r_state))
     val = validation_metrics(s, p_eval, r_state.params)
+    state = jax_utils.unreplicate(r_state)
     state = state.replace(plateau_state=optim.plateau_step(s.plateau, state.plateau_state,
                                                            val["val_loss"]))
+    # numpy on the host: orbax cannot save pmap's host-local arrays when there are several processes.
+    state = jax.device_get(state)
     improved, stop = stopper.update(epoch, val["val_loss"])
     epoch_metrics = {"epoch": epoch, "step": step, **val,
                      "train_loss": float(np.mean([m["loss"] for m in train_metrics] or [np.nan])),
