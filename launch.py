@@ -24,7 +24,8 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain", "cv", "ablation", "sweep"],
                   "What to do.")
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
-flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++"], "Heatmap method for explain.")
+flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
+                  "Heatmap method for explain.")
 flags.DEFINE_integer("per_class", 4, "Images per class (right and wrong each) for explain.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS

@@ -1,4 +1,5 @@
-"""explain_workdir: Grad-CAM overlays of right and wrong predictions per class (Lee et al. figs 8-10)."""
+"""explain_workdir: Grad-CAM or LRP overlays of right and wrong predictions per class (Lee et al.
+figs 8-10; Bassi & Attux 2022 for LRP)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate.inference import predict_arrays
 from cxr_jax.evaluate.workdir import data_batches, load_split
 from cxr_jax.explain.gradcam import DEFAULT_LAYER, make_cam_fn
+from cxr_jax.explain.lrp import DEFAULT_EPSILON, make_lrp_fn
 from cxr_jax.explain.overlay import save_overlay
 
 
@@ -36,11 +38,13 @@ def pick_examples(labels, preds, ids, per_class: int, seed: int) -> list[tuple[i
 def explain_workdir(workdir, split: str = "test", per_class: int | None = None,
                     method: str = "gradcam", config=None, *, layer: str | None = None,
                     which: str = "best", out_dir=None) -> dict:
-  """Writes Grad-CAM overlays for `per_class` right and wrong predictions of each class.
+  """Writes heatmap overlays for `per_class` right and wrong predictions of each class.
 
   Layout: <out_dir or workdir/explain_<split>_<method>>/<true class>/{correct,wrong}/<id>.png,
   plus index.json listing every image with its probabilities. The map explains the predicted
-  class at `layer` (default config.explain.layer, else block5/conv3).
+  class: method "gradcam"/"gradcam++" at `layer` (default config.explain.layer, else
+  block5/conv3); method "lrp" at the input (positive relevance; epsilon config.explain.lrp_epsilon,
+  else `lrp.DEFAULT_EPSILON`).
   """
   loaded = load_split(workdir, split, config, which)
   config, trained, meta = loaded.config, loaded.trained, loaded.built.metadata
@@ -54,7 +58,12 @@ def explain_workdir(workdir, split: str = "test", per_class: int | None = None,
   picked = pick_examples(labels, probs.argmax(axis=1), ids, per_class, int(config.seed))
   where = {i: (name, outcome) for i, name, outcome in picked}
   out = Path(out_dir) if out_dir else Path(workdir) / f"explain_{split}_{method}"
-  cam_fn = make_cam_fn(trained.model, layer, method)
+  if method == "lrp":
+    layer = "input"
+    cam_fn = make_lrp_fn(trained.model, trained.preprocessing,
+                         epsilon=float(explain_config.get("lrp_epsilon", DEFAULT_EPSILON)))
+  else:
+    cam_fn = make_cam_fn(trained.model, layer, method)
   index = []
   if picked:
     batches = data_batches(loaded, batch_size, ids=np.array(sorted(where), np.int64))
