@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from configs.default import get_config
+from cxr_jax.explain import gradcam
 from cxr_jax.models import STAGE_NAMES, DenseNet, create_model
 from cxr_jax.train.optim import FROZEN, TRAINABLE, param_labels
 from cxr_jax.weights import ShapeMismatchError, convert_file, load_pretrained
@@ -252,3 +253,11 @@ def test_create_model_densenet121():
   model = create_model(config.model)
   assert isinstance(model, DenseNet) and model.depth == 121 and model.frozen_blocks == 2
   assert tuple(model.hidden) == tuple(config.model.hidden)
+
+
+@pytest.mark.parametrize("layer", ["features", "stage3"])
+def test_gradcam_layers(tiny, layer):
+  model, variables, x = tiny
+  out = gradcam(model, variables, x, layer=layer)
+  assert out["cam"].shape == x.shape[:3]
+  assert float(out["cam"].max()) == pytest.approx(1.0)  # a non-empty map, scaled
