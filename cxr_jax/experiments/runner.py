@@ -44,11 +44,18 @@ def _comparable(config_dict: dict) -> dict:
   return out
 
 
-def _differences(a, b, prefix="") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [d for k in sorted(set(a) | set(b))
-            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
-  return [] if a == b else [f"{prefix.rstrip('.')}: saved {a!r}, now {b!r}"]
+_MISSING = object()
+
+
+def _differences(saved, now, prefix="") -> list[str]:
+  """Fields whose values differ. A field the saved config lacks is not a difference: it was
+  added to the code after the run started, and new fields default to the old behaviour."""
+  if isinstance(saved, dict) and isinstance(now, dict):
+    return [d for k in sorted(set(saved) | set(now))
+            for d in _differences(saved.get(k, _MISSING), now.get(k, _MISSING), f"{prefix}{k}.")]
+  if saved is _MISSING or saved == now:
+    return []
+  return [f"{prefix.rstrip('.')}: saved {saved!r}, now {'(none)' if now is _MISSING else repr(now)}"]
 
 
 def check_config(directory: Path, run: Run) -> None:
