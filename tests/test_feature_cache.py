@@ -33,12 +33,12 @@ def ft2_config(root, **train_overrides):
 
 @pytest.mark.slow  # two 4-step trainings and evaluations: ~50 s of CPU
 def test_cached_training_equals_uncached(root, tmp_path, monkeypatch):
-  monkeypatch.setenv("CXR_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("CXR_JAX_FEATURE_CACHE", str(tmp_path / "features"))
   monkeypatch.setattr("cxr_jax.evaluate.workdir.write_plots", lambda metrics, out: {})
   plain = train.train_and_evaluate(ft2_config(root), tmp_path / "plain")
   cached = train.train_and_evaluate(ft2_config(root, feature_cache=True), tmp_path / "cached")
 
-  folders = list((tmp_path / "cache" / "features").iterdir())
+  folders = list((tmp_path / "features").iterdir())
   assert len(folders) == 1                       # the cache was built and used
   key = json.loads((folders[0] / "key.json").read_text())
   features = np.load(folders[0] / "features.npy")
@@ -56,7 +56,8 @@ def test_cached_training_equals_uncached(root, tmp_path, monkeypatch):
         cached["per_class"][name]["roc_auc"], abs=1e-6)
 
 
-def test_key_changes_with_what_the_features_depend_on(root):
+def test_key_changes_with_what_the_features_depend_on(root, monkeypatch, tmp_path):
+  monkeypatch.setenv("CXR_JAX_FEATURE_CACHE", str(tmp_path))
   config = ft2_config(root, feature_cache=True)
   s = trainer.setup(config)
   params = jax.tree.map(np.asarray, s.state.params)
@@ -83,7 +84,7 @@ def test_key_changes_with_what_the_features_depend_on(root):
 
 
 def test_cache_is_skipped_when_it_cannot_give_the_same_training(root, monkeypatch, tmp_path):
-  monkeypatch.setenv("CXR_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXR_JAX_FEATURE_CACHE", str(tmp_path))
   config = ft2_config(root, feature_cache=True)
   assert feature_cache.unusable_reason(config) is None
   for field, value, reason in (("data.augment", True, "augment"),
