@@ -40,7 +40,13 @@ class Setup:
 def init_params(model, config, rng):
   size = config.data.image_size
   dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-  return jax.jit(lambda r: model.init(r, dummy, train=False))(rng)["params"]
+  variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
+  if "batch_stats" in variables:
+    raise NotImplementedError(
+        f"config.model.arch={config.model.arch!r} has BatchNorm statistics, which this trainer does "
+        "not carry yet (DenseNet training is planned with twice transfer); train a VGG, or use the "
+        "model for inference, LRP and weight ports only")
+  return variables["params"]
 
 
 def pretrained_params(params, model_config):
