@@ -31,8 +31,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops the INFO chatter of orbax/tfds (dozens of lines per checkpoint); warnings still show."""
+
+  def filter(self, record):
+    noisy = ("/orbax/", "/tensorflow_datasets/")
+    return record.levelno > logging.INFO or not any(n in record.pathname for n in noisy)
+
+
 def main(argv):
   del argv
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(_QuietLibraries())
   import jax  # after flag parsing, so --help is fast
 
   config = FLAGS.config

