@@ -87,6 +87,9 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
   assert [h["epoch"] for h in loop["history"]] == [0, 1, 2]
   assert_trees_equal(latest_params(reference), checkpoint._restore_variables(
       tmp_path, "latest")["params"], rtol=0, atol=0)
+  # Restarted after completion with a longer schedule, it goes on from where it ended.
+  loop, _ = trainer.train(trainer.setup(smoke_config(num_epochs=4)), tmp_path)
+  assert [h["epoch"] for h in loop["history"]] == [0, 1, 2, 3]
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

@@ -164,13 +164,21 @@ class NonFiniteLoss(FloatingPointError):
   pass
 
 
+def _finished(loop: dict, config: ml_collections.ConfigDict, step: int) -> bool:
+  """Judged against the current config, so a finished run restarted with more epochs goes on."""
+  max_steps = config.train.max_steps
+  return bool(loop.get("stopped_early") or loop["epoch"] >= config.train.num_epochs
+              or (max_steps > 0 and step >= max_steps))
+
+
 def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
   """Trains with resume; returns the loop state (epochs run, best epoch, history) and the state."""
   config = s.config
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   ckpt = checkpoint.Checkpoints(workdir)
   restored = ckpt.restore_latest(s.state)
-  state, loop = s.state, {"epoch": 0, "early_stopping": None, "history": [], "finished": False}
+  state, loop = s.state, {"epoch": 0, "early_stopping": None, "history": [], "finished": False,
+                          "stopped_early": False}
   if restored is not None:
     state, loop = restored
     logging.info("Resuming from %s at epoch %d (step %d)", workdir, loop["epoch"], int(state.step))
@@ -178,7 +186,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     overview.log_overview(state.params, config.model.trainable_blocks)
   stopper = (optim.EarlyStopping.from_dict(loop["early_stopping"]) if loop["early_stopping"]
              else optim.EarlyStopping(config.train.early_stopping_patience))
-  if loop["finished"]:
+  if _finished(loop, config, int(state.step)):   # e.g. restarted after completion
     ckpt.close()
     return loop, state
 
@@ -223,10 +231,10 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     logging.info("epoch %d: %s", epoch, json.dumps(epoch_metrics))
     if improved:
       ckpt.save_best(epoch, {"params": state.params}, {"epoch": epoch, **val})
-    out_of_steps = bool(max_steps and step >= max_steps)
     loop = {"epoch": epoch + 1, "early_stopping": stopper.to_dict(),
             "history": loop["history"] + [epoch_metrics],
-            "finished": stop or out_of_steps or epoch + 1 == config.train.num_epochs}
+            "stopped_early": stop}
+    loop["finished"] = _finished(loop, config, step)
     ckpt.save_latest(epoch, state, loop)
     r_state = jax_utils.replicate(state)
     if loop["finished"]:
