@@ -32,16 +32,11 @@ import tensorflow_datasets as tfds  # noqa: E402
 import cxr_jax.weights  # noqa: E402,F401  (imports jax; kept out of the pipeline timing)
 from configs.default import get_config  # noqa: E402
 from cxr_jax import data, paths  # noqa: E402
+from cxr_jax.ops.tuning import cpu_model  # noqa: E402
 
 
 def machine() -> dict:
-  cpu = "unknown"
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
+  return dict(cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
               platform=platform.platform(), tensorflow=tf.__version__, tfds=tfds.__version__,
               opencv=cv2.__version__, numpy=np.__version__, pydicom=pydicom.__version__)
 

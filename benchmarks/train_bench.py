@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -100,7 +101,7 @@ def main():
       result["steps"].append(row)
   if args.quickstart:
     result["quickstart"] = quickstart()
-  result["load_average_after"] = list(__import__("os").getloadavg())
+  result["load_average_after"] = list(os.getloadavg())
   Path(args.out).write_text(json.dumps(result, indent=2))
   print(json.dumps(result, indent=2))
 

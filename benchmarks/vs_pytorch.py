@@ -59,15 +59,14 @@ def step_flops(size: int, batch: int, trainable_blocks: int) -> dict:
 
 
 def machine_info() -> dict:
-  model = platform.processor()
+  from cxr_jax.ops import tuning  # late, as every cxr_jax import here (XLA flags come first)
+
   flags = set()
   with open("/proc/cpuinfo") as f:
     for line in f:
-      if line.startswith("model name"):
-        model = line.split(":", 1)[1].strip()
-      elif line.startswith("flags"):
+      if line.startswith("flags"):
         flags = set(line.split(":", 1)[1].split())
-  return {"cpu": model, "cores": os.cpu_count(),
+  return {"cpu": tuning.cpu_model(), "cores": os.cpu_count(),
           "isa": sorted(x for x in flags if x.startswith(("avx512f", "avx512_bf16", "amx"))),
           "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 

@@ -33,15 +33,18 @@ def cache_path():
   return paths.cache_dir() / "ops" / "wgrad_choices.json"
 
 
-def _machine() -> str:
-  """Choices are per CPU model and thread count: they do not transfer between machines."""
-  model = platform.processor() or platform.machine()
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
   try:
     with open("/proc/cpuinfo") as f:
-      model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+      return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
   except (OSError, StopIteration):
-    pass
-  return f"{model}|{os.cpu_count()}cpu|jax{jax.__version__}"
+    return platform.processor() or platform.machine()
+
+
+def _machine() -> str:
+  """Choices are per CPU model and thread count: they do not transfer between machines."""
+  return f"{cpu_model()}|{os.cpu_count()}cpu|jax{jax.__version__}"
 
 
 def key(op, x_shape, kernel_shape, padding, dtype) -> str:
