@@ -3,7 +3,9 @@
 Modes: train (train, resume if the workdir has a checkpoint, then evaluate on the test split),
 evaluate (recompute metrics and plots from the kept checkpoint), explain (Grad-CAM overlays),
 cv / ablation / sweep (every fold / grid cell in workdir/runs/, then tables and figures; see
-cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one).
+cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one),
+twice_transfer (NIH findings stage, then single / twice / twice+output-neuron-keeping runs; see
+configs/twice_transfer.py).
 Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128.
 """
 
@@ -21,7 +23,8 @@ from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain", "cv", "ablation", "sweep"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain", "cv", "ablation", "sweep",
+                                    "twice_transfer"],
                   "What to do.")
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
@@ -74,6 +77,10 @@ def main(argv):
     from cxr_jax import experiments
 
     result = experiments.run_experiment(config, FLAGS.workdir, FLAGS.mode)
+  elif FLAGS.mode == "twice_transfer":
+    from cxr_jax import experiments
+
+    result = experiments.run_twice_transfer(config, FLAGS.workdir)
   else:
     from cxr_jax import explain
 

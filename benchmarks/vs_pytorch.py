@@ -107,7 +107,7 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
     jax.block_until_ready(metrics)
 
   def eval_fn():
-    jax.block_until_ready(p_eval(holder["state"].params, batch_))
+    jax.block_until_ready(p_eval({"params": holder["state"].params}, batch_))
 
   return train_fn, eval_fn
 

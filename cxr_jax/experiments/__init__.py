@@ -5,5 +5,6 @@ under `<workdir>/runs/`, skipping finished ones, and writes the tables and figur
 """
 
 from cxr_jax.experiments.experiment import MODES, ExperimentIncomplete, plan, run_experiment
+from cxr_jax.experiments.twice import run_twice_transfer
 
-__all__ = ["MODES", "ExperimentIncomplete", "plan", "run_experiment"]
+__all__ = ["MODES", "ExperimentIncomplete", "plan", "run_experiment", "run_twice_transfer"]

@@ -71,7 +71,7 @@ def _restore_variables(workdir: Path, which: str) -> dict:
   state = restored["state"]
   # The latest checkpoint holds the whole train state; the best one holds the variables only.
   if which == "latest":
-    return {"params": state["params"]}
+    return {k: state[k] for k in ("params", "batch_stats") if state.get(k)}
   return dict(state)
 
 

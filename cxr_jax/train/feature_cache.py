@@ -45,6 +45,8 @@ def unusable_reason(config) -> str | None:
   """Why the cache cannot be used for this config, or None when it can."""
   if not config.train.get("feature_cache", False):
     return "config.train.feature_cache is off"
+  if config.data.get("task", "classes") != "classes":
+    return "the cache serves the 3-class task only"
   if config.model.arch not in ("vgg16", "vgg19"):
     return f"model.arch={config.model.arch}: the cache supports VGG only"
   if int(config.model.trainable_blocks) >= len(BLOCK_NAMES):

@@ -49,6 +49,12 @@ def param_labels(params: Mapping, trainable_blocks: int) -> dict:
   return {name: jax.tree.map(lambda _, n=name: label_for(n), sub) for name, sub in params.items()}
 
 
+def frozen_names(tree: Mapping, trainable_blocks: int) -> tuple[str, ...]:
+  """Top-level names of `tree` (params or batch_stats) that belong to frozen blocks."""
+  labels = param_labels({name: 0 for name in tree}, trainable_blocks)
+  return tuple(name for name, label in labels.items() if label == FROZEN)
+
+
 def base_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The optimiser for trainable parameters, without the plateau scale."""
   name, lr = train_config.optimizer, train_config.learning_rate

@@ -21,6 +21,13 @@ class TrainState:
   opt_state: Any
   plateau_state: Any      # optax reduce_on_plateau state; .scale multiplies the learning rate
   rng: jax.Array          # base key; per-step keys are fold_in(rng, step)
+  # BatchNorm running statistics (DenseNet); {} for models without any (VGG).
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+
+
+def model_variables(params, batch_stats) -> dict:
+  """The variables `model.apply` takes: params, plus batch_stats where the model has them."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def cross_entropy(logits, targets, weights):
@@ -32,37 +39,74 @@ def cross_entropy(logits, targets, weights):
   return jnp.mean(optax.softmax_cross_entropy(logits, targets) * weights)
 
 
-def train_step(state: TrainState, batch, *, model, tx, num_classes):
-  """One step on one device's shard; gradients and metrics are averaged over AXIS."""
+def sigmoid_cross_entropy(logits, targets, weights):
+  """Multi-label loss (NIH findings): per-example mean over outputs, then as `cross_entropy`."""
+  return jnp.mean(jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), -1) * weights)
+
+
+LOSSES = {"softmax": cross_entropy, "sigmoid": sigmoid_cross_entropy}
+
+
+def _accuracy(logits, targets, loss: str):
+  if loss == "sigmoid":   # share of outputs on the right side of 0.5
+    return jnp.mean((logits > 0) == (targets > 0.5))
+  return jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+
+
+def _keep_frozen(old, new, frozen):
+  """`new` batch_stats, except the frozen stages', which stay bitwise as they were."""
+  return {name: old[name] if name in frozen else sub for name, sub in new.items()}
+
+
+def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softmax",
+               frozen_stats=()):
+  """One step on one device's shard; gradients, batch statistics and metrics are averaged over
+  AXIS. `batch["targets"]` (mixup, multi-label) replaces one-hot labels when present."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
   targets = batch.get("targets")
   if targets is None:
     targets = jax.nn.one_hot(batch["label"], num_classes)
+  has_stats = bool(state.batch_stats)
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
-    return cross_entropy(logits, targets, batch["weight"]), logits
+    variables = model_variables(params, state.batch_stats)
+    out = model.apply(variables, batch["image"], train=True, rngs={"dropout": rng},
+                      mutable=["batch_stats"] if has_stats else False)
+    logits, stats = out if has_stats else (out, {})
+    return LOSSES[loss](logits, targets, batch["weight"]), (logits, stats)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.plateau_state.scale.astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-  metrics = {"loss": loss, "accuracy": accuracy, "lr_scale": state.plateau_state.scale}
+  batch_stats = state.batch_stats
+  if has_stats:
+    # Averaging the devices' running statistics (as flax's ImageNet example does) keeps replicas
+    # identical; frozen stages normalised with their running statistics and keep them exactly.
+    batch_stats = _keep_frozen(state.batch_stats, jax.lax.pmean(stats["batch_stats"], AXIS),
+                               frozen_stats)
+  metrics = {"loss": value, "accuracy": _accuracy(logits, targets, loss),
+             "lr_scale": state.plateau_state.scale}
   metrics = jax.lax.pmean(metrics, AXIS)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            batch_stats=batch_stats)
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model):
+def eval_step(variables, batch, *, model):
   """Per-example logits (padding rows included; the host drops them by mask)."""
-  return model.apply({"params": params}, batch["image"], train=False)
+  return model.apply(variables, batch["image"], train=False)
 
 
-def make_pmapped_steps(model, tx, num_classes):
+def make_pmapped_steps(model, tx, num_classes, loss="softmax", frozen_stats=()):
+  """pmapped (train_step, eval_step). `frozen_stats`: top-level names whose batch_stats never
+  change (the frozen stages)."""
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
   p_train = jax.pmap(
-      functools.partial(train_step, model=model, tx=tx, num_classes=num_classes),
+      functools.partial(train_step, model=model, tx=tx, num_classes=num_classes, loss=loss,
+                        frozen_stats=tuple(frozen_stats)),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS)
   return p_train, p_eval

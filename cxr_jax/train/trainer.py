@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from clu import metric_writers, periodic_actions
 from flax import jax_utils
 
 from cxr_jax import data, models, weights
-from cxr_jax.train import checkpoint, feature_cache, optim, overview
-from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup
+from cxr_jax.train import checkpoint, feature_cache, optim, overview, transfer
+from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup, model_variables
 
 
 @dataclasses.dataclass
@@ -35,28 +36,57 @@ class Setup:
   versions: dict
   class_weights: np.ndarray
   features: feature_cache.FeatureCache | None = None  # frozen-block outputs (train.feature_cache)
+  targets: np.ndarray | None = None   # findings task: multi-hot targets per example id
 
 
-def init_params(model, config, rng):
+def init_variables(model, config, rng) -> tuple[dict, dict]:
+  """Fresh (params, batch_stats); batch_stats is {} for models without BatchNorm."""
   size = config.data.image_size
   dummy = jnp.zeros((1, size, size, 3), jnp.float32)
   variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
-  if "batch_stats" in variables:
-    raise NotImplementedError(
-        f"config.model.arch={config.model.arch!r} has BatchNorm statistics, which this trainer does "
-        "not carry yet (DenseNet training is planned with twice transfer); train a VGG, or use the "
-        "model for inference, LRP and weight ports only")
-  return variables["params"]
+  return variables["params"], variables.get("batch_stats", {})
 
 
-def pretrained_params(params, model_config):
-  """Fresh params with the backbone replaced by ImageNet weights; returns (params, preproc, version)."""
+def initial_variables(params, batch_stats, config):
+  """The starting point: another run's kept model (model.init_from), ImageNet weights, or the
+  fresh init. Returns (params, batch_stats, preprocessing, weights version)."""
+  model_config = config.model
+  if model_config.get("init_from", ""):
+    return transfer.transferred_variables(params, batch_stats, config)
   if model_config.pretrained == "none":
-    return params, "torchvision", "random-init"
+    return params, batch_stats, "torchvision", "random-init"
   if model_config.pretrained != "imagenet":
     raise ValueError(f"config.model.pretrained={model_config.pretrained!r}: use imagenet or none")
   pre = weights.load_pretrained(model_config.arch, source=model_config.weights_source or None)
-  return weights.merge_pretrained(params, pre.params), pre.preprocessing, pre.version
+  if batch_stats and pre.batch_stats:
+    batch_stats = weights.merge_pretrained(batch_stats, pre.batch_stats)
+  return (weights.merge_pretrained(params, pre.params), batch_stats, pre.preprocessing,
+          pre.version)
+
+
+def task_splits(metadata, config) -> tuple[dict, np.ndarray | None]:
+  """(split ids, multi-hot targets or None). The findings task (stage 1 of twice transfer) trains
+  on NIH findings and never sees a patient group of the COVID task's test split."""
+  if transfer.task_of(config) == "classes":
+    return data.make_splits(metadata, config.data), None
+  if config.train.mixup_alpha > 0 or config.train.class_weighting:
+    raise ValueError("config.data.task='findings' supports neither train.mixup_alpha nor "
+                     "train.class_weighting (both are defined for one label per image)")
+  num = len(transfer.class_names(config))
+  if config.model.num_classes != num:
+    raise ValueError(f"config.data.task='findings' has {num} outputs; set "
+                     f"config.model.num_classes={num} (it is {config.model.num_classes})")
+  excluded = data.test_groups(metadata, config.data)
+  splits = data.make_findings_splits(metadata, config.data, exclude_groups=excluded)
+  groups = np.asarray(metadata["patient_group"])
+  for name, ids in splits.items():   # the promise of the task, checked where it is used
+    leaked = set(groups[ids]) & set(excluded)
+    if leaked:
+      raise AssertionError(f"findings {name} split holds COVID test-split groups {sorted(leaked)[:5]}")
+  targets = np.zeros((len(metadata["id"]), num), np.float32)
+  used = np.concatenate(list(splits.values()))
+  targets[used] = data.multi_hot(np.asarray(metadata["findings"])[used])
+  return splits, targets
 
 
 def class_weights_for(labels: np.ndarray, num_classes: int, enabled: bool) -> np.ndarray:
@@ -79,16 +109,16 @@ def build_dataset(data_config):
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
   built = build_dataset(config.data)
-  split_ids = data.make_splits(built.metadata, config.data)
+  split_ids, targets = task_splits(built.metadata, config)
   model = models.create_model(config.model)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
-  params = init_params(model, config, init_rng)
-  params, preprocessing, weights_version = pretrained_params(params, config.model)
+  params, batch_stats, preprocessing, weights_version = initial_variables(
+      *init_variables(model, config, init_rng), config)
   tx = optim.make_optimizer(params, config)
   plateau = optim.make_plateau(config.train)
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
-                     plateau_state=plateau.init({}), rng=state_rng)
+                     plateau_state=plateau.init({}), rng=state_rng, batch_stats=batch_stats)
   train_labels = built.metadata["label"][split_ids["train"]]
   versions = {
       "dataset": built.version, "weights": weights_version, "preprocessing": preprocessing,
@@ -98,7 +128,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   }
   return Setup(config, built, split_ids, model, tx, plateau, state, preprocessing, versions,
                class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting),
-               feature_cache.for_setup(config, model, params, built, split_ids, preprocessing))
+               feature_cache.for_setup(config, model, params, built, split_ids, preprocessing),
+               targets)
 
 
 def _local_shard(batch: dict) -> dict:
@@ -128,7 +159,7 @@ def steps_per_epoch(s: Setup) -> int:
   return min(full, cap) if cap > 0 else full
 
 
-def predict_split(s: Setup, p_eval, params, split: str):
+def predict_split(s: Setup, p_eval, variables, split: str):
   """Logits and labels of every example of a split, padding removed, in split order."""
   logits, labels, ids = [], [], []
   batches = data.make_dataset(
@@ -136,7 +167,7 @@ def predict_split(s: Setup, p_eval, params, split: str):
       num_devices=jax.local_device_count(), preprocessing=s.preprocessing, train=False,
       seed=s.config.seed, epoch=0, data_config=s.config.data)
   for batch in (s.features.swap(batches) if s.features else batches):
-    out = np.asarray(p_eval(params, {"image": batch["image"]}))
+    out = np.asarray(p_eval(variables, {"image": batch["image"]}))
     keep = batch["mask"].reshape(-1) > 0
     logits.append(out.reshape(-1, out.shape[-1])[keep])
     labels.append(batch["label"].reshape(-1)[keep])
@@ -144,16 +175,25 @@ def predict_split(s: Setup, p_eval, params, split: str):
   return np.concatenate(logits), np.concatenate(labels), np.concatenate(ids)
 
 
-def validation_metrics(s: Setup, p_eval, params) -> dict:
-  logits, labels, _ = predict_split(s, p_eval, params, "val")
+def validation_metrics(s: Setup, p_eval, variables) -> dict:
+  logits, labels, ids = predict_split(s, p_eval, variables, "val")
+  if s.targets is not None:
+    targets = s.targets[ids]
+    loss = np.asarray(optax.sigmoid_binary_cross_entropy(jnp.asarray(logits), targets))
+    return {"val_loss": float(loss.mean()),
+            "val_accuracy": float(((logits > 0) == (targets > 0.5)).mean())}
   logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
   loss = -np.asarray(logp)[np.arange(len(labels)), labels]
   return {"val_loss": float(loss.mean()), "val_accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
 def _prepare_batch(s: Setup, batch: dict, epoch: int, step: int) -> dict:
-  batch = {"image": batch["image"], "label": batch["label"],
-           "weight": s.class_weights[batch["label"]]}
+  out = {"image": batch["image"], "label": batch["label"],
+         "weight": s.class_weights[batch["label"]]}
+  if s.targets is not None:
+    out["targets"] = s.targets[batch["index"]]
+    out["weight"] = np.ones(batch["label"].shape, np.float32)
+  batch = out
   if s.config.train.mixup_alpha > 0:
     rng = np.random.default_rng([s.config.seed, epoch, step])
     batch = mixup(batch, s.config.train.mixup_alpha, s.config.model.num_classes, rng)
@@ -191,7 +231,9 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     return loop, state
 
   model = s.features.suffix(s.model) if s.features else s.model
-  p_train, p_eval = make_pmapped_steps(model, s.tx, config.model.num_classes)
+  p_train, p_eval = make_pmapped_steps(
+      model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
+      frozen_stats=optim.frozen_names(state.batch_stats, config.model.trainable_blocks))
   n_steps = steps_per_epoch(s)
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
   total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
@@ -217,7 +259,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
       if step % config.train.log_every_steps == 0:
         writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
 
-    val = validation_metrics(s, p_eval, r_state.params)
+    val = validation_metrics(s, p_eval, model_variables(r_state.params, r_state.batch_stats))
     state = jax_utils.unreplicate(r_state)
     state = state.replace(plateau_state=optim.plateau_step(s.plateau, state.plateau_state,
                                                            val["val_loss"]))
@@ -230,7 +272,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     writer.write_scalars(step, {k: v for k, v in epoch_metrics.items() if k != "epoch"})
     logging.info("epoch %d: %s", epoch, json.dumps(epoch_metrics))
     if improved:
-      ckpt.save_best(epoch, {"params": state.params}, {"epoch": epoch, **val})
+      ckpt.save_best(epoch, model_variables(state.params, state.batch_stats), {"epoch": epoch, **val})
     loop = {"epoch": epoch + 1, "early_stopping": stopper.to_dict(),
             "history": loop["history"] + [epoch_metrics],
             "stopped_early": stop}
@@ -253,6 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if jax.process_index() != 0:   # evaluation writes files: one process is enough
     return {}
   (workdir / "history.json").write_text(json.dumps(loop["history"], indent=2))
+  if s.targets is not None:
+    return evaluate_findings(s, workdir)
   return evaluate_kept(s, workdir)
 
 
@@ -261,3 +305,19 @@ def evaluate_kept(s: Setup, workdir: Path) -> dict:
   from cxr_jax import evaluate  # evaluation pulls in plotting; import only when needed
 
   return evaluate.evaluate_workdir(workdir, split="test", config=s.config)
+
+
+def evaluate_findings(s: Setup, workdir: Path) -> dict:
+  """Per-finding test AUCs of the kept parameters (findings task), written to metrics.json."""
+  from cxr_jax import evaluate
+
+  trained = checkpoint.load_trained(workdir)
+  p_eval = make_pmapped_steps(s.model, s.tx, s.config.model.num_classes)[1]
+  logits, _, ids = predict_split(s, p_eval, jax_utils.replicate(trained.variables), "test")
+  probs = np.asarray(jax.nn.sigmoid(jnp.asarray(logits)))
+  metrics = evaluate.findings_metrics(probs, s.targets[ids], transfer.class_names(s.config))
+  metrics = {"task": "findings", "split": "test", "num_examples": int(len(ids)), **metrics,
+             "run": {"workdir": str(workdir), "dataset": s.built.version}}
+  (workdir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+  logging.info("findings evaluation of %s: %s", workdir, json.dumps(metrics, default=float)[:400])
+  return metrics

@@ -1,0 +1,108 @@
+"""The trainer with BatchNorm (DenseNet): frozen stages keep params and statistics, resume, evaluate.
+
+A DenseNet121-shaped network with one dense layer per block and growth 8 stands in for the full
+one (same stages, transitions, norm5, head and BatchNorm handling; compiles in seconds).
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from cxr_jax import models
+from cxr_jax.models.densenet import DenseNet
+from cxr_jax.train import checkpoint, trainer
+
+FROZEN, TRAINED = ("stage1", "stage2", "stage3"), ("stage4", "stage5", "features")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_densenet():
+  real = models.create_model
+
+  def create(model_config, dtype=None):
+    model = real(model_config, dtype)
+    return model.clone(block_sizes=(1, 1, 1, 1), growth_rate=8) if isinstance(model, DenseNet) else model
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(models, "create_model", create)
+    yield
+
+
+def densenet_config(num_epochs=2, steps=3):
+  c = smoke.get_config()
+  c.model.arch = "densenet121"
+  c.model.hidden = ()
+  c.model.dropout = 0.0
+  c.model.trainable_blocks = 2
+  c.train.num_epochs = num_epochs
+  c.train.steps_per_epoch = steps
+  c.eval.num_bootstrap = 20
+  return c
+
+
+def as_numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def changed(a, b) -> bool:
+  return any(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), a, b)))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """FT2 DenseNet trained 2 epochs x 3 steps and evaluated: (initial variables, workdir)."""
+  workdir = tmp_path_factory.mktemp("densenet")
+  s = trainer.setup(densenet_config())
+  initial = {"params": as_numpy(s.state.params), "batch_stats": as_numpy(s.state.batch_stats)}
+  checkpoint.write_run_info(workdir, s.config, s.versions)
+  trainer.train(s, workdir)
+  metrics = trainer.evaluate_kept(s, workdir)
+  return initial, workdir, metrics
+
+
+def test_frozen_stages_keep_params_and_batch_statistics(trained_run):
+  initial, workdir, _ = trained_run
+  final = as_numpy(checkpoint._restore_variables(workdir, "latest"))
+  assert set(final) == {"params", "batch_stats"}
+  for stage in FROZEN:
+    for col in ("params", "batch_stats"):
+      jax.tree.map(np.testing.assert_array_equal, initial[col][stage], final[col][stage])
+  for stage in TRAINED:
+    assert changed(initial["params"][stage], final["params"][stage]), f"{stage} params did not train"
+    assert changed(initial["batch_stats"][stage], final["batch_stats"][stage]), (
+        f"{stage} batch statistics were not updated in train mode")
+
+
+def test_kept_model_carries_batch_statistics_into_evaluation(trained_run):
+  _, workdir, metrics = trained_run
+  kept = checkpoint.load_trained(workdir)
+  assert set(kept.variables) == {"params", "batch_stats"}
+  assert (workdir / "metrics.json").is_file() and 0.0 <= metrics["accuracy"] <= 1.0
+  # Evaluation must use the running statistics: the same images give the same probabilities
+  # one at a time as in a batch (batch statistics would make them depend on the batch).
+  x = np.random.default_rng(0).standard_normal((4, 48, 48, 3)).astype(np.float32)
+  batch = kept.model.apply(kept.variables, x, train=False)
+  single = np.concatenate([kept.model.apply(kept.variables, x[i:i + 1], train=False)
+                           for i in range(4)])
+  np.testing.assert_allclose(batch, single, rtol=1e-4, atol=1e-5)
+
+
+def test_kill_and_resume_equals_uninterrupted_with_batch_statistics(trained_run, tmp_path,
+                                                                    monkeypatch):
+  _, reference, _ = trained_run
+  real_prepare = trainer._prepare_batch
+
+  def dying_prepare(s, batch, epoch, step):
+    if epoch == 1 and step == 4:
+      raise KeyboardInterrupt("simulated kill")
+    return real_prepare(s, batch, epoch, step)
+
+  monkeypatch.setattr(trainer, "_prepare_batch", dying_prepare)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(trainer.setup(densenet_config()), tmp_path)
+  monkeypatch.setattr(trainer, "_prepare_batch", real_prepare)
+  trainer.train(trainer.setup(densenet_config()), tmp_path)
+  jax.tree.map(np.testing.assert_array_equal,
+               as_numpy(checkpoint._restore_variables(reference, "latest")),
+               as_numpy(checkpoint._restore_variables(tmp_path, "latest")))
