@@ -51,6 +51,7 @@ def test_counts_and_metadata_match_the_manifest(built, manifest):
     assert data.LABELS[built.metadata["label"][i]] == row["label"]
     assert built.metadata["patient_group"][i] == row["patient_group"]
     assert built.metadata["source"][i] == row["source"]
+    assert built.metadata["findings"][i] == row["finding"]
     # Stored files were already resized; the original size is that of the stored file.
     assert (built.metadata["orig_height"][i], built.metadata["orig_width"][i]) == (
         int(row["height"]), int(row["width"]))
@@ -138,6 +139,31 @@ def test_balance_samples_equal_counts_from_train_only(built, cxr3_root):
   assert np.array_equal(balanced["val"], plain["val"])
   again = data.make_splits(meta, cxr3_config(cxr3_root, "", balance=True))
   assert np.array_equal(again["train"], balanced["train"])
+
+
+def test_findings_splits_never_hold_a_covid_test_patient(built, cxr3_root):
+  meta = built.metadata
+  nih = np.flatnonzero(meta["source"] == "nih-chestxray14")
+  assert len(nih) == 832
+  for seed in (0, 7):
+    covid = cxr3_config(cxr3_root, "", split_seed=seed)
+    held_out = set(data.held_out_groups(meta, covid))
+    test_ids = data.make_splits(meta, covid)["test"]
+    assert held_out == set(meta["patient_group"][test_ids])
+    assert held_out & set(meta["patient_group"][nih])  # NIH patients are in the COVID test split
+    vals = []
+    for fold in range(5):
+      stage1 = cxr3_config(cxr3_root, "", fold=fold, split_seed=seed + 1)
+      found = data.make_findings_splits(meta, stage1, exclude_groups=held_out)
+      taken = np.concatenate(list(found.values()))
+      groups = {k: set(meta["patient_group"][v]) for k, v in found.items()}
+      assert not held_out & set(meta["patient_group"][taken]) and not set(taken) & set(test_ids)
+      assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"]
+                  or groups["val"] & groups["test"])
+      assert sorted(taken) == [i for i in nih if meta["patient_group"][i] not in held_out]
+      assert data.multi_hot(meta["findings"][found["train"]]).sum(0)[6] > 50  # Pneumonia
+      vals.append(found["val"])
+    assert len(np.unique(np.concatenate(vals))) == sum(len(v) for v in vals)
 
 
 # ------------------------------------------------------------------ input pipeline

@@ -32,7 +32,7 @@ def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m cxr_jax.data", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--source", action="append", default=[],
-                 help="KIND:PATH with KIND manifest|folder|ieee8023; repeatable "
+                 help="KIND:PATH with KIND manifest|folder|ieee8023|nih; repeatable "
                       "(default manifest:$CXR_DATA)")
   p.add_argument("--image_size", type=int, default=d.image_size)
   p.add_argument("--data_dir", default=d.data_dir, help="TFDS data dir")

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from cxr_jax import paths
 from cxr_jax.data import readers
 from cxr_jax.data.preprocess import PreprocessConfig
-from cxr_jax.data.records import LABELS
+from cxr_jax.data.records import LABELS, NO_LABEL
 from cxr_jax.data.tfds_builder import SPLIT, CxrDataset, make_builder_config
 
 REPORT_NAME = "rejects.json"         # in the builder config's folder, rewritten on every build
@@ -42,10 +42,13 @@ class BuiltDataset:
       with runs.
     data_dir: the TFDS data dir holding it.
     builder: the TFDS builder.
-    metadata: id, label (index into LABELS), patient_id, patient_group, source, file,
-      orig_height, orig_width, sha1; numpy arrays, metadata[k][i] belongs to example id i.
-      patient_group joins the groups of duplicate files (see merge_patient_groups), so it can
-      differ from the stored TFDS feature, which is the source's own.
+    metadata: id, label (index into LABELS, NO_LABEL = -1 for an image in none of them),
+      patient_id, patient_group, source, file, orig_height, orig_width, sha1, findings; numpy
+      arrays, metadata[k][i] belongs to example id i. patient_group joins the groups of
+      duplicate files and of equal patient ids (see merge_patient_groups), so it can differ
+      from the stored TFDS feature, which is the source's own. findings is the source's finding
+      text ("" where unknown), read from the sources on every call rather than stored: it does
+      not change the images, so builds made before it existed stay valid.
     rejects: [{file, reason}] for every source file that could not be used.
     duplicates: [{file, duplicate_of, ...}] files with the same content as a kept file.
     excluded: [{file, reason}] files left out by design (lateral views, ignored folders...).
@@ -100,7 +103,7 @@ def metadata_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def merge_patient_groups(groups: np.ndarray, links) -> np.ndarray:
-  """Joins patient groups linked by duplicate images (union-find); each joined group is named
+  """Joins linked patient groups (duplicate images, equal patient ids; union-find); each is named
   by its smallest member, so the result does not depend on the order of links."""
   parent = {}
 
@@ -114,6 +117,25 @@ def merge_patient_groups(groups: np.ndarray, links) -> np.ndarray:
     if ra != rb:
       parent[max(ra, rb)] = min(ra, rb)
   return np.array([root(g) for g in groups], dtype=str) if parent else groups
+
+
+def same_patient_links(patient_ids, groups) -> list[tuple[str, str]]:
+  """(group, group) pairs that hold the same patient id. Ids carry their source's prefix, so an
+  equal id is the same person, e.g. cxr3's and a ChestX-ray14 download's 'nih:1280'."""
+  first, links = {}, []
+  for patient, group in zip(patient_ids, groups, strict=True):
+    seen = first.setdefault(patient, group)
+    if seen != group:
+      links.append((seen, group))
+  return links
+
+
+def findings_by_file(records, files) -> np.ndarray:
+  """Each example's findings text, from the first record of its file (the one the build kept)."""
+  by_file = {}
+  for r in records:
+    by_file.setdefault(r.path, r.findings)
+  return np.array([by_file.get(f, "") for f in files], dtype=str)
 
 
 def _check_usable(num_files: int, rejects: list[dict], label_counts, max_fraction: float,
@@ -184,16 +206,17 @@ def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDatase
 
   build_log = _prepare(builder)
   metadata = metadata_arrays(build_log["metadata"])
-  # A duplicate file is the same patient: its group joins the kept copy's group, so that the
-  # patient's other images land in the same split.
-  metadata["patient_group"] = merge_patient_groups(
-      metadata["patient_group"],
-      [(d["patient_group"], d["duplicate_of_patient_group"]) for d in build_log["duplicates"]])
+  metadata["findings"] = findings_by_file(scan.records, metadata["file"])
+  # A duplicate file is the same patient, as is an equal patient id: their groups join, so that
+  # the patient's other images land in the same split.
+  links = [(d["patient_group"], d["duplicate_of_patient_group"]) for d in build_log["duplicates"]]
+  links += same_patient_links(metadata["patient_id"], metadata["patient_group"])
+  metadata["patient_group"] = merge_patient_groups(metadata["patient_group"], links)
   report["rejects"] += build_log["rejects"]
   report["duplicates"] = build_log["duplicates"]
   report["num_examples"] = len(metadata["id"])
   _write_json(report_path, report)
-  label_counts = collections.Counter(LABELS[i] for i in metadata["label"])
+  label_counts = collections.Counter(LABELS[i] for i in metadata["label"] if i != NO_LABEL)
   _check_usable(num_files, report["rejects"], label_counts, data_config.max_reject_fraction,
                 report_path)
   return BuiltDataset(name=version.rsplit(":", 1)[0], version=version, data_dir=data_dir,

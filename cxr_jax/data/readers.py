@@ -9,6 +9,9 @@ Kinds:
                   ';FOLDER=' (e.g. 'folder:/data/kaggle;Lung_Opacity=;Viral Pneumonia=pneumonia').
   ieee8023:PATH   the COVID-19 image data collection (metadata.csv and its images folder);
                   frontal X-rays only, finding -> label.
+  nih:PATH        NIH ChestX-ray14: Data_Entry_2017*.csv in PATH (or PATH is the csv) and the
+                  PNGs anywhere below it; "No Finding" -> normal, any "Pneumonia" -> pneumonia,
+                  other images get no 3-class label ("") and are kept for the findings task.
 
 Files that cannot be used are returned as rejects (they count against max_reject_fraction);
 files left out by design (lateral views, CT, findings outside the three classes, ignored class
@@ -17,15 +20,18 @@ folders) are returned as excluded. Nothing is dropped without a reason.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import os
 import re
 from pathlib import Path
 
+from cxr_jax.data.findings import NO_FINDING, parse_findings
 from cxr_jax.data.records import LABELS, Record, Reject
 
-KINDS = ("manifest", "folder", "ieee8023")
+KINDS = ("manifest", "folder", "ieee8023", "nih")
+NIH_SOURCE = "nih-chestxray14"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 
 # Folder names (lower case) -> label; None leaves the folder out (e.g. Kaggle's segmentation masks).
@@ -92,7 +98,9 @@ def read_source(spec: str) -> SourceScan:
     return read_manifest(path)
   if kind == "folder":
     return read_folder(path, class_map=options)
-  return read_ieee8023(path)
+  if kind == "ieee8023":
+    return read_ieee8023(path)
+  return read_nih(path)
 
 
 def _find_csv(path: Path, name: str) -> Path:
@@ -105,7 +113,7 @@ def _find_csv(path: Path, name: str) -> Path:
 
 
 def _read_rows(csv_path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-  with open(csv_path, newline="", encoding="utf-8") as f:
+  with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a column
     reader = csv.DictReader(f)
     missing = [c for c in required if c not in (reader.fieldnames or ())]
     if missing:
@@ -131,7 +139,7 @@ def read_manifest(path: Path) -> SourceScan:
       source = row.get("source") or root.name
       patient_id = row["patient_id"]
       scan.records.append(Record(file, label, patient_id, row.get("patient_group") or patient_id,
-                                 source))
+                                 source, (row.get("finding") or "").strip()))
   return scan
 
 
@@ -225,4 +233,69 @@ def read_ieee8023(path: Path) -> SourceScan:
     else:
       patient = f"ieee8023:{row['patientid']}"
       scan.records.append(Record(file, label, patient, patient, "ieee8023"))
+  return scan
+
+
+def nih_label(names: list[str]) -> str:
+  """3-class label of an NIH image's finding names: normal, pneumonia, or "" (neither)."""
+  if NO_FINDING in names:
+    return "normal"
+  return "pneumonia" if "Pneumonia" in names else ""
+
+
+def _nih_csv(path: Path) -> Path:
+  """The one Data_Entry_2017*.csv of an NIH source (PATH is the csv or its folder)."""
+  found = [path] if path.suffix.lower() == ".csv" else sorted(path.glob("Data_Entry_2017*.csv"))
+  if not found or not found[0].is_file():
+    raise FileNotFoundError(f"No Data_Entry_2017*.csv at {path}: point the nih source at the "
+                            "ChestX-ray14 folder holding it, or at the csv itself.")
+  if len(found) > 1:
+    raise ValueError(f"Several Data_Entry_2017*.csv in {path} ({[f.name for f in found]}): "
+                     f"point the source at the one to use, e.g. nih:{found[-1]}.")
+  return found[0]
+
+
+def _png_index(root: Path) -> dict[str, list[str]]:
+  """Every PNG below root by file name (NIH ships images_001/images/..., images_012/...)."""
+  index = collections.defaultdict(list)
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      if name.lower().endswith(".png"):
+        index[name].append(os.path.join(dirpath, name))
+  return index
+
+
+def _nih_record(row: dict, where: str, root: Path, images: dict) -> Record | Reject:
+  name = (row.get("Image Index") or "").strip()
+  paths = images.get(name, []) if name else []
+  file = paths[0] if paths else str(root / name)
+  if not name:
+    return Reject(file, f"{where}: empty Image Index")
+  try:
+    names = parse_findings(row.get("Finding Labels") or "", where)
+  except ValueError as e:
+    return Reject(file, str(e))
+  patient = (row.get("Patient ID") or "").strip()
+  if not patient.isdigit():
+    return Reject(file, f"{where}: Patient ID {patient!r} is not a whole number")
+  if not paths:
+    return Reject(file, f"file not found anywhere below {root} ({where})")
+  if len(paths) > 1:
+    return Reject(file, f"{name} is found {len(paths)} times below {root} ({where}): "
+                        f"{paths[:3]}; keep one copy")
+  patient = f"nih:{int(patient)}"  # cxr3's form: patients match across datasets
+  return Record(file, nih_label(names), patient, patient, NIH_SOURCE, "|".join(names))
+
+
+def read_nih(path: Path) -> SourceScan:
+  """Reads NIH ChestX-ray14; images in none of the 3 classes get label "" (see NO_LABEL)."""
+  csv_path = _nih_csv(Path(path))
+  rows = _read_rows(csv_path, ("Image Index", "Finding Labels", "Patient ID"))
+  root = csv_path.parent
+  images = _png_index(root)
+  scan = SourceScan()
+  for line, row in enumerate(rows, start=2):
+    out = _nih_record(row, f"{csv_path.name} line {line}", root, images)
+    (scan.records if isinstance(out, Record) else scan.rejects).append(out)
   return scan

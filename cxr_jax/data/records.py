@@ -6,6 +6,14 @@ import dataclasses
 
 # Class order everywhere in cxr_jax (index 0, 1, 2).
 LABELS = ("covid", "normal", "pneumonia")
+# Metadata label of an image in none of LABELS (Record.label ""), e.g. an NIH image with only
+# Atelectasis: it trains the findings stage but no 3-class split ever takes it.
+NO_LABEL = -1
+
+
+def label_index(label: str) -> int:
+  """Index of a Record's label in LABELS, NO_LABEL for ""."""
+  return LABELS.index(label) if label else NO_LABEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,16 +22,19 @@ class Record:
 
   Attributes:
     path: absolute path of the image file.
-    label: one of LABELS.
+    label: one of LABELS, or "" for an image in none of them (kept for the findings task).
     patient_id: the source's patient id, prefixed with the source.
     patient_group: patients known to be the same person share a group; splits are made on it.
     source: the collection the image comes from (e.g. ieee8023, nih-chestxray14).
+    findings: the source's own finding text, "" where unknown; for nih-chestxray14 NIH's
+      "Finding Labels" ("Infiltration|Pneumonia", see cxr_jax.data.findings).
   """
   path: str
   label: str
   patient_id: str
   patient_group: str
   source: str
+  findings: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

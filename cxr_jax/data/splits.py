@@ -1,27 +1,42 @@
-"""Patient-grouped, label-stratified splits: test held out, then k folds for validation.
+"""Patient-grouped, stratified splits: test held out, then k folds for validation.
 
 Every patient group goes wholly to one of test / fold 0..k-1, so no patient is on both sides.
-Groups whose images carry two labels are stratified by their majority label. The assignment is
-a pure function of the metadata and data_config.split_seed; fold, train_fraction and balance
-only select from it, so changing them never moves a group between test and the rest.
+The 3-class splits (make_splits) are stratified by label, a group whose images carry two labels
+by its majority label; examples without a 3-class label (NO_LABEL: ChestX-ray14 images with
+neither "No Finding" nor "Pneumonia") are in none of them. The splits of the findings stage of
+twice transfer (make_findings_splits) take the ChestX-ray14 examples minus the patient groups of
+the 3-class test split, stratified by "No Finding". An assignment is a pure function of the
+metadata and data_config.split_seed; fold, train_fraction and balance only select from it, so
+changing them never moves a group between test and the rest.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cxr_jax.data.records import LABELS
+from cxr_jax.data.findings import NO_FINDING, multi_hot
+from cxr_jax.data.readers import NIH_SOURCE
+from cxr_jax.data.records import LABELS, NO_LABEL
 
 # Independent random streams, so that e.g. the folds do not change with test_fraction's draw.
 _TEST, _FOLDS, _FRACTION, _BALANCE = range(4)
 
 
-def _group_table(metadata):
-  """Sorted unique groups, each image's group index, group sizes and majority labels."""
-  groups, image_group = np.unique(metadata["patient_group"], return_inverse=True)
-  counts = np.zeros((len(groups), len(LABELS)), np.int64)
-  np.add.at(counts, (image_group, metadata["label"]), 1)
-  return groups, image_group, counts.sum(1), counts.argmax(1)  # argmax: ties -> lower label
+def _group_table(groups, strata, num_strata):
+  """Sorted unique groups, each image's group index, group sizes and majority strata."""
+  names, image_group = np.unique(groups, return_inverse=True)
+  counts = np.zeros((len(names), num_strata), np.int64)
+  np.add.at(counts, (image_group, strata), 1)
+  return names, image_group, counts.sum(1), counts.argmax(1)  # argmax: ties -> lower stratum
+
+
+def _labels(metadata) -> np.ndarray:
+  """The 3-class labels; NO_LABEL would silently index the last class, so it is refused."""
+  labels = np.asarray(metadata["label"])
+  if np.any(labels == NO_LABEL):
+    raise ValueError(f"{np.sum(labels == NO_LABEL)} example(s) have no 3-class label "
+                     f"(label {NO_LABEL}); make_splits leaves them out, use it.")
+  return labels
 
 
 def _take_fraction(order, sizes, fraction):
@@ -33,13 +48,18 @@ def _take_fraction(order, sizes, fraction):
 
 def assign_groups(metadata, data_config) -> np.ndarray:
   """Per patient group (sorted by name): -1 for test, else its fold 0..num_folds-1."""
-  _, _, sizes, strata = _group_table(metadata)
+  _, _, sizes, strata = _group_table(metadata["patient_group"], _labels(metadata), len(LABELS))
+  return _assign(sizes, strata, len(LABELS), data_config)
+
+
+def _assign(sizes, strata, num_strata, data_config) -> np.ndarray:
+  """assign_groups on a group table (sizes and majority strata per group)."""
   seed = int(data_config.split_seed)
   num_folds = max(int(data_config.num_folds), 1)
   assignment = np.zeros(len(sizes), np.int64)
   test_rng = np.random.default_rng([seed, _TEST])
   fold_rng = np.random.default_rng([seed, _FOLDS])
-  for stratum in range(len(LABELS)):
+  for stratum in range(num_strata):
     order = test_rng.permutation(np.flatnonzero(strata == stratum))
     num_test = _take_fraction(order, sizes, float(data_config.test_fraction))
     assignment[order[:num_test]] = -1
@@ -63,15 +83,15 @@ def check_disjoint(metadata, splits: dict[str, np.ndarray]) -> None:
         raise AssertionError(f"Patient groups in both {a} and {b}: {sorted(shared)[:5]}")
 
 
-def _subset_groups(ids, metadata, fraction, rng):
-  """Keeps `fraction` of the patient groups of `ids`, per stratum, as a nested prefix."""
+def _subset_groups(ids, groups, strata, num_strata, fraction, rng):
+  """Keeps `fraction` of the patient groups of `ids`, per stratum, as a nested prefix; groups
+  and strata are indexed by example id."""
   if fraction >= 1.0:
     return ids
-  sub = {k: v[ids] for k, v in metadata.items()}
-  groups, image_group, sizes, strata = _group_table(sub)
-  keep = np.zeros(len(groups), bool)
-  for stratum in range(len(LABELS)):
-    order = rng.permutation(np.flatnonzero(strata == stratum))
+  names, image_group, _, group_strata = _group_table(groups[ids], strata[ids], num_strata)
+  keep = np.zeros(len(names), bool)
+  for stratum in range(num_strata):
+    order = rng.permutation(np.flatnonzero(group_strata == stratum))
     count = int(np.ceil(fraction * len(order)))
     keep[order[:count]] = True
   return ids[keep[image_group]]
@@ -87,29 +107,98 @@ def _balance(ids, labels, rng):
   return np.sort(np.concatenate([rng.choice(p, smallest, replace=False) for p in per_class]))
 
 
-def make_splits(metadata, data_config) -> dict[str, np.ndarray]:
-  """Example ids of train / val / test for data_config.fold (sorted int64 arrays).
-
-  val is empty when num_folds <= 1. train_fraction keeps that share of the training patient
-  groups (per stratum; a smaller fraction's groups are a subset of a larger one's), and balance
-  then samples the training images to equal counts per class.
-  """
+def _check_folds(data_config) -> tuple[int, int]:
+  """(num_folds, fold), after checking fold and train_fraction."""
   num_folds = int(data_config.num_folds)
   fold = int(data_config.fold)
   if num_folds > 1 and not 0 <= fold < num_folds:
     raise ValueError(f"data.fold={fold} is outside 0..num_folds-1 ({num_folds} folds).")
   if not 0.0 < float(data_config.train_fraction) <= 1.0:
     raise ValueError(f"data.train_fraction={data_config.train_fraction} must be in (0, 1].")
-  ids = np.asarray(metadata["id"], np.int64)
-  _, image_group, _, _ = _group_table(metadata)
-  image_fold = assign_groups(metadata, data_config)[image_group]
+  return num_folds, fold
+
+
+def _grouped_splits(ids, groups, strata, num_strata, data_config) -> dict[str, np.ndarray]:
+  """train / val / test of the examples `ids` by whole patient groups, stratified, train cut to
+  data_config.train_fraction; groups and strata are indexed by example id."""
+  num_folds, fold = _check_folds(data_config)
+  _, image_group, sizes, group_strata = _group_table(groups[ids], strata[ids], num_strata)
+  image_fold = _assign(sizes, group_strata, num_strata, data_config)[image_group]
   is_val = (image_fold == fold) if num_folds > 1 else np.zeros(len(ids), bool)
   splits = dict(train=ids[(image_fold >= 0) & ~is_val], val=ids[is_val], test=ids[image_fold < 0])
-  seed = int(data_config.split_seed)
-  splits["train"] = _subset_groups(splits["train"], metadata, float(data_config.train_fraction),
-                                   np.random.default_rng([seed, _FRACTION, fold]))
+  rng = np.random.default_rng([int(data_config.split_seed), _FRACTION, fold])
+  splits["train"] = _subset_groups(splits["train"], groups, strata, num_strata,
+                                   float(data_config.train_fraction), rng)
+  return splits
+
+
+def make_splits(metadata, data_config) -> dict[str, np.ndarray]:
+  """Example ids of train / val / test for data_config.fold (sorted int64 arrays).
+
+  Only examples with a 3-class label take part (NO_LABEL ones are in no split). val is empty
+  when num_folds <= 1. train_fraction keeps that share of the training patient groups (per
+  stratum; a smaller fraction's groups are a subset of a larger one's), and balance then samples
+  the training images to equal counts per class.
+  """
+  labels = np.asarray(metadata["label"])
+  ids = np.asarray(metadata["id"], np.int64)[labels != NO_LABEL]
+  splits = _grouped_splits(ids, np.asarray(metadata["patient_group"]), labels, len(LABELS),
+                           data_config)
+  fold, seed = int(data_config.fold), int(data_config.split_seed)
   if data_config.balance:
-    splits["train"] = _balance(splits["train"], np.asarray(metadata["label"]),
+    splits["train"] = _balance(splits["train"], labels,
                                np.random.default_rng([seed, _BALANCE, fold]))
+  check_disjoint(metadata, splits)
+  return splits
+
+
+def held_out_groups(metadata, data_config) -> np.ndarray:
+  """Sorted patient groups of the 3-class test split of data_config: the groups the findings
+  stage must never see (make_findings_splits' exclude_groups)."""
+  return np.unique(np.asarray(metadata["patient_group"])[make_splits(metadata, data_config)["test"]])
+
+
+def findings_examples(metadata) -> np.ndarray:
+  """Ids of the findings task's examples: ChestX-ray14 ones with a findings string."""
+  keep = ((np.asarray(metadata["source"]) == NIH_SOURCE)
+          & (np.asarray(metadata["findings"]) != ""))
+  return np.asarray(metadata["id"], np.int64)[keep]
+
+
+def check_excluded(metadata, splits: dict[str, np.ndarray], exclude_groups) -> None:
+  """Raises AssertionError if a split holds an example of an excluded patient group."""
+  exclude = set(exclude_groups)
+  for name, ids in splits.items():
+    leaked = exclude.intersection(np.asarray(metadata["patient_group"])[ids])
+    if leaked:
+      raise AssertionError(f"Excluded patient groups in the findings {name} split: "
+                           f"{sorted(leaked)[:5]}")
+
+
+def make_findings_splits(metadata, data_config, exclude_groups) -> dict[str, np.ndarray]:
+  """Example ids of train / val / test of the findings stage (sorted int64 arrays).
+
+  Takes findings_examples(metadata), leaves out every example whose patient group is in
+  exclude_groups (pass held_out_groups(metadata, covid_data_config), so that the findings stage
+  never sees a patient of the 3-class test split), and splits the rest like make_splits
+  (test_fraction, num_folds, fold, split_seed, train_fraction), stratified by "No Finding".
+
+  Raises:
+    ValueError: data_config.balance is set (multi-label targets have no class counts to
+      equalise), or a findings string is not made of ChestX-ray14 findings.
+    AssertionError: an excluded patient group, or a patient group in two splits.
+  """
+  if data_config.balance:
+    raise ValueError("data.balance=True has no meaning for the multi-label findings stage; "
+                     "set it False in that stage's data config.")
+  ids = findings_examples(metadata)
+  findings = np.asarray(metadata["findings"])
+  multi_hot(findings[ids], where=[f"example {i} ({metadata['file'][i]})" for i in ids])
+  groups = np.asarray(metadata["patient_group"])
+  exclude = set(exclude_groups)
+  ids = ids[np.array([g not in exclude for g in groups[ids]], bool)]
+  no_finding = (findings == NO_FINDING).astype(np.int64)
+  splits = _grouped_splits(ids, groups, no_finding, 2, data_config)
+  check_excluded(metadata, splits, exclude)
   check_disjoint(metadata, splits)
   return splits

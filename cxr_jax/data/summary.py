@@ -6,12 +6,15 @@ import collections
 
 import numpy as np
 
-from cxr_jax.data.records import LABELS
+from cxr_jax.data.records import LABELS, NO_LABEL
 
 
 def split_summary(metadata, ids: np.ndarray) -> dict:
-  labels = np.bincount(metadata["label"][ids], minlength=len(LABELS))
-  images = {label: int(n) for label, n in zip(LABELS, labels, strict=True)}
+  labels = metadata["label"][ids]
+  counts = np.bincount(labels[labels != NO_LABEL], minlength=len(LABELS))
+  images = {label: int(n) for label, n in zip(LABELS, counts, strict=True)}
+  if np.any(labels == NO_LABEL):  # a findings split: images in none of the 3 classes
+    images["no_label"] = int(np.sum(labels == NO_LABEL))
   images["total"] = int(len(ids))
   return dict(images=images, patient_groups=int(len(np.unique(metadata["patient_group"][ids]))))
 

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from cxr_jax.data import preprocess as prep
-from cxr_jax.data.records import LABELS, Record, Reject
+from cxr_jax.data.records import LABELS, Record, Reject, label_index
 
 # Examples processed ahead of the writer: bounds memory at large image sizes.
 _CHUNK = 64
@@ -115,7 +115,8 @@ class CxrDataset(tfds.core.GeneratorBasedBuilder):
             duplicate_of_label=kept.label, duplicate_of_patient_group=kept.patient_group))
         continue
       first_by_hash[out.sha1] = record
-      meta = dict(id=len(self.generated_metadata), label=LABELS.index(record.label),
+      # An image in none of LABELS is stored with ClassLabel's 'no label', -1 (NO_LABEL).
+      meta = dict(id=len(self.generated_metadata), label=label_index(record.label),
                   patient_id=record.patient_id, patient_group=record.patient_group,
                   source=record.source, file=record.path, orig_height=out.orig_height,
                   orig_width=out.orig_width, sha1=out.sha1)
