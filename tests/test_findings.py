@@ -212,6 +212,7 @@ def test_findings_splits_leave_out_the_covid_test_groups(covid_and_nih):
   for seed in range(4):
     cfg.split_seed = seed
     excluded = set(data.held_out_groups(md, cfg))
+    assert data.test_groups is data.held_out_groups
     assert ("gen:linked" in excluded) == (seed == 2)
     assert excluded == set(md["patient_group"][data.make_splits(md, cfg)["test"]])
     found = data.make_findings_splits(md, stage1, exclude_groups=excluded)
