@@ -28,3 +28,21 @@ def cxr3_root():
 def session_cache(tmp_path_factory):
   """A cache root shared by the tests of one session (built datasets, converted weights)."""
   return tmp_path_factory.mktemp("cxr_jax_cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_densenet():
+  """config.model.arch='densenet121' builds a DenseNet121-shaped net with one dense layer per block
+  and growth 8 (same stages, transitions, BatchNorm handling and head), for trainer tests."""
+  from cxr_jax import models
+  from cxr_jax.models.densenet import DenseNet
+
+  real = models.create_model
+
+  def create(model_config, dtype=None):
+    model = real(model_config, dtype)
+    return model.clone(block_sizes=(1, 1, 1, 1), growth_rate=8) if isinstance(model, DenseNet) else model
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(models, "create_model", create)
+    yield

@@ -1,7 +1,7 @@
 """The trainer with BatchNorm (DenseNet): frozen stages keep params and statistics, resume, evaluate.
 
-A DenseNet121-shaped network with one dense layer per block and growth 8 stands in for the full
-one (same stages, transitions, norm5, head and BatchNorm handling; compiles in seconds).
+conftest's `tiny_densenet` stands in for the full DenseNet121 (same stages, transitions, norm5,
+head and BatchNorm handling; compiles in seconds).
 """
 
 import jax
@@ -10,23 +10,12 @@ import pytest
 
 from configs import smoke
 from cxr_jax import models
-from cxr_jax.models.densenet import DenseNet
 from cxr_jax.train import checkpoint, trainer
 
 FROZEN, TRAINED = ("stage1", "stage2", "stage3"), ("stage4", "stage5", "features")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_densenet():
-  real = models.create_model
-
-  def create(model_config, dtype=None):
-    model = real(model_config, dtype)
-    return model.clone(block_sizes=(1, 1, 1, 1), growth_rate=8) if isinstance(model, DenseNet) else model
-
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(models, "create_model", create)
-    yield
+pytestmark = pytest.mark.usefixtures("tiny_densenet")
 
 
 def densenet_config(num_epochs=2, steps=3):
@@ -106,3 +95,41 @@ def test_kill_and_resume_equals_uninterrupted_with_batch_statistics(trained_run,
   jax.tree.map(np.testing.assert_array_equal,
                as_numpy(checkpoint._restore_variables(reference, "latest")),
                as_numpy(checkpoint._restore_variables(tmp_path, "latest")))
+
+
+def test_data_parallel_step_averages_batch_statistics_and_keeps_frozen_ones():
+  """Two replicas (vmap stands in for pmap: same collectives) see different images: trained
+  stages end with the mean of their statistics, identical on both; frozen stages bitwise as before."""
+  import functools
+
+  import jax.numpy as jnp
+
+  from cxr_jax.train import optim
+  from cxr_jax.train.step import AXIS, TrainState, train_step
+
+  config = densenet_config()
+  model = models.create_model(config.model)
+  x = np.random.default_rng(1).standard_normal((2, 4, 48, 48, 3)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), x[0, :1], train=False)
+  tx = optim.make_optimizer(variables["params"], config)
+  state = TrainState(jnp.asarray(0), variables["params"], tx.init(variables["params"]),
+                     optim.make_plateau(config.train).init({}), jax.random.PRNGKey(1),
+                     variables["batch_stats"])
+  step = functools.partial(train_step, model=model, tx=tx, num_classes=3,
+                           frozen_stats=optim.frozen_names(variables["batch_stats"], 2))
+  batch = {"image": x, "label": np.zeros((2, 4), np.int32), "weight": np.ones((2, 4), np.float32)}
+  stacked = jax.tree.map(lambda v: jnp.stack([v, v]), state)
+  new = jax.jit(jax.vmap(step, axis_name=AXIS))(stacked, batch)[0].batch_stats
+
+  stats_of = jax.jit(lambda images: model.apply(variables, images, train=True,
+                                                mutable=["batch_stats"])[1]["batch_stats"])
+  per_replica = [stats_of(x[d]) for d in range(2)]
+  expected = jax.tree.map(lambda a, b: (a + b) / 2, *per_replica)
+  for stage in TRAINED:
+    jax.tree.map(lambda n, e: np.testing.assert_allclose(n[0], e, rtol=1e-5, atol=1e-6),
+                 new[stage], expected[stage])
+    jax.tree.map(lambda n: np.testing.assert_array_equal(n[0], n[1]), new[stage])
+    assert changed(per_replica[0][stage], per_replica[1][stage])   # the replicas really differed
+  for stage in FROZEN:
+    jax.tree.map(lambda n, v: np.testing.assert_array_equal(n[0], v), new[stage],
+                 variables["batch_stats"][stage])

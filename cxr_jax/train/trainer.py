@@ -318,6 +318,17 @@ def evaluate_findings(s: Setup, workdir: Path) -> dict:
   metrics = evaluate.findings_metrics(probs, s.targets[ids], transfer.class_names(s.config))
   metrics = {"task": "findings", "split": "test", "num_examples": int(len(ids)), **metrics,
              "run": {"workdir": str(workdir), "dataset": s.built.version}}
-  (workdir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+  # Undefined AUCs (a finding absent from the split) are NaN: null in JSON, which stays strict.
+  (workdir / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=1))
   logging.info("findings evaluation of %s: %s", workdir, json.dumps(metrics, default=float)[:400])
   return metrics
+
+
+def _nan_to_none(tree):
+  if isinstance(tree, dict):
+    return {k: _nan_to_none(v) for k, v in tree.items()}
+  if isinstance(tree, list | tuple):
+    return [_nan_to_none(v) for v in tree]
+  if isinstance(tree, float | np.floating):
+    return None if np.isnan(tree) else float(tree)
+  return tree.item() if isinstance(tree, np.generic) else tree
