@@ -8,7 +8,7 @@ WORKDIR ?= workdirs/quickstart
 CONFIG ?= configs/quickstart.py
 export CXR_DATA ?= $(abspath ../shared/data/cxr3)
 
-.PHONY: setup train test lint weights data clean
+.PHONY: setup train test lint weights data clean notebooks-strip
 
 setup: $(STAMP)
 
@@ -27,11 +27,16 @@ train: setup weights
 data: setup
 	$(PY) -m cxr_jax.data --source=manifest:$(CXR_DATA) --image_size=224
 
+# Includes tests/test_notebooks.py: every notebook runs top to bottom in small mode (~3-4 min).
 test: setup
 	$(PY) -m pytest -q tests
 
+# Before committing a notebook that was run: its outputs must not be committed (a test checks).
+notebooks-strip:
+	$(PYTHON) notebooks/strip_outputs.py notebooks/*.ipynb
+
 lint: setup
-	$(VENV)/bin/ruff check cxr_jax configs tests benchmarks launch.py
+	$(VENV)/bin/ruff check cxr_jax configs tests benchmarks notebooks launch.py
 
 clean:
 	rm -rf $(VENV) workdirs
