@@ -116,7 +116,7 @@ def test_data_parallel_step_averages_batch_statistics_and_keeps_frozen_ones():
                      optim.make_plateau(config.train).init({}), jax.random.PRNGKey(1),
                      variables["batch_stats"])
   step = functools.partial(train_step, model=model, tx=tx, num_classes=3,
-                           frozen_stats=optim.frozen_names(variables["batch_stats"], 2))
+                           frozen=optim.frozen_names(variables["params"], 2))
   batch = {"image": x, "label": np.zeros((2, 4), np.int32), "weight": np.ones((2, 4), np.float32)}
   stacked = jax.tree.map(lambda v: jnp.stack([v, v]), state)
   new = jax.jit(jax.vmap(step, axis_name=AXIS))(stacked, batch)[0].batch_stats

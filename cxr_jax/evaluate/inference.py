@@ -20,24 +20,32 @@ def make_predict_fn(model: nn.Module):
   return predict
 
 
-def predict_arrays(model: nn.Module, variables, batches: Iterable[dict], *, predict_fn=None):
-  """Runs the model over `batches` (dicts with image, label, index and optionally mask).
+def run_batches(fn, batches: Iterable[dict], *, per_device: bool = False):
+  """fn's outputs over the real rows of `batches` (dicts with image, label, index, optional mask).
 
-  Returns (probs [N, C] float32, labels [N] int, ids [N] int) over the real rows, in batch order.
-  Padded batches are run at full size, so there is one compilation per batch shape.
+  `fn(images)` gets the batch's images flattened to [B, H, W, C], or as laid out per device
+  ([D, B/D, H, W, C], for pmapped functions) with per_device=True; its output's leading axes match.
+  Returns (outputs [N, ...], labels [N] int, ids [N] int), padding dropped, in batch order. Padded
+  batches run at full size, so there is one compilation per batch shape.
   """
-  predict_fn = predict_fn or make_predict_fn(model)
-  variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
-  probs, labels, ids = [], [], []
+  outputs, labels, ids = [], [], []
   for batch in batches:
     image = np.asarray(batch["image"])
-    image = image.reshape((-1,) + image.shape[-3:])
-    mask = np.asarray(batch.get("mask", np.ones(image.shape[0]))).reshape(-1) > 0
-    p = np.asarray(predict_fn(variables, image))
-    probs.append(p[mask])
+    out = np.asarray(fn(image if per_device else image.reshape((-1,) + image.shape[-3:])))
+    out = out.reshape((-1,) + out.shape[2 if per_device else 1:])
+    mask = np.asarray(batch.get("mask", np.ones(out.shape[0]))).reshape(-1) > 0
+    outputs.append(out[mask])
     labels.append(np.asarray(batch["label"]).reshape(-1)[mask])
     ids.append(np.asarray(batch["index"]).reshape(-1)[mask])
-  if not probs:
+  if not outputs:
     raise ValueError("no batches to predict on")
-  return (np.concatenate(probs).astype(np.float32), np.concatenate(labels).astype(np.int64),
-          np.concatenate(ids))
+  return np.concatenate(outputs), np.concatenate(labels).astype(np.int64), np.concatenate(ids)
+
+
+def predict_arrays(model: nn.Module, variables, batches: Iterable[dict], *, predict_fn=None):
+  """Class probabilities of the model over `batches`: (probs [N, C] float32, labels [N], ids [N])
+  over the real rows, in batch order (see `run_batches`)."""
+  predict_fn = predict_fn or make_predict_fn(model)
+  variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
+  probs, labels, ids = run_batches(lambda images: predict_fn(variables, images), batches)
+  return probs.astype(np.float32), labels, ids

@@ -58,10 +58,10 @@ def _keep_frozen(old, new, frozen):
   return {name: old[name] if name in frozen else sub for name, sub in new.items()}
 
 
-def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softmax",
-               frozen_stats=()):
+def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softmax", frozen=()):
   """One step on one device's shard; gradients, batch statistics and metrics are averaged over
-  AXIS. `batch["targets"]` (mixup, multi-label) replaces one-hot labels when present."""
+  AXIS. `batch["targets"]` (mixup, multi-label) replaces one-hot labels when present. `frozen`:
+  top-level names of the frozen blocks (their gradients are zero, their statistics fixed)."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
   targets = batch.get("targets")
   if targets is None:
@@ -76,7 +76,9 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
     return LOSSES[loss](logits, targets, batch["weight"]), (logits, stats)
 
   (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
+  # Frozen blocks sit behind the model's stop_gradient: their gradients are zeros on every device
+  # and the optimiser ignores them, so they need no all-reduce.
+  grads = {k: g if k in frozen else jax.lax.pmean(g, AXIS) for k, g in grads.items()}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.plateau_state.scale.astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
@@ -85,7 +87,7 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
     # Averaging the devices' running statistics (as flax's ImageNet example does) keeps replicas
     # identical; frozen stages normalised with their running statistics and keep them exactly.
     batch_stats = _keep_frozen(state.batch_stats, jax.lax.pmean(stats["batch_stats"], AXIS),
-                               frozen_stats)
+                               frozen)
   metrics = {"loss": value, "accuracy": _accuracy(logits, targets, loss),
              "lr_scale": state.plateau_state.scale}
   metrics = jax.lax.pmean(metrics, AXIS)
@@ -99,14 +101,13 @@ def eval_step(variables, batch, *, model):
   return model.apply(variables, batch["image"], train=False)
 
 
-def make_pmapped_steps(model, tx, num_classes, loss="softmax", frozen_stats=()):
-  """pmapped (train_step, eval_step). `frozen_stats`: top-level names whose batch_stats never
-  change (the frozen stages)."""
+def make_pmapped_steps(model, tx, num_classes, loss="softmax", frozen=()):
+  """pmapped (train_step, eval_step); `frozen` as in `train_step`."""
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
   p_train = jax.pmap(
       functools.partial(train_step, model=model, tx=tx, num_classes=num_classes, loss=loss,
-                        frozen_stats=tuple(frozen_stats)),
+                        frozen=tuple(frozen)),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS)
   return p_train, p_eval

@@ -160,19 +160,15 @@ def steps_per_epoch(s: Setup) -> int:
 
 
 def predict_split(s: Setup, p_eval, variables, split: str):
-  """Logits and labels of every example of a split, padding removed, in split order."""
-  logits, labels, ids = [], [], []
+  """Logits, labels and ids of every example of a split, padding removed, in split order."""
+  from cxr_jax.evaluate.inference import run_batches
+
   batches = data.make_dataset(
       s.built, s.split_ids[split], batch_size=s.config.train.eval_batch_size,
       num_devices=jax.local_device_count(), preprocessing=s.preprocessing, train=False,
       seed=s.config.seed, epoch=0, data_config=s.config.data)
-  for batch in (s.features.swap(batches) if s.features else batches):
-    out = np.asarray(p_eval(variables, {"image": batch["image"]}))
-    keep = batch["mask"].reshape(-1) > 0
-    logits.append(out.reshape(-1, out.shape[-1])[keep])
-    labels.append(batch["label"].reshape(-1)[keep])
-    ids.append(batch["index"].reshape(-1)[keep])
-  return np.concatenate(logits), np.concatenate(labels), np.concatenate(ids)
+  return run_batches(lambda images: p_eval(variables, {"image": images}),
+                     s.features.swap(batches) if s.features else batches, per_device=True)
 
 
 def validation_metrics(s: Setup, p_eval, variables) -> dict:
@@ -233,7 +229,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
   model = s.features.suffix(s.model) if s.features else s.model
   p_train, p_eval = make_pmapped_steps(
       model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
-      frozen_stats=optim.frozen_names(state.batch_stats, config.model.trainable_blocks))
+      frozen=optim.frozen_names(state.params, config.model.trainable_blocks))
   n_steps = steps_per_epoch(s)
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
   total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
