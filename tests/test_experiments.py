@@ -140,7 +140,7 @@ def test_ablation_outputs_are_consistent(tiny_ablation):
   assert list(saved["groups"]) == ["vgg16_ft0", "vgg16_ft2", "vgg19_ft0", "vgg19_ft2"]
   for name, group in saved["groups"].items():
     assert group["folds"] == [0, 1] and group["values"]["model.arch"] == name.split("_")[0]
-    accs = []
+    accs, by_source = [], []
     for fold in (0, 1):
       metrics = json.loads((workdir / f"runs/{name}_fold{fold}/metrics.json").read_text())
       flat = group["per_fold"][str(fold)]
@@ -149,6 +149,10 @@ def test_ablation_outputs_are_consistent(tiny_ablation):
       assert flat["covid/accuracy"] == pytest.approx(
           (per_class["tp"] + per_class["tn"]) / metrics["num_examples"])
       accs.append(flat["covid/accuracy"])
+      by_source.append(metrics["by_source"])
+    for source, entry in group["by_source"].items():   # per-source means over the folds
+      if source != "_source_only":
+        assert entry["accuracy"] == pytest.approx(np.mean([b[source]["accuracy"] for b in by_source]))
     entry = group["summary"]["covid/accuracy"]
     assert entry["mean"] == pytest.approx(np.mean(accs))
     assert entry["sd"] == pytest.approx(np.std(accs, ddof=1))
@@ -168,6 +172,7 @@ def test_ablation_outputs_are_consistent(tiny_ablation):
   assert row["model.trainable_blocks"] == "2"
   text = (workdir / "table2.md").read_text()
   assert "| vgg16_ft2 | 2 | covid |" in text and f"**{won['by_test']}**" in text
+  assert "## By source" in text and "from its source alone" in text
 
 
 @pytest.mark.slow  # the 8 runs of the tiny ablation: ~2 min of CPU

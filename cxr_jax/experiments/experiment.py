@@ -82,6 +82,7 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
     tables.write_csv(workdir / f"{stem}.csv", rows)
     text = (tables.markdown_table(groups, float(config.eval.ci), title)
             + tables.markdown_winners(groups, won)
+            + tables.markdown_by_source({n: g["by_source"] for n, g in groups.items()})
             + "\n## Folds of each group\n\n"
             + "".join(tables.markdown_folds(n, g, level=3) for n, g in groups.items()))
     written += [str(workdir / f"{stem}.csv"), _write(workdir / f"{stem}.md", text)]

@@ -93,6 +93,7 @@ def summarize_group(fold_results: dict[int, dict], ci: float, select_metric: str
 
   return dict(folds=folds, per_fold={str(f): flat[f] for f in folds}, summary=summary,
               interval=interval, ci=ci,
+              by_source=by_source([fold_results[f]["metrics"] for f in folds]),
               best_fold_by_test=best(select_metric, 1), best_fold_by_val_loss=best("val_loss", -1),
               select_metric=select_metric)
 
@@ -113,3 +114,20 @@ def class_names(groups: dict[str, dict]) -> list[str]:
   seen = {k.split("/")[0] for g in groups.values() for fold in g["per_fold"].values()
           for k in fold if "/" in k}
   return [c for c in LABELS if c in seen] + sorted(seen - set(LABELS))
+
+
+def by_source(metrics_list: list[dict]) -> dict:
+  """Per source of the test split, means over runs: images, accuracy, COVID AUC inside the
+  source (None where the source holds one side only), and the accuracy of a rule that predicts
+  from the source alone ("_source_only"). Models that learn the collection show it here."""
+  out = {}
+  for source in sorted({s for m in metrics_list for s in m.get("by_source", {})}):
+    entries = [m["by_source"][source] for m in metrics_list if source in m.get("by_source", {})]
+    aucs = [a for a in (e["per_class"].get("covid", {}).get("roc_auc") for e in entries)
+            if a is not None]
+    out[source] = dict(num_examples=float(np.mean([e["num_examples"] for e in entries])),
+                       accuracy=float(np.mean([e["accuracy"] for e in entries])),
+                       covid_auc=float(np.mean(aucs)) if aucs else None)
+  only = [m["source_only_accuracy"] for m in metrics_list if m.get("source_only_accuracy") is not None]
+  out["_source_only"] = float(np.mean(only)) if only else None
+  return out

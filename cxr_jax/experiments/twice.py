@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cxr_jax.experiments import runner  # noqa: E402
+from cxr_jax.experiments import runner, summary, tables  # noqa: E402
 from cxr_jax.experiments.experiment import ExperimentIncomplete, _write  # noqa: E402
 from cxr_jax.experiments.grid import Run  # noqa: E402
 
@@ -120,7 +120,9 @@ def summarize(workdir: Path, runs: list[Run], status: dict) -> dict:
   results = {r.cell: _run_summary(runner.run_dir(workdir, r)) for r in runs}
   rows = [_row(name, res) for name, res in results.items() if res is not None]
   doc = {"status": status, "rows": rows,
-         "written": [_write(workdir / "twice_transfer.md", _markdown(rows)),
+         "written": [_write(workdir / "twice_transfer.md", _markdown(rows) + tables.markdown_by_source(
+             {name: summary.by_source([res["metrics"]]) for name, res in results.items()
+              if res is not None and name != "stage1"})),
                      str(_learning_curves(results, workdir / "learning_curves.png"))]}
   _write(workdir / "twice_transfer.json", json.dumps(doc, indent=1, default=str))
   doc["written"].append(str(workdir / "twice_transfer.json"))
