@@ -109,11 +109,21 @@ def _row(name: str, result: dict) -> dict:
   if m.get("task") == "findings":
     row["test_mean_auc"] = m.get("mean_auc")
     return row
-  per_class = m.get("per_class", {})
+  per_class, intervals = m.get("per_class", {}), m.get("intervals", {})
   row.update(test_accuracy=m.get("accuracy"),
+             test_accuracy_ci=_interval(intervals.get("accuracy")),
              test_macro_auc=m.get("macro", {}).get("roc_auc", {}).get("value"),
-             **{f"test_{c}_auc": v.get("roc_auc") for c, v in per_class.items()})
+             **{f"test_{c}_auc": v.get("roc_auc") for c, v in per_class.items()},
+             **{f"test_{c}_auc_ci": _interval(v.get("roc_auc"))
+                for c, v in intervals.get("per_class", {}).items()})
   return row
+
+
+def _interval(entry) -> tuple | None:
+  """(low, high) of a patient-group bootstrap interval in metrics.json, if there is one."""
+  if not entry or entry.get("low") is None:
+    return None
+  return (entry["low"], entry["high"])
 
 
 def summarize(workdir: Path, runs: list[Run], status: dict) -> dict:
@@ -130,8 +140,9 @@ def summarize(workdir: Path, runs: list[Run], status: dict) -> dict:
   return doc
 
 
-def _fmt(x) -> str:
-  return "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+def _fmt(x, interval=None) -> str:
+  text = "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+  return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -142,14 +153,15 @@ def _markdown(rows: list[dict]) -> str:
            "| run | what | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
   for r in stage2:
     lines.append(f"| {r['run']} | {_DESCRIPTION.get(r['run'], '')} | "
-                 + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+                 + " | ".join(_fmt(r.get(c), r.get(f"{c}_ci")) for c in cols) + " |")
   for r in rows:
     if r["run"] == "stage1":
       lines += ["", f"Stage 1 (NIH findings, multi-label): {r['epochs']} epochs, best validation "
                 f"loss {_fmt(r['best_val_loss'])}, test mean AUC over findings "
                 f"{_fmt(r.get('test_mean_auc'))} (per finding: runs/stage1_*/metrics.json)."]
-  lines += ["", "Test metrics are on the COVID task's held-out patient groups; epoch-1 columns "
-            "show how fast each start learns (the paper's claim for output neuron keeping).", ""]
+  lines += ["", "Test metrics are on the COVID task's held-out patient groups, with 95% "
+            "patient-group bootstrap intervals where computed; epoch-1 columns show how fast each "
+            "start learns (the paper's claim for output neuron keeping).", ""]
   return "\n".join(lines)
 
 
