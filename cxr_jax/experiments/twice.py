@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -175,6 +176,7 @@ def _learning_curves(results: dict, path: Path) -> Path:
       ax.plot(epochs, [h[key] for h in res["history"]], marker="o", label=name)
   for ax, key in zip(axes, ("validation loss", "validation accuracy"), strict=True):
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.legend()
