@@ -152,6 +152,21 @@ def test_choice_is_measured_once_and_cached():
   assert len(json.loads(tuning.cache_path().read_text())) == 2
 
 
+def test_entry_measured_before_a_new_formulation_is_measured_again():
+  x, w = _random((2, 6, 6, 3), 5), _random((3, 3, 3, 4), 6)
+  pads = ((1, 1), (1, 1))
+  k = tuning.key("wgrad", x.shape, w.shape, pads, jnp.float32)
+  old = {"choice": "xla", "seconds": {"xla": 1.0, "im2col": 2.0}}   # no band* yet
+  kept = {"choice": "shift_t"}                                         # hand-written, no seconds
+  other = tuning.key("wgrad", (2, 5, 5, 3), w.shape, pads, jnp.float32)
+  tuning.cache_path().parent.mkdir(parents=True)
+  tuning.cache_path().write_text(json.dumps({k: old, other: kept}))
+  tuning.choose(x.shape, w.shape, pads, jnp.float32)
+  table = json.loads(tuning.cache_path().read_text())
+  assert set(table[k]["seconds"]) == set(wgrad.FORMULATIONS)
+  assert tuning.choose((2, 5, 5, 3), w.shape, pads, jnp.float32) == "shift_t"
+
+
 def test_rule_when_measuring_is_off(monkeypatch):
   monkeypatch.setenv("CXR_JAX_WGRAD_TUNE", "0")
   assert tuning.choose((2, 6, 6, 3), (3, 3, 3, 4), ((1, 1), (1, 1)), jnp.float32) == wgrad.rule(
@@ -199,7 +214,8 @@ def _train(conv_impl: str, trainable_blocks: int, steps: int = 2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("conv_impl,trainable_blocks", [("fast_rule", 5), ("fwd_rows", 2)])
+@pytest.mark.parametrize("conv_impl,trainable_blocks",
+                         [("fast_rule", 5), ("wgrad_band4", 5), ("fwd_rows", 2)])
 def test_training_with_fast_conv_gives_the_same_parameters(conv_impl, trainable_blocks):
   ref, init = _train("xla", trainable_blocks)
   fast, _ = _train(conv_impl, trainable_blocks)

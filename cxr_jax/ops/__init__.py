@@ -9,7 +9,8 @@ with another backward pass:
                 measured per layer shape on first use and cached (`tuning`). Same numerics as xla
                 to float32 rounding.
   fast_mm       also forward and input gradient measured between XLA's conv and one matrix
-                product ("rows"); with bfloat16 compute (model dtype) the products use AMX.
+                product ("rows"); with bfloat16 compute (model dtype) the products use the CPU's
+                bf16 units (AMX, AVX512-BF16).
   fast_rule, fast_mm_rule   the same without measuring (fixed rules).
   wgrad_<name>, fwd_<name>  one formulation everywhere (tests, benchmarks).
 
