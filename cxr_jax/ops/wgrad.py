@@ -109,7 +109,7 @@ FORMULATIONS: dict[str, Callable] = {
 
 
 def rule(x_shape, kernel_shape) -> str:
-  """A fixed choice when measuring is off. Large images (56 x 56 and up): bands of 4 rows (1.5-2x
+  """A fixed choice when measuring is off. Large images (56 x 56 and up): bands of 4 rows (1.5-2.4x
   the other forms on VGG16's blocks 1-3 at 224 px); otherwise the transposed im2col, except for
   very wide layers where the [KH*KW*C, M] buffer gets large relative to the work and the dy^T form
   did better in probes."""
