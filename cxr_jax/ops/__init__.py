@@ -6,16 +6,21 @@ with another backward pass:
 
   xla           flax's Conv, XLA's gradients.
   fast          forward and input gradient XLA's; weight gradient as matrix products, formulation
-                measured per layer shape on first use and cached (`tuning`). Same numerics as xla
-                to float32 rounding.
-  fast_mm       also forward and input gradient measured between XLA's conv and one matrix
-                product ("rows"); with bfloat16 compute (model dtype) the products use the CPU's
-                bf16 units (AMX, AVX512-BF16).
+                measured per layer shape on first use and cached (`tuning`): equal to XLA's to
+                float32 rounding (im2col forms) or ~1e-5 of its scale (Winograd forms).
+  fast_mm       also forward and input gradient measured between XLA's conv, one matrix product
+                ("rows") and Winograd F(2x2,3x3) / F(4x4,3x3) ("wino2", "wino4", `winograd`:
+                2.25x / 4x fewer multiplications, float32 3x3 only; error ~1e-5 of the output's
+                scale), and Winograd weight gradients among the others. In float32 the fastest
+                path here; with bfloat16 compute (model dtype) the products use the CPU's bf16 units.
   fast_rule, fast_mm_rule   the same without measuring (fixed rules).
   wgrad_<name>, fwd_<name>  one formulation everywhere (tests, benchmarks).
 
 CXR_JAX_WGRAD_TUNE=0 turns measuring off everywhere (rules instead). Pre-measure a model with
 `python -m cxr_jax.ops.tune`.
+
+`pool.max_pool` is VGG's 2x2 max-pool with an elementwise gradient (bit-identical to flax's;
+`config.model.pool_impl`).
 """
 
 from cxr_jax.ops.conv import conv2d, explicit_padding

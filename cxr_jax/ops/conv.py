@@ -34,6 +34,9 @@ def resolve(op: str, impl: str, x_shape, kernel_shape, padding, dtype) -> str:
     return tuning.choose(x_shape, kernel_shape, padding, dtype, op=op)
   if impl == "rule":
     return tuning.rule(op, x_shape, kernel_shape, dtype)
+  if impl not in tuning.applicable(op, kernel_shape, dtype):
+    # A named formulation (fwd_wino4, ...) covers the convolutions it can compute.
+    return tuning.rule(op, x_shape, kernel_shape, dtype)
   return impl
 
 

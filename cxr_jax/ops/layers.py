@@ -61,7 +61,7 @@ CONV_IMPLS: dict[str, tuple[str, str] | None] = {
     "xla": None,
     "fast": ("xla", "auto"),       # forward bit-identical to nn.Conv; weight gradient measured
     "fast_rule": ("xla", "rule"),
-    "fast_mm": ("auto", "auto"),   # forward and input gradient measured too (pays in bfloat16)
+    "fast_mm": ("auto", "auto"),   # forward and input gradient measured too (Winograd in fp32)
     "fast_mm_rule": ("rule", "rule"),
     **{f"wgrad_{name}": ("xla", name) for name in wgrad.FORMULATIONS},
     **{f"fwd_{name}": (name, "rule") for name in fwd.FORMULATIONS},

@@ -81,9 +81,15 @@ def _runner(op, name, kernel_shape, padding, dtype):
   return jax.jit(lambda x, w: f(x, w, padding))
 
 
+def applicable(op, kernel_shape, dtype) -> tuple[str, ...]:
+  """The formulations of `op` that compute a convolution with this kernel shape and dtype."""
+  module = wgrad if op == "wgrad" else fwd
+  return tuple(n for n in module.FORMULATIONS if module.applicable(n, kernel_shape, dtype))
+
+
 def measure(x_shape, kernel_shape, padding, dtype, candidates=None, op="wgrad") -> dict[str, float]:
   """Best-of-ROUNDS seconds of each formulation of `op` on random data of these shapes."""
-  candidates = tuple(candidates or OPS[op])
+  candidates = tuple(candidates or applicable(op, kernel_shape, dtype))
   rng = np.random.default_rng(0)
   out_hw = tuple(s + lo + hi - k + 1
                  for s, (lo, hi), k in zip(x_shape[1:3], padding, kernel_shape[:2], strict=True))
@@ -107,7 +113,7 @@ def measure(x_shape, kernel_shape, padding, dtype, candidates=None, op="wgrad") 
 
 def rule(op, x_shape, kernel_shape, dtype) -> str:
   if op == "wgrad":
-    return wgrad.rule(x_shape, kernel_shape)
+    return wgrad.rule(x_shape, kernel_shape, dtype)
   return fwd.rule(x_shape, kernel_shape, dtype)
 
 
@@ -122,7 +128,8 @@ def choose(x_shape, kernel_shape, padding, dtype, op="wgrad") -> str:
     entry = _load().get(k)
     # An entry measured before a formulation existed is measured again (a hand-edited one,
     # without "seconds", is kept).
-    stale = entry is not None and "seconds" in entry and not set(OPS[op]) <= set(entry["seconds"])
+    stale = (entry is not None and "seconds" in entry
+             and not set(applicable(op, kernel_shape, dtype)) <= set(entry["seconds"]))
     if entry is None or stale or entry.get("choice") not in OPS[op]:
       if os.environ.get("CXR_JAX_WGRAD_TUNE", "1") == "0":
         return rule(op, x_shape, kernel_shape, dtype)

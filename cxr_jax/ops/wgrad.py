@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cxr_jax.ops import winograd
+
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Sequence[tuple[int, int]]
 
@@ -105,14 +107,27 @@ FORMULATIONS: dict[str, Callable] = {
     "im2col": im2col,
     "shift_t": shift_t,
     **{f"band{r}": functools.partial(band, rows=r) for r in (2, 4, 8)},
+    # Winograd's adjoint: 2.25x / 4x fewer multiplications, 3x3 float32 only (`winograd`).
+    **{f"wino{m}{c}": functools.partial(winograd.weight_grad, m=m, chunk=int(c[2:] or 0))
+       for m in (2, 4) for c in ("", "_c2")},
 }
 
 
-def rule(x_shape, kernel_shape) -> str:
-  """A fixed choice when measuring is off. Large images (56 x 56 and up): bands of 4 rows (1.5-2.4x
-  the other forms on VGG16's blocks 1-3 at 224 px); otherwise the transposed im2col, except for
-  very wide layers where the [KH*KW*C, M] buffer gets large relative to the work and the dy^T form
-  did better in probes."""
-  if x_shape[1] * x_shape[2] >= 56 * 56:
+def applicable(name: str, kernel_shape, dtype) -> bool:
+  """Whether formulation `name` computes this weight gradient."""
+  return winograd.applicable(kernel_shape, dtype) if name.startswith("wino") else True
+
+
+def rule(x_shape, kernel_shape, dtype) -> str:
+  """A fixed choice when measuring is off. float32 3x3 layers with 128+ input channels on maps of
+  14 x 14 to 112 x 112: Winograd (1.5-2.8x the best other form on VGG16's blocks 2-5 at 224 px, batch 8,
+  2-core AMD EPYC). Otherwise large images (56 x 56 and up): bands of 4 rows (1.5-2.4x the im2col
+  forms on blocks 1-3); else the transposed im2col, except for very wide layers where the
+  [KH*KW*C, M] buffer gets large relative to the work and the dy^T form did better in probes."""
+  hw = x_shape[1] * x_shape[2]
+  if (winograd.applicable(kernel_shape, dtype) and kernel_shape[2] >= 128
+      and 14 * 14 <= hw <= 112 * 112):  # smaller maps: mostly padding in the tiles
+    return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"
+  if hw >= 56 * 56:
     return "band4"
   return "im2col" if kernel_shape[2] >= 512 else "im2col_t"
