@@ -15,7 +15,7 @@ ARCHS = tuple(_VGG_DEPTHS) + tuple(_DENSENET_DEPTHS)
 
 def create_model(model_config, dtype=None) -> nn.Module:
   """The module for `config.model` (fields arch, num_classes, head, hidden, dropout,
-  trainable_blocks, conv_impl, dtype).
+  trainable_blocks, conv_impl, pool_impl, dtype).
 
   `dtype` is the computation dtype (parameters stay float32); default `model_config.dtype`, else
   float32. bfloat16 with conv_impl="fast_mm" runs the convolutions' matrix products on AMX.
@@ -50,5 +50,6 @@ def create_model(model_config, dtype=None) -> nn.Module:
       dropout=float(model_config.dropout),
       frozen_blocks=len(BLOCK_NAMES) - k,
       conv_impl=model_config.get("conv_impl", "xla"),
+      pool_impl=model_config.get("pool_impl", "fast"),
       dtype=dtype,
   )
