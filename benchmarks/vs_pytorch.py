@@ -1,17 +1,18 @@
 """VGG16 training speed on CPU: cxr_jax's own train step against the same step in PyTorch.
 
 Every variant trains the same network (VGG16 + flatten/256/3 head, RMSprop, the first 5-k blocks
-frozen with a stop-gradient at the boundary) on the same random batch. Variants run in alternating
-rounds (A, B, C, A, B, C, ...) after their warm-up, so that load from other processes on a shared
-machine hits all of them alike; the JSON reports the median images/s per variant, the ratios
+frozen with a stop-gradient at the boundary) on the same random batch, each in a process of its own
+(see `Worker`). Variants run in alternating rounds (A, B, C, A, B, C, ...) after their warm-up, so
+that load from other processes on a shared machine hits all of them alike; the JSON reports the median images/s per variant, the ratios
 against PyTorch fp32 channels_last, the load average during each round, the CPU model, forward-only
 speed and per-layer weight-gradient GFLOP/s.
 
   python benchmarks/vs_pytorch.py --image-size 224 --batch 8 --trainable-blocks 5 2 \
       --out benchmarks/results/vs_pytorch_224.json
 
-Variants (--variants): jax:<conv_impl>[:bf16] (cxr_jax.train.step's pmapped step with
-config.model.conv_impl, optionally bfloat16 compute with float32 parameters), torch:nchw,
+Variants (--variants): jax:<conv_impl>[:bf16][:pool=<pool_impl>] (cxr_jax.train.step's pmapped
+step with config.model.conv_impl, optionally bfloat16 compute with float32 parameters, and
+config.model.pool_impl, default the config's; `jax:xla:pool=xla` is plain flax), torch:nchw,
 torch:cl (channels_last), torch:bf16 (channels_last + bfloat16 autocast), keras (tf.keras, optional).
 """
 
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,11 +84,16 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
   from cxr_jax import models
   from cxr_jax.train import optim, step
 
-  parts = spec.split(":")
+  _, conv_impl, *options = spec.split(":")
   config = default.get_config()
-  config.model.conv_impl = parts[1]
+  config.model.conv_impl = conv_impl
   config.model.trainable_blocks = trainable_blocks
-  dtype = jnp.bfloat16 if parts[2:] == ["bf16"] else jnp.float32
+  for option in options:
+    if option.startswith("pool="):
+      config.model.pool_impl = option.removeprefix("pool=")
+    elif option != "bf16":
+      raise ValueError(f"unknown option {option!r} in variant {spec!r}")
+  dtype = jnp.bfloat16 if "bf16" in options else jnp.float32
   model = models.create_model(config.model, dtype=dtype)
   images, labels = data
   params = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)))["params"])(
@@ -225,16 +232,67 @@ def timed(fn, steps: int) -> float:
   return (time.perf_counter() - t0) / steps
 
 
-def alternate(fns: dict, rounds: int, steps: int, warmup: int) -> dict:
-  """Median seconds per call of each fn, measured in alternating rounds after `warmup` calls."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  times = {name: [] for name in fns}
+class Worker:
+  """One variant in a process of its own, timed on command. Frameworks never share a process:
+  once PyTorch's thread pool has run, JAX's step in the same process was 10-20 % slower and kept
+  slowing (2-core AMD EPYC), which would have biased every in-process comparison."""
+
+  def __init__(self, spec: str, args, trainable_blocks: int):
+    cmd = [sys.executable, __file__, "--worker", spec, "--image-size", str(args.image_size),
+           "--batch", str(args.batch), "--trainable-blocks", str(trainable_blocks),
+           "--warmup", str(args.warmup)]
+    self.spec = spec
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self._reply()  # built and warmed up
+
+  def _reply(self) -> str:
+    for line in self.proc.stdout:
+      if line.startswith(_REPLY):
+        return line[len(_REPLY):].strip()
+    raise RuntimeError(f"benchmark worker {self.spec!r} exited with {self.proc.wait()}; "
+                       "its stderr is above")
+
+  def __call__(self, what: str, steps: int) -> float:
+    """Seconds per step of `steps` train or eval steps, timed inside the worker."""
+    self.proc.stdin.write(f"{what} {steps}\n")
+    self.proc.stdin.flush()
+    return float(self._reply())
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.stdin.close()
+      self.proc.wait()
+
+
+_REPLY = "@@ "
+
+
+def worker_main(args) -> None:
+  """--worker SPEC: builds the variant on the benchmark's data, warms it up, then answers
+  "train N" / "eval N" lines on stdin with the seconds per step."""
+  (k,) = args.trainable_blocks
+  train_fn, eval_fn = make_variant(args.worker, args.image_size, args.batch, k, benchmark_data(args))
+  for _ in range(args.warmup):
+    train_fn()
+  print(_REPLY + "ready", flush=True)
+  for line in sys.stdin:
+    what, steps = line.split()
+    print(_REPLY + repr(timed(train_fn if what == "train" else eval_fn, int(steps))), flush=True)
+
+
+def benchmark_data(args):
+  rng = np.random.default_rng(0)
+  return (rng.standard_normal((args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
+          rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32))
+
+
+def alternate(workers: dict, what: str, rounds: int, steps: int) -> dict:
+  """Median seconds per step of each worker, measured in alternating rounds."""
+  times = {name: [] for name in workers}
   loads = []
   for _ in range(rounds):
-    for name, fn in fns.items():
-      times[name].append(timed(fn, steps))
+    for name, worker in workers.items():
+      times[name].append(worker(what, steps))
     loads.append(round(os.getloadavg()[0], 2))
   return {"median_s": {n: statistics.median(t) for n, t in times.items()},
           "all_s": {n: [round(v, 4) for v in t] for n, t in times.items()}, "loadavg": loads}
@@ -329,7 +387,8 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--trainable-blocks", type=int, nargs="+", default=[5, 2])
   ap.add_argument("--variants", nargs="+",
-                  default=["jax:xla", "jax:fast", "torch:nchw", "torch:cl", "torch:bf16"])
+                  default=["jax:xla:pool=xla", "jax:fast", "jax:fast_mm", "torch:nchw", "torch:cl",
+                           "torch:bf16"])
   ap.add_argument("--reference", default="torch:cl", help="variant the ratios are taken against")
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--steps", type=int, default=1, help="steps per timed run")
@@ -337,20 +396,22 @@ def main(argv=None):
   ap.add_argument("--no-forward", action="store_true")
   ap.add_argument("--layers", action="store_true", help="per-layer weight-gradient GFLOP/s")
   ap.add_argument("--out", type=Path)
+  ap.add_argument("--worker", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.worker:
+    return worker_main(args)
 
-  rng = np.random.default_rng(0)
-  data = (rng.standard_normal((args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
-          rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32))
   result = {"machine": machine_info(), "image_size": args.image_size, "batch": args.batch,
             "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg()[0],
-            "sgemm_gflops_per_s": sgemm_peak(), "train": {}, "forward": {}}
+            "sgemm_gflops_per_s": sgemm_peak(), "one_process_per_variant": True,
+            "train": {}, "forward": {}}
   print(json.dumps(result["sgemm_gflops_per_s"]), flush=True)
   for k in args.trainable_blocks:
-    made = {v: make_variant(v, args.image_size, args.batch, k, data) for v in args.variants}
+    # Built one after another (compiling and warming up), then timed in alternating rounds.
+    made = {v: Worker(v, args, k) for v in args.variants}
     flops = step_flops(args.image_size, args.batch, k)
-    res = alternate({v: t for v, (t, _) in made.items()}, args.rounds, args.steps, args.warmup)
+    res = alternate(made, "train", args.rounds, args.steps)
     med = res["median_s"]
     res["images_per_s"] = {v: round(args.batch / s, 3) for v, s in med.items()}
     res["conv_gflops_per_s"] = {v: round(flops["total"] / s / 1e9, 1) for v, s in med.items()}
@@ -361,11 +422,14 @@ def main(argv=None):
     print(json.dumps({"trainable_blocks": k, "images_per_s": res["images_per_s"],
                       "ratio": res["ratio_vs_reference"], "loadavg": res["loadavg"]}), flush=True)
     if not args.no_forward and k == args.trainable_blocks[0]:
-      fwd = alternate({v: e for v, (_, e) in made.items()}, args.rounds, args.steps, 1)
+      for worker in made.values():
+        worker("eval", 1)  # compiles the forward pass
+      fwd = alternate(made, "eval", args.rounds, args.steps)
       fwd["images_per_s"] = {v: round(args.batch / s, 3) for v, s in fwd["median_s"].items()}
       result["forward"] = fwd
       print(json.dumps({"forward_images_per_s": fwd["images_per_s"]}), flush=True)
-    del made
+    for worker in made.values():
+      worker.close()
   if args.layers:
     result["weight_grad_layers"] = weight_grad_table(args.image_size, args.batch, 3)
   result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
