@@ -74,7 +74,7 @@ def test_forward_formulation_matches_plain_conv_and_its_gradients(name, x_shape,
   out = ops.conv2d(x, w, pads, "rule", name)
   dx, dw = jax.jit(jax.grad(lambda x, w: jnp.vdot(ops.conv2d(x, w, pads, "rule", name), dy),
                             argnums=(0, 1)))(x, w)
-  if not fwd.applicable(name, k_shape, x.dtype):
+  if name not in tuning.applicable("fwd", k_shape, x.dtype):
     np.testing.assert_array_equal(out, y)  # e.g. Winograd on a 1x1 kernel: XLA's own conv
   # Winograd's rounding error grows with the output's scale, not with each element.
   np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))

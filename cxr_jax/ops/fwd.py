@@ -15,7 +15,6 @@ and returns the [N, H', W', O] output in x.dtype, accumulating in float32.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
@@ -49,23 +48,16 @@ def rows(x, w, padding: Padding):
 FORMULATIONS: dict[str, Callable] = {
     "xla": xla,
     "rows": rows,
-    **{f"wino{m}{c}": functools.partial(winograd.forward, m=m, chunk=int(c[2:] or 0))
-       for m in (2, 4) for c in ("", "_c2")},
+    **winograd.formulations(winograd.forward),
 }
-
-
-def applicable(name: str, kernel_shape, dtype) -> bool:
-  """Whether formulation `name` computes this convolution."""
-  return winograd.applicable(kernel_shape, dtype) if name.startswith("wino") else True
 
 
 def rule(x_shape, kernel_shape, dtype) -> str:
   """Fixed choice when measuring is off: "rows" for bfloat16 with wide channels; Winograd for
   float32 3x3 layers with 128+ input channels on maps of 14 x 14 to 56 x 56 (1.4-2x XLA's conv
   on VGG16's blocks 3-5 at 224 px, 2-core AMD EPYC); else XLA's conv."""
-  hw = x_shape[1] * x_shape[2]
-  if winograd.applicable(kernel_shape, dtype) and kernel_shape[2] >= 128 and 14 * 14 <= hw <= 56 * 56:
-    return "wino4" if hw >= 28 * 28 else "wino2"
+  if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
+    return "wino4" if x_shape[1] * x_shape[2] >= 28 * 28 else "wino2"
   return "rows" if jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[2] >= 256 else "xla"
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import paths
-from cxr_jax.ops import fwd, wgrad
+from cxr_jax.ops import fwd, wgrad, winograd
 
 OPS = {"wgrad": wgrad.FORMULATIONS, "fwd": fwd.FORMULATIONS}
 _LOCK = threading.Lock()
@@ -83,8 +83,7 @@ def _runner(op, name, kernel_shape, padding, dtype):
 
 def applicable(op, kernel_shape, dtype) -> tuple[str, ...]:
   """The formulations of `op` that compute a convolution with this kernel shape and dtype."""
-  module = wgrad if op == "wgrad" else fwd
-  return tuple(n for n in module.FORMULATIONS if module.applicable(n, kernel_shape, dtype))
+  return tuple(n for n in OPS[op] if winograd.covers(n, kernel_shape, dtype))
 
 
 def measure(x_shape, kernel_shape, padding, dtype, candidates=None, op="wgrad") -> dict[str, float]:

@@ -108,14 +108,8 @@ FORMULATIONS: dict[str, Callable] = {
     "shift_t": shift_t,
     **{f"band{r}": functools.partial(band, rows=r) for r in (2, 4, 8)},
     # Winograd's adjoint: 2.25x / 4x fewer multiplications, 3x3 float32 only (`winograd`).
-    **{f"wino{m}{c}": functools.partial(winograd.weight_grad, m=m, chunk=int(c[2:] or 0))
-       for m in (2, 4) for c in ("", "_c2")},
+    **winograd.formulations(winograd.weight_grad),
 }
-
-
-def applicable(name: str, kernel_shape, dtype) -> bool:
-  """Whether formulation `name` computes this weight gradient."""
-  return winograd.applicable(kernel_shape, dtype) if name.startswith("wino") else True
 
 
 def rule(x_shape, kernel_shape, dtype) -> str:
@@ -125,8 +119,7 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   forms on blocks 1-3); else the transposed im2col, except for very wide layers where the
   [KH*KW*C, M] buffer gets large relative to the work and the dy^T form did better in probes."""
   hw = x_shape[1] * x_shape[2]
-  if (winograd.applicable(kernel_shape, dtype) and kernel_shape[2] >= 128
-      and 14 * 14 <= hw <= 112 * 112):  # smaller maps: mostly padding in the tiles
+  if winograd.pays(x_shape, kernel_shape, dtype, largest=112):
     return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"
   if hw >= 56 * 56:
     return "band4"

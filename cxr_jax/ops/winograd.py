@@ -41,8 +41,30 @@ MATRICES = {
 }
 
 
+# Formulation name -> (m, images per loop step; 0 = the whole batch at once).
+VARIANTS = {"wino2": (2, 0), "wino2_c2": (2, 2), "wino4": (4, 0), "wino4_c2": (4, 2)}
+
+
 def applicable(kernel_shape, dtype) -> bool:
   return tuple(kernel_shape[:2]) == (3, 3) and jnp.dtype(dtype) == jnp.float32
+
+
+def covers(name: str, kernel_shape, dtype) -> bool:
+  """Whether formulation `name` (of `fwd` or `wgrad`) computes this convolution: the Winograd
+  ones only where `applicable`, every other one always."""
+  return name not in VARIANTS or applicable(kernel_shape, dtype)
+
+
+def formulations(fn) -> dict:
+  """{name: fn with that variant's m and chunk} for `forward` or `weight_grad`."""
+  return {name: functools.partial(fn, m=m, chunk=chunk) for name, (m, chunk) in VARIANTS.items()}
+
+
+def pays(x_shape, kernel_shape, dtype, largest: int) -> bool:
+  """The fixed rules' condition: float32 3x3 layers with 128+ input channels on maps from 14 x 14
+  (smaller ones are mostly padding in the tiles) up to `largest` x `largest`."""
+  hw = x_shape[1] * x_shape[2]
+  return applicable(kernel_shape, dtype) and kernel_shape[2] >= 128 and 14 * 14 <= hw <= largest ** 2
 
 
 def _combine(matrix, parts: list) -> list:
