@@ -44,6 +44,9 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   del argv
+  from cxr_jax import host_memory
+
+  host_memory.configure(FLAGS.config.host_memory)  # before JAX or tf.data start their threads
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(_QuietLibraries())
   import jax  # after flag parsing, so --help is fast

@@ -28,7 +28,7 @@ from flax import jax_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import machine  # noqa: E402
 from configs import default  # noqa: E402
-from cxr_jax import models  # noqa: E402
+from cxr_jax import host_memory, models  # noqa: E402
 from cxr_jax.train import optim  # noqa: E402
 from cxr_jax.train.step import TrainState, make_pmapped_steps  # noqa: E402
 
@@ -93,6 +93,7 @@ def main():
   parser.add_argument("--quickstart", action="store_true")
   parser.add_argument("--out", default=str(REPO / "benchmarks/results/train_bench.json"))
   args = parser.parse_args()
+  host_memory.configure(default.get_config().host_memory)  # as launch.py does
   result = {"machine": machine.describe(), "steps": []}
   for k in (int(d) for d in args.degrees.split(",")):
     for stop_gradient in ((True, False) if k < 5 else (True,)):

@@ -14,6 +14,9 @@ Variants (--variants): jax:<conv_impl>[:bf16][:pool=<pool_impl>] (cxr_jax.train.
 step with config.model.conv_impl, optionally bfloat16 compute with float32 parameters, and
 config.model.pool_impl, default the config's; `jax:xla:pool=xla` is plain flax), torch:nchw,
 torch:cl (channels_last), torch:bf16 (channels_last + bfloat16 autocast), keras (tf.keras, optional).
+Any variant takes :malloc=keep|system|auto (cxr_jax.host_memory, applied in its worker before the
+framework starts); unset, jax variants get config.host_memory's default, as launch.py does, and
+the others glibc's defaults.
 """
 
 from __future__ import annotations
@@ -271,13 +274,32 @@ def worker_main(args) -> None:
   """--worker SPEC: builds the variant on the benchmark's data, warms it up, then answers
   "train N" / "eval N" lines on stdin with the seconds per step."""
   (k,) = args.trainable_blocks
-  train_fn, eval_fn = make_variant(args.worker, args.image_size, args.batch, k, benchmark_data(args))
+  spec, malloc = split_malloc(args.worker)
+  from cxr_jax import host_memory
+
+  host_memory.configure(malloc)  # before the framework starts its threads, as launch.py does
+  train_fn, eval_fn = make_variant(spec, args.image_size, args.batch, k, benchmark_data(args))
   for _ in range(args.warmup):
     train_fn()
   print(_REPLY + "ready", flush=True)
   for line in sys.stdin:
     what, steps = line.split()
     print(_REPLY + repr(timed(train_fn if what == "train" else eval_fn, int(steps))), flush=True)
+
+
+def split_malloc(spec: str) -> tuple[str, str]:
+  """("jax:fast_mm", "keep") from "jax:fast_mm:malloc=keep". Unset, a jax variant gets the
+  config's default (what launch.py applies) and PyTorch glibc's defaults (PyTorch as shipped)."""
+  parts = spec.split(":")
+  malloc = [p.removeprefix("malloc=") for p in parts if p.startswith("malloc=")]
+  rest = ":".join(p for p in parts if not p.startswith("malloc="))
+  if malloc:
+    return rest, malloc[-1]
+  if parts[0] == "jax":
+    from configs import default
+
+    return rest, default.get_config().host_memory
+  return rest, "system"
 
 
 def benchmark_data(args):

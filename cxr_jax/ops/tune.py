@@ -15,6 +15,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+from cxr_jax import host_memory
 from cxr_jax.ops import tuning
 
 
@@ -47,6 +48,7 @@ def main(argv=None):
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = ap.parse_args(argv)
   config = default.get_config()
+  host_memory.configure(config.host_memory)  # measure under the allocator training runs with
   config.model.arch, config.model.conv_impl = args.arch, args.conv_impl
   print(json.dumps(tune(config.model, args.image_size, args.batch, jnp.dtype(args.dtype)), indent=1))
 
