@@ -10,7 +10,7 @@ stays at its peak resident size instead of returning to below it between steps.
 
 The settings are process-wide and only fully take effect before the runtime starts its threads
 (a thread keeps the arena it first allocated from), so entry points call `configure` first thing:
-launch.py, the tuner, the benchmarks. In a notebook, call it in the first cell.
+launch.py, the tuner, the benchmarks, the notebooks' setup cell (before anything runs JAX).
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def accelerator_plugin_installed() -> bool:
   return any(importlib.util.find_spec(m) is not None for m in ("libtpu", "jax_plugins"))
 
 
+def is_glibc() -> bool:
+  """Whether mallopt (glibc's) is there to call."""
+  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def configure(mode: str = "auto") -> bool:
   """Applies `mode` ("keep": reuse freed memory; "system": glibc's defaults; "auto": keep unless
   an accelerator runtime is installed). Returns whether the keep settings are now in effect."""
@@ -52,7 +57,7 @@ def configure(mode: str = "auto") -> bool:
     return _applied
   if _applied:
     return True
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if not is_glibc():
     logging.info("host_memory=%s: not glibc (%s), allocator left as is", mode, platform.libc_ver())
     return False
   libc = ctypes.CDLL("libc.so.6")

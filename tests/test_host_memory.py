@@ -2,7 +2,6 @@
 (no fresh pages for the next step); with "system", glibc gives it back to the kernel."""
 
 import json
-import platform
 import subprocess
 import sys
 import textwrap
@@ -37,8 +36,7 @@ _PROBE = textwrap.dedent("""
     print(json.dumps({"applied": applied, "pages": SIZE // PAGE, "rounds": rounds}))
 """)
 
-glibc_only = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+glibc_only = pytest.mark.skipif(not host_memory.is_glibc(), reason="glibc's mallopt")
 
 
 def _probe(mode):
