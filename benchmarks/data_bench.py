@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,12 +31,11 @@ import tensorflow_datasets as tfds  # noqa: E402
 import cxr_jax.weights  # noqa: E402,F401  (imports jax; kept out of the pipeline timing)
 from configs.default import get_config  # noqa: E402
 from cxr_jax import data, paths  # noqa: E402
-from cxr_jax.ops.tuning import cpu_model  # noqa: E402
+from cxr_jax import machine as machine_facts  # noqa: E402
 
 
 def machine() -> dict:
-  return dict(cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
-              platform=platform.platform(), tensorflow=tf.__version__, tfds=tfds.__version__,
+  return dict(machine_facts.describe(), tensorflow=tf.__version__, tfds=tfds.__version__,
               opencv=cv2.__version__, numpy=np.__version__, pydicom=pydicom.__version__)
 
 

@@ -1,19 +1,11 @@
-"""Machine description shared by the benchmarks' JSON results."""
+"""Machine description shared by the benchmarks' JSON results: cxr_jax.machine's, plus devices."""
 
 from __future__ import annotations
 
-import os
-import platform
-
-from cxr_jax.ops.tuning import cpu_model
+from cxr_jax import machine
 
 
 def describe() -> dict:
   import jax
 
-  return {
-      "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-      "python": platform.python_version(), "jax": jax.__version__,
-      "devices": [str(d) for d in jax.devices()],
-      "load_average": os.getloadavg(),
-  }
+  return {**machine.describe(), "devices": [str(d) for d in jax.devices()]}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cxr_jax import machine  # noqa: E402  (no JAX: XLA flags are set per worker)
 
 # (block, in_channels, out_channels) of VGG16's 13 convs; spatial size halves after each block.
 VGG16_CONVS = [(1, 3, 64), (1, 64, 64), (2, 64, 128), (2, 128, 128), (3, 128, 256), (3, 256, 256),
@@ -61,19 +61,6 @@ def step_flops(size: int, batch: int, trainable_blocks: int) -> dict:
       dgrad += f if seen_trainable else 0
       seen_trainable = True
   return {"forward": fwd, "weight_grad": wgrad, "input_grad": dgrad, "total": fwd + wgrad + dgrad}
-
-
-def machine_info() -> dict:
-  from cxr_jax.ops import tuning  # late, as every cxr_jax import here (XLA flags come first)
-
-  flags = set()
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("flags"):
-        flags = set(line.split(":", 1)[1].split())
-  return {"cpu": tuning.cpu_model(), "cores": os.cpu_count(),
-          "isa": sorted(x for x in flags if x.startswith(("avx512f", "avx512_bf16", "amx"))),
-          "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 # ------------------------------------------------------------------ JAX (the project's own step)
@@ -361,7 +348,12 @@ def sgemm_peak(n: int = 2048) -> dict:
   import torch
 
   out = {}
-  for dt_name, jdt, tdt in (("fp32", jnp.float32, torch.float32), ("bf16", jnp.bfloat16, torch.bfloat16)):
+  kinds = [("fp32", jnp.float32, torch.float32)]
+  if machine.native_bf16():
+    kinds.append(("bf16", jnp.bfloat16, torch.bfloat16))
+  else:  # emulated bf16 ran one 2048^3 product for over 5 minutes on an AVX2-only EPYC
+    out["bf16"] = {"skipped": f"no native bfloat16 instructions ({', '.join(machine.BF16_FLAGS)})"}
+  for dt_name, jdt, tdt in kinds:
     a = jnp.ones((n, n), jdt)
     f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
     jax_mm = lambda f=f, a=a: jax.block_until_ready(f(a))
@@ -378,7 +370,7 @@ def markdown(result: dict) -> str:
   """The before/after table of a result, for benchmarks/results/*.md and the notes."""
   m = result["machine"]
   lines = [f"VGG16 + head, {result['image_size']} px, batch {result['batch']}, {m['cpu']}, "
-           f"{m['cores']} cores ({', '.join(m['isa'])}); medians of {result['rounds']} alternating "
+           f"{m['cores']} cores ({m.get('isa_level', '?')}: {' '.join(m['isa'])}); medians of {result['rounds']} alternating "
            f"rounds, {result['started']}.", "",
            f"Large-matmul ceiling (2048^3): {json.dumps(result['sgemm_gflops_per_s'])} GFLOP/s.", ""]
   for k, res in result["train"].items():
@@ -423,7 +415,7 @@ def main(argv=None):
   if args.worker:
     return worker_main(args)
 
-  result = {"machine": machine_info(), "image_size": args.image_size, "batch": args.batch,
+  result = {"machine": machine.describe(), "image_size": args.image_size, "batch": args.batch,
             "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg()[0],
             "sgemm_gflops_per_s": sgemm_peak(), "one_process_per_variant": True,

@@ -13,7 +13,25 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
-from cxr_jax import paths  # noqa: E402
+from cxr_jax import machine, paths  # noqa: E402
+
+
+def _machine_line() -> str:
+  xla = os.environ.get("XLA_FLAGS", "")
+  return f"machine: {machine.summary()}" + (f"; XLA_FLAGS={xla}" if xla else "")
+
+
+# Rounding follows the CPU's instruction sets: every run and every failure names them.
+def pytest_report_header(config):
+  return _machine_line()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+  report = yield
+  if report.failed:
+    report.sections.append(("machine", _machine_line()))
+  return report
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import threading
 import time
 
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax import paths
+from cxr_jax import machine, paths
 from cxr_jax.ops import fwd, wgrad, winograd
 
 OPS = {"wgrad": wgrad.FORMULATIONS, "fwd": fwd.FORMULATIONS}
@@ -33,18 +32,10 @@ def cache_path():
   return paths.cache_dir() / "ops" / "wgrad_choices.json"
 
 
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
 def _machine() -> str:
-  """Choices are per CPU model and thread count: they do not transfer between machines."""
-  return f"{cpu_model()}|{os.cpu_count()}cpu|jax{jax.__version__}"
+  """Choices are per CPU model, ISA flags and thread count: they do not transfer between machines
+  (one model name, e.g. "AMD EPYC", is sold with AVX2 only and with AVX-512)."""
+  return f"{machine.fingerprint()}|jax{jax.__version__}"
 
 
 def key(op, x_shape, kernel_shape, padding, dtype) -> str:
