@@ -237,10 +237,10 @@ def test_corrupt_cache_is_a_clear_error():
     tuning.choose((1, 4, 4, 1), (3, 3, 1, 1), ((1, 1), (1, 1)), jnp.float32)
 
 
-def _steps(conv_impl: str, trainable_blocks: int, starts=None, steps: int = 2):
+@functools.cache
+def _trainer(conv_impl: str, trainable_blocks: int, steps: int = 2):
   """The trainer's own pmapped step on a 48 px VGG16 (3x3 maps in block 5: XLA's CPU conv is slow
-  on 2x2), one step per batch: from `starts[i]` when given, else chained. Returns the (host) states
-  before and after each step."""
+  on 2x2), its initial state and `steps` batches; built once per variant, so runs share compiles."""
   from configs import default
   from cxr_jax import models
   from cxr_jax.train import optim, step
@@ -256,17 +256,27 @@ def _steps(conv_impl: str, trainable_blocks: int, starts=None, steps: int = 2):
   rng = np.random.default_rng(0)
   images = rng.standard_normal((steps, 1, 4, 48, 48, 3)).astype(np.float32)
   labels = rng.integers(0, 3, (steps, 1, 4)).astype(np.int32)
-  params = model.init(jax.random.PRNGKey(0), jnp.asarray(images[0, 0]))["params"]
+  batches = [{"image": images[i], "label": labels[i], "weight": np.ones((1, 4), np.float32)}
+             for i in range(steps)]
+  # Every conv_impl has nn.Conv's parameters (test_conv_module_is_drop_in_nn_conv): one jitted init.
+  params = jax.jit(models.create_model(default.get_config().model).init)(
+      jax.random.PRNGKey(0), jnp.asarray(images[0, 0]))["params"]
   tx = optim.make_optimizer(params, config)
   state = step.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
                           plateau_state=optim.make_plateau(config.train).init({}),
                           rng=jax.random.PRNGKey(1))
-  state = jax.tree.map(lambda a: jnp.asarray(a)[None], state)  # one device's replica
+  state = jax.device_get(jax.tree.map(lambda a: jnp.asarray(a)[None], state))  # one device's replica
   p_train, _ = step.make_pmapped_steps(model, tx, config.model.num_classes)
+  return p_train, state, batches
+
+
+def _steps(conv_impl: str, trainable_blocks: int, starts=None):
+  """One step per batch, from `starts[i]` when given, else chained from the initial state.
+  Returns the (host) states before and after each step."""
+  p_train, state, batches = _trainer(conv_impl, trainable_blocks)
   before, after = [], []
-  for i in range(steps):
+  for i, batch in enumerate(batches):
     state = starts[i] if starts else state
-    batch = {"image": images[i], "label": labels[i], "weight": np.ones((1, 4), np.float32)}
     before.append(jax.device_get(state))  # host copies: the step donates its input state
     state, _ = p_train(state, batch)
     after.append(jax.device_get(state))
