@@ -11,7 +11,7 @@ speed and per-layer weight-gradient GFLOP/s.
       --out benchmarks/results/vs_pytorch_224.json
 
 Variants (--variants): jax:<conv_impl>[:bf16][:pool=<pool_impl>] (cxr_jax.train.step's pmapped
-step with config.model.conv_impl, optionally bfloat16 compute with float32 parameters, and
+step with config.model.conv_impl, `jax:auto` being the default config, optionally bfloat16 compute with float32 parameters, and
 config.model.pool_impl, default the config's; `jax:xla:pool=xla` is plain flax), torch:nchw,
 torch:cl (channels_last), torch:bf16 (channels_last + bfloat16 autocast), keras (tf.keras, optional).
 Any variant takes :malloc=keep|system|auto (cxr_jax.host_memory, applied in its worker before the
@@ -401,8 +401,8 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--trainable-blocks", type=int, nargs="+", default=[5, 2])
   ap.add_argument("--variants", nargs="+",
-                  default=["jax:xla:pool=xla", "jax:fast", "jax:fast_mm", "torch:nchw", "torch:cl",
-                           "torch:bf16"])
+                  default=["jax:auto", "jax:xla:pool=xla", "jax:fast", "jax:fast_mm", "torch:nchw",
+                           "torch:cl", "torch:bf16"])
   ap.add_argument("--reference", default="torch:cl", help="variant the ratios are taken against")
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--steps", type=int, default=1, help="steps per timed run")

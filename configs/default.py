@@ -54,11 +54,16 @@ def get_config() -> ml_collections.ConfigDict:
   # (output neuron keeping, Bassi & Attux 2022), e.g. ("pneumonia:Pneumonia", "normal:No Finding").
   m.init_from = ""
   m.keep_neurons = ()
-  # Convolution implementation (cxr_jax.ops): xla (flax Conv) | fast (weight gradient as matrix
-  # products, chosen per shape by measurement; same numerics) | fast_mm (also forward/input gradient,
-  # Winograd where it wins: the fastest in float32, numerics equal to ~1e-5 of each layer's output
-  # scale; bf16 matrix products with dtype=bfloat16) | fast_rule, fast_mm_rule (fixed rules).
-  m.conv_impl = "xla"
+  # Convolution implementation (cxr_jax.ops): auto (default: fast_mm_rule on CPU, xla on GPU/TPU;
+  # cxr_jax.ops.layers.AUTO) | xla (flax Conv) | fast (weight gradient as matrix products, chosen
+  # per shape by measurement; same numerics) | fast_mm (also forward/input gradient, Winograd where
+  # it wins; bf16 matrix products with dtype=bfloat16) | fast_rule, fast_mm_rule (fixed rules, no
+  # measuring). Numerics of the CPU default: Winograd F(2x2|4x4, 3x3) in float32 for 3x3 layers
+  # with 128+ input channels on 14-56 px maps, equal to XLA's convolution to ~1e-5 of each layer's
+  # output scale; elsewhere XLA's own. VGG16 at 224 px, batch 8, vs PyTorch fp32 channels_last:
+  # 1.8x on a 2-core AVX2-only EPYC, 1.0x on a 2-core AMX Xeon, where xla is 0.44x / 0.45x
+  # (benchmarks/results/vs_pytorch*.md). Set xla for flax's exact convolution.
+  m.conv_impl = "auto"
   # VGG's max-pool: fast (cxr_jax.ops.pool: bit-identical to flax's, gradient ~8x faster on CPU) | xla
   m.pool_impl = "fast"
   m.dtype = "float32"                # computation dtype: float32 | bfloat16 (params stay float32)

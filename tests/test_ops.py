@@ -357,3 +357,13 @@ def test_training_with_fast_conv_gives_the_same_updates(conv_impl, trainable_blo
         allowed = 2 * max(np.linalg.norm(n[i][path] - du_ref) for n in noisy)
         assert err <= allowed, (f"{where}: relative update difference {err / scale:.2e}, reference's "
                                 f"own under {noise:.0e} parameter noise up to {allowed / 2 / scale:.2e}")
+
+
+def test_auto_is_the_cpu_rules_on_cpu_and_xla_elsewhere(monkeypatch):
+  """The default conv_impl: the fast fixed rules on CPU, nothing measured on first use; XLA's own
+  convolution on GPU/TPU, where these CPU formulations would only slow it down."""
+  assert ops.resolve("auto") == "fast_mm_rule" and ops.resolve("xla") == "xla"
+  assert ops.conv_module("auto") is ops.conv_module("fast_mm_rule")
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert ops.resolve("auto") == "xla" and ops.conv_module("auto") is nn.Conv

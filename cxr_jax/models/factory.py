@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cxr_jax import ops
 from cxr_jax.models.densenet import DENSENET_LAYERS, DenseNet
 from cxr_jax.models.vgg import BLOCK_NAMES, VGG
 
@@ -32,6 +33,9 @@ def create_model(model_config, dtype=None) -> nn.Module:
   k = int(model_config.trainable_blocks)
   if not 0 <= k <= len(BLOCK_NAMES):
     raise ValueError(f"model.trainable_blocks must be in 0..5, got {k}")
+  # Resolved here, in the process that runs the model ("auto" depends on its backend); a saved
+  # config from before the field existed ran flax's Conv.
+  conv_impl = ops.resolve(model_config.get("conv_impl", "xla"))
   if arch in _DENSENET_DEPTHS:
     return DenseNet(
         depth=_DENSENET_DEPTHS[arch],
@@ -39,7 +43,7 @@ def create_model(model_config, dtype=None) -> nn.Module:
         hidden=tuple(int(h) for h in model_config.hidden),
         dropout=float(model_config.dropout),
         frozen_blocks=len(BLOCK_NAMES) - k,
-        conv_impl=model_config.get("conv_impl", "xla"),
+        conv_impl=conv_impl,
         dtype=dtype,
     )
   return VGG(
@@ -49,7 +53,7 @@ def create_model(model_config, dtype=None) -> nn.Module:
       hidden=tuple(int(h) for h in model_config.hidden),
       dropout=float(model_config.dropout),
       frozen_blocks=len(BLOCK_NAMES) - k,
-      conv_impl=model_config.get("conv_impl", "xla"),
+      conv_impl=conv_impl,
       pool_impl=model_config.get("pool_impl", "fast"),
       dtype=dtype,
   )

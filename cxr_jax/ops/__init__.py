@@ -4,6 +4,7 @@
 class is `flax.linen.Conv` (same constructor, params `kernel` HWIO / `bias`, same forward for "fast")
 with another backward pass:
 
+  auto          the default: fast_mm_rule on CPU, xla on GPU/TPU (`layers.AUTO`, `resolve`).
   xla           flax's Conv, XLA's gradients.
   fast          forward and input gradient XLA's; weight gradient as matrix products, formulation
                 measured per layer shape on first use and cached (`tuning`): equal to XLA's to
@@ -24,6 +25,6 @@ CXR_JAX_WGRAD_TUNE=0 turns measuring off everywhere (rules instead). Pre-measure
 """
 
 from cxr_jax.ops.conv import conv2d, explicit_padding
-from cxr_jax.ops.layers import CONV_IMPLS, FastConv, conv_module
+from cxr_jax.ops.layers import CONV_IMPLS, FastConv, conv_module, resolve
 
-__all__ = ["CONV_IMPLS", "FastConv", "conv2d", "conv_module", "explicit_padding"]
+__all__ = ["CONV_IMPLS", "FastConv", "conv2d", "conv_module", "explicit_padding", "resolve"]

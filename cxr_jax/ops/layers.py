@@ -69,10 +69,28 @@ CONV_IMPLS: dict[str, tuple[str, str] | None] = {
 
 FastConv = _conv_class(*CONV_IMPLS["fast"])
 
+# config.model.conv_impl="auto" (the default), per JAX backend. CPU: the fixed rules, forward and
+# both gradients (Winograd in float32 3x3 layers with 128+ channels on 14-56 px maps, else XLA's
+# conv; ~1e-5 of each layer's output scale from XLA's result), measured faster than XLA's conv on
+# every CPU kind here (benchmarks/results/vs_pytorch*.md) and with nothing to measure on first
+# use. Other backends: XLA's own convolution (cuDNN, TPU), which these CPU formulations would slow.
+AUTO = {"cpu": "fast_mm_rule"}
+
+
+def resolve(conv_impl: str) -> str:
+  """The concrete implementation `conv_impl` names on this process's default backend."""
+  if conv_impl != "auto":
+    return conv_impl
+  import jax
+
+  return AUTO.get(jax.default_backend(), "xla")
+
 
 def conv_module(conv_impl: str) -> type[nn.Module]:
   """The linen conv class for `config.model.conv_impl`; constructible like `nn.Conv`."""
+  conv_impl = resolve(conv_impl)
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"config.model.conv_impl={conv_impl!r} is not one of {sorted(CONV_IMPLS)}")
+    raise ValueError(f"config.model.conv_impl={conv_impl!r} is not one of "
+                     f"{sorted(CONV_IMPLS) + ['auto']}")
   impls = CONV_IMPLS[conv_impl]
   return nn.Conv if impls is None else _conv_class(*impls)

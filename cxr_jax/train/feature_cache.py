@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax import data, paths
+from cxr_jax import data, ops, paths
 from cxr_jax.models.vgg import BLOCK_NAMES
 
 _FORMAT = 1  # bump when the stored layout changes
@@ -86,7 +86,7 @@ def cache_key(config, params, built_version: str, preprocessing: str, ids: np.nd
       format=_FORMAT, dataset=built_version, image_size=int(d.image_size), clahe=bool(d.clahe),
       clahe_clip_limit=float(d.clahe_clip_limit), clahe_tile_grid=int(d.clahe_tile_grid),
       preprocessing=preprocessing, arch=config.model.arch, block=block,
-      conv_impl=config.model.conv_impl, jax=jax.__version__,
+      conv_impl=ops.resolve(config.model.conv_impl), jax=jax.__version__,
       ids=hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest(),
       params=params_digest(params, frozen))
 
