@@ -53,9 +53,7 @@ def main(argv):
 
   from cxr_jax import paths
 
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    # A resumed or repeated run reuses compiled steps instead of recompiling (minutes at 800 px).
-    jax.config.update("jax_compilation_cache_dir", str(paths.cache_dir() / "jax_compilation_cache"))
+  paths.use_compilation_cache()  # a resumed or repeated run reuses its compiled steps
 
   config = FLAGS.config
   if config.distributed:

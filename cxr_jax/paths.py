@@ -33,3 +33,14 @@ def weights_dir() -> Path:
   """Where downloaded and converted weights go: `$CXR_JAX_WEIGHTS`, else `<cache>/weights`."""
   env = os.environ.get("CXR_JAX_WEIGHTS")
   return Path(env).expanduser() if env else cache_dir() / "weights"
+
+
+def use_compilation_cache() -> None:
+  """XLA's persistent compilation cache in `<cache>/jax_compilation_cache`, unless
+  $JAX_COMPILATION_CACHE_DIR names one: a repeated run or prediction reuses its compiled steps
+  instead of compiling again (seconds for predict, minutes for training at 800 px)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax_compilation_cache"))

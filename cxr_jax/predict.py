@@ -1,12 +1,15 @@
 """Class probabilities (and optionally Grad-CAM overlays) of a trained model for new image files.
 
-  python -m cxr_jax.predict --workdir=W IMAGE... [--cam DIR] [--which best|latest]
+  python -m cxr_jax.predict --workdir=W INPUT... [--cam DIR] [--which best|latest]
 
-Each image gets the preprocessing of the run's training data (decode, CLAHE, square resize from
-the saved config; normalisation of the run's pretrained weights). One JSON line per image, in
-input order, on stdout: {"file", "prediction", "probs": {class: p}} (+ "cam": overlay path), or
-{"file", "error"} for a file that cannot be used. The other files are still processed; the exit
-status is 1 if any file failed.
+An INPUT is an image file, a folder (every image file below it, sorted) or a reader spec such as
+`manifest:PATH` or `folder:PATH` (`cxr_jax.data.readers`; its files in the reader's order). Each
+image gets the preprocessing of the run's training data (decode, CLAHE, square resize from the
+saved config; normalisation of the run's pretrained weights). One JSON line per image, in input
+order, on stdout, written batch by batch as they are scored: {"file", "prediction", "probs":
+{class: p}} (+ "cam": overlay path), or {"file", "error"} for a file that cannot be used. The other
+files are still processed; the exit status is 1 if any file failed. Compiled forward passes are
+kept in the persistent compilation cache, so a second call starts in seconds.
 """
 
 from __future__ import annotations
@@ -27,34 +30,64 @@ from cxr_jax.data.records import LABELS  # noqa: E402
 def _parse(argv):
   parser = argparse.ArgumentParser(prog="python -m cxr_jax.predict", description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="a trained run's workdir")
-  parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, DICOM...)")
+  parser.add_argument("images", nargs="+", metavar="INPUT",
+                      help="image files (PNG, JPEG, DICOM...), folders, or KIND:PATH reader specs")
   parser.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays of the predicted class here")
   parser.add_argument("--method", default="gradcam", choices=("gradcam", "gradcam++"))
   parser.add_argument("--layer", default=None, help="Grad-CAM layer (default: config.explain.layer "
                       "or block5/conv3)")
   parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint")
-  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--batch-size", type=int, default=16)
   return parser.parse_args(argv)
 
 
+def expand_inputs(inputs) -> list[str]:
+  """Files of each INPUT, in order: the file itself, a folder's image files below it (sorted), or
+  a reader spec's usable records, then its rejected rows (so they get their error line)."""
+  from cxr_jax.data import readers
+
+  files = []
+  for item in map(str, inputs):
+    kind = item.split(":", 1)[0]
+    if ":" in item and kind in readers.KINDS:
+      scan = readers.read_source(item)
+      files += [r.path for r in scan.records] + [r.file for r in scan.rejects]
+    elif Path(item).is_dir():
+      files += sorted(str(p) for p in Path(item).rglob("*")
+                      if p.suffix.lower() in readers.IMAGE_SUFFIXES and p.is_file())
+    else:
+      files.append(item)
+  return files
+
+
 def load_images(files, data_config) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-  """Preprocessed uint8 [S, S, 1] images by input position, and the error of every failed file."""
-  from cxr_jax.data.preprocess import DecodeError, PreprocessConfig, process_file
+  """Preprocessed uint8 [S, S, 1] images by input position, and the error of every failed file.
+  Files are decoded on one thread per core (OpenCV releases the GIL while it decodes and resizes)."""
+  from concurrent.futures import ThreadPoolExecutor
+
+  from cxr_jax.data.preprocess import PreprocessConfig
 
   config = PreprocessConfig.from_data_config(data_config)
-  images, errors = {}, {}
-  for k, file in enumerate(files):
-    try:
-      images[k] = process_file(file, config).image
-    except FileNotFoundError:
-      errors[k] = "no such file"
-    except IsADirectoryError:
-      errors[k] = "is a directory, not an image file"
-    except DecodeError as e:
-      errors[k] = str(e)
-    except Exception as e:  # noqa: BLE001 - any unusable input must not stop the others
-      errors[k] = f"cannot use as an image ({type(e).__name__}: {e})"
+  with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1) or 1) as pool:
+    done = list(pool.map(lambda file: _load_one(file, config), files))
+  images = {k: image for k, (image, _) in enumerate(done) if image is not None}
+  errors = {k: error for k, (_, error) in enumerate(done) if error is not None}
   return images, errors
+
+
+def _load_one(file, config) -> tuple[np.ndarray | None, str | None]:
+  from cxr_jax.data.preprocess import DecodeError, process_file
+
+  try:
+    return process_file(file, config).image, None
+  except FileNotFoundError:
+    return None, "no such file"
+  except IsADirectoryError:
+    return None, "is a directory, not an image file"
+  except DecodeError as e:
+    return None, str(e)
+  except Exception as e:  # noqa: BLE001 - any unusable input must not stop the others
+    return None, f"cannot use as an image ({type(e).__name__}: {e})"
 
 
 def normalise(images: np.ndarray, preprocessing: str) -> np.ndarray:
@@ -74,63 +107,87 @@ def _cam_path(cam_dir: Path, file: str, used: set) -> Path:
   return cam_dir / name
 
 
-def predict_files(workdir, files, *, cam_dir=None, method="gradcam", layer=None, which="best",
-                  batch_size=8) -> list[dict]:
-  """One result dict per file, in input order (see module doc)."""
+def predict_files(workdir, files, **kwargs) -> list[dict]:
+  """One result dict per file, in input order (see module doc); `iter_predictions`' arguments."""
+  return list(iter_predictions(workdir, files, **kwargs))
+
+
+def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=None, which="best",
+                     batch_size=16):
+  """Yields one result dict per file, in input order, a batch at a time. Batch i+1 is decoded
+  while the model runs on batch i (JAX dispatches asynchronously), so decoding and the forward
+  pass overlap and results stream over any number of files, one batch behind the decoding."""
   from cxr_jax import train
   from cxr_jax.evaluate import make_predict_fn
-  from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn, save_overlay
+  from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
   trained = train.load_trained(workdir, which=which)
-  images, errors = load_images(files, trained.config.data)
-  results = [{"file": str(f), "error": errors[k]} if k in errors else None
-             for k, f in enumerate(files)]
+  size = int(trained.config.data.image_size)
   if cam_dir:
     layer = layer or (trained.config.get("explain") or {}).get("layer", DEFAULT_LAYER)
     cam_fn = make_cam_fn(trained.model, layer, method)
     Path(cam_dir).mkdir(parents=True, exist_ok=True)
+    run = lambda x: cam_fn(trained.variables, x, np.full(batch_size, -1, np.int32))
   else:
     predict_fn = make_predict_fn(trained.model)
-  variables = trained.variables
-  order, used = sorted(images), set()
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
+    run = lambda x: {"probs": predict_fn(trained.variables, x)}
+  pending, used = None, set()
+  for start in range(0, len(files), batch_size):
+    names = [str(f) for f in files[start:start + batch_size]]
+    images, errors = load_images(names, trained.config.data)
     # Padded to a full batch: one compilation for any number of files.
-    batch = np.zeros((batch_size,) + images[chunk[0]].shape, np.uint8)
-    batch[:len(chunk)] = np.stack([images[k] for k in chunk])
+    batch = np.zeros((batch_size, size, size, 1), np.uint8)
+    for k, image in images.items():
+      batch[k] = image
     x = normalise(batch, trained.preprocessing)
+    out = run(x) if images else None  # dispatched, not waited for
+    if pending:
+      yield from _results(*pending, cam_dir, used)
+    pending = (names, errors, x, out)
+  if pending:
+    yield from _results(*pending, cam_dir, used)
+
+
+def _results(names, errors, x, out, cam_dir, used):
+  from cxr_jax.explain import save_overlay
+
+  probs = None if out is None else np.asarray(out["probs"])
+  for k, file in enumerate(names):
+    if k in errors:
+      yield {"file": file, "error": errors[k]}
+      continue
+    p = probs[k].tolist()
+    result = {"file": file, "prediction": LABELS[int(np.argmax(p))],
+              "probs": dict(zip(LABELS, p, strict=True))}
     if cam_dir:
-      out = cam_fn(variables, x, np.full(batch_size, -1, np.int32))
-      probs = np.asarray(out["probs"])
-    else:
-      probs = np.asarray(predict_fn(variables, x))
-    for row, k in enumerate(chunk):
-      p = probs[row].tolist()
-      results[k] = {"file": str(files[k]), "prediction": LABELS[int(np.argmax(p))],
-                    "probs": dict(zip(LABELS, p, strict=True))}
-      if cam_dir:
-        path = _cam_path(Path(cam_dir), files[k], used)
-        save_overlay(path, x[row], np.asarray(out["cam"][row]), p, LABELS,
-                     heading=f"{Path(files[k]).name}: predicted {results[k]['prediction']}")
-        results[k]["cam"] = str(path)
-  return results
+      path = _cam_path(Path(cam_dir), file, used)
+      save_overlay(path, x[k], np.asarray(out["cam"][k]), p, LABELS,
+                   heading=f"{Path(file).name}: predicted {result['prediction']}")
+      result["cam"] = str(path)
+    yield result
 
 
 def main(argv=None) -> int:
   args = _parse(argv)
+  from cxr_jax import host_memory, paths
+
+  host_memory.configure("auto")  # before JAX starts its threads, as launch.py
+  paths.use_compilation_cache()
+  failed = total = 0
   try:
-    results = predict_files(args.workdir, args.images, cam_dir=args.cam, method=args.method,
-                            layer=args.layer, which=args.which, batch_size=args.batch_size)
-  except (FileNotFoundError, ValueError) as e:  # the workdir or its settings, not an image
+    for r in iter_predictions(args.workdir, expand_inputs(args.images), cam_dir=args.cam,
+                              method=args.method, layer=args.layer, which=args.which,
+                              batch_size=args.batch_size):
+      print(json.dumps(r), flush=True)
+      total += 1
+      if "error" in r:
+        failed += 1
+        print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+  except (FileNotFoundError, ValueError) as e:  # the workdir, its settings or a spec, not an image
     print(f"error: {e}", file=sys.stderr)
     return 2
-  for r in results:
-    print(json.dumps(r), flush=True)
-    if "error" in r:
-      print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
-  failed = sum("error" in r for r in results)
   if failed:
-    print(f"{failed} of {len(results)} files could not be used", file=sys.stderr)
+    print(f"{failed} of {total} files could not be used", file=sys.stderr)
   return 1 if failed else 0
 
 

@@ -97,3 +97,37 @@ def test_predict_command_line(workdir, images, tmp_path, capsys):
   # A folder that is not a workdir: a clear message, status 2.
   assert predict.main([f"--workdir={tmp_path}", images[1]]) == 2
   assert "not a cxr_jax training workdir" in capsys.readouterr().err
+
+
+def test_folder_and_manifest_inputs_stream_batch_by_batch(workdir, images, tmp_path, monkeypatch):
+  import shutil
+
+  folder = tmp_path / "incoming"
+  (folder / "sub").mkdir(parents=True)
+  copies = [shutil.copy(images[0], folder / "b.jpg"), shutil.copy(images[1], folder / "sub/a.jpg"),
+            shutil.copy(images[2], folder / "c.jpg")]
+  (folder / "notes.txt").write_text("not an image")          # not an image suffix: not an input
+  assert predict.expand_inputs([folder]) == sorted(map(str, copies))
+  manifest = tmp_path / "manifest.csv"
+  manifest.write_text("file,label,patient_id\nincoming/c.jpg,covid,p1\nincoming/gone.png,normal,p2\n")
+  assert predict.expand_inputs([f"manifest:{manifest}", images[1]]) == [
+      str(folder / "c.jpg"), str(tmp_path / "incoming/gone.png"), images[1]]
+
+  # Streaming: the first batch's results come once the second batch is decoded (it overlaps the
+  # first one's forward pass), before the third.
+  decoded = []
+  real_load = predict.load_images
+  monkeypatch.setattr(predict, "load_images",
+                      lambda files, cfg: decoded.append(list(files)) or real_load(files, cfg))
+  files = predict.expand_inputs([folder, f"manifest:{manifest}"])
+  stream = predict.iter_predictions(workdir, files, batch_size=2)
+  first = [next(stream), next(stream)]
+  assert len(decoded) == 2
+  rest = list(stream)
+  assert len(decoded) == 3 and [r["file"] for r in first + rest] == files
+  assert rest[-1] == {"file": str(tmp_path / "incoming/gone.png"), "error": "no such file"}
+  # Same numbers as the same files given one by one in one batch.
+  alone = predict.predict_files(workdir, sorted(map(str, copies)), batch_size=4)
+  for a, b in zip(first + rest[:1], alone, strict=True):
+    np.testing.assert_allclose(list(a["probs"].values()), list(b["probs"].values()), rtol=1e-5,
+                               atol=1e-6)
