@@ -298,7 +298,11 @@ def _flat(state) -> dict:
 
 def _updates(before, after):
   """Per step, {parameter path: update}."""
-  return [{k: v - _flat(b)[k] for k, v in _flat(a).items()} for b, a in zip(before, after, strict=True)]
+  updates = []
+  for b, a in zip(before, after, strict=True):
+    start = _flat(b)
+    updates.append({k: v - start[k] for k, v in _flat(a).items()})
+  return updates
 
 
 # Forward-changing formulations and their error relative to each layer's output scale (the tests
@@ -339,6 +343,7 @@ def test_training_with_fast_conv_gives_the_same_updates(conv_impl, trainable_blo
   assert np.any(ref[0]["['block5']['conv3']['kernel']"]) and np.any(ref[0]["['head']['logits']['kernel']"])
   assert np.any(ref[0]["['block1']['conv1']['kernel']"]) == (trainable_blocks == 5)
   for i, (r, f) in enumerate(zip(ref, fast, strict=True)):
+    new_params = _flat(after[i])
     for path, du_ref in r.items():
       where = f"step {i + 1}, {path}"
       if not np.any(du_ref):  # frozen: must not move at all
@@ -347,7 +352,7 @@ def test_training_with_fast_conv_gives_the_same_updates(conv_impl, trainable_blo
         # 1e-4 of the update's scale (test_formulation_matches_plain_conv_gradient's bound; an
         # SGD update is -lr * gradient) plus one float32 spacing of the new parameter, since both
         # sides round p - lr * g to float32.
-        bound = 1e-4 * np.abs(du_ref).max() + np.spacing(np.abs(_flat(after[i])[path]).astype(np.float32))
+        bound = 1e-4 * np.abs(du_ref).max() + np.spacing(np.abs(new_params[path]).astype(np.float32))
         worst = np.unravel_index(np.argmax(np.abs(f[path] - du_ref) - bound), du_ref.shape)
         assert np.all(np.abs(f[path] - du_ref) <= bound), (
             f"{where}{list(worst)}: update {f[path][worst]:.4e}, reference {du_ref[worst]:.4e}, "
