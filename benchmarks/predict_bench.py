@@ -34,21 +34,6 @@ def forward_flops(size: int) -> int:
   return vs_pytorch.step_flops(size, 1, 0)["forward"]
 
 
-def matmul_gflops(n: int = 2048) -> float:
-  import jax
-  import jax.numpy as jnp
-
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  jax.block_until_ready(f(a))
-  best = float("inf")
-  for _ in range(5):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best / 1e9
-
-
 def saved_run(size: int, path: Path) -> Path:
   import jax
   import jax.numpy as jnp
@@ -102,7 +87,7 @@ def main(argv=None):
   results = predict.predict_files(workdir, files, batch_size=args.batch_size)
   seconds = time.perf_counter() - t0
   assert not any("error" in r for r in results)
-  gflops = matmul_gflops()
+  gflops = vs_pytorch.jax_matmul_gflops("float32")
   ceiling = gflops * 1e9 / forward_flops(args.image_size)
   warm = len(files) / seconds
   result = {"machine": machine.describe(), "image_size": args.image_size, "files": len(files),

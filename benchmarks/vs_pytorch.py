@@ -11,8 +11,9 @@ speed and per-layer weight-gradient GFLOP/s.
       --out benchmarks/results/vs_pytorch_224.json
 
 Variants (--variants): jax:<conv_impl>[:bf16][:pool=<pool_impl>] (cxr_jax.train.step's pmapped
-step with config.model.conv_impl, `jax:auto` being the default config, optionally bfloat16 compute with float32 parameters, and
-config.model.pool_impl, default the config's; `jax:xla:pool=xla` is plain flax), torch:nchw,
+step with config.model.conv_impl, `jax:auto` being the default config, optionally bfloat16
+compute with float32 parameters, and config.model.pool_impl, default the config's;
+`jax:xla:pool=xla` is plain flax), torch:nchw,
 torch:cl (channels_last), torch:bf16 (channels_last + bfloat16 autocast), keras (tf.keras, optional).
 Any variant takes :malloc=keep|system|auto (cxr_jax.host_memory, applied in its worker before the
 framework starts); unset, jax variants get config.host_memory's default, as launch.py does, and
@@ -343,7 +344,6 @@ def weight_grad_table(size: int, batch: int, rounds: int) -> list[dict]:
 
 def sgemm_peak(n: int = 2048) -> dict:
   """Large fp32/bf16 matmul GFLOP/s in both frameworks: the practical compute ceiling here."""
-  import jax
   import jax.numpy as jnp
   import torch
 
@@ -354,24 +354,32 @@ def sgemm_peak(n: int = 2048) -> dict:
   else:  # emulated bf16 ran one 2048^3 product for over 5 minutes on an AVX2-only EPYC
     out["bf16"] = {"skipped": f"no native bfloat16 instructions ({', '.join(machine.BF16_FLAGS)})"}
   for dt_name, jdt, tdt in kinds:
-    a = jnp.ones((n, n), jdt)
-    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
-    jax_mm = lambda f=f, a=a: jax.block_until_ready(f(a))
     ta = torch.ones(n, n, dtype=tdt)
     torch_mm = lambda ta=ta: ta @ ta
-    jax_mm(), torch_mm()
-    t_j = min(timed(jax_mm, 1) for _ in range(5))
+    torch_mm()
     t_t = min(timed(torch_mm, 1) for _ in range(5))
-    out[dt_name] = {"jax": round(2 * n ** 3 / t_j / 1e9, 1), "torch": round(2 * n ** 3 / t_t / 1e9, 1)}
+    out[dt_name] = {"jax": round(jax_matmul_gflops(jdt, n), 1), "torch": round(2 * n ** 3 / t_t / 1e9, 1)}
   return out
+
+
+def jax_matmul_gflops(dtype, n: int = 2048) -> float:
+  """GFLOP/s of JAX's n^3 matmul (float32 accumulation), best of 5 after a warm-up."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+  jax_mm = lambda: jax.block_until_ready(f(a))
+  jax_mm()
+  return 2 * n ** 3 / min(timed(jax_mm, 1) for _ in range(5)) / 1e9
 
 
 def markdown(result: dict) -> str:
   """The before/after table of a result, for benchmarks/results/*.md and the notes."""
   m = result["machine"]
   lines = [f"VGG16 + head, {result['image_size']} px, batch {result['batch']}, {m['cpu']}, "
-           f"{m['cores']} cores ({m.get('isa_level', '?')}: {' '.join(m['isa'])}); medians of {result['rounds']} alternating "
-           f"rounds, {result['started']}.", "",
+           f"{m['cores']} cores ({m.get('isa_level', '?')}: {' '.join(m['isa'])}); medians of "
+           f"{result['rounds']} alternating rounds, {result['started']}.", "",
            f"Large-matmul ceiling (2048^3): {json.dumps(result['sgemm_gflops_per_s'])} GFLOP/s.", ""]
   for k, res in result["train"].items():
     lines += [f"Training step, {k.replace('_', ' ')} (load average {min(res['loadavg'])}-"
