@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from cxr_jax import files
 from cxr_jax.experiments import grid, plots, runner, summary, tables
 
 MODES = ("cv", "ablation", "sweep")
@@ -104,10 +105,7 @@ def _plain(value):
 
 
 def _write(path: Path, text: str) -> str:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
-  return str(path)
+  return str(files.write_atomic(path, text))
 
 
 def run_experiment(config, workdir: str | Path, mode: str, train_fn=None) -> dict:

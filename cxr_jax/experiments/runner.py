@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from cxr_jax import files
 from cxr_jax.experiments.grid import Run
 
 RUNS_DIR = "runs"
@@ -109,12 +110,8 @@ def run_all(runs: list[Run], workdir: str | Path,
 
 
 def _write_status(workdir, status: dict, runs: list[Run]) -> None:
-  path = Path(workdir) / "status.json"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  entries = {r.name: status.get(r.name, "pending") for r in runs}
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(entries, indent=1))
-  tmp.replace(path)
+  files.write_json(Path(workdir) / "status.json",
+                   {r.name: status.get(r.name, "pending") for r in runs})
 
 
 def load_result(directory: Path) -> dict:

@@ -3,13 +3,13 @@ figs 8-10; Bassi & Attux 2022 for LRP)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax import files
 from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate.inference import predict_arrays
 from cxr_jax.evaluate.workdir import data_batches, load_split
@@ -74,10 +74,8 @@ def explain_workdir(workdir, split: str = "test", per_class: int | None = None,
                                           strict=True)):
         if real:
           index.append(_write_one(out, int(i), where[int(i)], images[row], res, row, meta))
-  (out / "index.json").parent.mkdir(parents=True, exist_ok=True)
-  (out / "index.json").write_text(json.dumps(
-      dict(workdir=str(workdir), split=split, method=method, layer=layer, checkpoint=which,
-           images=index), indent=1))
+  files.write_json(out / "index.json", dict(workdir=str(workdir), split=split, method=method,
+                                             layer=layer, checkpoint=which, images=index))
   logging.info("explain: %d overlays in %s", len(index), out)
   counts = {f"{e['label']}/{e['outcome']}": 0 for e in index}
   for e in index:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax import machine, paths
+from cxr_jax import files, machine, paths
 from cxr_jax.ops import fwd, wgrad, winograd
 
 OPS = {"wgrad": wgrad.FORMULATIONS, "fwd": fwd.FORMULATIONS}
@@ -56,13 +56,9 @@ def _load() -> dict:
 
 
 def _store(k: str, entry: dict) -> None:
-  path = cache_path()
-  path.parent.mkdir(parents=True, exist_ok=True)
   table = _load()
   table[k] = entry
-  tmp = path.with_suffix(f".{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-  os.replace(tmp, path)  # atomic: concurrent processes never see half a file
+  files.write_json(cache_path(), table, sort_keys=True)  # concurrent processes never see half a file
 
 
 def _runner(op, name, kernel_shape, padding, dtype):

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from cxr_jax import models
+from cxr_jax import files, models
 
 CONFIG_FILE, VERSIONS_FILE = "config.json", "versions.json"
 
@@ -78,8 +78,8 @@ def _restore_variables(workdir: Path, which: str) -> dict:
 def write_run_info(workdir: str | Path, config: ml_collections.ConfigDict, versions: dict) -> None:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  (workdir / VERSIONS_FILE).write_text(json.dumps(versions, indent=2, sort_keys=True))
+  files.write_atomic(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
+  files.write_json(workdir / VERSIONS_FILE, versions, indent=2, sort_keys=True)
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:

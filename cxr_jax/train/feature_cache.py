@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax import data, ops, paths
+from cxr_jax import data, files, ops, paths
 from cxr_jax.models.vgg import BLOCK_NAMES
 
 _FORMAT = 1  # bump when the stored layout changes
@@ -225,4 +225,4 @@ def for_setup(config, model, params, built, split_ids: dict, preprocessing: str)
 
 def _compute_and_describe(compute, key: dict, path: Path) -> None:
   compute(path)
-  (path.parent / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+  files.write_json(path.parent / "key.json", key, sort_keys=True)

@@ -17,7 +17,7 @@ import optax
 from clu import metric_writers, periodic_actions
 from flax import jax_utils
 
-from cxr_jax import data, models, weights
+from cxr_jax import data, files, models, weights
 from cxr_jax.train import checkpoint, feature_cache, optim, overview, transfer
 from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup, model_variables
 
@@ -290,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   loop, _ = train(s, workdir)
   if jax.process_index() != 0:   # evaluation writes files: one process is enough
     return {}
-  (workdir / "history.json").write_text(json.dumps(loop["history"], indent=2))
+  files.write_json(workdir / "history.json", loop["history"], indent=2)
   if s.targets is not None:
     return evaluate_findings(s, workdir)
   return evaluate_kept(s, workdir)
@@ -315,16 +315,8 @@ def evaluate_findings(s: Setup, workdir: Path) -> dict:
   metrics = {"task": "findings", "split": "test", "num_examples": int(len(ids)), **metrics,
              "run": {"workdir": str(workdir), "dataset": s.built.version}}
   # Undefined AUCs (a finding absent from the split) are NaN: null in JSON, which stays strict.
-  (workdir / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=1))
+  files.write_json(workdir / "metrics.json", metrics)
   logging.info("findings evaluation of %s: %s", workdir, json.dumps(metrics, default=float)[:400])
   return metrics
 
 
-def _nan_to_none(tree):
-  if isinstance(tree, dict):
-    return {k: _nan_to_none(v) for k, v in tree.items()}
-  if isinstance(tree, list | tuple):
-    return [_nan_to_none(v) for v in tree]
-  if isinstance(tree, float | np.floating):
-    return None if np.isnan(tree) else float(tree)
-  return tree.item() if isinstance(tree, np.generic) else tree

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from flax import serialization
 
-from cxr_jax import paths
+from cxr_jax import files, paths
 from cxr_jax.weights.errors import HashMismatchError
 from cxr_jax.weights.sources import file_digest
 
@@ -40,12 +39,6 @@ def _stem(arch: str, source: str, root: Path | None = None) -> Path:
   return (root or paths.weights_dir()) / f"{arch}-{source}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)  # readers never see a half-written file
-
-
 def save(arch: str, source: str, params: dict, *, sha256: str, preprocessing: str,
          origin: str, batch_stats: dict | None = None) -> Pretrained:
   """Stores converted `params` (and `batch_stats`); `origin` says which file/URL they came from."""
@@ -53,13 +46,13 @@ def save(arch: str, source: str, params: dict, *, sha256: str, preprocessing: st
   stem.parent.mkdir(parents=True, exist_ok=True)
   blob_path = stem.with_suffix(".msgpack")
   blob = params if batch_stats is None else dict(params=params, batch_stats=batch_stats)
-  _write_atomic(blob_path, serialization.msgpack_serialize(blob))
+  files.write_atomic(blob_path, serialization.msgpack_serialize(blob))
   version = version_string(source, sha256)
   meta = dict(arch=arch, source=source, sha256=sha256, version=version,
               preprocessing=preprocessing, origin=origin,
               format="flax-msgpack" if batch_stats is None else "flax-msgpack-variables",
               params_file=blob_path.name, params_sha256=file_digest(blob_path, "sha256"))
-  _write_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+  files.write_json(stem.with_suffix(".json"), meta, indent=2)
   return Pretrained(params=params, preprocessing=preprocessing, version=version,
                     batch_stats=batch_stats)
 
