@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/quickstart
 CONFIG ?= configs/quickstart.py
 export CXR_DATA ?= $(abspath ../shared/data/cxr3)
+# Evaluation only, never trained on: when present, `make train` also scores the quick-start model
+# on it and prints the external figures under the internal ones.
+CXR_EXTERNAL ?= $(abspath ../shared/data/cxr-external)
+EXTERNAL := $(if $(wildcard $(CXR_EXTERNAL)/manifest.csv),--external=manifest:$(CXR_EXTERNAL))
 
 .PHONY: setup train test lint weights data clean notebooks-strip
 
@@ -22,7 +26,7 @@ weights: setup
 	$(PY) -m cxr_jax.weights fetch vgg16
 
 train: setup weights
-	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR) $(EXTERNAL)
 
 data: setup
 	$(PY) -m cxr_jax.data --source=manifest:$(CXR_DATA) --image_size=224

@@ -1,7 +1,8 @@
 """Entry point: python launch.py --config=configs/vgg16_ft2.py --workdir=workdirs/ft2 [--mode=...]
 
 Modes: train (train, resume if the workdir has a checkpoint, then evaluate on the test split),
-evaluate (recompute metrics and plots from the kept checkpoint), explain (Grad-CAM overlays),
+evaluate (recompute metrics and plots from the kept checkpoint), with --external=SPEC (repeatable,
+train or evaluate) also on collections outside the run's data, into workdir/external/<name>/, explain (Grad-CAM overlays),
 cv / ablation / sweep (every fold / grid cell in workdir/runs/, then tables and figures; see
 cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one),
 twice_transfer (NIH findings stage, then single / twice / twice+output-neuron-keeping runs; see
@@ -29,6 +30,10 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain", "cv", "ablat
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
                   "Heatmap method for explain.")
+flags.DEFINE_multi_string(
+    "external", [], "Reader spec of a collection to evaluate the kept model on after train / "
+    "evaluate (e.g. manifest:../shared/data/cxr-external; repeatable). Evaluation only: it is "
+    "never trained on.")
 flags.DEFINE_integer("per_class", 4, "Images per class (right and wrong each) for explain.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -44,6 +49,8 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   del argv
+  if FLAGS.external and FLAGS.mode not in ("train", "evaluate"):
+    raise app.UsageError(f"--external serves --mode=train/evaluate, not --mode={FLAGS.mode}")
   from cxr_jax import host_memory
 
   host_memory.configure(FLAGS.config.host_memory)  # before JAX or tf.data start their threads
@@ -87,15 +94,32 @@ def main(argv):
 
     result = explain.explain_workdir(FLAGS.workdir, split=FLAGS.split, per_class=FLAGS.per_class,
                                      method=FLAGS.method, config=config)
+  external = {}
+  if FLAGS.external:
+    from cxr_jax import evaluate
+
+    external = evaluate.evaluate_external(FLAGS.workdir, FLAGS.external)
   if jax.process_index() == 0:
     summary = result if isinstance(result, dict) else {"result": str(result)}
     print(json.dumps(_headline(summary), indent=2), file=sys.stdout)
+    for name, metrics in external.items():  # the gap, right under the internal figures
+      print(evaluate.format_headline(name, metrics["headline"]), file=sys.stdout)
 
 
 def _headline(metrics: dict) -> dict:
-  """The few numbers worth printing at the end; the full set is in the workdir."""
-  keys = ("accuracy", "auc", "per_class", "num_examples", "winners", "written")
+  """The few numbers worth printing at the end, each beside what qualifies it: the accuracy's
+  interval, what the source alone reaches, and the COVID AUC inside each source that holds COVID
+  and other images. The full set is in the workdir."""
+  keys = ("num_examples", "accuracy", "source_only_accuracy", "winners", "written")
   picked = {k: metrics[k] for k in keys if k in metrics}
+  if "intervals" in metrics:
+    picked["accuracy_ci"] = metrics["intervals"].get("accuracy")
+  if isinstance(metrics.get("per_class"), dict):
+    picked["roc_auc"] = {c: m.get("roc_auc") for c, m in metrics["per_class"].items()}
+  within = {s: w["covid_auc"]["value"] for s, w in metrics.get("within_source", {}).items()
+            if (w.get("covid_auc") or {}).get("value") is not None}
+  if within:
+    picked["covid_auc_within_source"] = within
   return picked or metrics
 
 

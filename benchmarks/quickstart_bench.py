@@ -6,11 +6,12 @@
 Phases (each a subprocess, as `make train` runs them): setup (`make setup`: nothing when the venv
 is current), weights (`python -m cxr_jax.weights fetch vgg16`), data (the quick start's dataset
 build), train (`launch.py --config=configs/quickstart.py`: training and the test-split
-evaluation; the dataset is already built). `--cold` points every cache (weights, datasets, XLA
+evaluation; the dataset is already built; with the external evaluation on ../shared/data/cxr-external
+when it is there, as `make train` does). `--cold` points every cache (weights, datasets, XLA
 compilations, tuning) at an empty folder, so the figures include downloading the weights,
 decoding every image and compiling every step; the venv is kept. The JSON records the machine
 (CPU model and ISA flags), wall seconds per phase, and the test-split headline from the run's
-metrics.json, including the per-source figures that qualify it.
+metrics.json, including the per-source figures that qualify it, and the external headline.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv=None):
   ap.add_argument("--cold", action="store_true", help="empty caches: weights, datasets, compiles")
   ap.add_argument("--workdir", type=Path, help="default: a new temporary folder")
   ap.add_argument("--out", type=Path)
+  ap.add_argument("--external", default=str(REPO.parent / "shared" / "data" / "cxr-external"),
+                  help="manifest folder evaluated after training, as `make train` ('' = none)")
   args = ap.parse_args(argv)
 
   scratch = Path(tempfile.mkdtemp(prefix="quickstart_bench_"))
@@ -84,11 +87,16 @@ def main(argv=None):
             ("weights", [py, "-m", "cxr_jax.weights", "fetch", "vgg16"]),
             ("data", [py, "-m", "cxr_jax.data", f"--image_size={size}"]),  # $CXR_DATA
             ("train", [py, "launch.py", f"--config={args.config}", f"--workdir={workdir}"])]
+  external = Path(args.external) if args.external else None
+  if external and (external / "manifest.csv").is_file():
+    phases[-1][1].append(f"--external=manifest:{external.resolve()}")
   for name, cmd in phases:
     result["phases_s"][name] = _phase(name, cmd, env, log)
   result["total_s"] = round(sum(result["phases_s"].values()), 1)
   result["load_average_end"] = os.getloadavg()
   result["test_split"] = headline(json.loads((workdir / "metrics.json").read_text()))
+  for path in sorted((workdir / "external").glob("*/metrics.json")):
+    result.setdefault("external", {})[path.parent.name] = json.loads(path.read_text())["headline"]
   text = json.dumps(result, indent=2)
   print(text)
   if args.out:

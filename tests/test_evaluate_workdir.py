@@ -100,6 +100,16 @@ def test_evaluate_rejects_a_config_that_changes_the_inputs(workdir):
     evaluate_workdir(workdir, config=config)
 
 
+@pytest.mark.parametrize("field,value", [("sources", ("manifest:/elsewhere/cxr9",)),
+                                         ("fold", 1), ("split_seed", 7), ("test_fraction", 0.3)])
+def test_evaluate_refuses_a_config_that_names_other_images_as_the_test_split(
+    workdir, field, value):
+  config = train.load_trained(workdir).config
+  setattr(config.data, field, value)
+  with pytest.raises(ValueError, match=rf"data\.{field}: run .*given .*--external=KIND:PATH"):
+    evaluate_workdir(workdir, config=config)
+
+
 def test_explain_workdir_writes_right_and_wrong_overlays(workdir):
   result = explain_workdir(workdir, per_class=1, method="gradcam++")
   out = workdir / "explain_test_gradcam++"

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cxr_jax import paths
+from cxr_jax import files, paths
 from cxr_jax.data import readers
 from cxr_jax.data.preprocess import PreprocessConfig
 from cxr_jax.data.records import LABELS, NO_LABEL
@@ -130,17 +130,17 @@ def same_patient_links(patient_ids, groups) -> list[tuple[str, str]]:
   return links
 
 
-def findings_by_file(records, files) -> np.ndarray:
+def findings_by_file(records, file_names) -> np.ndarray:
   """Each example's findings text, from the first record of its file (the one the build kept)."""
   by_file = {}
   for r in records:
     by_file.setdefault(r.path, r.findings)
-  return np.array([by_file.get(f, "") for f in files], dtype=str)
+  return np.array([by_file.get(f, "") for f in file_names], dtype=str)
 
 
 def _check_usable(num_files: int, rejects: list[dict], label_counts, max_fraction: float,
-                  report_path: Path) -> None:
-  """Fails with a clear message on too many rejects or an empty class."""
+                  report_path: Path, every_class: bool = True) -> None:
+  """Fails with a clear message on too many rejects, or on an empty class when `every_class`."""
   fraction = len(rejects) / max(num_files, 1)
   if fraction > max_fraction:
     first = "\n".join(f"  {r['file']}: {r['reason']}" for r in rejects[:10])
@@ -149,17 +149,13 @@ def _check_usable(num_files: int, rejects: list[dict], label_counts, max_fractio
         f"max_reject_fraction={max_fraction}). Fix the files or the sources, or raise "
         f"data.max_reject_fraction. Report: {report_path}. First rejects:\n{first}", report_path)
   empty = [label for label in LABELS if not label_counts.get(label)]
-  if empty:
+  if not sum(label_counts.values()):
+    raise DataBuildError(f"No usable labelled image in the sources. Report: {report_path}.",
+                         report_path)
+  if empty and every_class:
     raise DataBuildError(
         f"Class(es) {empty} have no usable images in the sources (counts: {dict(label_counts)}). "
         f"Check the labels / class folders of the sources. Report: {report_path}.", report_path)
-
-
-def _write_json(path: Path, obj) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  tmp.replace(path)
 
 
 def _prepare(builder: CxrDataset) -> dict:
@@ -177,15 +173,18 @@ def _prepare(builder: CxrDataset) -> dict:
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   build_log = dict(rejects=[r.to_json() for r in builder.decode_rejects],
                    duplicates=builder.duplicates, metadata=builder.generated_metadata)
-  _write_json(build_log_path, build_log)
+  files.write_json(build_log_path, build_log)
   return build_log
 
 
-def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDataset:
+def build_dataset(data_config, *, num_workers: int | None = None,
+                  every_class: bool = True) -> BuiltDataset:
   """Builds (or reuses) the dataset described by data_config; see configs/default.py `data`.
 
   Raises DataBuildError (after writing the report) when more than
-  data_config.max_reject_fraction of the source files are rejected or a class is empty.
+  data_config.max_reject_fraction of the source files are rejected, when no image is usable, or
+  when a class is empty and `every_class` (training needs every class; an external evaluation set
+  often holds one or two).
   """
   sources = source_specs(data_config.sources)
   data_dir = Path(data_config.data_dir or paths.tfds_data_dir()).expanduser()
@@ -200,9 +199,9 @@ def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDatase
   report = dict(dataset=version, sources=sources, preprocess=preprocess_config.to_json(),
                 num_files=num_files, rejects=[r.to_json() for r in scan.rejects], duplicates=[],
                 excluded=[r.to_json() for r in scan.excluded])
-  _write_json(report_path, report)  # Rejects found so far, in case the checks below fail.
+  files.write_json(report_path, report)  # Rejects found so far, in case the checks below fail.
   _check_usable(num_files, report["rejects"], collections.Counter(r.label for r in scan.records),
-                data_config.max_reject_fraction, report_path)
+                data_config.max_reject_fraction, report_path, every_class)
 
   build_log = _prepare(builder)
   metadata = metadata_arrays(build_log["metadata"])
@@ -215,10 +214,10 @@ def build_dataset(data_config, *, num_workers: int | None = None) -> BuiltDatase
   report["rejects"] += build_log["rejects"]
   report["duplicates"] = build_log["duplicates"]
   report["num_examples"] = len(metadata["id"])
-  _write_json(report_path, report)
+  files.write_json(report_path, report)
   label_counts = collections.Counter(LABELS[i] for i in metadata["label"] if i != NO_LABEL)
   _check_usable(num_files, report["rejects"], label_counts, data_config.max_reject_fraction,
-                report_path)
+                report_path, every_class)
   return BuiltDataset(name=version.rsplit(":", 1)[0], version=version, data_dir=data_dir,
                       builder=builder, metadata=metadata, rejects=report["rejects"],
                       duplicates=report["duplicates"], excluded=report["excluded"],

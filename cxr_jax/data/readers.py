@@ -3,6 +3,8 @@
 Kinds:
   manifest:PATH   a cxr3-style manifest.csv (PATH is the csv or the folder holding it), columns
                   file, label, patient_id, patient_group (optional), source (optional).
+                  Map other label names with ';NAME=label' suffixes and leave rows out with
+                  ';NAME=' (e.g. 'manifest:/data/x;COVID-19=covid;Lung Opacity=').
   folder:PATH     one folder per class (Kaggle COVID-19 Radiography Database, Kermany chest_xray/);
                   the nearest enclosing folder whose name is in the class map gives the label.
                   Override the map with ';FOLDER=label' suffixes, and leave a folder out with
@@ -95,7 +97,7 @@ def read_sources(specs) -> SourceScan:
 def read_source(spec: str) -> SourceScan:
   kind, path, options = parse_source(spec)
   if kind == "manifest":
-    return read_manifest(path)
+    return read_manifest(path, label_map=options)
   if kind == "folder":
     return read_folder(path, class_map=options)
   if kind == "ieee8023":
@@ -121,18 +123,36 @@ def _read_rows(csv_path: Path, required: tuple[str, ...]) -> list[dict[str, str]
     return list(reader)
 
 
-def read_manifest(path: Path) -> SourceScan:
-  """Reads a cxr3-style manifest; file paths are relative to the manifest's folder."""
+def _label_map(label_map: dict[str, str] | None, where: str) -> dict[str, str | None]:
+  """Option entries NAME=label (lower-cased names; '' = leave out) checked against LABELS."""
+  out = {}
+  for name, label in (label_map or {}).items():
+    if label and label not in LABELS:
+      raise ValueError(f"{where}: map entry {name}={label}: label must be one of {LABELS} or "
+                       "empty (leave the rows out).")
+    out[name.strip().lower()] = label or None
+  return out
+
+
+def read_manifest(path: Path, label_map: dict[str, str] | None = None) -> SourceScan:
+  """Reads a cxr3-style manifest; file paths are relative to the manifest's folder. `label_map`
+  entries (name=label, '' = leave out) rename labels before they are checked."""
   csv_path = _find_csv(Path(path), "manifest.csv")
   rows = _read_rows(csv_path, ("file", "label", "patient_id"))
+  mapping = _label_map(label_map, str(csv_path))
   root = csv_path.parent
   scan = SourceScan()
   for line, row in enumerate(rows, start=2):
     file = str((root / row["file"]).resolve())
     label = row["label"].strip().lower()
+    if label in mapping and mapping[label] is None:
+      scan.excluded.append(Reject(file, f"label {row['label']!r} is left out by the source's map"))
+      continue
+    label = mapping.get(label, label)
     if label not in LABELS:
       scan.rejects.append(Reject(file, f"unknown label {row['label']!r} ({csv_path.name} line "
-                                       f"{line}); expected one of {LABELS}"))
+                                       f"{line}); expected one of {LABELS} (map it with "
+                                       f"';{row['label']}=LABEL' after the source's path)"))
     elif not os.path.isfile(file):
       scan.rejects.append(Reject(file, f"file not found ({csv_path.name} line {line})"))
     else:
@@ -170,11 +190,7 @@ def read_folder(path: Path, class_map: dict[str, str] | None = None) -> SourceSc
   root = Path(path)
   if not root.is_dir():
     raise FileNotFoundError(f"Folder source {root} does not exist.")
-  mapping = dict(DEFAULT_CLASS_MAP)
-  for folder, label in (class_map or {}).items():
-    if label and label not in LABELS:
-      raise ValueError(f"Class map entry {folder}={label}: label must be one of {LABELS} or empty.")
-    mapping[folder.lower()] = label or None
+  mapping = {**DEFAULT_CLASS_MAP, **_label_map(class_map, f"folder source {root}")}
   source = root.name
   scan = SourceScan()
   for dirpath, dirnames, filenames in os.walk(root):

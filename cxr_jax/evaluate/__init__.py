@@ -3,13 +3,15 @@ plots and report.md.
 
 `compute_metrics` is pure (arrays in, JSON-serialisable dict out); `evaluate_workdir` runs a saved
 model over a split and writes metrics.json, the plots and report.md. `findings_metrics` scores the
-multi-label findings stage of twice transfer (per-finding AUC).
+multi-label findings stage of twice transfer (per-finding AUC). `evaluate_external` scores the
+kept model on collections outside the run's data (`cxr_jax.evaluate.external`).
 """
 
+from cxr_jax.evaluate.external import evaluate_external, format_headline
 from cxr_jax.evaluate.findings import findings_metrics
 from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
 from cxr_jax.evaluate.summary import compute_metrics
 from cxr_jax.evaluate.workdir import evaluate_workdir
 
-__all__ = ["compute_metrics", "evaluate_workdir", "findings_metrics", "make_predict_fn",
+__all__ = ["compute_metrics", "evaluate_external", "evaluate_workdir", "format_headline", "findings_metrics", "make_predict_fn",
            "predict_arrays"]

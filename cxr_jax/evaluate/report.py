@@ -65,6 +65,43 @@ def _source_section(metrics: dict) -> list[str]:
   return lines + [""]
 
 
+def _within_source_section(metrics: dict) -> list[str]:
+  within = metrics.get("within_source")
+  if not within:
+    return []
+  names = metrics["class_names"]
+  lines = ["## Within source", "",
+           "Inside one collection the source cannot stand in for the label. Share of each "
+           "source's images called each class, and the AUCs each source can define "
+           "(normal vs pneumonia scored by 1 - p(normal)).", "",
+           "| source | n | labels (" + "/".join(names) + ") | called " +
+           " | called ".join(names) + " | COVID AUC | normal-vs-pneumonia AUC |",
+           "| --- |" + " --- |" * (4 + len(names))]
+  for source, s in within.items():
+    aucs = []
+    for key in ("covid_auc", "normal_vs_pneumonia_auc"):
+      auc = s.get(key) or {}
+      aucs.append(_num(auc["value"]) if auc.get("value") is not None else "-")
+    lines.append(f"| {source} | {s['num_examples']} | "
+                 f"{'/'.join(str(s['labels'][n]) for n in names)} | "
+                 + " | ".join(f"{100 * s['called'][n]:.0f} %" for n in names) + " | "
+                 + " | ".join(aucs) + " |")
+  lines += ["", "`-`: undefined in that source (the reason is in metrics.json)."]
+  return lines + [""]
+
+
+def _rejects_section(metrics: dict) -> list[str]:
+  rejects = metrics.get("unreadable") or []
+  if not rejects:
+    return []
+  lines = ["## Files not evaluated", "", f"{len(rejects)} file(s) could not be used; the others "
+           "were evaluated.", ""]
+  lines += [f"- `{r['file']}`: {r['reason']}" for r in rejects[:50]]
+  if len(rejects) > 50:
+    lines.append(f"- ... and {len(rejects) - 50} more (all in metrics.json)")
+  return lines + [""]
+
+
 def render_report(metrics: dict, plots: dict, *, title: str) -> str:
   """Markdown text; `plots` maps kind -> file name relative to the report."""
   intervals = metrics.get("intervals")
@@ -81,6 +118,8 @@ def render_report(metrics: dict, plots: dict, *, title: str) -> str:
       "## Per class (one vs rest)", "", *_class_table(metrics), "",
       "## Confusion matrix", "", *_confusion_table(metrics), "",
       *_source_section(metrics),
+      *_within_source_section(metrics),
+      *_rejects_section(metrics),
       "## Plots", ""]
   captions = dict(roc="ROC curves", pr="precision-recall curves", confusion="confusion matrix",
                   reliability="reliability curve")

@@ -38,6 +38,44 @@ def source_breakdown(labels: np.ndarray, probs: np.ndarray, sources, class_names
   return out
 
 
+def _auc(truth: np.ndarray, score: np.ndarray, what: str) -> dict:
+  """{"value": ROC AUC} where both sides are present, else {"value": None, "why": ...}."""
+  positives, negatives = int(truth.sum()), int((~truth).sum())
+  if positives and negatives:
+    return dict(value=float(skm.roc_auc_score(truth, score)), positives=positives,
+                negatives=negatives)
+  missing = "positive" if not positives else "negative"
+  return dict(value=None, positives=positives, negatives=negatives,
+              why=f"no {missing} images for {what} in this source")
+
+
+def within_source(labels: np.ndarray, probs: np.ndarray, sources, class_names) -> dict:
+  """What survives the source shortcut: per source, the share of its images called each class,
+  COVID-vs-rest AUC where the source holds COVID and other images, and normal-vs-pneumonia AUC
+  where it holds both (score 1 - p(normal): a COVID call is a pneumonia call too, so a model that
+  calls every pneumonia "COVID" is not penalised for the wrong pneumonia). Undefined AUCs are
+  None with the reason; nothing is pooled across sources, so no collection can stand in for a
+  label."""
+  sources = np.asarray(sources).astype(str)
+  names = list(class_names)
+  preds = probs.argmax(axis=1)
+  out = {}
+  for source in sorted(set(sources.tolist())):
+    sel = sources == source
+    y, p, n = labels[sel], probs[sel], int(sel.sum())
+    entry = dict(num_examples=n,
+                 labels={c: int(np.sum(y == k)) for k, c in enumerate(names)},
+                 called={c: float(np.mean(preds[sel] == k)) for k, c in enumerate(names)})
+    if {"covid", "normal", "pneumonia"} <= set(names):
+      covid, normal, pneumonia = (names.index(c) for c in ("covid", "normal", "pneumonia"))
+      entry["covid_auc"] = _auc(y == covid, p[:, covid], "COVID vs the other classes")
+      keep = (y == normal) | (y == pneumonia)
+      entry["normal_vs_pneumonia_auc"] = _auc(y[keep] == pneumonia, 1.0 - p[keep, normal],
+                                              "normal vs pneumonia")
+    out[source] = entry
+  return out
+
+
 def source_only_accuracy(labels: np.ndarray, sources) -> float:
   """Accuracy of a rule that sees only the source and answers its most frequent label.
 
@@ -75,5 +113,6 @@ def compute_metrics(labels, probs, *, groups=None, sources=None, num_bootstrap: 
     if len(sources) != len(labels):
       raise ValueError(f"{len(sources)} sources for {len(labels)} labels")
     out["by_source"] = source_breakdown(labels, probs, sources, list(class_names))
+    out["within_source"] = within_source(labels, probs, sources, class_names)
     out["source_only_accuracy"] = source_only_accuracy(labels, sources)
   return out

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from cxr_jax import files
 from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate.inference import predict_arrays
 from cxr_jax.evaluate.plots import write_plots
 from cxr_jax.evaluate.report import render_report
 from cxr_jax.evaluate.summary import compute_metrics
 
-# Fields that change what the saved parameters compute; a config given at evaluation time must
-# agree with the run's config on them.
+# Fields that change what the saved parameters compute, or which images are this run's test split;
+# a config given at evaluation time must agree with the run's config on every one. Other data is
+# evaluated explicitly (cxr_jax.evaluate.external), never as a side effect of a changed config.
 _MODEL_FIELDS = ("arch", "num_classes", "head", "hidden")
 _INPUT_FIELDS = ("image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+_SPLIT_FIELDS = ("sources", "task", "split_seed", "test_fraction", "num_folds", "fold",
+                 "train_fraction")
 
 
 @dataclasses.dataclass
@@ -33,15 +36,27 @@ class LoadedSplit:
 
 
 def check_compatible(run_config, config) -> None:
-  """Raises if `config` would feed the saved model other inputs or another architecture."""
+  """Raises, naming every differing field, if `config` would feed the saved model other inputs,
+  another architecture, or other images as this run's splits."""
   diffs = [f"model.{k}: run {run_config.model.get(k)!r}, given {config.model.get(k)!r}"
            for k in _MODEL_FIELDS
            if _plain(run_config.model.get(k)) != _plain(config.model.get(k))]
   diffs += [f"data.{k}: run {run_config.data.get(k)!r}, given {config.data.get(k)!r}"
-            for k in _INPUT_FIELDS if run_config.data.get(k) != config.data.get(k)]
+            for k in _INPUT_FIELDS + _SPLIT_FIELDS
+            if _data_value(run_config, k) != _data_value(config, k)]
   if diffs:
     raise ValueError("the given config does not match the trained run (" + "; ".join(diffs) +
-                     "); pass the run's config (saved in the workdir) or the same overrides")
+                     "); pass the run's config (saved in the workdir) or the same overrides. To "
+                     "score the model on other data, name it: --external=KIND:PATH")
+
+
+def _data_value(config, key):
+  value = config.data.get(key, "classes" if key == "task" else None)
+  if key == "sources":  # as resolved: () and the default manifest spelled out are the same data
+    from cxr_jax.data.build import source_specs
+
+    return tuple(source_specs(value or ()))
+  return _plain(value)
 
 
 def _plain(value):
@@ -110,16 +125,16 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
                         dataset=built.version, preprocessing=trained.preprocessing)
 
   out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
-  files = []
+  written = []
   if jax.process_index() == 0:  # every process computes the same numbers; one writes them
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(metrics, out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    files.write_json(out / "metrics.json", metrics)
     title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
-    (out / "report.md").write_text(render_report(metrics, plots, title=title))
+    files.write_atomic(out / "report.md", render_report(metrics, plots, title=title))
     write_predictions(out / "predictions.csv", ids, labels, probs, meta)
-    files = ["metrics.json", "report.md", "predictions.csv", *plots.values()]
-  metrics["written"] = [str(out / f) for f in files]
+    written = ["metrics.json", "report.md", "predictions.csv", *plots.values()]
+  metrics["written"] = [str(out / f) for f in written]
   logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
                metrics["accuracy"], out)
   return metrics

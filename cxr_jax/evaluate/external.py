@@ -1,0 +1,155 @@
+"""External evaluation: a trained run's kept model over every image of collections it never saw.
+
+  python launch.py --mode=evaluate --workdir=W --external=manifest:../shared/data/cxr-external
+
+Each `--external` reader spec (`cxr_jax.data.readers`: manifest:, folder:, ieee8023:, nih:) is
+built into its own dataset with the run's own preprocessing (size, CLAHE: the run's `data` config
+with only `sources` replaced; cached and versioned like any build) and scored by the kept
+parameters. External sets usually lack a class: every metric that is defined is reported, the
+others say why (`cxr_jax.evaluate.metrics`), and the within-source figures (share called each
+class, COVID AUC, normal-vs-pneumonia AUC) are the ones to read. Outputs go to
+`W/external/<name>/`: metrics.json, report.md, predictions.csv and the plots.
+
+This path is explicit: evaluating a run on its *own* data with another config is refused
+(`workdir.check_compatible`); a different collection is named here instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import re
+from pathlib import Path
+
+import jax
+
+from cxr_jax import files
+from cxr_jax.data.records import LABELS, NO_LABEL
+from cxr_jax.evaluate.inference import predict_arrays
+from cxr_jax.evaluate.plots import write_plots
+from cxr_jax.evaluate.report import render_report
+from cxr_jax.evaluate.summary import compute_metrics
+
+OUT_DIR = "external"
+
+
+def external_name(spec: str) -> str:
+  """The folder name of a spec's collection ('manifest:/x/cxr-external' -> 'cxr-external')."""
+  from cxr_jax.data import readers
+
+  _, path, _ = readers.parse_source(spec)
+  name = path.parent.name if path.suffix.lower() == ".csv" else path.name
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "external"
+
+
+def check_source(spec: str):
+  """Reads `spec` (no decoding) and fails clearly if it cannot serve as an evaluation set: the
+  path does not exist, no image is usable, or its labels are outside the project's classes."""
+  from cxr_jax.data import readers
+
+  try:
+    scan = readers.read_source(spec)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"external source {spec!r}: {e}") from e
+  unknown = collections.Counter(
+      m.group(1) for r in scan.rejects if (m := re.match(r"unknown label '([^']*)'", r.reason)))
+  if unknown:
+    raise ValueError(
+        f"external source {spec!r} uses labels outside {LABELS}: {dict(unknown)}. Map each with "
+        f"an option after the path, '{spec};{next(iter(unknown))}=LABEL' (LABEL one of {LABELS}),"
+        f" or leave its rows out with '{spec};{next(iter(unknown))}='.")
+  if not scan.records:
+    reasons = "; ".join(f"{r.file}: {r.reason}" for r in scan.rejects[:5])
+    raise ValueError(f"external source {spec!r} has no usable image"
+                     + (f" ({len(scan.rejects)} rejected, e.g. {reasons})" if reasons else ""))
+  return scan
+
+
+def external_data_config(run_config, spec: str):
+  """The run's data config with `sources` replaced: the images get exactly the run's
+  preprocessing, and the build is cached under its own content hash."""
+  config = copy.deepcopy(run_config)
+  with config.unlocked():
+    config.data.sources = (spec,)
+  return config
+
+
+def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> dict:
+  """Evaluates the kept model of `workdir` on each external spec; {name: metrics}."""
+  from cxr_jax import data, train
+  from cxr_jax.evaluate.workdir import LoadedSplit, data_batches, eval_setting, write_predictions
+
+  trained = trained or train.load_trained(workdir, which=which)
+  if trained.config.data.get("task", "classes") != "classes":
+    raise ValueError(f"{workdir} is a data.task={trained.config.data.task!r} run; external "
+                     "evaluation serves the 3-class task")
+  results, used = {}, set()
+  for spec in specs:
+    check_source(spec)
+    name = external_name(spec)
+    while name in used:
+      name += "_"
+    used.add(name)
+    config = external_data_config(trained.config, spec)
+    built = data.build_dataset(config.data, every_class=False)
+    meta = built.metadata
+    ids = meta["id"][meta["label"] != NO_LABEL]
+    loaded = LoadedSplit(trained, config, built, ids)
+    batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
+    probs, labels, ids = predict_arrays(trained.model, trained.variables, batches)
+    metrics = compute_metrics(
+        labels, probs, groups=meta["patient_group"][ids], sources=meta["source"][ids],
+        num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
+        ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
+    metrics["unreadable"] = list(built.rejects)
+    metrics["run"] = dict(workdir=str(workdir), external=spec, checkpoint=which,
+                          dataset=built.version, preprocessing=trained.preprocessing)
+    metrics["headline"] = headline(metrics)
+    out = Path(workdir) / OUT_DIR / name
+    if jax.process_index() == 0:
+      out.mkdir(parents=True, exist_ok=True)
+      plots = write_plots(metrics, out)
+      files.write_json(out / "metrics.json", metrics)
+      title = f"External evaluation of {Path(workdir).name} on {name} ({which} checkpoint)"
+      files.write_atomic(out / "report.md", render_report(metrics, plots, title=title))
+      write_predictions(out / "predictions.csv", ids, labels, probs, meta)
+      metrics["written"] = [str(out / f) for f in
+                            ("metrics.json", "report.md", "predictions.csv", *plots.values())]
+    logging.info("external evaluation of %s on %s: accuracy %.4f over %d images; wrote %s",
+                 workdir, name, metrics["accuracy"], len(ids), out)
+    results[name] = metrics
+  return results
+
+
+def headline(metrics: dict) -> dict:
+  """The figures that show the gap at a glance: accuracy, and per source the share called each
+  class, the sensitivity of each class it holds, and its within-source AUCs (None: undefined)."""
+  per_source = {}
+  for source, s in metrics.get("within_source", {}).items():
+    by = metrics["by_source"][source]
+    entry = dict(images=s["num_examples"], accuracy=round(by["accuracy"], 4),
+                 called={c: round(v, 4) for c, v in s["called"].items()})
+    entry["sensitivity"] = {c: round(m["tp"] / m["positives"], 4)
+                            for c, m in by["per_class"].items() if m["positives"]}
+    for key in ("covid_auc", "normal_vs_pneumonia_auc"):
+      value = (s.get(key) or {}).get("value")
+      entry[key] = None if value is None else round(value, 4)
+    per_source[source] = entry
+  return dict(images=metrics["num_examples"], accuracy=round(metrics["accuracy"], 4),
+              accuracy_ci=(metrics.get("intervals") or {}).get("accuracy"), by_source=per_source)
+
+
+def format_headline(name: str, h: dict) -> str:
+  """One short paragraph for the terminal."""
+  ci = h.get("accuracy_ci") or {}
+  interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci.get("low") is not None else ""
+  lines = [f"external {name}: {h['images']} images, accuracy {h['accuracy']:.3f}{interval}"]
+  for source, s in h["by_source"].items():
+    called = ", ".join(f"{100 * v:.0f} % {c}" for c, v in s["called"].items())
+    sens = ", ".join(f"{c} {v:.2f}" for c, v in s["sensitivity"].items())
+    aucs = "".join(f", {label} {s[key]:.3f}" for key, label in
+                   (("covid_auc", "COVID AUC"), ("normal_vs_pneumonia_auc", "normal-vs-pneumonia AUC"))
+                   if s[key] is not None)
+    lines.append(f"  {source} ({s['images']}): called {called}; sensitivity {sens}{aucs}")
+  return "\n".join(lines)
