@@ -2,7 +2,9 @@
 
 Modes: train (train, resume if the workdir has a checkpoint, then evaluate on the test split),
 evaluate (recompute metrics and plots from the kept checkpoint), with --external=SPEC (repeatable,
-train or evaluate) also on collections outside the run's data, into workdir/external/<name>/, explain (Grad-CAM overlays),
+train or evaluate) also on collections outside the run's data, into workdir/external/<name>/,
+audit (the generalisation audit: internal, within-source, external, source-recognition probe, in
+workdir/audit/audit.md; see cxr_jax.evaluate.audit), explain (Grad-CAM overlays),
 cv / ablation / sweep (every fold / grid cell in workdir/runs/, then tables and figures; see
 cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one),
 twice_transfer (NIH findings stage, then single / twice / twice+output-neuron-keeping runs; see
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,8 +27,8 @@ from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "explain", "cv", "ablation", "sweep",
-                                    "twice_transfer"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "audit", "explain", "cv", "ablation",
+                                    "sweep", "twice_transfer"],
                   "What to do.")
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
@@ -49,8 +52,8 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   del argv
-  if FLAGS.external and FLAGS.mode not in ("train", "evaluate"):
-    raise app.UsageError(f"--external serves --mode=train/evaluate, not --mode={FLAGS.mode}")
+  if FLAGS.external and FLAGS.mode not in ("train", "evaluate", "audit"):
+    raise app.UsageError(f"--external serves --mode=train/evaluate/audit, not --mode={FLAGS.mode}")
   from cxr_jax import host_memory
 
   host_memory.configure(FLAGS.config.host_memory)  # before JAX or tf.data start their threads
@@ -81,6 +84,10 @@ def main(argv):
     from cxr_jax import evaluate
 
     result = evaluate.evaluate_workdir(FLAGS.workdir, split=FLAGS.split, config=config)
+  elif FLAGS.mode == "audit":
+    from cxr_jax import evaluate
+
+    result = evaluate.audit_workdir(FLAGS.workdir, FLAGS.external, config=config)
   elif FLAGS.mode in ("cv", "ablation", "sweep"):
     from cxr_jax import experiments
 
@@ -95,7 +102,7 @@ def main(argv):
     result = explain.explain_workdir(FLAGS.workdir, split=FLAGS.split, per_class=FLAGS.per_class,
                                      method=FLAGS.method, config=config)
   external = {}
-  if FLAGS.external:
+  if FLAGS.external and FLAGS.mode != "audit":
     from cxr_jax import evaluate
 
     external = evaluate.evaluate_external(FLAGS.workdir, FLAGS.external)
@@ -110,6 +117,8 @@ def _headline(metrics: dict) -> dict:
   """The few numbers worth printing at the end, each beside what qualifies it: the accuracy's
   interval, what the source alone reaches, and the COVID AUC inside each source that holds COVID
   and other images. The full set is in the workdir."""
+  if "source_recognition" in metrics:  # an audit: its page says it all
+    return {"audit": str(Path(metrics["workdir"]) / "audit" / "audit.md")}
   keys = ("num_examples", "accuracy", "source_only_accuracy", "winners", "written")
   picked = {k: metrics[k] for k in keys if k in metrics}
   if "intervals" in metrics:

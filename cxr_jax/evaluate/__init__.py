@@ -7,11 +7,12 @@ multi-label findings stage of twice transfer (per-finding AUC). `evaluate_extern
 kept model on collections outside the run's data (`cxr_jax.evaluate.external`).
 """
 
+from cxr_jax.evaluate.audit import audit_workdir
 from cxr_jax.evaluate.external import evaluate_external, format_headline
 from cxr_jax.evaluate.findings import findings_metrics
 from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
 from cxr_jax.evaluate.summary import compute_metrics
 from cxr_jax.evaluate.workdir import evaluate_workdir
 
-__all__ = ["compute_metrics", "evaluate_external", "evaluate_workdir", "format_headline", "findings_metrics", "make_predict_fn",
+__all__ = ["audit_workdir", "compute_metrics", "evaluate_external", "evaluate_workdir", "format_headline", "findings_metrics", "make_predict_fn",
            "predict_arrays"]

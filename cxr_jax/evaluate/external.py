@@ -103,6 +103,7 @@ def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> d
         num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
         ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
     metrics["unreadable"] = list(built.rejects)
+    metrics["duplicates"] = list(built.duplicates)  # same bytes as a kept file: scored once
     metrics["run"] = dict(workdir=str(workdir), external=spec, checkpoint=which,
                           dataset=built.version, preprocessing=trained.preprocessing)
     metrics["headline"] = headline(metrics)
@@ -127,11 +128,10 @@ def headline(metrics: dict) -> dict:
   class, the sensitivity of each class it holds, and its within-source AUCs (None: undefined)."""
   per_source = {}
   for source, s in metrics.get("within_source", {}).items():
-    by = metrics["by_source"][source]
-    entry = dict(images=s["num_examples"], accuracy=round(by["accuracy"], 4),
-                 called={c: round(v, 4) for c, v in s["called"].items()})
-    entry["sensitivity"] = {c: round(m["tp"] / m["positives"], 4)
-                            for c, m in by["per_class"].items() if m["positives"]}
+    entry = dict(images=s["num_examples"],
+                 accuracy=round(metrics["by_source"][source]["accuracy"], 4),
+                 called={c: round(v, 4) for c, v in s["called"].items()},
+                 sensitivity={c: round(v, 4) for c, v in s["sensitivity"].items()})
     for key in ("covid_auc", "normal_vs_pneumonia_auc"):
       value = (s.get(key) or {}).get("value")
       entry[key] = None if value is None else round(value, 4)

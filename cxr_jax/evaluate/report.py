@@ -91,11 +91,16 @@ def _within_source_section(metrics: dict) -> list[str]:
 
 
 def _rejects_section(metrics: dict) -> list[str]:
-  rejects = metrics.get("unreadable") or []
-  if not rejects:
+  rejects, duplicates = metrics.get("unreadable") or [], metrics.get("duplicates") or []
+  if not rejects and not duplicates:
     return []
-  lines = ["## Files not evaluated", "", f"{len(rejects)} file(s) could not be used; the others "
-           "were evaluated.", ""]
+  lines = ["## Files not evaluated", ""]
+  if duplicates:
+    lines += [f"{len(duplicates)} file(s) have the same bytes as another file of the set and "
+              "were scored once (listed in metrics.json).", ""]
+  if not rejects:
+    return lines
+  lines += [f"{len(rejects)} file(s) could not be used; the others were evaluated.", ""]
   lines += [f"- `{r['file']}`: {r['reason']}" for r in rejects[:50]]
   if len(rejects) > 50:
     lines.append(f"- ... and {len(rejects) - 50} more (all in metrics.json)")

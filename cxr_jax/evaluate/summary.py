@@ -51,7 +51,7 @@ def _auc(truth: np.ndarray, score: np.ndarray, what: str) -> dict:
 
 def within_source(labels: np.ndarray, probs: np.ndarray, sources, class_names) -> dict:
   """What survives the source shortcut: per source, the share of its images called each class,
-  COVID-vs-rest AUC where the source holds COVID and other images, and normal-vs-pneumonia AUC
+  the sensitivity of each class it holds, COVID-vs-rest AUC where the source holds COVID and other images, and normal-vs-pneumonia AUC
   where it holds both (score 1 - p(normal): a COVID call is a pneumonia call too, so a model that
   calls every pneumonia "COVID" is not penalised for the wrong pneumonia). Undefined AUCs are
   None with the reason; nothing is pooled across sources, so no collection can stand in for a
@@ -65,7 +65,10 @@ def within_source(labels: np.ndarray, probs: np.ndarray, sources, class_names) -
     y, p, n = labels[sel], probs[sel], int(sel.sum())
     entry = dict(num_examples=n,
                  labels={c: int(np.sum(y == k)) for k, c in enumerate(names)},
-                 called={c: float(np.mean(preds[sel] == k)) for k, c in enumerate(names)})
+                 called={c: float(np.mean(preds[sel] == k)) for k, c in enumerate(names)},
+                 # Of the classes the source holds: the share of their images called right.
+                 sensitivity={c: float(np.mean(preds[sel][y == k] == k))
+                              for k, c in enumerate(names) if np.any(y == k)})
     if {"covid", "normal", "pneumonia"} <= set(names):
       covid, normal, pneumonia = (names.index(c) for c in ("covid", "normal", "pneumonia"))
       entry["covid_auc"] = _auc(y == covid, p[:, covid], "COVID vs the other classes")

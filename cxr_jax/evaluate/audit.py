@@ -1,0 +1,211 @@
+"""The generalisation audit of a trained run: one page a reviewer reads before any headline.
+
+  python launch.py --mode=audit --workdir=W [--external=manifest:../shared/data/cxr-external ...]
+
+Writes W/audit/audit.md, audit.json and audit.png (summary figure), from:
+- the internal test split (W/audit/test/: the usual evaluation, re-run from the kept checkpoint),
+  with the source-only rule and the within-source figures beside the pooled ones;
+- each external set (W/external/<name>/, `cxr_jax.evaluate.external`);
+- the source-recognition probe (`cxr_jax.evaluate.probes`) on every labelled image of the run's
+  data, from the kept model's features and from the frozen ImageNet features as the reference.
+Probes that need lung fields (lungs blanked, heatmap lung share) and leave-one-source-out are
+listed as not run, with what they need, rather than left out silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cxr_jax import files, machine
+from cxr_jax.data.records import NO_LABEL
+from cxr_jax.evaluate.report import _num, _with_ci, _within_source_section
+
+OUT_DIR = "audit"
+NOT_RUN = {
+    "lungs_blanked": "needs the lung-field model (lung masks; not built yet)",
+    "heatmap_lung_share": "needs the lung-field model (lung masks; not built yet)",
+    "leave_one_source_out": "needs a leave-one-source-out experiment (--mode=loso; not built yet)",
+}
+
+
+def audit_workdir(workdir, externals=(), *, which: str = "best", config=None) -> dict:
+  """Runs every part of the audit on the kept model of `workdir`; returns audit.json's content."""
+  from cxr_jax.evaluate.external import evaluate_external
+  from cxr_jax.evaluate.workdir import evaluate_workdir
+
+  workdir = Path(workdir)
+  out = workdir / OUT_DIR
+  internal = evaluate_workdir(workdir, "test", config, which=which, out_dir=out / "test")
+  external = evaluate_external(workdir, externals, which=which) if externals else {}
+  probe = source_probes(workdir, which=which)
+  result = dict(
+      workdir=str(workdir), checkpoint=which, machine=machine.summary(),
+      internal=_part(internal), external={n: _part(m) for n, m in external.items()},
+      source_recognition=probe, not_run=dict(NOT_RUN))
+  figure = write_figure(result, out / "audit.png")
+  result["figure"] = figure
+  files.write_json(out / "audit.json", result)
+  files.write_atomic(out / "audit.md", render_audit(result))
+  logging.info("audit of %s written to %s", workdir, out)
+  return result
+
+
+def _part(metrics: dict) -> dict:
+  """What the audit keeps of one evaluation (the full set stays in its own metrics.json)."""
+  keep = ("num_examples", "class_names", "label_counts", "prediction_counts", "accuracy",
+          "source_only_accuracy", "within_source", "unreadable", "written")
+  part = {k: metrics[k] for k in keep if k in metrics}
+  part["accuracy_ci"] = (metrics.get("intervals") or {}).get("accuracy")
+  part["roc_auc"] = {c: m["roc_auc"] for c, m in metrics["per_class"].items()}
+  part["sensitivity"] = {c: m["sensitivity"] for c, m in metrics["per_class"].items()}
+  return part
+
+
+def source_probes(workdir, *, which: str = "best") -> dict:
+  """Source recognition from the kept model's features and from ImageNet's, every labelled image."""
+  from cxr_jax import weights
+  from cxr_jax.evaluate.inference import run_batches
+  from cxr_jax.evaluate.probes import make_feature_fn, source_recognition
+  from cxr_jax.evaluate.workdir import data_batches, load_split
+
+  loaded = load_split(workdir, "test", which=which)
+  meta = loaded.built.metadata
+  ids = meta["id"][meta["label"] != NO_LABEL]
+  batch_size = int(loaded.config.train.eval_batch_size)
+  feature_fn = make_feature_fn(loaded.trained.model)
+
+  def probe(variables):
+    feats, _, got = run_batches(lambda x: feature_fn(variables, x),
+                                data_batches(loaded, batch_size, ids))
+    return source_recognition(feats, meta["source"][got], meta["patient_group"][got],
+                              seed=int(loaded.config.seed))
+
+  variables = {k: v for k, v in loaded.trained.variables.items()
+               if k not in ("perturbations", "intermediates")}
+  result = {"images": "every labelled image of the run's data (all splits)",
+            "kept_model": probe(variables)}
+  arch = loaded.config.model.arch
+  try:
+    pre = weights.load_pretrained(arch, source=loaded.config.model.get("weights_source") or None)
+  except Exception as e:  # noqa: BLE001 - the reference is optional; say why it is missing
+    result["imagenet"] = dict(defined=False, why=f"ImageNet {arch} weights unavailable: {e}")
+    return result
+  if pre.preprocessing != loaded.trained.preprocessing:
+    result["imagenet"] = dict(defined=False, why=f"ImageNet weights expect {pre.preprocessing} "
+                              f"normalisation, the run used {loaded.trained.preprocessing}")
+    return result
+  reference = dict(variables, params=weights.merge_pretrained(variables["params"], pre.params))
+  if pre.batch_stats:
+    reference["batch_stats"] = weights.merge_pretrained(variables["batch_stats"], pre.batch_stats)
+  result["imagenet"] = probe(reference)
+  return result
+
+
+def _summary_rows(result: dict) -> list[tuple[str, float | None, dict | None]]:
+  """(label, value, interval) of the figures the summary plot shows."""
+  internal = result["internal"]
+  rows = [("internal accuracy", internal["accuracy"], internal["accuracy_ci"]),
+          ("source-only rule (internal)", internal.get("source_only_accuracy"), None),
+          ("internal COVID AUC", internal["roc_auc"].get("covid"), None)]
+  for source, w in internal.get("within_source", {}).items():
+    value = (w.get("covid_auc") or {}).get("value")
+    if value is not None:
+      rows.append((f"COVID AUC inside {source} (n={w['num_examples']})", value, None))
+  for name, part in result["external"].items():
+    rows.append((f"{name} accuracy", part["accuracy"], part["accuracy_ci"]))
+    for source, w in part.get("within_source", {}).items():
+      nvp = (w.get("normal_vs_pneumonia_auc") or {}).get("value")
+      if nvp is not None:
+        rows.append((f"{source} normal-vs-pneumonia AUC (n={w['num_examples']})", nvp, None))
+      if "covid" in w["sensitivity"]:
+        rows.append((f"{source} COVID sensitivity", w["sensitivity"]["covid"], None))
+      else:  # a source without COVID: every COVID call is a false alarm
+        rows.append((f"{source} called COVID (lower is better)", w["called"].get("covid"), None))
+  for key, label in (("kept_model", "source probe, kept model"), ("imagenet", "source probe, ImageNet")):
+    p = result["source_recognition"].get(key, {})
+    if p.get("defined"):
+      rows.append((f"{label} (balanced acc.; chance {p['chance_balanced_accuracy']:.2f})",
+                   p["balanced_accuracy"], None))
+  return [r for r in rows if r[1] is not None]
+
+
+def write_figure(result: dict, path: Path) -> str:
+  """One horizontal bar per figure, intervals where the evaluation has them."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = _summary_rows(result)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
+  y = np.arange(len(rows))[::-1]
+  values = [v for _, v, _ in rows]
+  err = np.array([[v - ci["low"], ci["high"] - v] if ci and ci.get("low") is not None else [0, 0]
+                  for _, v, ci in rows]).T
+  colors = ["tab:blue" if "internal" in lab or "inside" in lab else
+            "tab:purple" if "probe" in lab else "tab:red" for lab, _, _ in rows]
+  ax.barh(y, values, xerr=err, color=colors, capsize=3)
+  ax.set_yticks(y, [lab for lab, _, _ in rows], fontsize=8)
+  ax.axvline(0.5, color="0.6", lw=1, ls="--")
+  ax.set(xlim=(0, 1), title=f"Audit of {Path(result['workdir']).name}")
+  for yi, v, hi in zip(y, values, np.asarray(values) + err[1], strict=True):
+    ax.text(min(hi + 0.01, 0.93), yi, f"{v:.2f}", va="center", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path.name
+
+
+def _probe_lines(probe: dict) -> list[str]:
+  lines = ["| features | images | folds | accuracy | majority source | balanced accuracy | chance |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for key, label in (("kept_model", "kept model"), ("imagenet", "ImageNet (frozen, reference)")):
+    p = probe.get(key, {})
+    if p.get("defined"):
+      lines.append(f"| {label} | {p['num_examples']} | {p['folds']} | {_num(p['accuracy'])} | "
+                   f"{_num(p['majority_accuracy'])} | {_num(p['balanced_accuracy'])} | "
+                   f"{_num(p['chance_balanced_accuracy'])} |")
+    else:
+      lines.append(f"| {label} | - | - | - | - | - | - |  ({p.get('why', 'not run')})")
+  kept = probe.get("kept_model", {})
+  if kept.get("defined"):
+    recall = ", ".join(f"{s} {r:.2f}" for s, r in kept["recall"].items())
+    lines += ["", f"Per-source recall (kept model): {recall}."]
+  return lines
+
+
+def render_audit(result: dict) -> str:
+  internal = result["internal"]
+  lines = [f"# Generalisation audit of {Path(result['workdir']).name}", "",
+           f"Kept model ({result['checkpoint']} checkpoint). Machine: {result['machine']}.", "",
+           f"![summary]({result['figure']})", "",
+           "## Internal test split", "",
+           f"{internal['num_examples']} images. Accuracy "
+           f"**{_with_ci(internal['accuracy'], internal['accuracy_ci'])}**; a rule that knows only "
+           f"the source reaches **{_num(internal.get('source_only_accuracy'))}**. ROC AUC: "
+           + ", ".join(f"{c} {_num(v)}" for c, v in internal["roc_auc"].items()) + ".", "",
+           *_within_source_section(internal)[2:]]
+  for name, part in result["external"].items():
+    lines += [f"## External: {name} (evaluation only, never trained on)", "",
+              f"{part['num_examples']} images. Accuracy "
+              f"**{_with_ci(part['accuracy'], part['accuracy_ci'])}**. Sensitivity: "
+              + ", ".join(f"{c} {_num(v)}" for c, v in part["sensitivity"].items()
+                          if v is not None) + ".", "",
+              *_within_source_section(part)[2:]]
+    if part.get("unreadable"):
+      lines += [f"{len(part['unreadable'])} file(s) could not be read (listed in its report.md).",
+                ""]
+  lines += ["## Source recognition", "",
+            "How well a logistic regression names the image's collection from the backbone's "
+            "pooled features (patient-grouped cross-validation). Far above chance means the "
+            "collection is written in the features, and a classifier can use it.", "",
+            *_probe_lines(result["source_recognition"]), "",
+            "## Not run", ""]
+  lines += [f"- {k.replace('_', ' ')}: {why}" for k, why in result["not_run"].items()]
+  lines += ["", "Every number is in `audit.json`; each evaluation's full metrics, plots and "
+            "predictions are in its own folder (`audit/test/`, `external/<name>/`).", ""]
+  return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The source-recognition probe and `--mode=audit` end to end, on real cxr3 / cxr-external images."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from cxr_jax import models, paths, train
+from cxr_jax.data.preprocess import PreprocessConfig, process_file
+from cxr_jax.evaluate import audit_workdir
+from cxr_jax.evaluate.probes import source_recognition
+
+SIZE = 48
+
+
+def _null_margin(num_sources: int, n: int) -> float:
+  """4 standard deviations of a balanced accuracy under the null (predictions independent of
+  the source): each class recall ~ Binomial(n/k, 1/k) / (n/k), averaged over k classes."""
+  p = 1.0 / num_sources
+  per_class_var = p * (1 - p) / (n / num_sources)
+  return 4 * np.sqrt(per_class_var / num_sources)
+
+
+def _cells(manifest, per_cell, columns=("source", "label")):
+  with open(manifest, newline="") as f:
+    rows = list(csv.DictReader(f))
+  picked, counts = [], {}
+  for row in rows:
+    cell = tuple(row[c] for c in columns)
+    if counts.get(cell, 0) < per_cell:
+      counts[cell] = counts.get(cell, 0) + 1
+      picked.append(dict(row, file=str(manifest.parent / row["file"])))
+  return rows[0].keys(), picked
+
+
+def _write_manifest(folder, fieldnames, rows):
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / "manifest.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
+  return folder
+
+
+def test_source_probe_finds_cxr3_collections_from_raw_thumbnails(cxr3_root):
+  _, rows = _cells(cxr3_root / "manifest.csv", 24, columns=("source",))
+  config = PreprocessConfig(16, clahe=False, clahe_clip_limit=2.0, clahe_tile_grid=8)
+  x = np.stack([process_file(r["file"], config).image.reshape(-1) for r in rows]) / 255.0
+  sources = [r["source"] for r in rows]
+  probe = source_recognition(x, sources, [r["patient_group"] for r in rows])
+  k = len(set(sources))
+  assert k >= 4 and probe["defined"]
+  assert probe["balanced_accuracy"] > 1 / k + _null_margin(k, len(rows))
+  assert sum(map(sum, probe["confusion_matrix"])) == len(rows)
+
+
+def test_source_probe_is_at_chance_when_source_and_image_are_independent():
+  rng = np.random.default_rng(0)
+  n, k = 400, 4
+  x = rng.normal(size=(n, 16))
+  sources = rng.permutation(np.repeat([f"s{i}" for i in range(k)], n // k))
+  groups = [f"g{i}" for i in range(n)]
+  probe = source_recognition(x, sources, groups)
+  assert abs(probe["balanced_accuracy"] - 1 / k) < _null_margin(k, n)
+  assert probe["chance_balanced_accuracy"] == pytest.approx(1 / k)
+
+
+def test_source_probe_says_why_it_cannot_run():
+  assert not source_recognition(np.zeros((4, 2)), ["a"] * 4, list("abcd"))["defined"]
+  out = source_recognition(np.zeros((4, 2)), ["a", "a", "b", "b"], ["g", "g", "h", "h"])
+  assert not out["defined"] and "one patient group" in out["why"]
+
+
+def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path):
+  fields, rows = _cells(cxr3_root / "manifest.csv", 6)
+  data = _write_manifest(tmp_path / "cxr3-small", fields, rows)
+  ext_fields, ext_rows = _cells(paths.default_data_root().parent / "cxr-external" / "manifest.csv", 4)
+  ext = _write_manifest(tmp_path / "ext-small", ext_fields, ext_rows)
+  config = default.get_config()
+  config.data.sources = (f"manifest:{data}",)
+  config.data.image_size = SIZE
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.num_folds = 2
+  config.model.hidden = (8,)
+  config.model.pretrained = "none"
+  config.eval.num_bootstrap = 20
+  model = models.create_model(config.model)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, SIZE, SIZE, 3))))(jax.random.key(0))
+  workdir = tmp_path / "run"
+  train.save_trained(workdir, config, {"params": variables["params"]}, "torchvision")
+
+  result = audit_workdir(workdir, [f"manifest:{ext}"])
+
+  out = workdir / "audit"
+  for name in ("audit.md", "audit.json", "audit.png", "test/metrics.json", "test/report.md"):
+    assert (out / name).is_file(), name
+  assert (workdir / "external" / "ext-small" / "metrics.json").is_file()
+  saved = json.loads((out / "audit.json").read_text())
+  assert saved["internal"]["accuracy"] == pytest.approx(result["internal"]["accuracy"])
+  kept = saved["source_recognition"]["kept_model"]
+  assert kept["defined"] and kept["num_examples"] == len(rows)
+  assert set(saved["external"]) == {"ext-small"}
+  assert saved["external"]["ext-small"]["num_examples"] == len(ext_rows)
+  text = (out / "audit.md").read_text()
+  for heading in ("## Internal test split", "## External: ext-small", "## Source recognition",
+                  "## Not run", "lungs blanked"):
+    assert heading in text
+  assert not (workdir / "metrics.json").exists()  # the audit leaves the run's own files alone
