@@ -7,6 +7,7 @@ audit (the generalisation audit: internal, within-source, external, source-recog
 workdir/audit/audit.md; see cxr_jax.evaluate.audit), explain (Grad-CAM overlays),
 cv / ablation / sweep (every fold / grid cell in workdir/runs/, then tables and figures; see
 cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one),
+loso (leave one source out: a model per held-out source, scored on all of it; loso.md),
 twice_transfer (NIH findings stage, then single / twice / twice+output-neuron-keeping runs; see
 configs/twice_transfer.py).
 Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128.
@@ -28,7 +29,7 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "audit", "explain", "cv", "ablation",
-                                    "sweep", "twice_transfer"],
+                                    "sweep", "loso", "twice_transfer"],
                   "What to do.")
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
@@ -92,6 +93,10 @@ def main(argv):
     from cxr_jax import experiments
 
     result = experiments.run_experiment(config, FLAGS.workdir, FLAGS.mode)
+  elif FLAGS.mode == "loso":
+    from cxr_jax import experiments
+
+    result = experiments.run_loso(config, FLAGS.workdir)
   elif FLAGS.mode == "twice_transfer":
     from cxr_jax import experiments
 

@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Finding, multi-label (sigmoid), NIH images only, never a patient group of the classes task's
   # test split (stage 1 of twice transfer; model.num_classes=15).
   d.task = "classes"
+  # Leave-one-source-out: the source (collection name, the manifest's `source` column) whose
+  # patient groups are removed from train, val and test; they form the "held_out" split instead.
+  # The other images keep the splits they have without it. "" = none. --mode=loso sets it per run.
+  d.held_out_source = ""
 
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()
@@ -97,13 +101,15 @@ def get_config() -> ml_collections.ConfigDict:
   x.layer = "block5/conv3"           # Grad-CAM layer: "blockK/convJ" or "blockK" (its last conv)
   x.per_class = 4                    # overlays per class, right and wrong predictions each
 
-  # ---------------------------------------------------------------- experiments (--mode=cv/ablation/sweep)
+  # ---------------------------------------------------------------- experiments (--mode=cv/ablation/sweep/loso)
   c.experiment = xp = ml_collections.ConfigDict()
   # Fields varied by --mode=ablation/sweep: "field=v1,v2;field=v1,v2", e.g.
   # "model.arch=vgg16,vgg19;model.trainable_blocks=0,1,2,3,4,5"; the last field is the plot's x axis.
   xp.grid = ""
   xp.num_folds = 0                   # folds trained per grid cell: 0 = all data.num_folds, n = 0..n-1
   xp.select_metric = "accuracy"      # "best" group/fold by this test metric (higher is better)
+  # --mode=loso: the sources held out in turn, "a,b,c"; "" = every source of the data.
+  xp.loso_sources = ""
   xp.plot_metric = "covid/accuracy"  # y axis of the figure: accuracy, macro_auc, <class>/<accuracy|
                                      # sensitivity|specificity|auc>
   # --mode=twice_transfer (configs/twice_transfer.py): the stage-2 runs compared, and train.*

@@ -74,7 +74,7 @@ def _assign(sizes, strata, num_strata, data_config) -> np.ndarray:
 
 def check_disjoint(metadata, splits: dict[str, np.ndarray]) -> None:
   """Raises AssertionError if a patient group has images in two splits (run on every split)."""
-  names = [n for n in ("train", "val", "test") if n in splits]
+  names = [n for n in ("train", "val", "test", "held_out") if n in splits]
   groups = {n: set(metadata["patient_group"][splits[n]]) for n in names}
   for i, a in enumerate(names):
     for b in names[i + 1:]:
@@ -144,12 +144,35 @@ def make_splits(metadata, data_config) -> dict[str, np.ndarray]:
   ids = np.asarray(metadata["id"], np.int64)[labels != NO_LABEL]
   splits = _grouped_splits(ids, np.asarray(metadata["patient_group"]), labels, len(LABELS),
                            data_config)
+  held = str(data_config.get("held_out_source", "") or "")
+  if held:
+    splits = hold_out_source(metadata, splits, ids, held)
   fold, seed = int(data_config.fold), int(data_config.split_seed)
   if data_config.balance:
     splits["train"] = _balance(splits["train"], labels,
                                np.random.default_rng([seed, _BALANCE, fold]))
   check_disjoint(metadata, splits)
   return splits
+
+
+def hold_out_source(metadata, splits, ids, source: str) -> dict[str, np.ndarray]:
+  """Takes every patient group holding an image of `source` out of train / val / test; the
+  source's labelled images form "held_out" (those patients' images in other sources, e.g. the same
+  file in two collections, are in no split). The remaining images keep their splits, so the rest's
+  test split is the usual one minus those patients."""
+  sources = np.asarray(metadata["source"])
+  known = sorted(set(sources[ids].tolist()))
+  if source not in known:
+    raise ValueError(f"data.held_out_source={source!r} is not a source of the data; its sources: "
+                     f"{known}")
+  groups = np.asarray(metadata["patient_group"])
+  held_groups = set(groups[ids][sources[ids] == source].tolist())
+  is_held = np.array([g in held_groups for g in groups], bool)
+  out = {name: split[~is_held[split]] for name, split in splits.items()}
+  out["held_out"] = ids[sources[ids] == source]
+  check_excluded(metadata, {k: out[k] for k in ("train", "val", "test")}, held_groups,
+                 where=f"leave-{source}-out")
+  return out
 
 
 def held_out_groups(metadata, data_config) -> np.ndarray:
@@ -171,13 +194,14 @@ def findings_examples(metadata) -> np.ndarray:
   return np.asarray(metadata["id"], np.int64)[keep]
 
 
-def check_excluded(metadata, splits: dict[str, np.ndarray], exclude_groups) -> None:
+def check_excluded(metadata, splits: dict[str, np.ndarray], exclude_groups,
+                   where: str = "findings") -> None:
   """Raises AssertionError if a split holds an example of an excluded patient group."""
   exclude = set(exclude_groups)
   for name, ids in splits.items():
     leaked = exclude.intersection(np.asarray(metadata["patient_group"])[ids])
     if leaked:
-      raise AssertionError(f"Excluded patient groups in the findings {name} split: "
+      raise AssertionError(f"Excluded patient groups in the {where} {name} split: "
                            f"{sorted(leaked)[:5]}")
 
 

@@ -17,7 +17,7 @@ import ml_collections
 
 # Short names used in run folder names and table labels; other fields use their last component.
 _SHORT = {"model.trainable_blocks": "ft", "data.image_size": "px", "data.train_fraction": "frac",
-          "train.mixup_alpha": "mixup"}
+          "train.mixup_alpha": "mixup", "data.held_out_source": "without_"}
 
 
 @dataclasses.dataclass(frozen=True)
