@@ -38,7 +38,8 @@ flags.DEFINE_multi_string(
     "external", [], "Reader spec of a collection to evaluate the kept model on after train / "
     "evaluate (e.g. manifest:../shared/data/cxr-external; repeatable). Evaluation only: it is "
     "never trained on.")
-flags.DEFINE_integer("per_class", 4, "Images per class (right and wrong each) for explain.")
+flags.DEFINE_integer("per_class", None, "Images per class (right and wrong each) for explain; "
+                     "default config.explain.per_class.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 

@@ -100,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.explain = x = ml_collections.ConfigDict()
   x.layer = "block5/conv3"           # Grad-CAM layer: "blockK/convJ" or "blockK" (its last conv)
   x.per_class = 4                    # overlays per class, right and wrong predictions each
+  x.lrp_epsilon = 0.01               # LRP epsilon rule of dense/BatchNorm layers (--method=lrp)
 
   # ---------------------------------------------------------------- experiments (--mode=cv/ablation/sweep/loso)
   c.experiment = xp = ml_collections.ConfigDict()

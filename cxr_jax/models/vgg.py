@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax import ops
 from cxr_jax.ops import pool
 
 BLOCK_NAMES = ("block1", "block2", "block3", "block4", "block5")
@@ -39,12 +40,6 @@ def conv_class(conv_impl: str) -> type[nn.Module]:
   """
   if conv_impl == "xla":
     return nn.Conv
-  try:
-    from cxr_jax import ops
-  except ImportError as e:
-    raise ValueError(
-        f"model.conv_impl={conv_impl!r} needs cxr_jax.ops, which is not importable ({e}); "
-        "use conv_impl='xla'") from e
   return ops.conv_module(conv_impl)
 
 
@@ -62,7 +57,7 @@ class VGGBlock(nn.Module):
   features: int
   num_convs: int
   conv_impl: str = "xla"
-  pool_impl: str = "xla"
+  pool_impl: str = "fast"  # as config.model.pool_impl; bit-identical to flax's max_pool
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -133,7 +128,7 @@ class VGG(nn.Module):
   dropout: float = 0.5
   frozen_blocks: int = 0
   conv_impl: str = "xla"
-  pool_impl: str = "xla"
+  pool_impl: str = "fast"  # as config.model.pool_impl; bit-identical to flax's max_pool
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
