@@ -1,5 +1,5 @@
-"""VGG16-FT2 sized for a 2-core CPU: real ImageNet weights, real cxr3 images, ~5 minutes on
-a 2-core AMX Xeon (benchmarks/results/quickstart.json).
+"""VGG16-FT2 sized for a 2-core CPU: real ImageNet weights, real cxr3 images; 3-8 minutes on 2
+cores by CPU kind (README, "Two commands"; benchmarks/results/quickstart*.json).
 
 What changes from configs/vgg16_ft2.py, and why: 128 px instead of 800 (compute is quadratic in
 size), global average pooling head (the 800 px flatten head alone has 82M weights), a larger
