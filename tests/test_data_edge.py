@@ -307,6 +307,18 @@ def test_too_many_rejects_fail_with_the_report(tmp_path, messy_sources):
   assert len(report["rejects"]) == 6
 
 
+def test_a_build_failing_before_decoding_still_names_the_undecodable_files(tmp_path, messy_sources):
+  manifest, _ = messy_sources
+  # 2 of 26 rows are missing / mislabelled (7.7 % > 5 %): the build stops before storing anything,
+  # and its report names the 4 files that would not decode too.
+  d = data_config(tmp_path, [f"manifest:{manifest}"], max_reject_fraction=0.05)
+  with pytest.raises(data.DataBuildError, match=r"6 of 26 source files were rejected") as e:
+    data.build_dataset(d)
+  report = json.loads(e.value.report_path.read_text())
+  assert {r["file"].rsplit("/", 1)[1] for r in report["rejects"]} == {
+      "truncated.jpg", "corrupt.jpg", "notes.png", "broken.dcm", "gone.jpg", "img0.jpg"}
+
+
 def test_empty_class_fails_clearly(tmp_path):
   root = tmp_path / "m"
   rows = [r for r in good_manifest(root) if r[1] != "normal"]
@@ -351,12 +363,14 @@ def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   assert set(summary["splits"]) == {"train", "val", "test"}
   assert sum(s["images"]["total"] for s in summary["splits"].values()) == 21
   assert len(summary["rejected"]) == 6 and len(summary["duplicates"]) == 1
-  # Rejects found before decoding (missing file, unknown label) already exceed 1%: no build.
+  # Rejects found before decoding (missing file, unknown label) already exceed 1%: no build, yet
+  # the one run names the undecodable files too (it used to name only the first two).
   rc = cli_main([f"--source=manifest:{manifest}", "--image_size=16",
                  f"--data_dir={tmp_path / 'tfds'}", "--max_reject_fraction=0.01"])
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "max_reject_fraction" in out["error"]
-  assert {r["file"].rsplit("/", 1)[1] for r in out["rejected"]} == {"gone.jpg", "img0.jpg"}
+  assert {r["file"].rsplit("/", 1)[1] for r in out["rejected"]} == {
+      "gone.jpg", "img0.jpg", "truncated.jpg", "corrupt.jpg", "notes.png", "broken.dcm"}
   rc = cli_main([f"--source=manifest:{tmp_path / 'nowhere'}", f"--data_dir={tmp_path / 'tfds'}"])
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "manifest.csv not found" in out["error"]

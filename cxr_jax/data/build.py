@@ -200,8 +200,18 @@ def build_dataset(data_config, *, num_workers: int | None = None,
                 num_files=num_files, rejects=[r.to_json() for r in scan.rejects], duplicates=[],
                 excluded=[r.to_json() for r in scan.excluded])
   files.write_json(report_path, report)  # Rejects found so far, in case the checks below fail.
-  _check_usable(num_files, report["rejects"], collections.Counter(r.label for r in scan.records),
-                data_config.max_reject_fraction, report_path, every_class)
+  label_counts = collections.Counter(r.label for r in scan.records)
+  try:
+    _check_usable(num_files, report["rejects"], label_counts, data_config.max_reject_fraction,
+                  report_path, every_class)
+  except DataBuildError:
+    # Fails before building: decode the rest anyway so this one run names every bad file,
+    # not only the missing / mislabelled ones (the undecodable would surface in the next run).
+    report["rejects"] += [r.to_json() for r in builder.find_decode_rejects()]
+    files.write_json(report_path, report)
+    _check_usable(num_files, report["rejects"], label_counts, data_config.max_reject_fraction,
+                  report_path, every_class)
+    raise
 
   build_log = _prepare(builder)
   metadata = metadata_arrays(build_log["metadata"])

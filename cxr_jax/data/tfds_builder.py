@@ -84,6 +84,11 @@ class CxrDataset(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Sources are local files.
     return {SPLIT: self._generate_examples()}
 
+  def find_decode_rejects(self) -> list[Reject]:
+    """Every record that would fail to decode, found without storing anything (the build's
+    failure path uses it so that one run names every bad file)."""
+    return [out for _, out in self._processed() if isinstance(out, Reject)]
+
   def _processed(self):
     """Yields (record, Processed or Reject) in record order, decoding in a thread pool."""
     config = self._preprocess_config
