@@ -36,8 +36,8 @@ flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
                   "Heatmap method for explain.")
 flags.DEFINE_multi_string(
     "external", [], "Reader spec of a collection to evaluate the kept model on after train / "
-    "evaluate (e.g. manifest:../shared/data/cxr-external; repeatable). Evaluation only: it is "
-    "never trained on.")
+    "evaluate / audit (e.g. manifest:../shared/data/cxr-external; repeatable; appended to "
+    "config.eval.external). Evaluation only: it is never trained on.")
 flags.DEFINE_integer("per_class", None, "Images per class (right and wrong each) for explain; "
                      "default config.explain.per_class.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -68,6 +68,8 @@ def main(argv):
   paths.use_compilation_cache()  # a resumed or repeated run reuses its compiled steps
 
   config = FLAGS.config
+  if FLAGS.external:  # the flag is the short form of config.eval.external
+    config.eval.external = tuple(config.eval.external) + tuple(FLAGS.external)
   if config.distributed:
     from cxr_jax.train import distributed
 
@@ -86,10 +88,13 @@ def main(argv):
     from cxr_jax import evaluate
 
     result = evaluate.evaluate_workdir(FLAGS.workdir, split=FLAGS.split, config=config)
+    if config.eval.external:
+      external = evaluate.evaluate_external(FLAGS.workdir, config.eval.external)
+      result["external"] = {name: m["headline"] for name, m in external.items()}
   elif FLAGS.mode == "audit":
     from cxr_jax import evaluate
 
-    result = evaluate.audit_workdir(FLAGS.workdir, FLAGS.external, config=config)
+    result = evaluate.audit_workdir(FLAGS.workdir, config.eval.external, config=config)
   elif FLAGS.mode in ("cv", "ablation", "sweep"):
     from cxr_jax import experiments
 
@@ -107,16 +112,13 @@ def main(argv):
 
     result = explain.explain_workdir(FLAGS.workdir, split=FLAGS.split, per_class=FLAGS.per_class,
                                      method=FLAGS.method, config=config)
-  external = {}
-  if FLAGS.external and FLAGS.mode != "audit":
-    from cxr_jax import evaluate
-
-    external = evaluate.evaluate_external(FLAGS.workdir, FLAGS.external)
   if jax.process_index() == 0:
     summary = result if isinstance(result, dict) else {"result": str(result)}
     print(json.dumps(_headline(summary), indent=2), file=sys.stdout)
-    for name, metrics in external.items():  # the gap, right under the internal figures
-      print(evaluate.format_headline(name, metrics["headline"]), file=sys.stdout)
+    from cxr_jax.evaluate.external import format_headline
+
+    for name, headline in summary.get("external", {}).items():  # the gap, under the internal
+      print(format_headline(name, headline), file=sys.stdout)
 
 
 def _headline(metrics: dict) -> dict:

@@ -97,6 +97,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = e = ml_collections.ConfigDict()
   e.num_bootstrap = 1000             # resamples of patient groups for the confidence intervals
   e.ci = 0.95                        # confidence level
+  # Collections outside the run's data (reader specs, e.g. "manifest:../shared/data/cxr-external"),
+  # scored by the kept model after training into workdir/external/<name>/ and added to experiment
+  # tables. Evaluation only: never trained on, never used to choose. launch.py --external=SPEC
+  # appends to it. Not part of a run's identity: adding one to a finished experiment evaluates
+  # its runs without retraining.
+  e.external = ()
   c.explain = x = ml_collections.ConfigDict()
   x.layer = "block5/conv3"           # Grad-CAM layer: "blockK/convJ" or "blockK" (its last conv)
   x.per_class = 4                    # overlays per class, right and wrong predictions each

@@ -146,3 +146,55 @@ def test_within_source_by_hand():
   assert w["b"]["normal_vs_pneumonia_auc"]["value"] == pytest.approx(1.0)
   assert w["b"]["covid_auc"]["value"] is None
   assert w["b"]["labels"] == {"covid": 0, "normal": 2, "pneumonia": 2}
+
+
+def test_experiment_runs_are_scored_on_external_sets_even_when_added_after_training(
+    external_root, cxr3_root, tmp_path):
+  from configs import smoke
+  from cxr_jax import experiments
+
+  with open(cxr3_root / "manifest.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  picked, counts = [], {}
+  for row in rows:  # 5 images of each (source, label) cell: every class, every source
+    cell = (row["source"], row["label"])
+    if counts.get(cell, 0) < 5:
+      counts[cell] = counts.get(cell, 0) + 1
+      picked.append(dict(row, file=str(cxr3_root / row["file"])))
+  data_dir = tmp_path / "cxr3-small"
+  data_dir.mkdir()
+  with open(data_dir / "manifest.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(picked)
+  first, second = tmp_path / "ext-a", tmp_path / "ext-b"
+  _subset(external_root, first)
+  _subset(external_root, second)
+  config = smoke.get_config()
+  config.data.sources = (f"manifest:{data_dir}",)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.num_folds = 2
+  config.train.num_epochs = 1
+  config.train.steps_per_epoch = 1
+  config.eval.num_bootstrap = 10
+  config.experiment.num_folds = 1
+  config.eval.external = (f"manifest:{first}",)
+  workdir = tmp_path / "cv"
+
+  doc = experiments.run_experiment(config, workdir, "cv")  # the trainer scores ext-a
+
+  run = workdir / "runs" / "cv_fold0"
+  assert (run / "external" / "ext-a" / "metrics.json").is_file()
+  assert set(doc["groups"]["cv"]["external"]["0"]) == {"ext-a"}
+  text = (workdir / "cv.md").read_text()
+  assert "## External sets" in text and "| cv | 0 | ext-a | kermany-test |" in text
+  trained_at = (run / "metrics.json").stat().st_mtime_ns
+  config.eval.external = (f"manifest:{first}", f"manifest:{second}")
+
+  doc = experiments.run_experiment(config, workdir, "cv")  # not retrained: ext-b scored
+
+  assert doc["status"] == {"cv_fold0": "skipped"}
+  assert (run / "metrics.json").stat().st_mtime_ns == trained_at
+  assert set(doc["groups"]["cv"]["external"]["0"]) == {"ext-a", "ext-b"}
+  a, b = (json.loads((run / "external" / n / "metrics.json").read_text()) for n in ("ext-a", "ext-b"))
+  assert a["accuracy"] == b["accuracy"]  # the same images, the same kept model

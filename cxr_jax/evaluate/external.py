@@ -123,6 +123,22 @@ def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> d
   return results
 
 
+def evaluate_missing(workdir, specs) -> list[str]:
+  """Evaluates the specs whose W/external/<name>/metrics.json is not there yet (an experiment's
+  finished runs, when an external set was added after they trained); returns their names."""
+  missing = [s for s in specs
+             if not (Path(workdir) / OUT_DIR / external_name(s) / "metrics.json").is_file()]
+  return list(evaluate_external(workdir, missing)) if missing else []
+
+
+def load_headlines(workdir) -> dict:
+  """{name: headline} of every external evaluation written in `workdir`."""
+  import json
+
+  return {p.parent.name: json.loads(p.read_text())["headline"]
+          for p in sorted((Path(workdir) / OUT_DIR).glob("*/metrics.json"))}
+
+
 def headline(metrics: dict) -> dict:
   """The figures that show the gap at a glance: accuracy, and per source the share called each
   class, the sensitivity of each class it holds, and its within-source AUCs (None: undefined)."""

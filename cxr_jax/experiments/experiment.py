@@ -50,6 +50,10 @@ def collect(workdir: Path, runs: list[grid.Run], config) -> dict[str, dict]:
     cell = cells.setdefault(run.cell, {"values": dict(run.values), "results": {}, "missing": []})
     directory = runner.run_dir(workdir, run)
     if runner.is_finished(directory):
+      if run.config.eval.get("external"):  # added after the run trained: evaluate it now
+        from cxr_jax.evaluate.external import evaluate_missing
+
+        evaluate_missing(directory, run.config.eval.external)
       cell["results"][run.fold] = runner.load_result(directory)
     else:
       cell["missing"].append(run.fold)
@@ -73,7 +77,8 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
              groups=groups)
   written = []
   if mode == "cv":
-    text = "# Cross-validation\n\n" + "".join(tables.markdown_folds(n, g) for n, g in groups.items())
+    text = ("# Cross-validation\n\n" + "".join(tables.markdown_folds(n, g) for n, g in groups.items())
+            + tables.markdown_external(groups))
     written += [_write(workdir / "cv.md", text)]
   else:
     stem = "table2" if mode == "ablation" else "sweep"
@@ -84,6 +89,7 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
     text = (tables.markdown_table(groups, float(config.eval.ci), title)
             + tables.markdown_winners(groups, won)
             + tables.markdown_by_source({n: g["by_source"] for n, g in groups.items()})
+            + tables.markdown_external(groups)
             + "\n## Folds of each group\n\n"
             + "".join(tables.markdown_folds(n, g, level=3) for n, g in groups.items()))
     written += [str(workdir / f"{stem}.csv"), _write(workdir / f"{stem}.md", text)]

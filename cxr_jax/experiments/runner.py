@@ -22,7 +22,7 @@ METRICS_FILE, HISTORY_FILE, CONFIG_FILE = "metrics.json", "history.json", "confi
 # Fields that do not change what a run computes: they may differ between a run and its restart.
 _IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
             "train.log_every_steps", "distributed", "coordinator_address", "num_processes",
-            "process_id", "model.pool_impl", "host_memory")
+            "process_id", "model.pool_impl", "host_memory", "eval.external")
 
 
 class ConfigMismatch(ValueError):
@@ -120,4 +120,7 @@ def load_result(directory: Path) -> dict:
   history_path = directory / HISTORY_FILE
   history = json.loads(history_path.read_text()) if history_path.is_file() else []
   losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
-  return dict(metrics=metrics, val_loss=min(losses) if losses else None, epochs=len(history))
+  from cxr_jax.evaluate.external import load_headlines
+
+  return dict(metrics=metrics, val_loss=min(losses) if losses else None, epochs=len(history),
+              external=load_headlines(directory))

@@ -94,6 +94,7 @@ def summarize_group(fold_results: dict[int, dict], ci: float, select_metric: str
   return dict(folds=folds, per_fold={str(f): flat[f] for f in folds}, summary=summary,
               interval=interval, ci=ci,
               by_source=by_source([fold_results[f]["metrics"] for f in folds]),
+              external={str(f): fold_results[f].get("external", {}) for f in folds},
               best_fold_by_test=best(select_metric, 1), best_fold_by_val_loss=best("val_loss", -1),
               select_metric=select_metric)
 

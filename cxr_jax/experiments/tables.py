@@ -115,5 +115,27 @@ def markdown_by_source(by_group: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def markdown_external(groups: dict[str, dict]) -> str:
+  """Per group, fold, external set and source: accuracy, share called COVID, COVID sensitivity,
+  normal-vs-pneumonia AUC (config.eval.external; "" when no group has one)."""
+  rows = []
+  for name, g in groups.items():
+    for fold, sets in g.get("external", {}).items():
+      for set_name, h in sets.items():
+        for source, s in h["by_source"].items():
+          rows.append(f"| {name} | {fold} | {set_name} | {source} | {s['images']} | "
+                      f"{_num(s['accuracy'])} | {_num(s['called'].get('covid'))} | "
+                      f"{_num(s['sensitivity'].get('covid'))} | "
+                      f"{_num(s.get('normal_vs_pneumonia_auc'))} |")
+  if not rows:
+    return ""
+  return "\n".join([
+      "", "## External sets (evaluation only, never trained on)", "",
+      "Per source of each set: accuracy, share of its images called COVID, COVID sensitivity "
+      "(sources holding COVID) and normal-vs-pneumonia AUC (score 1 - p(normal)); n/a: undefined.",
+      "", "| Group | Fold | Set | Source | Images | Accuracy | Called COVID | COVID sensitivity | "
+      "Normal-vs-pneumonia AUC |", "| --- " * 9 + "|", *rows]) + "\n"
+
+
 def _num(x) -> str:
   return "n/a" if x is None else f"{x:.3f}"

@@ -297,10 +297,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def evaluate_kept(s: Setup, workdir: Path) -> dict:
-  """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json."""
+  """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json,
+  then the external sets of config.eval.external (their headlines under "external")."""
   from cxr_jax import evaluate  # evaluation pulls in plotting; import only when needed
 
-  return evaluate.evaluate_workdir(workdir, split="test", config=s.config)
+  metrics = evaluate.evaluate_workdir(workdir, split="test", config=s.config)
+  specs = tuple(s.config.eval.get("external", ()))
+  if specs:
+    external = evaluate.evaluate_external(workdir, specs)
+    metrics["external"] = {name: m["headline"] for name, m in external.items()}
+  return metrics
 
 
 def evaluate_findings(s: Setup, workdir: Path) -> dict:
