@@ -64,3 +64,29 @@ def tiny_densenet():
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(models, "create_model", create)
     yield
+
+
+@pytest.fixture(scope="session")
+def subset_manifest():
+  """fn(manifest_csv, folder, per_cell, columns=("source", "label")) -> (folder, rows): a manifest
+  in `folder` over the first `per_cell` rows of each cell of the real one, files by absolute path
+  (real images, small sets: each source and class present, seconds to build)."""
+  import csv
+
+  def make(manifest, folder, per_cell, columns=("source", "label")):
+    with open(manifest, newline="") as f:
+      rows = list(csv.DictReader(f))
+    picked, counts = [], {}
+    for row in rows:
+      cell = tuple(row[c] for c in columns)
+      if counts.get(cell, 0) < per_cell:
+        counts[cell] = counts.get(cell, 0) + 1
+        picked.append(dict(row, file=str(manifest.parent / row["file"])))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(picked)
+    return folder, picked
+
+  return make

@@ -1,6 +1,5 @@
 """The source-recognition probe and `--mode=audit` end to end, on real cxr3 / cxr-external images."""
 
-import csv
 import json
 
 import jax
@@ -25,29 +24,9 @@ def _null_margin(num_sources: int, n: int) -> float:
   return 4 * np.sqrt(per_class_var / num_sources)
 
 
-def _cells(manifest, per_cell, columns=("source", "label")):
-  with open(manifest, newline="") as f:
-    rows = list(csv.DictReader(f))
-  picked, counts = [], {}
-  for row in rows:
-    cell = tuple(row[c] for c in columns)
-    if counts.get(cell, 0) < per_cell:
-      counts[cell] = counts.get(cell, 0) + 1
-      picked.append(dict(row, file=str(manifest.parent / row["file"])))
-  return rows[0].keys(), picked
-
-
-def _write_manifest(folder, fieldnames, rows):
-  folder.mkdir(parents=True, exist_ok=True)
-  with open(folder / "manifest.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(fieldnames))
-    writer.writeheader()
-    writer.writerows(rows)
-  return folder
-
-
-def test_source_probe_finds_cxr3_collections_from_raw_thumbnails(cxr3_root):
-  _, rows = _cells(cxr3_root / "manifest.csv", 24, columns=("source",))
+def test_source_probe_finds_cxr3_collections_from_raw_thumbnails(cxr3_root, tmp_path,
+                                                                subset_manifest):
+  _, rows = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "s", 24, columns=("source",))
   config = PreprocessConfig(16, clahe=False, clahe_clip_limit=2.0, clahe_tile_grid=8)
   x = np.stack([process_file(r["file"], config).image.reshape(-1) for r in rows]) / 255.0
   sources = [r["source"] for r in rows]
@@ -75,11 +54,10 @@ def test_source_probe_says_why_it_cannot_run():
   assert not out["defined"] and "one patient group" in out["why"]
 
 
-def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path):
-  fields, rows = _cells(cxr3_root / "manifest.csv", 6)
-  data = _write_manifest(tmp_path / "cxr3-small", fields, rows)
-  ext_fields, ext_rows = _cells(paths.default_data_root().parent / "cxr-external" / "manifest.csv", 4)
-  ext = _write_manifest(tmp_path / "ext-small", ext_fields, ext_rows)
+def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest):
+  data, rows = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
+  ext, ext_rows = subset_manifest(
+      paths.default_data_root().parent / "cxr-external" / "manifest.csv", tmp_path / "ext-small", 4)
   config = default.get_config()
   config.data.sources = (f"manifest:{data}",)
   config.data.image_size = SIZE

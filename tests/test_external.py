@@ -48,28 +48,17 @@ def workdir(tmp_path_factory):
   return path
 
 
-def _subset(external_root, folder, *, extra_rows=()):
-  """A manifest over the first PER_GROUP real images of each (source, label) cell, plus rows."""
-  with open(external_root / "manifest.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  picked, counts = [], {}
-  for row in rows:
-    cell = (row["source"], row["label"])
-    if counts.get(cell, 0) < PER_GROUP:
-      counts[cell] = counts.get(cell, 0) + 1
-      picked.append(dict(row, file=str(external_root / row["file"])))
-  folder.mkdir(parents=True, exist_ok=True)
-  with open(folder / "manifest.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(picked + [dict(picked[0], **r) for r in extra_rows])
-  return counts
+def _cells(rows):
+  cells = {}
+  for r in rows:
+    cells[(r["source"], r["label"])] = cells.get((r["source"], r["label"]), 0) + 1
+  return cells
 
 
 def test_external_set_without_a_class_per_source_reports_what_is_defined(
-    workdir, external_root, tmp_path):
-  folder = tmp_path / "ext-small"
-  counts = _subset(external_root, folder)
+    workdir, external_root, tmp_path, subset_manifest):
+  folder, rows = subset_manifest(external_root / "manifest.csv", tmp_path / "ext-small", PER_GROUP)
+  counts = _cells(rows)
   assert sorted(counts) == [("kermany-test", "normal"), ("kermany-test", "pneumonia"),
                             ("siim-fisabio-rsna", "covid")]
   unreadable = folder / "broken.png"
@@ -110,9 +99,9 @@ def test_external_set_without_a_class_per_source_reports_what_is_defined(
       "sensitivity"].keys() == {"covid"}
 
 
-def test_unknown_labels_are_named_with_the_option_that_maps_them(external_root, tmp_path):
-  folder = tmp_path / "renamed"
-  _subset(external_root, folder)
+def test_unknown_labels_are_named_with_the_option_that_maps_them(external_root, tmp_path,
+                                                                 subset_manifest):
+  folder, _ = subset_manifest(external_root / "manifest.csv", tmp_path / "renamed", PER_GROUP)
   text = (folder / "manifest.csv").read_text().replace(",covid,", ",COVID-19,")
   (folder / "manifest.csv").write_text(text)
   with pytest.raises(ValueError, match=r"'COVID-19': 5.*;COVID-19=LABEL'"):
@@ -149,27 +138,13 @@ def test_within_source_by_hand():
 
 
 def test_experiment_runs_are_scored_on_external_sets_even_when_added_after_training(
-    external_root, cxr3_root, tmp_path):
+    external_root, cxr3_root, tmp_path, subset_manifest):
   from configs import smoke
   from cxr_jax import experiments
 
-  with open(cxr3_root / "manifest.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  picked, counts = [], {}
-  for row in rows:  # 5 images of each (source, label) cell: every class, every source
-    cell = (row["source"], row["label"])
-    if counts.get(cell, 0) < 5:
-      counts[cell] = counts.get(cell, 0) + 1
-      picked.append(dict(row, file=str(cxr3_root / row["file"])))
-  data_dir = tmp_path / "cxr3-small"
-  data_dir.mkdir()
-  with open(data_dir / "manifest.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(picked)
-  first, second = tmp_path / "ext-a", tmp_path / "ext-b"
-  _subset(external_root, first)
-  _subset(external_root, second)
+  data_dir, _ = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 5)
+  first, _ = subset_manifest(external_root / "manifest.csv", tmp_path / "ext-a", PER_GROUP)
+  second, _ = subset_manifest(external_root / "manifest.csv", tmp_path / "ext-b", PER_GROUP)
   config = smoke.get_config()
   config.data.sources = (f"manifest:{data_dir}",)
   config.data.data_dir = str(tmp_path / "tfds")

@@ -49,21 +49,12 @@ def test_an_unknown_held_out_source_names_the_known_ones(cxr3_root):
     data.make_splits(_manifest_metadata(cxr3_root), config)
 
 
-def test_loso_mode_trains_one_run_per_source_and_tabulates_the_held_out_images(cxr3_root, tmp_path):
-  with open(cxr3_root / "manifest.csv", newline="") as f:
-    rows = list(csv.DictReader(f))
-  picked, counts = [], {}
-  for row in rows:
-    cell = (row["source"], row["label"])
-    if counts.get(cell, 0) < 6:
-      counts[cell] = counts.get(cell, 0) + 1
-      picked.append(dict(row, file=str(cxr3_root / row["file"])))
-  folder = tmp_path / "cxr3-small"
-  folder.mkdir()
-  with open(folder / "manifest.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(picked)
+def test_loso_mode_trains_one_run_per_source_and_tabulates_the_held_out_images(
+    cxr3_root, tmp_path, subset_manifest):
+  folder, picked = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
+  counts = {}
+  for row in picked:
+    counts[(row["source"], row["label"])] = counts.get((row["source"], row["label"]), 0) + 1
   config = default.get_config()
   config.data.sources = (f"manifest:{folder}",)
   config.data.image_size = 48
