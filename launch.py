@@ -115,10 +115,11 @@ def main(argv):
   if jax.process_index() == 0:
     summary = result if isinstance(result, dict) else {"result": str(result)}
     print(json.dumps(_headline(summary), indent=2), file=sys.stdout)
-    from cxr_jax.evaluate.external import format_headline
+    if FLAGS.mode in ("train", "evaluate"):  # the audit's page holds its external figures
+      from cxr_jax.evaluate.external import format_headline
 
-    for name, headline in summary.get("external", {}).items():  # the gap, under the internal
-      print(format_headline(name, headline), file=sys.stdout)
+      for name, headline in summary.get("external", {}).items():  # the gap, under the internal
+        print(format_headline(name, headline), file=sys.stdout)
 
 
 def _headline(metrics: dict) -> dict:
