@@ -90,3 +90,27 @@ def subset_manifest():
     return folder, picked
 
   return make
+
+
+@pytest.fixture(scope="session")
+def save_random_run():
+  """fn(path, config, preprocessing, seed=0, bias_sd=0.01) -> path: a run saved without training,
+  He-normal weights of config.model at config.data.image_size (a model whose outputs vary)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from cxr_jax import models, train
+
+  def make(path, config, preprocessing, seed=0, bias_sd=0.01):
+    size = config.data.image_size
+    model = models.create_model(config.model)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(
+        lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else bias_sd,
+                             s.shape).astype(np.float32), shapes)
+    train.save_trained(path, config, {"params": params}, preprocessing)
+    return path
+
+  return make

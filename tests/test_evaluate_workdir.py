@@ -5,12 +5,11 @@ import json
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import data, models, train
+from cxr_jax import data, train
 from cxr_jax.evaluate import evaluate_workdir
 from cxr_jax.explain import explain_workdir
 from cxr_jax.weights.preprocessing import PREPROCESSING
@@ -39,7 +38,7 @@ def _write_source(root):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, save_random_run):
   root = tmp_path_factory.mktemp("gen")
   _write_source(root / "src")
   config = default.get_config()
@@ -51,15 +50,7 @@ def workdir(tmp_path_factory):
   config.model.hidden = (8,)
   config.model.pretrained = "none"
   config.train.eval_batch_size = 4   # the last batch is padded
-  model = models.create_model(config.model)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
-  rng = np.random.default_rng(1)
-  params = jax.tree.map(
-      lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.1,
-                           s.shape).astype(np.float32), shapes)
-  path = root / "run"
-  train.save_trained(path, config, {"params": params}, "caffe")
-  return path
+  return save_random_run(root / "run", config, "caffe", seed=1, bias_sd=0.1)
 
 
 def test_evaluate_workdir_writes_consistent_outputs(workdir):

@@ -4,14 +4,12 @@ within-source figures it reports."""
 import csv
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from configs import default
-from cxr_jax import models, paths, predict, train
+from cxr_jax import paths, predict
 from cxr_jax.evaluate import external
 from cxr_jax.evaluate.summary import within_source
 
@@ -28,7 +26,7 @@ def external_root():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, save_random_run):
   """A run saved without training: VGG16 at 48 px, random (He-normal) weights, its own data dir."""
   config = default.get_config()
   config.data.image_size = SIZE
@@ -37,15 +35,7 @@ def workdir(tmp_path_factory):
   config.model.pretrained = "none"
   config.eval.num_bootstrap = 50
   config.data.max_reject_fraction = 0.1  # the external test's one broken file in 16
-  model = models.create_model(config.model)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.01,
-                           s.shape).astype(np.float32), shapes)
-  path = tmp_path_factory.mktemp("run")
-  train.save_trained(path, config, {"params": params}, "torchvision")
-  return path
+  return save_random_run(tmp_path_factory.mktemp("run"), config, "torchvision")
 
 
 def _cells(rows):

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import models, predict, train
+from cxr_jax import predict, train
 from cxr_jax.data.preprocess import PreprocessConfig, process_file
 from cxr_jax.weights.preprocessing import PREPROCESSING
 
@@ -18,21 +17,13 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, save_random_run):
   """A run saved without training: VGG16 at 32 px with random (He-normal) weights."""
   config = default.get_config()
   config.data.image_size = SIZE
   config.model.hidden = (8,)
   config.model.pretrained = "none"
-  model = models.create_model(config.model)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.01,
-                           s.shape).astype(np.float32), shapes)
-  path = tmp_path_factory.mktemp("run")
-  train.save_trained(path, config, {"params": params}, "torchvision")
-  return path
+  return save_random_run(tmp_path_factory.mktemp("run"), config, "torchvision")
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,13 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 import logging
 import re
 from pathlib import Path
 
-import jax
-
-from cxr_jax import files
 from cxr_jax.data.records import LABELS, NO_LABEL
 from cxr_jax.evaluate.inference import predict_arrays
-from cxr_jax.evaluate.plots import write_plots
-from cxr_jax.evaluate.report import render_report
-from cxr_jax.evaluate.summary import compute_metrics
 
 OUT_DIR = "external"
 
@@ -78,7 +73,7 @@ def external_data_config(run_config, spec: str):
 def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> dict:
   """Evaluates the kept model of `workdir` on each external spec; {name: metrics}."""
   from cxr_jax import data, train
-  from cxr_jax.evaluate.workdir import LoadedSplit, data_batches, eval_setting, write_predictions
+  from cxr_jax.evaluate.workdir import LoadedSplit, data_batches, score, write_evaluation
 
   trained = trained or train.load_trained(workdir, which=which)
   if trained.config.data.get("task", "classes") != "classes":
@@ -98,25 +93,15 @@ def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> d
     loaded = LoadedSplit(trained, config, built, ids)
     batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
     probs, labels, ids = predict_arrays(trained.model, trained.variables, batches)
-    metrics = compute_metrics(
-        labels, probs, groups=meta["patient_group"][ids], sources=meta["source"][ids],
-        num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
-        ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
+    metrics = score(config, labels, probs, meta, ids)
     metrics["unreadable"] = list(built.rejects)
     metrics["duplicates"] = list(built.duplicates)  # same bytes as a kept file: scored once
     metrics["run"] = dict(workdir=str(workdir), external=spec, checkpoint=which,
                           dataset=built.version, preprocessing=trained.preprocessing)
     metrics["headline"] = headline(metrics)
     out = Path(workdir) / OUT_DIR / name
-    if jax.process_index() == 0:
-      out.mkdir(parents=True, exist_ok=True)
-      plots = write_plots(metrics, out)
-      files.write_json(out / "metrics.json", metrics)
-      title = f"External evaluation of {Path(workdir).name} on {name} ({which} checkpoint)"
-      files.write_atomic(out / "report.md", render_report(metrics, plots, title=title))
-      write_predictions(out / "predictions.csv", ids, labels, probs, meta)
-      metrics["written"] = [str(out / f) for f in
-                            ("metrics.json", "report.md", "predictions.csv", *plots.values())]
+    title = f"External evaluation of {Path(workdir).name} on {name} ({which} checkpoint)"
+    write_evaluation(out, metrics, title, ids, labels, probs, meta)
     logging.info("external evaluation of %s on %s: accuracy %.4f over %d images; wrote %s",
                  workdir, name, metrics["accuracy"], len(ids), out)
     results[name] = metrics
@@ -133,8 +118,6 @@ def evaluate_missing(workdir, specs) -> list[str]:
 
 def load_headlines(workdir) -> dict:
   """{name: headline} of every external evaluation written in `workdir`."""
-  import json
-
   return {p.parent.name: json.loads(p.read_text())["headline"]
           for p in sorted((Path(workdir) / OUT_DIR).glob("*/metrics.json"))}
 

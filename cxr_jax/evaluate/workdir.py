@@ -117,27 +117,38 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
   meta = built.metadata
   if not np.array_equal(meta["id"][ids], ids):
     raise RuntimeError("dataset metadata is not indexed by example id")
-  metrics = compute_metrics(
+  metrics = score(config, labels, probs, meta, ids)
+  metrics["run"] = dict(workdir=str(workdir), split=split, checkpoint=which,
+                        dataset=built.version, preprocessing=trained.preprocessing)
+  out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
+  title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
+  write_evaluation(out, metrics, title, ids, labels, probs, meta)
+  logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
+               metrics["accuracy"], out)
+  return metrics
+
+
+def score(config, labels, probs, meta, ids) -> dict:
+  """compute_metrics of one prediction set with the config's evaluation settings, bootstrapped
+  over the examples' patient groups and broken down by their sources."""
+  return compute_metrics(
       labels, probs, groups=meta["patient_group"][ids], sources=meta["source"][ids],
       num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
       ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
-  metrics["run"] = dict(workdir=str(workdir), split=split, checkpoint=which,
-                        dataset=built.version, preprocessing=trained.preprocessing)
 
-  out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
+
+def write_evaluation(out: Path, metrics: dict, title: str, ids, labels, probs, meta) -> None:
+  """metrics.json, report.md, predictions.csv and the plots into `out`; sets metrics["written"].
+  Every process computes the same numbers; process 0 writes them."""
   written = []
-  if jax.process_index() == 0:  # every process computes the same numbers; one writes them
+  if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(metrics, out)
     files.write_json(out / "metrics.json", metrics)
-    title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
     files.write_atomic(out / "report.md", render_report(metrics, plots, title=title))
     write_predictions(out / "predictions.csv", ids, labels, probs, meta)
     written = ["metrics.json", "report.md", "predictions.csv", *plots.values()]
   metrics["written"] = [str(out / f) for f in written]
-  logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
-               metrics["accuracy"], out)
-  return metrics
 
 
 def data_batches(loaded: LoadedSplit, batch_size: int, ids=None):

@@ -12,13 +12,12 @@ of the source, is evaluated into the run's `eval_held_out/`. Tables: loso.md, lo
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 
 from cxr_jax import files
-from cxr_jax.experiments import grid, runner
+from cxr_jax.experiments import grid, runner, tables
 
 HELD_OUT = "held_out"
 
@@ -84,7 +83,7 @@ def run_loso(config, workdir, train_fn=None) -> dict:
                           _load(directory / runner.METRICS_FILE)))
   doc = dict(mode="loso", status=status, rows=rows)
   files.write_json(workdir / "loso.json", doc)
-  write_csv(workdir / "loso.csv", rows)
+  tables.write_csv(workdir / "loso.csv", rows)
   files.write_atomic(workdir / "loso.md", markdown(rows, status))
   doc["written"] = [str(workdir / n) for n in ("loso.md", "loso.csv", "loso.json")]
   return doc
@@ -112,13 +111,6 @@ def table_row(run: grid.Run, held: dict, internal: dict) -> dict:
   row["rest_test_accuracy"] = internal.get("accuracy")
   row["rest_test_covid_auc"] = (internal.get("per_class", {}).get("covid") or {}).get("roc_auc")
   return row
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, list(rows[0]) if rows else ["held_out_source"])
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def _num(value) -> str:
