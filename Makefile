@@ -12,7 +12,7 @@ export CXR_DATA ?= $(abspath ../shared/data/cxr3)
 CXR_EXTERNAL ?= $(abspath ../shared/data/cxr-external)
 EXTERNAL := $(if $(wildcard $(CXR_EXTERNAL)/manifest.csv),--external=manifest:$(CXR_EXTERNAL))
 
-.PHONY: setup train test lint weights data clean notebooks-strip
+.PHONY: setup train test lint weights lungs data clean notebooks-strip
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+lungs: setup weights
+	$(PY) -m cxr_jax.lungs all --out=results/lungs
 
 weights: setup
 	$(PY) -m cxr_jax.weights fetch vgg16

@@ -16,6 +16,15 @@ def default_data_root() -> Path:
   return (_REPO_ROOT.parent / "shared" / "data" / "cxr3").resolve()
 
 
+def default_lung_masks_root() -> Path:
+  """The lung-annotation folder: `$CXR_LUNG_MASKS`, else `../shared/data/lung-masks` beside the
+  repository."""
+  env = os.environ.get("CXR_LUNG_MASKS")
+  if env:
+    return Path(env).expanduser()
+  return (_REPO_ROOT.parent / "shared" / "data" / "lung-masks").resolve()
+
+
 def cache_dir() -> Path:
   """Root of everything cxr_jax caches: `$CXR_JAX_CACHE`, else `~/.cache/cxr_jax`."""
   env = os.environ.get("CXR_JAX_CACHE")
