@@ -172,7 +172,8 @@ def _prepare(builder: CxrDataset) -> dict:
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   build_log = dict(rejects=[r.to_json() for r in builder.decode_rejects],
-                   duplicates=builder.duplicates, metadata=builder.generated_metadata)
+                   duplicates=builder.duplicates, metadata=builder.generated_metadata,
+                   lung_fallbacks=builder.lung_fallbacks)
   files.write_json(build_log_path, build_log)
   return build_log
 
@@ -189,7 +190,7 @@ def build_dataset(data_config, *, num_workers: int | None = None,
   sources = source_specs(data_config.sources)
   data_dir = Path(data_config.data_dir or paths.tfds_data_dir()).expanduser()
   scan = readers.read_sources(sources)
-  preprocess_config = PreprocessConfig.from_data_config(data_config)
+  preprocess_config = PreprocessConfig.from_data_config(data_config).with_lungs()
   config = make_builder_config(preprocess_config, sources, scan.records, scan.rejects)
   builder = CxrDataset(config=config, data_dir=str(data_dir), records=scan.records,
                        preprocess_config=preprocess_config, num_workers=num_workers)
@@ -223,6 +224,7 @@ def build_dataset(data_config, *, num_workers: int | None = None,
   metadata["patient_group"] = merge_patient_groups(metadata["patient_group"], links)
   report["rejects"] += build_log["rejects"]
   report["duplicates"] = build_log["duplicates"]
+  report["lung_fallbacks"] = build_log.get("lung_fallbacks", [])
   report["num_examples"] = len(metadata["id"])
   files.write_json(report_path, report)
   label_counts = collections.Counter(LABELS[i] for i in metadata["label"] if i != NO_LABEL)

@@ -1,6 +1,6 @@
 """Decoding and preprocessing of one image file, done once at build time (OpenCV, pydicom).
 
-decode -> grayscale uint8 -> CLAHE (optional) -> square resize. 16-bit images and DICOM are
+decode -> grayscale uint8 -> lung crop (optional) -> CLAHE (optional) -> square resize. 16-bit images and DICOM are
 stretched linearly from their minimum to their maximum onto 0..255 (after DICOM's modality
 and VOI LUTs), because their stored range (10, 12 or 16 bits) varies between sources.
 """
@@ -28,14 +28,33 @@ class PreprocessConfig:
   clahe: bool = True
   clahe_clip_limit: float = 2.0
   clahe_tile_grid: int = 8
+  crop: str = "none"         # "lungs": crop to the predicted lungs' box (+ crop_margin) first
+  crop_margin: float = 0.05
+  lungs: str = ""            # version of the lung segmenter that cropped (part of the build hash)
 
   @classmethod
   def from_data_config(cls, data_config) -> PreprocessConfig:
+    crop = str(data_config.get("crop", "none"))
+    if crop not in ("none", "lungs"):
+      raise ValueError(f"data.crop must be 'none' or 'lungs', got {crop!r}")
     return cls(int(data_config.image_size), bool(data_config.clahe),
-               float(data_config.clahe_clip_limit), int(data_config.clahe_tile_grid))
+               float(data_config.clahe_clip_limit), int(data_config.clahe_tile_grid),
+               crop, float(data_config.get("crop_margin", 0.05)))
+
+  def with_lungs(self) -> PreprocessConfig:
+    """This config with the lung segmenter's version filled in (crop="lungs"; trains the
+    segmenter once if it is not stored), so a new segmenter means a new build."""
+    if self.crop != "lungs":
+      return self
+    from cxr_jax.lungs import segment  # Only lung-cropped builds need the segmenter.
+    return dataclasses.replace(self, lungs=segment.default_segmenter().version)
 
   def to_json(self) -> dict:
-    return dict(dataclasses.asdict(self), version=PREPROCESS_VERSION)
+    out = dict(dataclasses.asdict(self), version=PREPROCESS_VERSION)
+    if self.crop == "none":  # builds from before the crop existed keep their hash
+      for key in ("crop", "crop_margin", "lungs"):
+        out.pop(key)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +64,7 @@ class Processed:
   orig_height: int
   orig_width: int
   sha1: str              # of the file's bytes
+  lung_fallback: str = ""  # crop="lungs": why the whole image was kept ("" = cropped)
 
 
 def _is_dicom(data: bytes, path: str) -> bool:
@@ -121,6 +141,21 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
   return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def crop_to_lungs(image: np.ndarray, config: PreprocessConfig, name: str) -> tuple[np.ndarray, str]:
+  """(the image cropped to its lungs' box + margin, "") or, when the predicted mask fails its
+  quality check, (the whole image, the reason): never a silent crop to nothing."""
+  from cxr_jax.lungs import masks, segment
+  segmenter = segment.default_segmenter()
+  if config.lungs and config.lungs != segmenter.version:
+    raise ValueError(f"this build was made with lung segmenter {config.lungs}, the stored one is "
+                     f"{segmenter.version}: rebuild (or restore that segmenter)")
+  found = segmenter.lungs(image, name=name)
+  if not found.check.ok:
+    return image, found.check.reason
+  top, left, bottom, right = masks.crop_box(found.mask, config.crop_margin)
+  return image[top:bottom, left:right], ""
+
+
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
   """2-D uint8 image -> uint8 [size, size, 1]."""
   if config.clahe:
@@ -136,11 +171,15 @@ def process_file(path: str, config: PreprocessConfig) -> Processed:
     gray = decode(data, path)
     if gray.ndim != 2 or min(gray.shape) < 2:
       raise DecodeError(f"unexpected image shape {gray.shape}")
+    orig = gray.shape
+    fallback = ""
+    if config.crop == "lungs":
+      gray, fallback = crop_to_lungs(gray, config, path)
     image = preprocess(gray, config)
   except cv2.error as e:  # OpenCV rejects some decodable but odd images (e.g. huge, 1-pixel)
     raise DecodeError(f"OpenCV cannot process the image ({e.err})") from e
   ok, png = cv2.imencode(".png", image)
   if not ok:
     raise DecodeError("PNG encoding failed")
-  return Processed(image, png.tobytes(), gray.shape[0], gray.shape[1],
-                   hashlib.sha1(data).hexdigest())
+  return Processed(image, png.tobytes(), int(orig[0]), int(orig[1]),
+                   hashlib.sha1(data).hexdigest(), fallback)

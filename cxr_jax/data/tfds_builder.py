@@ -58,6 +58,8 @@ class CxrDataset(tfds.core.GeneratorBasedBuilder):
     # Filled while generating: files that failed to decode, and duplicates kept once.
     self.decode_rejects: list[Reject] = []
     self.duplicates: list[dict] = []
+    # crop="lungs": files kept whole because their predicted lung mask failed its check.
+    self.lung_fallbacks: list[dict] = []
     self.generated_metadata: list[dict] = []
     super().__init__(**kwargs)
 
@@ -105,6 +107,7 @@ class CxrDataset(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self):
     self.decode_rejects, self.duplicates, self.generated_metadata = [], [], []
+    self.lung_fallbacks = []
     first_by_hash = {}
     progress = tqdm(self._processed(), total=len(self._records), unit="img",
                     desc=f"cxr_jax: preprocessing to {self._preprocess_config.image_size} px")
@@ -120,6 +123,8 @@ class CxrDataset(tfds.core.GeneratorBasedBuilder):
             duplicate_of_label=kept.label, duplicate_of_patient_group=kept.patient_group))
         continue
       first_by_hash[out.sha1] = record
+      if out.lung_fallback:
+        self.lung_fallbacks.append(dict(file=record.path, reason=out.lung_fallback))
       # An image in none of LABELS is stored with ClassLabel's 'no label', -1 (NO_LABEL).
       meta = dict(id=len(self.generated_metadata), label=label_index(record.label),
                   patient_id=record.patient_id, patient_group=record.patient_group,

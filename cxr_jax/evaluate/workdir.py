@@ -21,7 +21,10 @@ from cxr_jax.evaluate.summary import compute_metrics
 # a config given at evaluation time must agree with the run's config on every one. Other data is
 # evaluated explicitly (cxr_jax.evaluate.external), never as a side effect of a changed config.
 _MODEL_FIELDS = ("arch", "num_classes", "head", "hidden")
-_INPUT_FIELDS = ("image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+_INPUT_FIELDS = ("image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid", "crop",
+                 "crop_margin")
+# What a saved config from before a field existed ran with.
+_DATA_DEFAULTS = dict(task="classes", crop="none", crop_margin=0.05)
 _SPLIT_FIELDS = ("sources", "task", "split_seed", "test_fraction", "num_folds", "fold",
                  "train_fraction")
 
@@ -51,7 +54,7 @@ def check_compatible(run_config, config) -> None:
 
 
 def _data_value(config, key):
-  value = config.data.get(key, "classes" if key == "task" else None)
+  value = config.data.get(key, _DATA_DEFAULTS.get(key))
   if key == "sources":  # as resolved: () and the default manifest spelled out are the same data
     from cxr_jax.data.build import source_specs
 
