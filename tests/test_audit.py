@@ -54,6 +54,22 @@ def test_source_probe_says_why_it_cannot_run():
   assert not out["defined"] and "one patient group" in out["why"]
 
 
+class _HalvesSegmenter:
+  """Two fixed lung boxes on every image (the stored segmenter is tested in test_lungs)."""
+  version = "halves"
+
+  def lungs_many(self, images, names=None):
+    from cxr_jax.lungs import masks, segment
+    out = []
+    for image in images:
+      h, w = image.shape[:2]
+      mask = np.zeros((h, w), bool)
+      mask[h // 5:4 * h // 5, w // 8:7 * w // 16] = True
+      mask[h // 5:4 * h // 5, 9 * w // 16:7 * w // 8] = True
+      out.append(segment.Found(mask, masks.check(mask)))
+    return out
+
+
 def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest):
   data, rows = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
   ext, ext_rows = subset_manifest(
@@ -71,7 +87,7 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   workdir = tmp_path / "run"
   train.save_trained(workdir, config, {"params": variables["params"]}, "torchvision")
 
-  result = audit_workdir(workdir, [f"manifest:{ext}"])
+  result = audit_workdir(workdir, [f"manifest:{ext}"], segmenter=_HalvesSegmenter())
 
   out = workdir / "audit"
   for name in ("audit.md", "audit.json", "audit.png", "test/metrics.json", "test/report.md"):
@@ -85,6 +101,11 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   assert saved["external"]["ext-small"]["num_examples"] == len(ext_rows)
   text = (out / "audit.md").read_text()
   for heading in ("## Internal test split", "## External: ext-small", "## Source recognition",
-                  "## Not run", "lungs blanked"):
+                  "## Lungs blanked / outside blanked", "## Not run", "heatmap lung share"):
     assert heading in text
+  lungs = saved["lung_probes"]
+  assert lungs["images"] == saved["internal"]["num_examples"] and not lungs["qc_failed"]
+  assert set(lungs) >= {"original", "lungs_blanked", "outside_blanked"}
+  # The original variant is the internal evaluation itself, image for image.
+  assert lungs["original"]["accuracy"] == pytest.approx(saved["internal"]["accuracy"])
   assert not (workdir / "metrics.json").exists()  # the audit leaves the run's own files alone

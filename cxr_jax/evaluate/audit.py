@@ -8,8 +8,10 @@ Writes W/audit/audit.md, audit.json and audit.png (summary figure), from:
 - each external set (W/external/<name>/, `cxr_jax.evaluate.external`);
 - the source-recognition probe (`cxr_jax.evaluate.probes`) on every labelled image of the run's
   data, from the kept model's features and from the frozen ImageNet features as the reference.
-Probes that need lung fields (lungs blanked, heatmap lung share) and leave-one-source-out are
-listed as not run, with what they need, rather than left out silently.
+- the lung probes (`lung_probes`): the kept model on the test split with the lungs blanked, and
+  with everything outside them blanked, from the lung segmenter's masks (`cxr_jax.lungs`).
+The heatmap lung share and leave-one-source-out are listed as not run, with what they need,
+rather than left out silently.
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ from cxr_jax.evaluate.report import _num, _with_ci, _within_source_section
 
 OUT_DIR = "audit"
 NOT_RUN = {
-    "lungs_blanked": "needs the lung-field model (lung masks; not built yet)",
-    "heatmap_lung_share": "needs the lung-field model (lung masks; not built yet)",
+    "heatmap_lung_share": "not wired into the audit yet (`cxr_jax.lungs.masks.lung_share` over "
+                          "the explain mode's Grad-CAM maps gives it)",
     "leave_one_source_out": "an experiment of its own: --mode=loso (one model per held-out "
                             "source) writes loso.md",
 }
 
 
-def audit_workdir(workdir, externals=(), *, which: str = "best", config=None) -> dict:
-  """Runs every part of the audit on the kept model of `workdir`; returns audit.json's content."""
+def audit_workdir(workdir, externals=(), *, which: str = "best", config=None,
+                  segmenter=None) -> dict:
+  """Runs every part of the audit on the kept model of `workdir`; returns audit.json's content.
+
+  `segmenter` (a `cxr_jax.lungs.Segmenter`; default: the stored one, trained first if missing)
+  gives the masks of the lung probes."""
   from cxr_jax.evaluate.external import evaluate_external
   from cxr_jax.evaluate.workdir import evaluate_workdir
 
@@ -42,10 +48,16 @@ def audit_workdir(workdir, externals=(), *, which: str = "best", config=None) ->
   internal = evaluate_workdir(workdir, "test", config, which=which, out_dir=out / "test")
   external = evaluate_external(workdir, externals, which=which) if externals else {}
   probe = source_probes(workdir, which=which)
+  not_run = dict(NOT_RUN)
+  try:
+    lungs = lung_probes(workdir, which=which, segmenter=segmenter)
+  except Exception as e:  # noqa: BLE001 - e.g. no annotation set and no stored segmenter
+    lungs = None
+    not_run["lungs_blanked"] = f"no lung segmenter ({type(e).__name__}: {e})"
   result = dict(
       workdir=str(workdir), checkpoint=which, machine=machine.summary(),
       internal=_part(internal), external={n: _part(m) for n, m in external.items()},
-      source_recognition=probe, not_run=dict(NOT_RUN))
+      source_recognition=probe, lung_probes=lungs, not_run=not_run)
   figure = write_figure(result, out / "audit.png")
   result["figure"] = figure
   files.write_json(out / "audit.json", result)
@@ -105,6 +117,72 @@ def source_probes(workdir, *, which: str = "best") -> dict:
   return result
 
 
+LUNG_VARIANTS = ("original", "lungs_blanked", "outside_blanked")
+
+
+def lung_probes(workdir, *, which: str = "best", segmenter=None) -> dict:
+  """The kept model on the test split as it is, with the lungs blanked (set to the image mean)
+  and with everything outside the lungs blanked, on the images whose predicted mask passes its
+  check (the others are listed). A model that still separates the classes with no lungs to look
+  at is using shortcuts (Maguolo & Nanni 2020)."""
+  from cxr_jax.evaluate.inference import make_predict_fn
+  from cxr_jax.evaluate.workdir import data_batches, load_split, score
+  from cxr_jax.lungs import masks, segment
+  from cxr_jax.weights import PREPROCESSING
+
+  loaded = load_split(workdir, "test", which=which)
+  seg = segmenter or segment.default_segmenter()
+  norm = PREPROCESSING[loaded.trained.preprocessing]
+  predict = make_predict_fn(loaded.trained.model)
+  variables = {k: v for k, v in loaded.trained.variables.items()
+               if k not in ("perturbations", "intermediates")}
+  meta = loaded.built.metadata
+  probs = {v: [] for v in LUNG_VARIANTS}
+  labels, ids, failed = [], [], []
+  for batch in data_batches(loaded, int(loaded.config.train.eval_batch_size)):
+    images = np.asarray(batch["image"]).reshape((-1,) + np.shape(batch["image"])[-3:])
+    real = np.asarray(batch.get("mask", np.ones(len(images)))).reshape(-1) > 0
+    index = np.asarray(batch["index"]).reshape(-1)
+    # Back to the uint8 grayscale the segmenter reads (every channel holds the same image).
+    gray = np.clip(np.round((images[..., 0] * norm["std"][0] + norm["mean"][0]) / norm["scale"]),
+                   0, 255).astype(np.uint8)
+    found = seg.lungs_many(list(gray), names=[str(meta["file"][i]) for i in index])
+    keep = real & np.array([f.check.ok for f in found])
+    failed += [dict(file=str(meta["file"][i]), reason=f.check.reason)
+               for i, f, r in zip(index, found, real, strict=True) if r and not f.check.ok]
+    variants = {"original": images,
+                "lungs_blanked": np.stack([masks.blank(x, f.mask) for x, f in zip(images, found, strict=True)]),
+                "outside_blanked": np.stack([masks.blank(x, ~f.mask) if f.check.ok else x
+                                             for x, f in zip(images, found, strict=True)])}
+    for name, x in variants.items():
+      probs[name].append(np.asarray(predict(variables, x))[keep])
+    labels.append(np.asarray(batch["label"]).reshape(-1)[keep])
+    ids.append(index[keep])
+  labels, ids = np.concatenate(labels).astype(np.int64), np.concatenate(ids)
+  result = dict(segmenter=seg.version, images=int(len(ids)), qc_failed=failed)
+  for name in LUNG_VARIANTS:
+    result[name] = _part(score(loaded.config, labels, np.concatenate(probs[name]), meta, ids))
+  return result
+
+
+def _lung_lines(lungs: dict | None) -> list[str]:
+  if not lungs:
+    return []
+  lines = ["## Lungs blanked / outside blanked", "",
+           f"The kept model on {lungs['images']} test images as they are, with the lungs set to "
+           f"the image mean, and with everything outside the lungs set to it (lung segmenter "
+           f"`{lungs['segmenter']}`; {len(lungs['qc_failed'])} image(s) whose mask failed its "
+           "check are left out). With no lungs to look at, a model that is reading the disease "
+           "should fall to the source-only rule or below; one that stays high is reading the "
+           "collection.", "",
+           "| input | accuracy | COVID AUC | source-only rule |", "| --- | --- | --- | --- |"]
+  for name in LUNG_VARIANTS:
+    part = lungs[name]
+    lines.append(f"| {name.replace('_', ' ')} | {_with_ci(part['accuracy'], part['accuracy_ci'])} | "
+                 f"{_num(part['roc_auc'].get('covid'))} | {_num(part.get('source_only_accuracy'))} |")
+  return lines + [""]
+
+
 def _summary_rows(result: dict) -> list[tuple[str, float | None, dict | None]]:
   """(label, value, interval) of the figures the summary plot shows."""
   internal = result["internal"]
@@ -130,6 +208,10 @@ def _summary_rows(result: dict) -> list[tuple[str, float | None, dict | None]]:
     if p.get("defined"):
       rows.append((f"{label} (balanced acc.; chance {p['chance_balanced_accuracy']:.2f})",
                    p["balanced_accuracy"], None))
+  for name in LUNG_VARIANTS[1:]:
+    part = (result.get("lung_probes") or {}).get(name)
+    if part:
+      rows.append((f"accuracy, {name.replace('_', ' ')}", part["accuracy"], part["accuracy_ci"]))
   return [r for r in rows if r[1] is not None]
 
 
@@ -205,6 +287,7 @@ def render_audit(result: dict) -> str:
             "pooled features (patient-grouped cross-validation). Far above chance means the "
             "collection is written in the features, and a classifier can use it.", "",
             *_probe_lines(result["source_recognition"]), "",
+            *_lung_lines(result.get("lung_probes")),
             "## Not run", ""]
   lines += [f"- {k.replace('_', ' ')}: {why}" for k, why in result["not_run"].items()]
   lines += ["", "Every number is in `audit.json`; each evaluation's full metrics, plots and "
