@@ -1,7 +1,7 @@
 """Decoding and preprocessing of one image file, done once at build time (OpenCV, pydicom).
 
-decode -> grayscale uint8 -> lung crop (optional) -> CLAHE (optional) -> square resize. 16-bit images and DICOM are
-stretched linearly from their minimum to their maximum onto 0..255 (after DICOM's modality
+decode -> grayscale uint8 -> lung crop (optional) -> CLAHE (optional) -> square resize. 16-bit
+images and DICOM are stretched linearly from their minimum to their maximum onto 0..255 (after DICOM's modality
 and VOI LUTs), because their stored range (10, 12 or 16 bits) varies between sources.
 """
 
@@ -34,12 +34,12 @@ class PreprocessConfig:
 
   @classmethod
   def from_data_config(cls, data_config) -> PreprocessConfig:
-    crop = str(data_config.get("crop", "none"))
+    crop = str(data_config.get("crop", cls.crop))
     if crop not in ("none", "lungs"):
       raise ValueError(f"data.crop must be 'none' or 'lungs', got {crop!r}")
     return cls(int(data_config.image_size), bool(data_config.clahe),
                float(data_config.clahe_clip_limit), int(data_config.clahe_tile_grid),
-               crop, float(data_config.get("crop_margin", 0.05)))
+               crop, float(data_config.get("crop_margin", cls.crop_margin)))
 
   def with_lungs(self) -> PreprocessConfig:
     """This config with the lung segmenter's version filled in (crop="lungs"; trains the

@@ -42,18 +42,21 @@ def audit_workdir(workdir, externals=(), *, which: str = "best", config=None,
   gives the masks of the lung probes."""
   from cxr_jax.evaluate.external import evaluate_external
   from cxr_jax.evaluate.workdir import evaluate_workdir
+  from cxr_jax.lungs.annotations import AnnotationError
+  from cxr_jax.weights.errors import WeightsError
 
   workdir = Path(workdir)
   out = workdir / OUT_DIR
   internal = evaluate_workdir(workdir, "test", config, which=which, out_dir=out / "test")
   external = evaluate_external(workdir, externals, which=which) if externals else {}
   probe = source_probes(workdir, which=which)
-  not_run = dict(NOT_RUN)
+  not_run, lungs = dict(NOT_RUN), None
   try:
+    segmenter = segmenter or _stored_segmenter()
+  except (AnnotationError, WeightsError) as e:  # no annotation set, no stored segmenter
+    not_run["lungs_blanked"] = f"no lung segmenter ({e})"
+  else:
     lungs = lung_probes(workdir, which=which, segmenter=segmenter)
-  except Exception as e:  # noqa: BLE001 - e.g. no annotation set and no stored segmenter
-    lungs = None
-    not_run["lungs_blanked"] = f"no lung segmenter ({type(e).__name__}: {e})"
   result = dict(
       workdir=str(workdir), checkpoint=which, machine=machine.summary(),
       internal=_part(internal), external={n: _part(m) for n, m in external.items()},
@@ -120,19 +123,24 @@ def source_probes(workdir, *, which: str = "best") -> dict:
 LUNG_VARIANTS = ("original", "lungs_blanked", "outside_blanked")
 
 
+def _stored_segmenter():
+  from cxr_jax.lungs import segment
+  return segment.default_segmenter()
+
+
 def lung_probes(workdir, *, which: str = "best", segmenter=None) -> dict:
   """The kept model on the test split as it is, with the lungs blanked (set to the image mean)
   and with everything outside the lungs blanked, on the images whose predicted mask passes its
   check (the others are listed). A model that still separates the classes with no lungs to look
   at is using shortcuts (Maguolo & Nanni 2020)."""
+  from cxr_jax.data.pipeline import preprocessing_spec
   from cxr_jax.evaluate.inference import make_predict_fn
   from cxr_jax.evaluate.workdir import data_batches, load_split, score
-  from cxr_jax.lungs import masks, segment
-  from cxr_jax.weights import PREPROCESSING
+  from cxr_jax.lungs import masks
 
   loaded = load_split(workdir, "test", which=which)
-  seg = segmenter or segment.default_segmenter()
-  norm = PREPROCESSING[loaded.trained.preprocessing]
+  seg = segmenter or _stored_segmenter()
+  norm = preprocessing_spec(loaded.trained.preprocessing)
   predict = make_predict_fn(loaded.trained.model)
   variables = {k: v for k, v in loaded.trained.variables.items()
                if k not in ("perturbations", "intermediates")}
@@ -150,10 +158,11 @@ def lung_probes(workdir, *, which: str = "best", segmenter=None) -> dict:
     keep = real & np.array([f.check.ok for f in found])
     failed += [dict(file=str(meta["file"][i]), reason=f.check.reason)
                for i, f, r in zip(index, found, real, strict=True) if r and not f.check.ok]
+    # Rows whose mask failed its check are dropped below (`keep`), whatever their variants hold.
+    pairs = list(zip(images, found, strict=True))
     variants = {"original": images,
-                "lungs_blanked": np.stack([masks.blank(x, f.mask) for x, f in zip(images, found, strict=True)]),
-                "outside_blanked": np.stack([masks.blank(x, ~f.mask) if f.check.ok else x
-                                             for x, f in zip(images, found, strict=True)])}
+                "lungs_blanked": np.stack([masks.blank(x, f.mask) for x, f in pairs]),
+                "outside_blanked": np.stack([masks.blank(x, ~f.mask) for x, f in pairs])}
     for name, x in variants.items():
       probs[name].append(np.asarray(predict(variables, x))[keep])
     labels.append(np.asarray(batch["label"]).reshape(-1)[keep])

@@ -14,18 +14,13 @@ import jax
 import numpy as np
 import optax
 
-from cxr_jax.data import preprocess
+from cxr_jax.data import pipeline, preprocess
 from cxr_jax.lungs import unet
-from cxr_jax.weights import PREPROCESSING
 
 
 def to_input(images: np.ndarray, preprocessing: str) -> np.ndarray:
-  """uint8 [N, S, S] grayscale -> float32 [N, S, S, 3] normalised as the encoder's weights expect."""
-  p = PREPROCESSING[preprocessing]
-  x = np.repeat(images[..., None].astype(np.float32), 3, axis=-1)
-  if p["channel_order"] == "bgr":
-    x = x[..., ::-1]
-  return (x * p["scale"] - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
+  """uint8 [N, S, S] grayscale -> float32 [N, S, S, 3], normalised as the classifier's batches."""
+  return pipeline.normalise_images(images[..., None], preprocessing)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int):
