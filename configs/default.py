@@ -91,6 +91,17 @@ def get_config() -> ml_collections.ConfigDict:
   t.early_stopping_patience = 10     # epochs without validation-loss improvement
   t.mixup_alpha = 0.0                # 0 = off (Zhao et al. use mixup)
   t.class_weighting = False          # inverse-frequency class weights in the loss
+  # Source-robust training (cxr_jax/train/robust.py). Groups are the (source, label) cells of the
+  # training split, sources from data.sources' `source` column (cxr3: 5 collections).
+  # Group DRO (Sagawa et al. 2020): the loss is the weighted mean of the groups' losses, the weights
+  # moved each step toward the worst group by exp(group_dro_step * group loss); 0 = off.
+  t.group_dro_step = 0.0
+  # Domain-adversarial training (DANN, Ganin et al. 2016): a source classifier on the last block's
+  # pooled features, trained through a gradient-reversal layer whose scale rises from 0 to
+  # dann_weight over the run (2 / (1 + exp(-10 p)) - 1 of it at progress p); 0 = off. The source
+  # classifier is not part of the kept model.
+  t.dann_weight = 0.0
+  t.dann_hidden = 256                # width of the source classifier's hidden layer
   t.steps_per_epoch = -1             # -1 = one pass over the training split
   t.max_steps = -1                   # stop after this many steps (smoke runs); -1 = no limit
   t.log_every_steps = 10

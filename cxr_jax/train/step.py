@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cxr_jax.train import robust
+
 AXIS = "batch"
 
 
@@ -23,6 +25,9 @@ class TrainState:
   rng: jax.Array          # base key; per-step keys are fold_in(rng, step)
   # BatchNorm running statistics (DenseNet); {} for models without any (VGG).
   batch_stats: Any = flax.struct.field(default_factory=dict)
+  # Group DRO's weights {"group_weights": [groups]} (cxr_jax.train.robust); {} when it is off, so
+  # runs without it keep the state (and checkpoints) they had.
+  robust: Any = flax.struct.field(default_factory=dict)
 
 
 def model_variables(params, batch_stats) -> dict:
@@ -58,24 +63,59 @@ def _keep_frozen(old, new, frozen):
   return {name: old[name] if name in frozen else sub for name, sub in new.items()}
 
 
-def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softmax", frozen=()):
+def _robust_loss(params, logits, targets, inter, state, batch, opts: robust.Options):
+  """(loss to differentiate, new robust state, metrics) of group DRO and/or DANN."""
+  metrics, new_robust = {}, state.robust
+  per_example = optax.softmax_cross_entropy(logits, targets) * batch["weight"]
+  if opts.dro:
+    value, weights, metrics["dro_loss"] = robust.dro_loss(
+        per_example, batch["group"], state.robust["group_weights"],
+        step_size=opts.group_dro_step, axis_name=AXIS)
+    new_robust = {"group_weights": weights}
+  else:
+    value = jnp.mean(per_example)
+  if opts.dann:
+    scale = robust.dann_scale(state.step, opts.total_steps, opts.dann_weight)
+    src_loss, metrics["source_accuracy"] = robust.source_loss(
+        params[robust.SOURCE_HEAD], robust.captured_features(inter), batch["source"], scale,
+        opts.dann_hidden)
+    value = value + src_loss
+    metrics["source_loss"], metrics["dann_scale"] = src_loss, scale
+  return value, new_robust, metrics
+
+
+def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softmax", frozen=(),
+               robust_opts: robust.Options = robust.OFF):
   """One step on one device's shard; gradients, batch statistics and metrics are averaged over
   AXIS. `batch["targets"]` (mixup, multi-label) replaces one-hot labels when present. `frozen`:
-  top-level names of the frozen blocks (their gradients are zero, their statistics fixed)."""
+  top-level names of the frozen blocks (their gradients are zero, their statistics fixed).
+  `robust_opts`: group DRO (needs batch["group"]) and DANN (needs batch["source"])."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
   targets = batch.get("targets")
   if targets is None:
     targets = jax.nn.one_hot(batch["label"], num_classes)
   has_stats = bool(state.batch_stats)
+  mutable = ["batch_stats"] if has_stats else []
+  capture = {}
+  if robust_opts.dann:
+    mutable, capture = mutable + ["intermediates"], {
+        "capture_intermediates": robust.last_block_filter}
 
   def loss_fn(params):
-    variables = model_variables(params, state.batch_stats)
+    variables = model_variables(robust.without_source_head(params), state.batch_stats)
     out = model.apply(variables, batch["image"], train=True, rngs={"dropout": rng},
-                      mutable=["batch_stats"] if has_stats else False)
-    logits, stats = out if has_stats else (out, {})
-    return LOSSES[loss](logits, targets, batch["weight"]), (logits, stats)
+                      mutable=mutable or False, **capture)
+    logits, collections = out if mutable else (out, {})
+    stats = {"batch_stats": collections["batch_stats"]} if has_stats else {}
+    if not (robust_opts.dro or robust_opts.dann):
+      return LOSSES[loss](logits, targets, batch["weight"]), (logits, stats, state.robust, {})
+    value, new_robust, extra = _robust_loss(params, logits, targets,
+                                            collections.get("intermediates", {}), state, batch,
+                                            robust_opts)
+    return value, (logits, stats, new_robust, extra)
 
-  (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (value, (logits, stats, new_robust, extra)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   # Frozen blocks sit behind the model's stop_gradient: their gradients are zeros on every device
   # and the optimiser ignores them, so they need no all-reduce.
   grads = {k: g if k in frozen else jax.lax.pmean(g, AXIS) for k, g in grads.items()}
@@ -89,10 +129,12 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
     batch_stats = _keep_frozen(state.batch_stats, jax.lax.pmean(stats["batch_stats"], AXIS),
                                frozen)
   metrics = {"loss": value, "accuracy": _accuracy(logits, targets, loss),
-             "lr_scale": state.plateau_state.scale}
+             "lr_scale": state.plateau_state.scale, **extra}
+  if robust_opts.dro:   # the device's share is scaled for the gradient; report the global value
+    metrics["loss"] = extra["dro_loss"]
   metrics = jax.lax.pmean(metrics, AXIS)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            batch_stats=batch_stats)
+                            batch_stats=batch_stats, robust=new_robust)
   return new_state, metrics
 
 
@@ -101,13 +143,17 @@ def eval_step(variables, batch, *, model):
   return model.apply(variables, batch["image"], train=False)
 
 
-def make_pmapped_steps(model, tx, num_classes, loss="softmax", frozen=()):
-  """pmapped (train_step, eval_step); `frozen` as in `train_step`."""
+def make_pmapped_steps(model, tx, num_classes, loss="softmax", frozen=(),
+                       robust_opts: robust.Options = robust.OFF):
+  """pmapped (train_step, eval_step); `frozen` and `robust_opts` as in `train_step`."""
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+  if loss != "softmax" and (robust_opts.dro or robust_opts.dann):
+    raise ValueError("config.train.group_dro_step / dann_weight are defined for the classes task "
+                     "(one label per image), not for multi-label findings")
   p_train = jax.pmap(
       functools.partial(train_step, model=model, tx=tx, num_classes=num_classes, loss=loss,
-                        frozen=tuple(frozen)),
+                        frozen=tuple(frozen), robust_opts=robust_opts),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS)
   return p_train, p_eval

@@ -18,7 +18,7 @@ from clu import metric_writers, periodic_actions
 from flax import jax_utils
 
 from cxr_jax import data, files, models, weights
-from cxr_jax.train import checkpoint, feature_cache, optim, overview, transfer
+from cxr_jax.train import checkpoint, feature_cache, optim, overview, robust, transfer
 from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup, model_variables
 
 
@@ -37,6 +37,8 @@ class Setup:
   class_weights: np.ndarray
   features: feature_cache.FeatureCache | None = None  # frozen-block outputs (train.feature_cache)
   targets: np.ndarray | None = None   # findings task: multi-hot targets per example id
+  # Source-robust training: (source names, source index, (source, label) cell) per example id.
+  groups: tuple | None = None
 
 
 def init_variables(model, config, rng) -> tuple[dict, dict]:
@@ -115,10 +117,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   init_rng, state_rng = jax.random.split(rng)
   params, batch_stats, preprocessing, weights_version = initial_variables(
       *init_variables(model, config, init_rng), config)
+  groups, params, robust_state = robust_setup(config, built, split_ids, model, params,
+                                              batch_stats, jax.random.fold_in(init_rng, 1))
   tx = optim.make_optimizer(params, config)
   plateau = optim.make_plateau(config.train)
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
-                     plateau_state=plateau.init({}), rng=state_rng, batch_stats=batch_stats)
+                     plateau_state=plateau.init({}), rng=state_rng, batch_stats=batch_stats,
+                     robust=robust_state)
   train_labels = built.metadata["label"][split_ids["train"]]
   versions = {
       "dataset": built.version, "weights": weights_version, "preprocessing": preprocessing,
@@ -129,7 +134,32 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   return Setup(config, built, split_ids, model, tx, plateau, state, preprocessing, versions,
                class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting),
                feature_cache.for_setup(config, model, params, built, split_ids, preprocessing),
-               targets)
+               targets, groups)
+
+
+def robust_setup(config, built, split_ids, model, params, batch_stats, rng):
+  """(groups, params, robust state) for group DRO / DANN (config.train.group_dro_step,
+  dann_weight): the group table, params with the source classifier added under
+  robust.SOURCE_HEAD, and the initial group weights. (None, params, {}) when both are off."""
+  opts = robust.Options.from_config(config.train, 1)
+  if not (opts.dro or opts.dann):
+    return None, params, {}
+  if transfer.task_of(config) != "classes":
+    raise ValueError("config.train.group_dro_step / dann_weight need config.data.task='classes'")
+  names, sources, cells = robust.group_table(built.metadata, config.model.num_classes)
+  state = {}
+  if opts.dro:
+    num_groups = len(names) * config.model.num_classes
+    state["group_weights"] = jnp.asarray(
+        robust.initial_group_weights(cells[split_ids["train"]], num_groups))
+  if opts.dann:
+    size = config.data.image_size
+    last = robust.LAST_BLOCKS[0] if robust.LAST_BLOCKS[0] in params else robust.LAST_BLOCKS[1]
+    shape = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)), stop=last),
+                           model_variables(params, batch_stats)).shape
+    params = {**params, robust.SOURCE_HEAD: robust.init_source_head(
+        rng, len(names), shape[-1], int(config.train.dann_hidden))}
+  return (names, sources, cells), params, state
 
 
 def _local_shard(batch: dict) -> dict:
@@ -189,6 +219,8 @@ def _prepare_batch(s: Setup, batch: dict, epoch: int, step: int) -> dict:
   if s.targets is not None:
     out["targets"] = s.targets[batch["index"]]
     out["weight"] = np.ones(batch["label"].shape, np.float32)
+  if s.groups is not None:
+    out["source"], out["group"] = s.groups[1][batch["index"]], s.groups[2][batch["index"]]
   batch = out
   if s.config.train.mixup_alpha > 0:
     rng = np.random.default_rng([s.config.seed, epoch, step])
@@ -227,12 +259,13 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     return loop, state
 
   model = s.features.suffix(s.model) if s.features else s.model
-  p_train, p_eval = make_pmapped_steps(
-      model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
-      frozen=optim.frozen_names(state.params, config.model.trainable_blocks))
   n_steps = steps_per_epoch(s)
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
   total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
+  p_train, p_eval = make_pmapped_steps(
+      model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
+      frozen=optim.frozen_names(state.params, config.model.trainable_blocks),
+      robust_opts=robust.Options.from_config(config.train, total))
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   r_state = jax_utils.replicate(state)
   step = int(state.step)
@@ -255,7 +288,8 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
       if step % config.train.log_every_steps == 0:
         writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
 
-    val = validation_metrics(s, p_eval, model_variables(r_state.params, r_state.batch_stats))
+    val = validation_metrics(s, p_eval, model_variables(robust.without_source_head(r_state.params),
+                                                        r_state.batch_stats))
     state = jax_utils.unreplicate(r_state)
     state = state.replace(plateau_state=optim.plateau_step(s.plateau, state.plateau_state,
                                                            val["val_loss"]))
@@ -268,7 +302,8 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     writer.write_scalars(step, {k: v for k, v in epoch_metrics.items() if k != "epoch"})
     logging.info("epoch %d: %s", epoch, json.dumps(epoch_metrics))
     if improved:
-      ckpt.save_best(epoch, model_variables(state.params, state.batch_stats), {"epoch": epoch, **val})
+      ckpt.save_best(epoch, model_variables(robust.without_source_head(state.params),
+                                            state.batch_stats), {"epoch": epoch, **val})
     loop = {"epoch": epoch + 1, "early_stopping": stopper.to_dict(),
             "history": loop["history"] + [epoch_metrics],
             "stopped_early": stop}
