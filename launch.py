@@ -8,6 +8,8 @@ workdir/audit/audit.md; see cxr_jax.evaluate.audit), explain (Grad-CAM overlays)
 cv / ablation / sweep (every fold / grid cell in workdir/runs/, then tables and figures; see
 cxr_jax.experiments; started again, they skip finished runs and resume the unfinished one),
 loso (leave one source out: a model per held-out source, scored on all of it; loso.md),
+robustness (the source-robustness ablation: baseline, each measure, a combination, each run
+audited; robustness.md; see cxr_jax.experiments.robustness),
 twice_transfer (NIH findings stage, then single / twice / twice+output-neuron-keeping runs; see
 configs/twice_transfer.py).
 Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128.
@@ -29,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "audit", "explain", "cv", "ablation",
-                                    "sweep", "loso", "twice_transfer"],
+                                    "sweep", "loso", "robustness", "twice_transfer"],
                   "What to do.")
 flags.DEFINE_string("split", "test", "Split used by --mode=evaluate/explain.")
 flags.DEFINE_enum("method", "gradcam", ["gradcam", "gradcam++", "lrp"],
@@ -54,8 +56,9 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   del argv
-  if FLAGS.external and FLAGS.mode not in ("train", "evaluate", "audit"):
-    raise app.UsageError(f"--external serves --mode=train/evaluate/audit, not --mode={FLAGS.mode}")
+  if FLAGS.external and FLAGS.mode not in ("train", "evaluate", "audit", "robustness"):
+    raise app.UsageError("--external serves --mode=train/evaluate/audit/robustness, not "
+                         f"--mode={FLAGS.mode}")
   from cxr_jax import host_memory
 
   host_memory.configure(FLAGS.config.host_memory)  # before JAX or tf.data start their threads
@@ -103,6 +106,10 @@ def main(argv):
     from cxr_jax import experiments
 
     result = experiments.run_loso(config, FLAGS.workdir)
+  elif FLAGS.mode == "robustness":
+    from cxr_jax import experiments
+
+    result = experiments.run_robustness(config, FLAGS.workdir)
   elif FLAGS.mode == "twice_transfer":
     from cxr_jax import experiments
 

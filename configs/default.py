@@ -135,6 +135,10 @@ def get_config() -> ml_collections.ConfigDict:
   xp.select_metric = "accuracy"      # "best" group/fold by this test metric (higher is better)
   # --mode=loso: the sources held out in turn, "a,b,c"; "" = every source of the data.
   xp.loso_sources = ""
+  # --mode=robustness (cxr_jax/experiments/robustness.py, configs/robustness.py): the measures
+  # trained, each a name of robustness.MEASURES or "combined" (= the measures named in combine).
+  xp.measures = "baseline,acquisition,equalize,lung_crop,group_balance,group_dro,dann"
+  xp.combine = ""
   xp.plot_metric = "covid/accuracy"  # y axis of the figure: accuracy, macro_auc, <class>/<accuracy|
                                      # sensitivity|specificity|auc>
   # --mode=twice_transfer (configs/twice_transfer.py): the stage-2 runs compared, and train.*

@@ -80,8 +80,9 @@ def _part(metrics: dict) -> dict:
   return part
 
 
-def source_probes(workdir, *, which: str = "best") -> dict:
-  """Source recognition from the kept model's features and from ImageNet's, every labelled image."""
+def source_probes(workdir, *, which: str = "best", reference: bool = True) -> dict:
+  """Source recognition from the kept model's features and (reference=True) from ImageNet's,
+  every labelled image."""
   from cxr_jax import weights
   from cxr_jax.evaluate.inference import run_batches
   from cxr_jax.evaluate.probes import make_feature_fn, source_recognition
@@ -103,6 +104,8 @@ def source_probes(workdir, *, which: str = "best") -> dict:
                if k not in ("perturbations", "intermediates")}
   result = {"images": "every labelled image of the run's data (all splits)",
             "kept_model": probe(variables)}
+  if not reference:
+    return result
   arch = loaded.config.model.arch
   try:
     pre = weights.load_pretrained(arch, source=loaded.config.model.get("weights_source") or None)

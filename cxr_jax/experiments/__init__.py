@@ -7,7 +7,8 @@ under `<workdir>/runs/`, skipping finished ones, and writes the tables and figur
 
 from cxr_jax.experiments.experiment import MODES, ExperimentIncomplete, plan, run_experiment
 from cxr_jax.experiments.loso import run_loso
+from cxr_jax.experiments.robustness import run_robustness
 from cxr_jax.experiments.twice import run_twice_transfer
 
 __all__ = ["MODES", "ExperimentIncomplete", "plan", "run_experiment", "run_loso",
-           "run_twice_transfer"]
+           "run_robustness", "run_twice_transfer"]

@@ -1,0 +1,256 @@
+"""The source-robustness ablation: the baseline, each measure alone, and a combination, every run
+audited the same way.
+
+  python launch.py --config=configs/robustness.py --workdir=W --mode=robustness \
+      --external=manifest:../shared/data/cxr-external
+
+One run per measure (x folds) through the resumable runner (`runs/<measure>_fold<k>/`). Each run
+is the trainer's (test split with patient-group CIs, within-source AUCs, calibration, external
+sets of config.eval.external), then the audit's probes on its kept model: source recognition from
+its features and the lungs-blanked / outside-blanked probes (`robustness_probes.json`). Tables:
+robustness.md, robustness.csv, robustness.json, and robustness.png.
+
+Choose by the cxr3 validation split and leave-one-source-out; the external columns are for
+reporting (they are never trained on, and must never pick the recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cxr_jax import files, machine
+from cxr_jax.experiments import grid, runner, tables
+
+# Each measure as config overrides (dotted field -> value); the fields are documented in
+# configs/default.py. "combined" is config.experiment.combine's measures together.
+MEASURES = {
+    "baseline": {},
+    "acquisition": {"data.acquisition": True},
+    "equalize": {"data.intensity": "equalize"},
+    "lung_crop": {"data.crop": "lungs"},
+    "group_balance": {"data.group_balance": True},
+    "group_dro": {"train.group_dro_step": 0.02},
+    "dann": {"train.dann_weight": 0.3},
+}
+COMBINED = "combined"
+PROBES_FILE = "robustness_probes.json"
+
+
+def measure_overrides(config, name: str) -> dict:
+  """The overrides of measure `name` (for "combined": those of config.experiment.combine)."""
+  if name == COMBINED:
+    parts = [p.strip() for p in str(config.experiment.combine).split(",") if p.strip()]
+    if not parts:
+      raise ValueError("measure 'combined' needs config.experiment.combine, e.g. "
+                       "'acquisition,group_dro'")
+    out = {}
+    for part in parts:
+      out.update(measure_overrides(config, part))
+    return out
+  if name not in MEASURES:
+    raise ValueError(f"config.experiment.measures: unknown measure {name!r}; known: "
+                     f"{sorted(MEASURES) + [COMBINED]}")
+  return MEASURES[name]
+
+
+def plan(config) -> list[grid.Run]:
+  """One run per (measure, fold) of config.experiment.measures, configs checked before training."""
+  names = [n.strip() for n in str(config.experiment.measures).split(",") if n.strip()]
+  if len(set(names)) != len(names) or not names:
+    raise ValueError(f"config.experiment.measures={config.experiment.measures!r}: name each "
+                     "measure once")
+  runs = []
+  for name in names:
+    overrides = measure_overrides(config, name)
+    base = config.copy_and_resolve_references()
+    for field, value in overrides.items():
+      grid.get_field(base, field)   # unknown fields fail here, before anything trains
+      grid.set_field(base, field, value)
+    for fold in grid.folds_to_run(base):
+      run_config = base.copy_and_resolve_references()
+      run_config.data.fold = fold
+      runs.append(grid.Run(name, fold, tuple(overrides.items()), run_config))
+  return runs
+
+
+def train_and_probe(config, workdir) -> dict:
+  """The trainer's run, then the probes of its kept model."""
+  from cxr_jax import train
+
+  metrics = train.train_and_evaluate(config, workdir)
+  run_probes(Path(workdir))
+  return metrics
+
+
+def run_probes(directory: Path, segmenter=None) -> dict:
+  """Source recognition (kept model's features; ImageNet's reference is the baseline audit's) and
+  the lung probes (masks from `segmenter`, default the stored one), written once to
+  robustness_probes.json."""
+  path = directory / PROBES_FILE
+  if path.is_file():
+    return json.loads(path.read_text())
+  from cxr_jax.evaluate import audit
+  from cxr_jax.lungs.annotations import AnnotationError
+  from cxr_jax.weights.errors import WeightsError
+
+  result = {"source_recognition": audit.source_probes(directory, reference=False)}
+  try:
+    result["lung_probes"] = audit.lung_probes(directory, segmenter=segmenter)
+  except (AnnotationError, WeightsError) as e:   # no annotation set, no stored segmenter
+    result["lung_probes"] = {"defined": False, "why": f"no lung segmenter ({e})"}
+  files.write_json(path, result)
+  return result
+
+
+def run_robustness(config, workdir, train_fn=None) -> dict:
+  """Trains and probes the unfinished runs, then writes the tables and the figure."""
+  import jax
+
+  workdir = Path(workdir)
+  runs = plan(config)
+  logging.info("robustness ablation: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
+  status = runner.run_all(runs, workdir, train_fn or train_and_probe)
+  if jax.process_index() != 0:
+    return {}
+  rows = []
+  for run in runs:
+    directory = runner.run_dir(workdir, run)
+    if runner.is_finished(directory):
+      rows.append(table_row(run, runner.load_result(directory), run_probes(directory)))
+  doc = dict(mode="robustness", machine=machine.summary(), status=status, rows=rows)
+  files.write_json(workdir / "robustness.json", doc)
+  tables.write_csv(workdir / "robustness.csv", rows)
+  files.write_atomic(workdir / "robustness.md", markdown(rows, status))
+  written = [str(workdir / n) for n in ("robustness.md", "robustness.csv", "robustness.json")]
+  if rows:
+    written.append(write_figure(rows, workdir / "robustness.png"))
+  doc["written"] = written
+  return doc
+
+
+def _get(tree, *keys):
+  for key in keys:
+    if not isinstance(tree, dict) or tree.get(key) is None:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def external_columns(external: dict) -> dict:
+  """Per external set and source: accuracy, share called COVID, the sensitivity of COVID where
+  the source holds it, and the within-source AUCs it defines."""
+  out = {}
+  for name, h in external.items():
+    out[f"{name}/accuracy"] = h.get("accuracy")
+    for source, s in h.get("by_source", {}).items():
+      out[f"{source}/called_covid"] = _get(s, "called", "covid")
+      if "covid" in (s.get("sensitivity") or {}):
+        out[f"{source}/covid_sensitivity"] = s["sensitivity"]["covid"]
+      for key in ("covid_auc", "normal_vs_pneumonia_auc"):
+        if s.get(key) is not None:
+          out[f"{source}/{key}"] = s[key]
+  return out
+
+
+def table_row(run: grid.Run, result: dict, probes: dict) -> dict:
+  """One run's figures: validation (what chooses), internal test, within-source, external,
+  probes, calibration."""
+  m = result["metrics"]
+  lungs = probes.get("lung_probes") or {}
+  row = {"measure": run.cell, "fold": run.fold,
+         "overrides": "; ".join(f"{k}={v}" for k, v in run.values) or "-",
+         "val_loss": result.get("val_loss"),
+         "test_accuracy": m.get("accuracy"),
+         "test_accuracy_low": _get(m, "intervals", "accuracy", "low"),
+         "test_accuracy_high": _get(m, "intervals", "accuracy", "high"),
+         "test_covid_auc": _get(m, "per_class", "covid", "roc_auc"),
+         "source_only_accuracy": m.get("source_only_accuracy"),
+         "ieee8023_covid_auc": _get(m, "within_source", "ieee8023", "covid_auc", "value"),
+         "ece_before": _get(m, "calibration", "ece_before"),
+         "ece_after": _get(m, "calibration", "ece_after"),
+         "lungs_blanked_accuracy": _get(lungs, "lungs_blanked", "accuracy"),
+         "outside_blanked_accuracy": _get(lungs, "outside_blanked", "accuracy"),
+         "source_probe_balanced_accuracy": _get(probes, "source_recognition", "kept_model",
+                                                "balanced_accuracy")}
+  row.update(external_columns(result.get("external", {})))
+  return row
+
+
+def _num(value) -> str:
+  return "-" if value is None else f"{value:.3f}"
+
+
+_MAIN_COLUMNS = (
+    ("val_loss", "val. loss"), ("test_accuracy", "test accuracy"),
+    ("test_covid_auc", "COVID AUC"), ("ieee8023_covid_auc", "COVID AUC in ieee8023"),
+    ("source_only_accuracy", "source-only rule"), ("lungs_blanked_accuracy", "lungs blanked acc."),
+    ("outside_blanked_accuracy", "only lungs acc."),
+    ("source_probe_balanced_accuracy", "source probe bal. acc."),
+    ("ece_before", "ECE"), ("ece_after", "ECE (T-scaled)"))
+
+
+def markdown(rows: list[dict], status: dict) -> str:
+  lines = ["# Source-robustness ablation", "",
+           f"Machine: {machine.describe()}. One row per measure (fold in brackets); `-`: "
+           "undefined or not measured. Validation loss (cxr3) is what chooses; external columns "
+           "are for reporting only.", "",
+           "## cxr3: validation, internal test, within-source, probes", "",
+           "| measure | " + " | ".join(h for _, h in _MAIN_COLUMNS) + " |",
+           "| --- |" + " --- |" * len(_MAIN_COLUMNS)]
+  for r in rows:
+    cells = []
+    for key, _ in _MAIN_COLUMNS:
+      text = _num(r.get(key))
+      if key == "test_accuracy" and r.get("test_accuracy_low") is not None:
+        text += f" [{r['test_accuracy_low']:.3f}, {r['test_accuracy_high']:.3f}]"
+      cells.append(text)
+    lines.append(f"| {r['measure']} ({r['fold']}) | " + " | ".join(cells) + " |")
+  external = sorted({k for r in rows for k in r if "/" in k})
+  if external:
+    lines += ["", "## External sets (evaluation only, never trained on or chosen by)", "",
+              "| measure | " + " | ".join(external) + " |", "| --- |" + " --- |" * len(external)]
+    for r in rows:
+      lines.append(f"| {r['measure']} ({r['fold']}) | "
+                   + " | ".join(_num(r.get(k)) for k in external) + " |")
+  lines += ["", "Overrides of each measure:", ""]
+  lines += [f"- {r['measure']}: {r['overrides']}" for r in rows]
+  failed = sorted(k for k, v in status.items() if v.startswith("failed"))
+  if failed:
+    lines += ["", f"Failed runs (start the command again to retry): {', '.join(failed)}."]
+  return "\n".join(lines) + "\n"
+
+
+_FIGURE = (("test_accuracy", "internal test accuracy"),
+           ("ieee8023_covid_auc", "COVID AUC inside ieee8023"),
+           ("lungs_blanked_accuracy", "accuracy, lungs blanked"),
+           ("source_probe_balanced_accuracy", "source probe (bal. acc.)"))
+
+
+def write_figure(rows: list[dict], path: Path) -> str:
+  """Grouped bars: per measure, the internal, within-source, probe and external headline figures."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  external = sorted({k for r in rows for k in r
+                     if k.endswith(("/accuracy", "/called_covid", "/covid_sensitivity"))})
+  series = list(_FIGURE) + [(k, k) for k in external]
+  x = np.arange(len(rows))
+  width = 0.8 / len(series)
+  fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
+  for i, (key, label) in enumerate(series):
+    values = [np.nan if r.get(key) is None else r[key] for r in rows]
+    ax.bar(x + (i - len(series) / 2 + 0.5) * width, values, width, label=label)
+  ax.set_xticks(x, [f"{r['measure']}" for r in rows], rotation=20)
+  ax.set_ylim(0, 1)
+  ax.set_title("Source-robustness ablation (external: evaluation only)")
+  ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return str(path)
