@@ -88,6 +88,7 @@ def test_cache_is_skipped_when_it_cannot_give_the_same_training(root, monkeypatc
   config = ft2_config(root, feature_cache=True)
   assert feature_cache.unusable_reason(config) is None
   for field, value, reason in (("data.augment", True, "augment"),
+                               ("data.acquisition", True, "acquisition"),
                                ("train.mixup_alpha", 0.2, "mixup"),
                                ("model.trainable_blocks", 5, "no frozen blocks"),
                                ("train.feature_cache", False, "off")):

@@ -53,6 +53,8 @@ def unusable_reason(config) -> str | None:
     return "no frozen blocks (trainable_blocks=5)"
   if config.data.augment:
     return "data.augment changes the images every epoch"
+  if config.data.get("acquisition", False):
+    return "data.acquisition changes the images every epoch"
   if config.train.mixup_alpha > 0:
     return "mixup mixes images before the frozen blocks"
   if jax.process_count() > 1:
