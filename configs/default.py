@@ -38,6 +38,20 @@ def get_config() -> ml_collections.ConfigDict:
   d.balance = False                  # sample equal counts per class (Lee et al.); training split only
   d.train_fraction = 1.0             # share of the training patient groups used (few-data studies)
   d.augment = False                  # random flips/shifts; off as in the paper
+  # Acquisition augmentation (cxr_jax/data/augment.py), training only: random resized crop (80-100%
+  # of the area) and rotation (+-7 deg), down-then-up resampling, blur or sharpening, Gaussian
+  # noise, gamma / contrast / brightness, JPEG re-encoding (quality 30-95), each with p=0.5, drawn
+  # from (seed, epoch, example) so a resumed epoch is bitwise the same. Against source shortcuts:
+  # public COVID sets confound label with collection, and these traits tell collections apart.
+  # No horizontal flip here (data.augment has one): a flipped film puts the heart on the right,
+  # an anatomy no real PA/AP image has, and side markers/text turn mirror-image.
+  d.acquisition = False
+  d.acquisition_strength = 1.0       # scales every range above (0.5 = half as far from no change)
+  # Group-balanced sampling (Sagawa et al. 2020), training only: the epoch's len(train) draws come
+  # from every (source, label) cell of the training split equally often (small cells repeat, each
+  # cell reshuffled whenever it is used up), so no collection/class pair dominates the gradient.
+  # Epoch length unchanged.
+  d.group_balance = False
   d.shuffle_buffer = 2048
   d.deterministic = True             # reproducible tf.data order (resume == uninterrupted)
   # classes: covid/normal/pneumonia (softmax). findings: the 14 NIH ChestX-ray14 findings + No
