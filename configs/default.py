@@ -30,6 +30,17 @@ def get_config() -> ml_collections.ConfigDict:
   # report's lung_fallbacks. "none": the whole image.
   d.crop = "none"
   d.crop_margin = 0.05
+  # Intensity standardisation (source-robust training: collections differ in contrast and
+  # exposure, a cue a model can use in place of the disease), cached in the build (part of its
+  # hash when not "none"). none | equalize (global histogram equalisation) | match (match to the
+  # fixed reference histogram cxr_jax.data.intensity.REFERENCE, defined in code). Applied after
+  # the crop, before CLAHE: the global histogram is standardised first, so CLAHE's local contrast
+  # then acts on one grey-level scale for every source, as before.
+  d.intensity = "none"
+  # Compute the histogram (equalize or match mapping) from the predicted lung pixels only (needs
+  # the lung segmenter, as data.crop="lungs"); the mapping is applied to the whole image. An image
+  # whose mask fails the quality check uses its whole histogram and is listed in lung_fallbacks.
+  d.intensity_in_lungs = False
   d.max_reject_fraction = 0.05       # build fails if more of the source files are unreadable
   d.test_fraction = 0.2              # held-out test split, by patient group
   d.num_folds = 5                    # train/validation folds inside the training split

@@ -1,6 +1,7 @@
 """Decoding and preprocessing of one image file, done once at build time (OpenCV, pydicom).
 
-decode -> grayscale uint8 -> lung crop (optional) -> CLAHE (optional) -> square resize. 16-bit
+decode -> grayscale uint8 -> lung crop (optional) -> intensity standardisation (optional) ->
+CLAHE (optional) -> square resize. 16-bit
 images and DICOM are stretched linearly from their minimum to their maximum onto 0..255 (after DICOM's modality
 and VOI LUTs), because their stored range (10, 12 or 16 bits) varies between sources.
 """
@@ -13,6 +14,8 @@ import io
 
 import cv2
 import numpy as np
+
+from cxr_jax.data import intensity as intensity_lib
 
 # Bump when the output of `preprocess` changes for the same input, so old builds are not reused.
 PREPROCESS_VERSION = 1
@@ -30,30 +33,49 @@ class PreprocessConfig:
   clahe_tile_grid: int = 8
   crop: str = "none"         # "lungs": crop to the predicted lungs' box (+ crop_margin) first
   crop_margin: float = 0.05
-  lungs: str = ""            # version of the lung segmenter that cropped (part of the build hash)
+  lungs: str = ""            # version of the lung segmenter used (part of the build hash)
+  intensity: str = "none"    # "equalize" | "match" (cxr_jax.data.intensity), after the crop
+  intensity_in_lungs: bool = False  # the intensity mapping from the lung pixels only
 
   @classmethod
   def from_data_config(cls, data_config) -> PreprocessConfig:
     crop = str(data_config.get("crop", cls.crop))
     if crop not in ("none", "lungs"):
       raise ValueError(f"data.crop must be 'none' or 'lungs', got {crop!r}")
+    method = intensity_lib.check(str(data_config.get("intensity", cls.intensity)))
+    # Without a mapping there is nothing to compute in the lungs: no segmenter, same build.
+    in_lungs = bool(data_config.get("intensity_in_lungs", False)) and method != "none"
     return cls(int(data_config.image_size), bool(data_config.clahe),
                float(data_config.clahe_clip_limit), int(data_config.clahe_tile_grid),
-               crop, float(data_config.get("crop_margin", cls.crop_margin)))
+               crop, float(data_config.get("crop_margin", cls.crop_margin)),
+               intensity=method, intensity_in_lungs=in_lungs)
+
+  @property
+  def needs_lungs(self) -> bool:
+    return self.crop == "lungs" or self.intensity_in_lungs
 
   def with_lungs(self) -> PreprocessConfig:
-    """This config with the lung segmenter's version filled in (crop="lungs"; trains the
-    segmenter once if it is not stored), so a new segmenter means a new build."""
-    if self.crop != "lungs":
+    """This config with the lung segmenter's version filled in (crop="lungs" or
+    intensity_in_lungs; trains the segmenter once if it is not stored), so a new segmenter means
+    a new build."""
+    if not self.needs_lungs:
       return self
-    from cxr_jax.lungs import segment  # Only lung-cropped builds need the segmenter.
+    from cxr_jax.lungs import segment  # Only builds that use the lungs need the segmenter.
     return dataclasses.replace(self, lungs=segment.default_segmenter().version)
 
   def to_json(self) -> dict:
     out = dict(dataclasses.asdict(self), version=PREPROCESS_VERSION)
-    if self.crop == "none":  # builds from before the crop existed keep their hash
-      for key in ("crop", "crop_margin", "lungs"):
-        out.pop(key)
+    # Fields left at their defaults are left out: builds from before they existed keep their hash.
+    if self.crop == "none":
+      del out["crop"], out["crop_margin"]
+    if not self.needs_lungs:
+      del out["lungs"]
+    if self.intensity == "none":
+      del out["intensity"], out["intensity_in_lungs"]
+    else:
+      out["intensity_version"] = intensity_lib.VERSION
+    if self.intensity == "match":  # another reference is another build
+      out["intensity_reference"] = intensity_lib.REFERENCE_SHAPE
     return out
 
 
@@ -64,7 +86,9 @@ class Processed:
   orig_height: int
   orig_width: int
   sha1: str              # of the file's bytes
-  lung_fallback: str = ""  # crop="lungs": why the whole image was kept ("" = cropped)
+  # crop="lungs" / intensity_in_lungs: why the lung mask was not used, so the whole image was
+  # kept and gave the intensity histogram ("" = the lungs were used, or not asked for).
+  lung_fallback: str = ""
 
 
 def _is_dicom(data: bytes, path: str) -> bool:
@@ -141,23 +165,41 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
   return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def crop_to_lungs(image: np.ndarray, config: PreprocessConfig, name: str) -> tuple[np.ndarray, str]:
-  """(the image cropped to its lungs' box + margin, "") or, when the predicted mask fails its
-  quality check, (the whole image, the reason): never a silent crop to nothing."""
-  from cxr_jax.lungs import masks, segment
+def find_lungs(image: np.ndarray, config: PreprocessConfig, name: str
+               ) -> tuple[np.ndarray | None, str]:
+  """(the predicted lung mask, "") or, when it fails its quality check, (None, the reason):
+  callers then use the whole image, never a silent empty mask."""
+  from cxr_jax.lungs import segment
   segmenter = segment.default_segmenter()
   if config.lungs and config.lungs != segmenter.version:
     raise ValueError(f"this build was made with lung segmenter {config.lungs}, the stored one is "
                      f"{segmenter.version}: rebuild (or restore that segmenter)")
   found = segmenter.lungs(image, name=name)
-  if not found.check.ok:
-    return image, found.check.reason
-  top, left, bottom, right = masks.crop_box(found.mask, config.crop_margin)
-  return image[top:bottom, left:right], ""
+  return (found.mask, "") if found.check.ok else (None, found.check.reason)
 
 
-def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-  """2-D uint8 image -> uint8 [size, size, 1]."""
+def apply_lungs(image: np.ndarray, config: PreprocessConfig, name: str
+                ) -> tuple[np.ndarray, np.ndarray | None, str]:
+  """(image, lung mask, fallback reason) for the steps after decoding: cropped to the lungs'
+  box + margin when crop="lungs" (mask cropped alike); segmented once for crop and intensity."""
+  if not config.needs_lungs:
+    return image, None, ""
+  mask, reason = find_lungs(image, config, name)
+  if mask is not None and config.crop == "lungs":
+    from cxr_jax.lungs import masks
+    top, left, bottom, right = masks.crop_box(mask, config.crop_margin)
+    image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
+  return image, mask, reason
+
+
+def preprocess(image: np.ndarray, config: PreprocessConfig,
+               lung_mask: np.ndarray | None = None) -> np.ndarray:
+  """2-D uint8 image -> uint8 [size, size, 1]. The global histogram is standardised before
+  CLAHE, so CLAHE's local contrast works on the same grey-level scale for every source (as it
+  did on each source's own before); `lung_mask` (at the image's size) is used only when
+  intensity_in_lungs, None = the whole image."""
+  mask = lung_mask if config.intensity_in_lungs else None
+  image = intensity_lib.standardise(image, config.intensity, mask)
   if config.clahe:
     image = clahe(image, config.clahe_clip_limit, config.clahe_tile_grid)
   return resize_square(image, config.image_size)[..., None]
@@ -172,10 +214,8 @@ def process_file(path: str, config: PreprocessConfig) -> Processed:
     if gray.ndim != 2 or min(gray.shape) < 2:
       raise DecodeError(f"unexpected image shape {gray.shape}")
     orig = gray.shape
-    fallback = ""
-    if config.crop == "lungs":
-      gray, fallback = crop_to_lungs(gray, config, path)
-    image = preprocess(gray, config)
+    gray, lung_mask, fallback = apply_lungs(gray, config, path)
+    image = preprocess(gray, config, lung_mask)
   except cv2.error as e:  # OpenCV rejects some decodable but odd images (e.g. huge, 1-pixel)
     raise DecodeError(f"OpenCV cannot process the image ({e.err})") from e
   ok, png = cv2.imencode(".png", image)

@@ -22,9 +22,10 @@ from cxr_jax.evaluate.summary import compute_metrics
 # evaluated explicitly (cxr_jax.evaluate.external), never as a side effect of a changed config.
 _MODEL_FIELDS = ("arch", "num_classes", "head", "hidden")
 _INPUT_FIELDS = ("image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid", "crop",
-                 "crop_margin")
+                 "crop_margin", "intensity", "intensity_in_lungs")
 # What a saved config from before a field existed ran with.
-_DATA_DEFAULTS = dict(task="classes", crop="none", crop_margin=0.05)
+_DATA_DEFAULTS = dict(task="classes", crop="none", crop_margin=0.05, intensity="none",
+                      intensity_in_lungs=False)
 _SPLIT_FIELDS = ("sources", "task", "split_seed", "test_fraction", "num_folds", "fold",
                  "train_fraction")
 
