@@ -140,6 +140,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = e = ml_collections.ConfigDict()
   e.num_bootstrap = 1000             # resamples of patient groups for the confidence intervals
   e.ci = 0.95                        # confidence level
+  # Fit one temperature on the validation split's logits (cxr_jax/evaluate/calibration.py);
+  # reports give ECE / NLL before and after on the evaluated images, external sets with the same
+  # temperature (ranking metrics and accuracy do not change; predictions.csv stays the raw model's).
+  e.temperature_scaling = True
   # Collections outside the run's data (reader specs, e.g. "manifest:../shared/data/cxr-external"),
   # scored by the kept model after training into workdir/external/<name>/ and added to experiment
   # tables. Evaluation only: never trained on, never used to choose. launch.py --external=SPEC

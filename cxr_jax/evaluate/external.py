@@ -8,7 +8,9 @@ with only `sources` replaced; cached and versioned like any build) and scored by
 parameters. External sets usually lack a class: every metric that is defined is reported, the
 others say why (`cxr_jax.evaluate.metrics`), and the within-source figures (share called each
 class, COVID AUC, normal-vs-pneumonia AUC) are the ones to read. Outputs go to
-`W/external/<name>/`: metrics.json, report.md, predictions.csv and the plots.
+`W/external/<name>/`: metrics.json, report.md, predictions.csv and the plots. Calibration before
+and after temperature scaling uses the temperature of the run's own validation split: the one its
+test evaluation recorded for the same parameters, else fitted once per call.
 
 This path is explicit: evaluating a run on its *own* data with another config is refused
 (`workdir.check_compatible`); a different collection is named here instead.
@@ -24,7 +26,7 @@ import re
 from pathlib import Path
 
 from cxr_jax.data.records import LABELS, NO_LABEL
-from cxr_jax.evaluate.inference import predict_arrays
+from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
 
 OUT_DIR = "external"
 
@@ -73,13 +75,21 @@ def external_data_config(run_config, spec: str):
 def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> dict:
   """Evaluates the kept model of `workdir` on each external spec; {name: metrics}."""
   from cxr_jax import data, train
-  from cxr_jax.evaluate.workdir import LoadedSplit, data_batches, score, write_evaluation
+  from cxr_jax.evaluate.workdir import (
+    LoadedSplit,
+    add_calibration,
+    data_batches,
+    eval_setting,
+    score,
+    write_evaluation,
+  )
 
   trained = trained or train.load_trained(workdir, which=which)
   if trained.config.data.get("task", "classes") != "classes":
     raise ValueError(f"{workdir} is a data.task={trained.config.data.task!r} run; external "
                      "evaluation serves the 3-class task")
-  results, used = {}, set()
+  results, used, fit = {}, set(), None
+  predict_fn = make_predict_fn(trained.model)  # one compilation per batch shape for all sets
   for spec in specs:
     check_source(spec)
     name = external_name(spec)
@@ -92,8 +102,12 @@ def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> d
     ids = meta["id"][meta["label"] != NO_LABEL]
     loaded = LoadedSplit(trained, config, built, ids)
     batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
-    probs, labels, ids = predict_arrays(trained.model, trained.variables, batches)
+    probs, labels, ids = predict_arrays(trained.model, trained.variables, batches,
+                                        predict_fn=predict_fn)
     metrics = score(config, labels, probs, meta, ids)
+    if eval_setting(config, "temperature_scaling", True):
+      fit = fit or run_temperature(workdir, trained, predict_fn)
+      add_calibration(metrics, fit, labels, probs)
     metrics["unreadable"] = list(built.rejects)
     metrics["duplicates"] = list(built.duplicates)  # same bytes as a kept file: scored once
     metrics["run"] = dict(workdir=str(workdir), external=spec, checkpoint=which,
@@ -106,6 +120,19 @@ def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> d
                  workdir, name, metrics["accuracy"], len(ids), out)
     results[name] = metrics
   return results
+
+
+def run_temperature(workdir, trained, predict_fn=None) -> dict:
+  """The temperature of the run's own validation split (`workdir.validation_fit`): the one its
+  test evaluation recorded in metrics.json for these parameters, else fitted now."""
+  from cxr_jax import data
+  from cxr_jax.evaluate.workdir import model_digest, saved_validation_fit, validation_fit
+
+  saved = saved_validation_fit(workdir, model_digest(trained.variables))
+  if saved is not None:
+    return saved
+  return validation_fit(trained, trained.config, data.build_dataset(trained.config.data),
+                        predict_fn=predict_fn)
 
 
 def evaluate_missing(workdir, specs) -> list[str]:

@@ -107,6 +107,23 @@ def _rejects_section(metrics: dict) -> list[str]:
   return lines + [""]
 
 
+def _calibration_section(metrics: dict) -> list[str]:
+  cal = metrics.get("calibration") or {}
+  if "temperature" not in cal:  # temperature scaling off (eval.temperature_scaling) or older
+    return []
+  lines = ["## Calibration", ""]
+  if cal["temperature"] is None:
+    return lines + [f"Temperature scaling {cal['why']}.", ""]
+  return lines + [
+      f"One temperature T = {_num(cal['temperature'])}, fitted on the {cal['n_val']} validation "
+      "images by negative log-likelihood, divides the logits. Rankings, AUCs and accuracy do not "
+      "change; predictions.csv keeps the model's own probabilities.", "",
+      "| on these images | before | after |", "| --- | --- | --- |",
+      f"| expected calibration error ({cal['num_bins']} bins) | {_num(cal['ece_before'])} | "
+      f"{_num(cal['ece_after'])} |",
+      f"| negative log-likelihood | {_num(cal['nll_before'])} | {_num(cal['nll_after'])} |", ""]
+
+
 def render_report(metrics: dict, plots: dict, *, title: str) -> str:
   """Markdown text; `plots` maps kind -> file name relative to the report."""
   intervals = metrics.get("intervals")
@@ -124,6 +141,7 @@ def render_report(metrics: dict, plots: dict, *, title: str) -> str:
       "## Confusion matrix", "", *_confusion_table(metrics), "",
       *_source_section(metrics),
       *_within_source_section(metrics),
+      *_calibration_section(metrics),
       *_rejects_section(metrics),
       "## Plots", ""]
   captions = dict(roc="ROC curves", pr="precision-recall curves", confusion="confusion matrix",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import numpy as np
 
 from cxr_jax import files
 from cxr_jax.data.records import LABELS
-from cxr_jax.evaluate.inference import predict_arrays
+from cxr_jax.evaluate import calibration
+from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
 from cxr_jax.evaluate.plots import write_plots
 from cxr_jax.evaluate.report import render_report
 from cxr_jax.evaluate.summary import compute_metrics
@@ -112,16 +115,25 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
 
   Writes into `out_dir` (default: the workdir for the test split, `<workdir>/eval_<split>`
   otherwise): metrics.json, roc.png, pr.png, confusion_matrix.png, reliability.png, report.md
-  and predictions.csv. Returns the metrics dict (plus "written": the files).
+  and predictions.csv. Returns the metrics dict (plus "written": the files). With
+  eval.temperature_scaling, metrics["calibration"] also holds the temperature fitted on the run's
+  validation split and ECE / NLL of this split before and after it (`add_calibration`).
   """
   loaded = load_split(workdir, split, config, which)
   config, trained, built = loaded.config, loaded.trained, loaded.built
+  predict_fn = make_predict_fn(trained.model)  # one compilation for the split and validation
   batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
-  probs, labels, ids = predict_arrays(trained.model, trained.variables, batches)
+  probs, labels, ids = predict_arrays(trained.model, trained.variables, batches,
+                                      predict_fn=predict_fn)
   meta = built.metadata
   if not np.array_equal(meta["id"][ids], ids):
     raise RuntimeError("dataset metadata is not indexed by example id")
   metrics = score(config, labels, probs, meta, ids)
+  if eval_setting(config, "temperature_scaling", True):
+    # Evaluating the validation split itself: its predictions are the fit's, no second pass.
+    fit = validation_fit(trained, config, built, (probs, labels) if split == "val" else None,
+                         predict_fn=predict_fn)
+    add_calibration(metrics, fit, labels, probs)
   metrics["run"] = dict(workdir=str(workdir), split=split, checkpoint=which,
                         dataset=built.version, preprocessing=trained.preprocessing)
   out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
@@ -139,6 +151,83 @@ def score(config, labels, probs, meta, ids) -> dict:
       labels, probs, groups=meta["patient_group"][ids], sources=meta["source"][ids],
       num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
       ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
+
+
+def validation_split(trained, config, built) -> LoadedSplit:
+  """The run's validation split (empty when data.num_folds <= 1) of an already built dataset."""
+  from cxr_jax import data
+
+  return LoadedSplit(trained, config, built,
+                     np.unique(np.asarray(data.make_splits(built.metadata, config.data)["val"])))
+
+
+def model_digest(variables) -> str:
+  """Short sha256 of the variables' shapes and bytes: which parameters a temperature belongs to."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(variables):
+    leaf = np.asarray(leaf)
+    h.update(f"{leaf.dtype}{leaf.shape}".encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+def validation_fit(trained, config, built, val_predictions=None, *, predict_fn=None) -> dict:
+  """The temperature of a trained run fitted on its validation split of `built`: {temperature,
+  n_val, model_digest}, with temperature None and "why" where none can be fitted.
+
+  `val_predictions` (probs, labels) of the validation split when the caller has them already;
+  otherwise they are predicted like any evaluated split (`data_batches`, `predict_arrays`, with
+  `predict_fn` when given).
+  """
+  digest = model_digest(trained.variables)
+  if val_predictions is None:
+    val = validation_split(trained, config, built)
+    if not len(val.ids):  # data.num_folds <= 1
+      return dict(temperature=None, n_val=0, model_digest=digest,
+                  why="not fitted: no validation split")
+    val_predictions = _predict_split(val, predict_fn)
+  return dict(temperature_fit(*val_predictions), model_digest=digest)
+
+
+def _predict_split(loaded: LoadedSplit, predict_fn=None) -> tuple[np.ndarray, np.ndarray]:
+  batches = data_batches(loaded, batch_size=int(loaded.config.train.eval_batch_size))
+  probs, labels, _ = predict_arrays(loaded.trained.model, loaded.trained.variables, batches,
+                                    predict_fn=predict_fn)
+  return probs, labels
+
+
+def temperature_fit(probs, labels) -> dict:
+  """{temperature, n_val} fitted on validation probabilities; temperature None and "why" where
+  `calibration.fit_problem` names a reason."""
+  logits = calibration.logits_from_probs(probs)
+  problem = calibration.fit_problem(logits, labels)
+  if problem:
+    return dict(temperature=None, n_val=int(len(labels)), why=f"not fitted: {problem}")
+  return dict(temperature=calibration.fit_temperature(logits, labels), n_val=int(len(labels)))
+
+
+def saved_validation_fit(workdir, digest: str) -> dict | None:
+  """The validation fit recorded by the test evaluation in `workdir`/metrics.json, if it was made
+  for the same parameters (`model_digest`); None otherwise (absent, older or another model)."""
+  path = Path(workdir) / "metrics.json"
+  if not path.is_file():
+    return None
+  cal = json.loads(path.read_text()).get("calibration") or {}
+  if cal.get("model_digest") != digest or "temperature" not in cal:
+    return None
+  return {k: cal[k] for k in ("temperature", "n_val", "model_digest", "why") if k in cal}
+
+
+def add_calibration(metrics: dict, fit: dict, labels, probs) -> None:
+  """Adds the validation fit to metrics["calibration"] and, when a temperature was fitted, ECE
+  and NLL of the evaluated examples before and after it (same bins as the reliability curve, so
+  ece_before is its ECE). The reported probabilities stay the model's own."""
+  cal = metrics["calibration"]
+  cal.update(fit)
+  if fit["temperature"] is not None:
+    cal.update(calibration.calibration_summary(
+        calibration.logits_from_probs(probs), labels, fit["temperature"],
+        num_bins=len(cal["bins"])))
 
 
 def write_evaluation(out: Path, metrics: dict, title: str, ids, labels, probs, meta) -> None:

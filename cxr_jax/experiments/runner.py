@@ -22,7 +22,8 @@ METRICS_FILE, HISTORY_FILE, CONFIG_FILE = "metrics.json", "history.json", "confi
 # Fields that do not change what a run computes: they may differ between a run and its restart.
 _IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
             "train.log_every_steps", "distributed", "coordinator_address", "num_processes",
-            "process_id", "model.pool_impl", "host_memory", "eval.external")
+            "process_id", "model.pool_impl", "host_memory", "eval.external",
+            "eval.temperature_scaling")
 
 
 class ConfigMismatch(ValueError):
