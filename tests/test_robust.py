@@ -79,15 +79,19 @@ def test_negative_settings_are_refused_by_name():
     robust.Options.from_config(c.train, 10)
 
 
-@pytest.fixture(scope="module")
-def robust_run(tmp_path_factory):
-  """A 2-epoch smoke run (real cxr3, 48 px) with group DRO and DANN on."""
-  workdir = tmp_path_factory.mktemp("robust")
+def robust_config():
   c = smoke.get_config()
   c.model.dropout = 0.0
   c.train.group_dro_step = 0.1
   c.train.dann_weight = 1.0
-  s = trainer.setup(c)
+  return c
+
+
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory):
+  """A 2-epoch smoke run (real cxr3, 48 px) with group DRO and DANN on."""
+  workdir = tmp_path_factory.mktemp("robust")
+  s = trainer.setup(robust_config())
   initial = jax.tree.map(np.asarray, s.state.params)
   checkpoint.write_run_info(workdir, s.config, s.versions)
   loop, state = trainer.train(s, workdir)
@@ -117,3 +121,24 @@ def test_robust_run_group_weights_cover_only_the_training_cells(robust_run):
   assert np.all(np.delete(weights, train_cells) == 0)
   initial = robust.initial_group_weights(s.groups[2][s.split_ids["train"]], len(weights))
   assert not np.allclose(weights, initial)   # the weights moved
+
+
+def test_robust_run_killed_and_resumed_equals_uninterrupted(robust_run, tmp_path, monkeypatch):
+  """Group weights and the source classifier are part of the saved state: a resumed run takes
+  the same steps (bitwise) as the uninterrupted one."""
+  _, _, reference, _, state = robust_run
+  real_prepare = trainer._prepare_batch
+
+  def dying_prepare(s, batch, epoch, step):
+    if epoch == 1 and step == 4:            # mid-way through the second epoch
+      raise KeyboardInterrupt("simulated kill")
+    return real_prepare(s, batch, epoch, step)
+
+  monkeypatch.setattr(trainer, "_prepare_batch", dying_prepare)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(trainer.setup(robust_config()), tmp_path)
+  monkeypatch.setattr(trainer, "_prepare_batch", real_prepare)
+  _, resumed = trainer.train(trainer.setup(robust_config()), tmp_path)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               jax.device_get(resumed.params))
+  np.testing.assert_array_equal(state.robust["group_weights"], resumed.robust["group_weights"])
