@@ -101,11 +101,36 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   assert saved["external"]["ext-small"]["num_examples"] == len(ext_rows)
   text = (out / "audit.md").read_text()
   for heading in ("## Internal test split", "## External: ext-small", "## Source recognition",
-                  "## Lungs blanked / outside blanked", "## Not run", "heatmap lung share"):
+                  "## Lungs blanked / outside blanked", "## Heatmap lung share", "## Not run"):
     assert heading in text
+  assert "heatmap lung share" not in text.split("## Not run")[1]   # it ran: not listed as not run
+  assert "heatmap_lung_share" not in saved["not_run"]
   lungs = saved["lung_probes"]
   assert lungs["images"] == saved["internal"]["num_examples"] and not lungs["qc_failed"]
   assert set(lungs) >= {"original", "lungs_blanked", "outside_blanked"}
   # The original variant is the internal evaluation itself, image for image.
   assert lungs["original"]["accuracy"] == pytest.approx(saved["internal"]["accuracy"])
+  # Grad-CAM on the same masks: chance is the fake segmenter's area share on every image.
+  share = saved["heatmap_lung_share"]
+  chance = _HalvesSegmenter().lungs_many([np.zeros((SIZE, SIZE))])[0].mask.mean()
+  assert share["layer"] == config.explain.layer and not share["qc_failed"]
+  assert share["images"] + share["no_positive_mass"] == lungs["images"]
+  assert share["images"] > 0 and 0.0 <= share["mean_share"] <= 1.0
+  assert share["mean_chance"] == pytest.approx(chance)
+  assert all(p["chance"] == pytest.approx(chance) for p in share["per_image"])
+  assert f"{share['mean_share']:.3f}" in text.split("## Heatmap lung share")[1]
   assert not (workdir / "metrics.json").exists()  # the audit leaves the run's own files alone
+
+
+def test_heatmap_lung_share_section_names_chance_and_left_out_images():
+  from cxr_jax.evaluate import audit
+  share = dict(layer="block5/conv3", segmenter="halves", images=3, mean_share=0.5,
+               mean_chance=0.375, share_minus_chance=0.125, no_positive_mass=1,
+               qc_failed=[dict(id=4, file="x.png", reason="empty mask (no lung found)")])
+  text = "\n".join(audit._share_lines(share))
+  assert text.startswith("## Heatmap lung share") and "**0.500**" in text and "0.375" in text
+  assert "+0.125" in text and "1 image(s) whose mask failed" in text and "1 with no positive" in text
+  empty = "\n".join(audit._share_lines(dict(share, images=0, mean_share=None, mean_chance=None)))
+  assert "no image's map has positive mass" in empty
+  assert audit._share_lines(None) == []   # no segmenter: the part is listed under Not run instead
+  assert "heatmap_lung_share" not in audit.NOT_RUN

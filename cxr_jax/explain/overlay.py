@@ -25,6 +25,18 @@ def display_gray(image: np.ndarray) -> np.ndarray:
   return (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
 
 
+def input_gray(images, preprocessing: str) -> np.ndarray:
+  """uint8 [N, H, W] grey images from normalised model inputs [N, H, W, 3], as the lung segmenter
+  reads them: the exact inverse of the run's normalisation (`display_gray`'s min-max rescale would
+  stretch each image's contrast). Every channel holds the same grey image."""
+  from cxr_jax.data.pipeline import preprocessing_spec  # late: the data pipeline imports tf
+
+  norm = preprocessing_spec(preprocessing)
+  x = np.asarray(images, np.float32)[..., 0]
+  return np.clip(np.round((x * norm["std"][0] + norm["mean"][0]) / norm["scale"]), 0,
+                 255).astype(np.uint8)
+
+
 def probs_title(probs: Sequence[float], class_names: Sequence[str]) -> str:
   return "  ".join(f"{n} {p:.2f}" for n, p in zip(class_names, probs, strict=True))
 

@@ -1,6 +1,7 @@
-"""How much of a heatmap falls inside the lung fields: a fixed central box per lung.
+"""How much of a heatmap falls inside the lung fields: a fixed central box per lung (the prior),
+or the lung segmenter's predicted mask of each image (`heatmap_lung_shares`).
 
-The region is a prior, not a segmentation. On a frontal chest X-ray resized to a square, each lung
+The box region is a prior, not a segmentation. On a frontal chest X-ray resized to a square, each lung
 field's central part is taken as the box
 
   rows    0.20 .. 0.80 of the height   (below the clavicles and apices, above the diaphragm and
@@ -20,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from cxr_jax.lungs import masks as masks_lib
 
 Box = tuple[float, float, float, float]
 LUNG_BOXES: tuple[Box, ...] = ((0.20, 0.12, 0.80, 0.44), (0.20, 0.56, 0.80, 0.88))
@@ -67,3 +70,58 @@ def lung_field_share(heatmaps, boxes: Sequence[Box] = LUNG_BOXES) -> np.ndarray:
   with np.errstate(invalid="ignore", divide="ignore"):
     share = np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
   return share if maps.ndim == 3 else float(share[0])
+
+
+def heatmap_lung_shares(heatmaps, masks, ids=None) -> dict:
+  """Share of each heatmap's positive mass on its image's lung mask, beside chance (the mask's
+  area share: what a heatmap spread uniformly scores).
+
+  heatmaps [N, h, w]; masks [N, H, W] boolean. `cxr_jax.lungs.masks.lung_share` does the math and
+  is the one place where a heatmap of another size is resized (bilinearly, to its mask's size).
+  Returns the summary (`summarize_lung_shares`) and per_image [dict(id, share, chance)], share
+  None for a map with no positive mass.
+  """
+  ids = range(len(heatmaps)) if ids is None else ids
+  if len(heatmaps) == 0:  # lung_share wants [N, h, w]; a batch can hold no usable image
+    return dict(summarize_lung_shares([]), per_image=[])
+  share, chance = masks_lib.lung_share(heatmaps, masks)
+  per_image = [dict(id=int(i), share=None if np.isnan(s) else float(s), chance=float(c))
+               for i, s, c in zip(ids, share, chance, strict=True)]
+  return dict(summarize_lung_shares(per_image), per_image=per_image)
+
+
+def summarize_lung_shares(per_image) -> dict:
+  """Means over the images whose map has positive mass (the others are counted, not averaged);
+  the chance is averaged over the same images, so share - chance compares like with like.
+  Means are None when no image counts."""
+  scored = [p for p in per_image if p["share"] is not None]
+  mean_share = float(np.mean([p["share"] for p in scored])) if scored else None
+  mean_chance = float(np.mean([p["chance"] for p in scored])) if scored else None
+  return dict(images=len(scored), no_positive_mass=len(per_image) - len(scored),
+              mean_share=mean_share, mean_chance=mean_chance,
+              share_minus_chance=None if not scored else mean_share - mean_chance)
+
+
+def box_prior_shares(heatmaps, ids=None, boxes: Sequence[Box] = LUNG_BOXES) -> dict:
+  """`heatmap_lung_shares` with the fixed boxes as every image's mask (chance: the boxes' area)."""
+  maps = np.asarray(heatmaps)
+  if maps.ndim != 3:
+    raise ValueError(f"heatmaps must be [N, H, W], got shape {maps.shape}")
+  mask = lung_field_mask(maps.shape[1], maps.shape[2], boxes)
+  return heatmap_lung_shares(maps, np.broadcast_to(mask, maps.shape), ids)
+
+
+def found_lung_shares(heatmaps, found, ids, files) -> dict:
+  """`heatmap_lung_shares` over the images whose predicted mask passed its quality check.
+
+  found: a `cxr_jax.lungs.segment.Found` per heatmap. A failed check leaves an all-False mask,
+  which would score share 0 at chance 0; such images are left out and listed in qc_failed (id,
+  file, reason) instead.
+  """
+  ok = np.array([f.check.ok for f in found], bool)
+  maps = np.asarray(heatmaps)[ok]
+  masks = np.array([f.mask for f, keep in zip(found, ok, strict=True) if keep], bool)
+  result = heatmap_lung_shares(maps, masks, np.asarray(ids)[ok])
+  result["qc_failed"] = [dict(id=int(i), file=str(name), reason=f.check.reason)
+                         for i, name, f in zip(ids, files, found, strict=True) if not f.check.ok]
+  return result

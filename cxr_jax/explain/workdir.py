@@ -13,9 +13,10 @@ from cxr_jax import files
 from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate.inference import predict_arrays
 from cxr_jax.evaluate.workdir import data_batches, load_split
+from cxr_jax.explain import regions
 from cxr_jax.explain.gradcam import DEFAULT_LAYER, make_cam_fn
 from cxr_jax.explain.lrp import DEFAULT_EPSILON, make_lrp_fn
-from cxr_jax.explain.overlay import save_overlay
+from cxr_jax.explain.overlay import input_gray, save_overlay
 
 
 def pick_examples(labels, preds, ids, per_class: int, seed: int) -> list[tuple[int, str, str]]:
@@ -37,7 +38,7 @@ def pick_examples(labels, preds, ids, per_class: int, seed: int) -> list[tuple[i
 
 def explain_workdir(workdir, split: str = "test", per_class: int | None = None,
                     method: str = "gradcam", config=None, *, layer: str | None = None,
-                    which: str = "best", out_dir=None) -> dict:
+                    which: str = "best", out_dir=None, segmenter=None) -> dict:
   """Writes heatmap overlays for `per_class` right and wrong predictions of each class.
 
   Layout: <out_dir or workdir/explain_<split>_<method>>/<true class>/{correct,wrong}/<id>.png,
@@ -45,6 +46,13 @@ def explain_workdir(workdir, split: str = "test", per_class: int | None = None,
   class: method "gradcam"/"gradcam++" at `layer` (default config.explain.layer, else
   block5/conv3); method "lrp" at the input (positive relevance; epsilon config.explain.lrp_epsilon,
   else `lrp.DEFAULT_EPSILON`).
+
+  Beside each overlay, the share of the map's positive mass in the fixed lung boxes (the prior,
+  `regions.LUNG_BOXES`) and on the image's predicted lung mask, each against its chance level
+  (the region's area share); index.json's `regions` holds their means. `segmenter` (a
+  `cxr_jax.lungs.Segmenter`; default: the stored one if a segmenter is stored, `False`: none)
+  gives the masks; an image whose mask fails its check is listed and left out, and without a
+  segmenter the mask share is marked not run, with why.
   """
   loaded = load_split(workdir, split, config, which)
   config, trained, meta = loaded.config, loaded.trained, loaded.built.metadata
@@ -64,23 +72,85 @@ def explain_workdir(workdir, split: str = "test", per_class: int | None = None,
                          epsilon=float(explain_config.get("lrp_epsilon", DEFAULT_EPSILON)))
   else:
     cam_fn = make_cam_fn(trained.model, layer, method)
-  index = []
+  segmenter, no_segmenter = _segmenter_or_why(segmenter)
+  index, cams, found = [], [], []
   if picked:
     batches = data_batches(loaded, batch_size, ids=np.array(sorted(where), np.int64))
     for batch in batches:
       images = batch["image"].reshape((-1,) + batch["image"].shape[-3:])
       res = cam_fn(trained.variables, jnp.asarray(images), jnp.full(len(images), -1, jnp.int32))
-      for row, (i, real) in enumerate(zip(batch["index"].reshape(-1), batch["mask"].reshape(-1),
-                                          strict=True)):
-        if real:
+      real = batch["mask"].reshape(-1) > 0
+      for row, i in enumerate(batch["index"].reshape(-1)):
+        if real[row]:
           index.append(_write_one(out, int(i), where[int(i)], images[row], res, row, meta))
+      cams.append(np.asarray(res["cam"])[real])
+      if segmenter is not None:
+        names = [str(meta["file"][i]) for i in batch["index"].reshape(-1)[real]]
+        found += segmenter.lungs_many(list(input_gray(images[real], trained.preprocessing)),
+                                      names=names)
+  shares = _region_shares(index, cams, found, no_segmenter, segmenter)
   files.write_json(out / "index.json", dict(workdir=str(workdir), split=split, method=method,
-                                             layer=layer, checkpoint=which, images=index))
-  logging.info("explain: %d overlays in %s", len(index), out)
+                                             layer=layer, checkpoint=which, regions=shares,
+                                             images=index))
+  logging.info("explain: %d overlays in %s; %s", len(index), out, _regions_line(shares))
   counts = {f"{e['label']}/{e['outcome']}": 0 for e in index}
   for e in index:
     counts[f"{e['label']}/{e['outcome']}"] += 1
-  return dict(written=str(out), counts=counts, method=method, layer=layer)
+  return dict(written=str(out), counts=counts, method=method, layer=layer, regions=shares)
+
+
+def _segmenter_or_why(segmenter):
+  """(segmenter, None) or (None, why not). Explain only loads a stored segmenter: training one
+  takes minutes (`python -m cxr_jax.lungs train` or --mode=audit does)."""
+  if segmenter is False:
+    return None, "no lung segmenter asked for (segmenter=False)"
+  if segmenter is not None:
+    return segmenter, None
+  from cxr_jax.lungs import segment, store
+  from cxr_jax.lungs.annotations import AnnotationError
+  from cxr_jax.weights.errors import WeightsError
+
+  if not any(store.root().glob("unet-*.json")):
+    return None, (f"no stored lung segmenter in {store.root()} (explain does not train one; "
+                  "`python -m cxr_jax.lungs train` or --mode=audit does)")
+  try:
+    return segment.default_segmenter(), None
+  except (AnnotationError, WeightsError) as e:
+    return None, f"no lung segmenter ({e})"
+
+
+def _region_shares(index: list, cams: list, found: list, no_segmenter, segmenter) -> dict:
+  """Means of the box-prior and lung-mask shares (index.json's `regions`); each entry of `index`
+  gets its own image's shares."""
+  ids = [e["id"] for e in index]
+  maps = np.concatenate(cams) if cams else np.zeros((0, 1, 1), np.float32)
+  box = regions.box_prior_shares(maps, ids)
+  per_id = {p["id"]: p for p in box.pop("per_image")}
+  for e in index:
+    e["box_share"] = per_id[e["id"]]["share"]
+  if segmenter is None:
+    return dict(box_prior=box, lung_mask=dict(not_run=no_segmenter))
+  lung = regions.found_lung_shares(maps, found, ids, [e["file"] for e in index])
+  lung["segmenter"] = segmenter.version
+  per_id = {p["id"]: p for p in lung.pop("per_image")}
+  failed = {f["id"]: f["reason"] for f in lung["qc_failed"]}
+  for e in index:
+    if e["id"] in failed:
+      e["lung_mask_failed"] = failed[e["id"]]
+    else:
+      e["lung_share"], e["lung_chance"] = per_id[e["id"]]["share"], per_id[e["id"]]["chance"]
+  return dict(box_prior=box, lung_mask=lung)
+
+
+def _regions_line(shares: dict) -> str:
+  parts = []
+  for name, part in shares.items():
+    if part.get("mean_share") is None:
+      parts.append(f"{name} share not run ({part['not_run']})" if "not_run" in part
+                   else f"{name} share: no image with positive mass")
+    else:
+      parts.append(f"{name} share {part['mean_share']:.3f} (chance {part['mean_chance']:.3f})")
+  return "; ".join(parts)
 
 
 def _write_one(out: Path, i: int, where: tuple[str, str], image, res: dict, row: int,
