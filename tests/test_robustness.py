@@ -59,13 +59,14 @@ def test_ablation_end_to_end_on_real_images(cxr3_root, tmp_path, subset_manifest
     from cxr_jax import train
     trained.append(workdir.name)
     train.train_and_evaluate(config, workdir)
-    robustness.run_probes(workdir, segmenter=_HalvesSegmenter())
+    robustness.run_probes(workdir, segmenter=_HalvesSegmenter())   # the rest comes at collection
 
   doc = robustness.run_robustness(c, tmp_path / "w", train_fn)
   assert trained == ["baseline_fold0", "group_dro_fold0"]
   assert [r["measure"] for r in doc["rows"]] == ["baseline", "group_dro"]
   for row in doc["rows"]:
     assert 0 <= row["test_accuracy"] <= 1 and row["val_loss"] is not None
+    assert 0 <= row["val_accuracy"] <= 1
     assert row["lungs_blanked_accuracy"] is not None
     assert row["source_probe_balanced_accuracy"] is not None
   saved = json.loads((tmp_path / "w" / "runs" / "group_dro_fold0" / "config.json").read_text())
@@ -73,6 +74,7 @@ def test_ablation_end_to_end_on_real_images(cxr3_root, tmp_path, subset_manifest
   text = (tmp_path / "w" / "robustness.md").read_text()
   assert "| baseline (0) |" in text and "| group_dro (0) |" in text
   assert (tmp_path / "w" / "robustness.png").is_file()
+  assert (tmp_path / "w" / "runs" / "baseline_fold0" / "eval_val" / "metrics.json").is_file()
   again = robustness.run_robustness(c, tmp_path / "w", train_fn)   # finished runs are skipped
   assert trained == ["baseline_fold0", "group_dro_fold0"]
   assert set(again["status"].values()) == {"skipped"}

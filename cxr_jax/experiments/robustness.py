@@ -76,12 +76,24 @@ def plan(config) -> list[grid.Run]:
 
 
 def train_and_probe(config, workdir) -> dict:
-  """The trainer's run, then the probes of its kept model."""
+  """The trainer's run, then its validation split's evaluation and the probes of its kept model."""
   from cxr_jax import train
 
   metrics = train.train_and_evaluate(config, workdir)
+  validation_metrics(config, Path(workdir))
   run_probes(Path(workdir))
   return metrics
+
+
+def validation_metrics(config, directory: Path) -> dict:
+  """The kept model on its validation split (eval_val/, written once): what chooses a measure,
+  including the within-source figures the pooled validation loss cannot show."""
+  path = directory / "eval_val" / runner.METRICS_FILE
+  if path.is_file():
+    return json.loads(path.read_text())
+  from cxr_jax import evaluate
+
+  return evaluate.evaluate_workdir(directory, "val", config)
 
 
 def run_probes(directory: Path, segmenter=None) -> dict:
@@ -118,7 +130,8 @@ def run_robustness(config, workdir, train_fn=None) -> dict:
   for run in runs:
     directory = runner.run_dir(workdir, run)
     if runner.is_finished(directory):
-      rows.append(table_row(run, runner.load_result(directory), run_probes(directory)))
+      rows.append(table_row(run, runner.load_result(directory), run_probes(directory),
+                            validation_metrics(run.config, directory)))
   doc = dict(mode="robustness", machine=machine.summary(), status=status, rows=rows)
   files.write_json(workdir / "robustness.json", doc)
   tables.write_csv(workdir / "robustness.csv", rows)
@@ -154,7 +167,7 @@ def external_columns(external: dict) -> dict:
   return out
 
 
-def table_row(run: grid.Run, result: dict, probes: dict) -> dict:
+def table_row(run: grid.Run, result: dict, probes: dict, val: dict) -> dict:
   """One run's figures: validation (what chooses), internal test, within-source, external,
   probes, calibration."""
   m = result["metrics"]
@@ -162,6 +175,8 @@ def table_row(run: grid.Run, result: dict, probes: dict) -> dict:
   row = {"measure": run.cell, "fold": run.fold,
          "overrides": "; ".join(f"{k}={v}" for k, v in run.values) or "-",
          "val_loss": result.get("val_loss"),
+         "val_accuracy": val.get("accuracy"),
+         "val_ieee8023_covid_auc": _get(val, "within_source", "ieee8023", "covid_auc", "value"),
          "test_accuracy": m.get("accuracy"),
          "test_accuracy_low": _get(m, "intervals", "accuracy", "low"),
          "test_accuracy_high": _get(m, "intervals", "accuracy", "high"),
@@ -183,7 +198,8 @@ def _num(value) -> str:
 
 
 _MAIN_COLUMNS = (
-    ("val_loss", "val. loss"), ("test_accuracy", "test accuracy"),
+    ("val_loss", "val. loss"), ("val_accuracy", "val. accuracy"),
+    ("val_ieee8023_covid_auc", "val. COVID AUC in ieee8023"), ("test_accuracy", "test accuracy"),
     ("test_covid_auc", "COVID AUC"), ("ieee8023_covid_auc", "COVID AUC in ieee8023"),
     ("source_only_accuracy", "source-only rule"), ("lungs_blanked_accuracy", "lungs blanked acc."),
     ("outside_blanked_accuracy", "only lungs acc."),
@@ -194,8 +210,9 @@ _MAIN_COLUMNS = (
 def markdown(rows: list[dict], status: dict) -> str:
   lines = ["# Source-robustness ablation", "",
            f"Machine: {machine.describe()}. One row per measure (fold in brackets); `-`: "
-           "undefined or not measured. Validation loss (cxr3) is what chooses; external columns "
-           "are for reporting only.", "",
+           "undefined or not measured. The cxr3 validation split (loss, accuracy, COVID AUC "
+           "inside ieee8023) and leave-one-source-out are what choose; test and external "
+           "columns report.", "",
            "## cxr3: validation, internal test, within-source, probes", "",
            "| measure | " + " | ".join(h for _, h in _MAIN_COLUMNS) + " |",
            "| --- |" + " --- |" * len(_MAIN_COLUMNS)]
