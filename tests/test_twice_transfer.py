@@ -50,6 +50,25 @@ def test_one_command_trains_stage1_and_the_variants_and_writes_the_comparison(ex
   assert set(again["status"].values()) == {"skipped"}
 
 
+def test_an_external_set_added_later_is_scored_for_every_stage2_run(experiment, tmp_path,
+                                                                   subset_manifest):
+  from cxr_jax import paths
+
+  workdir, _ = experiment
+  ext, _ = subset_manifest(paths.default_data_root().parent / "cxr-external" / "manifest.csv",
+                           tmp_path / "ext-small", 2)
+  c = twice_config()
+  c.eval.external = (f"manifest:{ext}",)
+  doc = twice.run_twice_transfer(c, workdir)   # nothing retrained: the new set is scored
+  assert set(doc["status"].values()) == {"skipped"}
+  for variant in twice.VARIANTS:
+    assert (workdir / "runs" / f"{variant}_fold0" / "external" / "ext-small" / "metrics.json").is_file()
+  assert not (workdir / "runs" / "stage1_fold0" / "external").exists()
+  table = (workdir / "twice_transfer.md").read_text()
+  assert "## External sets" in table
+  assert all(f"| {v} | 0 | ext-small | kermany-test |" in table for v in twice.VARIANTS)
+
+
 def test_stage1_never_sees_a_covid_test_patient():
   config = twice.stage1_config(twice_config())
   s = trainer.setup(config)

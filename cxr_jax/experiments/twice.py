@@ -127,13 +127,34 @@ def _interval(entry) -> tuple | None:
   return (entry["low"], entry["high"])
 
 
+def _external(workdir: Path, runs: list[Run]) -> dict:
+  """{variant: {"external": {fold: {set: headline}}}} of the finished stage-2 runs, for
+  tables.markdown_external; a set of config.eval.external added after a run trained is scored
+  now (stage 1, the NIH findings task, has no COVID classes to score)."""
+  from cxr_jax.evaluate.external import evaluate_missing, load_headlines
+
+  out = {}
+  for r in runs:
+    directory = runner.run_dir(workdir, r)
+    if r.cell == "stage1" or not runner.is_finished(directory):
+      continue
+    specs = tuple(r.config.eval.get("external", ()))
+    if specs:
+      evaluate_missing(directory, specs)
+    out[r.cell] = {"external": {str(r.fold): load_headlines(directory)}}
+  return out
+
+
 def summarize(workdir: Path, runs: list[Run], status: dict) -> dict:
   results = {r.cell: _run_summary(runner.run_dir(workdir, r)) for r in runs}
   rows = [_row(name, res) for name, res in results.items() if res is not None]
+  text = (_markdown(rows)
+          + tables.markdown_by_source({name: summary.by_source([res["metrics"]])
+                                       for name, res in results.items()
+                                       if res is not None and name != "stage1"})
+          + tables.markdown_external(_external(workdir, runs)))
   doc = {"status": status, "rows": rows,
-         "written": [_write(workdir / "twice_transfer.md", _markdown(rows) + tables.markdown_by_source(
-             {name: summary.by_source([res["metrics"]]) for name, res in results.items()
-              if res is not None and name != "stage1"})),
+         "written": [_write(workdir / "twice_transfer.md", text),
                      str(_learning_curves(results, workdir / "learning_curves.png"))]}
   _write(workdir / "twice_transfer.json", json.dumps(doc, indent=1, default=str))
   doc["written"].append(str(workdir / "twice_transfer.json"))
