@@ -142,3 +142,18 @@ def test_robust_run_killed_and_resumed_equals_uninterrupted(robust_run, tmp_path
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                jax.device_get(resumed.params))
   np.testing.assert_array_equal(state.robust["group_weights"], resumed.robust["group_weights"])
+
+
+def test_dann_trains_on_cached_frozen_features(tmp_path):
+  """With the frozen-feature cache the step applies the model from the first trainable block on;
+  the last block's output is still what the source classifier sees."""
+  c = robust_config()
+  c.train.group_dro_step = 0.0
+  c.train.feature_cache = True
+  c.train.num_epochs, c.train.steps_per_epoch = 1, 2
+  s = trainer.setup(c)
+  assert s.features is not None
+  before = np.asarray(s.state.params[robust.SOURCE_HEAD]["logits"]["kernel"])
+  loop, state = trainer.train(s, tmp_path)
+  assert loop["finished"]
+  assert np.any(before != np.asarray(state.params[robust.SOURCE_HEAD]["logits"]["kernel"]))
