@@ -2,7 +2,8 @@
 
 from cxr_jax.models.densenet import STAGE_NAMES, DenseNet
 from cxr_jax.models.factory import ARCHS, create_model
+from cxr_jax.models.plan import FineTuningPlan
 from cxr_jax.models.vgg import BLOCK_NAMES, VGG, block_convs, conv_class
 
-__all__ = ["ARCHS", "BLOCK_NAMES", "STAGE_NAMES", "VGG", "DenseNet", "block_convs", "conv_class",
-           "create_model"]
+__all__ = ["ARCHS", "BLOCK_NAMES", "STAGE_NAMES", "VGG", "DenseNet", "FineTuningPlan", "block_convs",
+           "conv_class", "create_model"]

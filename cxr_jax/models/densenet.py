@@ -1,7 +1,7 @@
 """DenseNet121 (Huang et al. 2017) in five named stages, with the head of `vgg.Head`.
 
-Stages are the unit the fine-tuning degree counts, as VGG's blocks are (`cxr_jax.train.optim`
-reads the digit of a top-level name starting with "stage"):
+Stages are the unit the fine-tuning degree counts, as VGG's blocks are (`plan.FineTuningPlan`
+names them):
 
   stage1  conv0 (7x7/2) + norm0 + ReLU + 3x3/2 max-pool          (torchvision: features.conv0..pool0)
   stage2  denselayer1..6   + transition (norm, ReLU, 1x1 conv, 2x2 avg-pool)   (denseblock1, transition1)
@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax.models.plan import FineTuningPlan
 from cxr_jax.models.vgg import Head, conv_class
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4", "stage5")
@@ -155,8 +156,7 @@ class DenseNet(nn.Module):
     first, last = _STARTS.index(start), _STOPS.index(stop)
     if first > last:
       raise ValueError(f"stop={stop!r} comes before start={start!r}")
-    if not 0 <= self.frozen_blocks <= len(STAGE_NAMES):
-      raise ValueError(f"frozen_blocks must be in 0..5, got {self.frozen_blocks}")
+    plan = FineTuningPlan.freezing(STAGE_NAMES, self.frozen_blocks)
     layers = self.block_sizes or DENSENET_LAYERS.get(self.depth)
     if layers is None or len(layers) != len(STAGE_NAMES) - 1:
       raise ValueError(f"DenseNet depth must be one of {sorted(DENSENET_LAYERS)} (or block_sizes "
@@ -164,13 +164,13 @@ class DenseNet(nn.Module):
 
     x = x.astype(self.dtype)
     for i in range(first, min(last + 1, len(STAGE_NAMES))):
-      frozen = i + 1 <= self.frozen_blocks
-      kw = dict(conv_impl=self.conv_impl, dtype=self.dtype, name=STAGE_NAMES[i])
+      name = STAGE_NAMES[i]
+      kw = dict(conv_impl=self.conv_impl, dtype=self.dtype, name=name)
       stage = (Stem(**kw) if i == 0 else
                DenseStage(layers[i - 1], transition=i < len(STAGE_NAMES) - 1,
                           growth=self.growth_rate, **kw))
-      x = stage(x, use_running_average=frozen or not train)
-      if i + 1 == self.frozen_blocks:
+      x = stage(x, use_running_average=name in plan.frozen or not train)
+      if name == plan.boundary:
         x = jax.lax.stop_gradient(x)
     if stop != "logits":
       return x

@@ -6,12 +6,20 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cxr_jax import ops
-from cxr_jax.models.densenet import DENSENET_LAYERS, DenseNet
+from cxr_jax.models.densenet import DENSENET_LAYERS, STAGE_NAMES, DenseNet
+from cxr_jax.models.plan import FineTuningPlan
 from cxr_jax.models.vgg import BLOCK_NAMES, VGG
 
 _VGG_DEPTHS = {"vgg16": 16, "vgg19": 19}
 _DENSENET_DEPTHS = {f"densenet{d}": d for d in DENSENET_LAYERS}
 ARCHS = tuple(_VGG_DEPTHS) + tuple(_DENSENET_DEPTHS)
+
+
+def block_names(arch: str) -> tuple[str, ...]:
+  """The five blocks of `arch` that the fine-tuning degree counts (see `plan.FineTuningPlan`)."""
+  if arch not in ARCHS:
+    raise ValueError(f"model.arch must be one of {list(ARCHS)}, got {arch!r}")
+  return STAGE_NAMES if arch in _DENSENET_DEPTHS else BLOCK_NAMES
 
 
 def create_model(model_config, dtype=None) -> nn.Module:
@@ -21,18 +29,15 @@ def create_model(model_config, dtype=None) -> nn.Module:
   `dtype` is the computation dtype (parameters stay float32); default `model_config.dtype`, else
   float32. bfloat16 with conv_impl="fast_mm" runs the convolutions' matrix products on AMX.
 
-  Fine-tuning degree FTk (`trainable_blocks=k`) trains the last k blocks, so the first 5-k are
-  frozen. For DenseNet121 the blocks are its five stages (see `densenet`); its head always
-  global-average-pools, so `model.head` only applies to VGG.
+  Fine-tuning degree FTk (`trainable_blocks=k`) trains the last k blocks: the model freezes the
+  blocks of `FineTuningPlan.for_model(model_config)`. For DenseNet121 the blocks are its five
+  stages (see `densenet`); its head always global-average-pools, so `model.head` only applies to
+  VGG.
   """
   if dtype is None:
     dtype = jnp.dtype(model_config.get("dtype", "float32"))
   arch = model_config.arch
-  if arch not in ARCHS:
-    raise ValueError(f"model.arch must be one of {list(ARCHS)}, got {arch!r}")
-  k = int(model_config.trainable_blocks)
-  if not 0 <= k <= len(BLOCK_NAMES):
-    raise ValueError(f"model.trainable_blocks must be in 0..5, got {k}")
+  plan = FineTuningPlan.for_model(model_config)   # refuses an unknown arch or k
   # Resolved here, in the process that runs the model ("auto" depends on its backend); a saved
   # config from before the field existed ran flax's Conv.
   conv_impl = ops.resolve(model_config.get("conv_impl", "xla"))
@@ -42,7 +47,7 @@ def create_model(model_config, dtype=None) -> nn.Module:
         num_classes=int(model_config.num_classes),
         hidden=tuple(int(h) for h in model_config.hidden),
         dropout=float(model_config.dropout),
-        frozen_blocks=len(BLOCK_NAMES) - k,
+        frozen_blocks=len(plan.frozen),
         conv_impl=conv_impl,
         dtype=dtype,
     )
@@ -52,7 +57,7 @@ def create_model(model_config, dtype=None) -> nn.Module:
       head=model_config.head,
       hidden=tuple(int(h) for h in model_config.hidden),
       dropout=float(model_config.dropout),
-      frozen_blocks=len(BLOCK_NAMES) - k,
+      frozen_blocks=len(plan.frozen),
       conv_impl=conv_impl,
       pool_impl=model_config.get("pool_impl", "fast"),
       dtype=dtype,

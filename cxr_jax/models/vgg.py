@@ -2,7 +2,7 @@
 
 The backbone is five named blocks `block1`..`block5`; each holds `conv1`, `conv2`, ... (3x3, SAME,
 ReLU, kernels HWIO) and ends with a 2x2 max-pool. A block is the unit the fine-tuning degree counts:
-FTk trains the last k blocks, i.e. `frozen_blocks = 5 - k`.
+FTk trains the last k blocks, i.e. `frozen_blocks = 5 - k` (see `plan.FineTuningPlan`).
 
 Layer order and shapes match torchvision's `vgg16().features` / `vgg19().features` and Keras's
 `VGG16(include_top=False)`, so their ImageNet weights port into this tree unchanged
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from cxr_jax import ops
+from cxr_jax.models.plan import FineTuningPlan
 from cxr_jax.ops import pool
 
 BLOCK_NAMES = ("block1", "block2", "block3", "block4", "block5")
@@ -112,8 +113,8 @@ class VGG(nn.Module):
     head: "flatten" (Lee et al.) or "gap".
     hidden: widths of the head's hidden dense layers.
     dropout: dropout rate after each hidden dense layer (only with train=True, rng 'dropout').
-    frozen_blocks: 0..5; a stop_gradient on the output of block `frozen_blocks` means blocks
-      1..frozen_blocks get no gradient and cost no backward pass. Gradients w.r.t. the
+    frozen_blocks: 0..5; a stop_gradient on the output of block `frozen_blocks` (the plan's
+      `boundary`) means blocks 1..frozen_blocks get no gradient and cost no backward pass. Gradients w.r.t. the
       perturbations of frozen blocks are zero too: for Grad-CAM on a frozen block use
       `model.clone(frozen_blocks=0)` (same params).
     conv_impl: convolution implementation, see `conv_class`.
@@ -152,8 +153,7 @@ class VGG(nn.Module):
     last = _STOPS.index(stop)     # index of the last block to run (5 = all, then head)
     if first > last:
       raise ValueError(f"stop={stop!r} comes before start={start!r}")
-    if not 0 <= self.frozen_blocks <= len(BLOCK_NAMES):
-      raise ValueError(f"frozen_blocks must be in 0..5, got {self.frozen_blocks}")
+    plan = FineTuningPlan.freezing(BLOCK_NAMES, self.frozen_blocks)
     depth_convs = CONVS_PER_BLOCK.get(self.depth)
     if depth_convs is None:
       raise ValueError(f"VGG depth must be 16 or 19, got {self.depth!r}")
@@ -163,7 +163,7 @@ class VGG(nn.Module):
       name = BLOCK_NAMES[i]
       x = VGGBlock(BLOCK_WIDTHS[i], depth_convs[i], conv_impl=self.conv_impl,
                    pool_impl=self.pool_impl, dtype=self.dtype, name=name)(x)
-      if i + 1 == self.frozen_blocks:
+      if name == plan.boundary:
         x = jax.lax.stop_gradient(x)
     if stop != "logits":
       return x
