@@ -18,8 +18,8 @@ from torch import nn
 
 from configs.default import get_config
 from cxr_jax.explain import gradcam
-from cxr_jax.models import STAGE_NAMES, DenseNet, create_model
-from cxr_jax.train.optim import FROZEN, TRAINABLE, param_labels
+from cxr_jax.models import STAGE_NAMES, DenseNet, FineTuningPlan, create_model
+from cxr_jax.models.plan import FROZEN, TRAINABLE
 from cxr_jax.weights import ShapeMismatchError, convert_file, load_pretrained
 from cxr_jax.weights.densenet_port import from_torchvision_densenet
 from cxr_jax.weights.torch_file import read_state_dict
@@ -239,7 +239,7 @@ def test_start_stop_agree(tiny):
 
 def test_stage_names_drive_the_fine_tuning_degree(tiny):
   _, variables, _ = tiny
-  labels = param_labels(variables["params"], trainable_blocks=2)
+  labels = FineTuningPlan(STAGE_NAMES, trainable_blocks=2).param_labels(variables["params"])
   top = {name: set(jax.tree.leaves(sub)) for name, sub in labels.items()}
   assert top == {"stage1": {FROZEN}, "stage2": {FROZEN}, "stage3": {FROZEN},
                  "stage4": {TRAINABLE}, "stage5": {TRAINABLE}, "features": {TRAINABLE},

@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from configs import default
+from cxr_jax.models import BLOCK_NAMES, FineTuningPlan
 from cxr_jax.train import optim
 
 
@@ -18,24 +19,25 @@ def _tree():
 
 @pytest.mark.parametrize("k", range(6))
 def test_labels_follow_fine_tuning_degree(k):
-  labels = optim.param_labels(_tree(), k)
+  plan = FineTuningPlan(BLOCK_NAMES, k)
+  labels = plan.param_labels(_tree())
   frozen = {name for name, sub in labels.items()
             if set(jax.tree.leaves(sub)) == {optim.FROZEN}}
   assert frozen == {f"block{i}" for i in range(1, 6 - k)}
   assert set(jax.tree.leaves(labels["head"])) == {optim.TRAINABLE}
-  assert optim.trainable_block_names(k) == tuple(f"block{i}" for i in range(6 - k, 6))
+  assert plan.trainable == tuple(f"block{i}" for i in range(6 - k, 6))
 
 
 def test_bad_degree_is_refused():
   with pytest.raises(ValueError, match="trainable_blocks=6"):
-    optim.param_labels(_tree(), 6)
+    FineTuningPlan(BLOCK_NAMES, 6).param_labels(_tree())
 
 
 def test_frozen_params_never_move_even_with_gradient():
   config = default.get_config()
   config.model.trainable_blocks = 1
   params = jax.tree.map(lambda x: np.ones_like(x, np.float32), _tree())
-  tx = optim.make_optimizer(params, config)
+  tx = optim.make_optimizer(params, FineTuningPlan.for_model(config.model), config.train)
   grads = jax.tree.map(np.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   moved = optax.apply_updates(params, updates)

@@ -111,12 +111,13 @@ def test_data_parallel_step_averages_batch_statistics_and_keeps_frozen_ones():
   model = models.create_model(config.model)
   x = np.random.default_rng(1).standard_normal((2, 4, 48, 48, 3)).astype(np.float32)
   variables = model.init(jax.random.PRNGKey(0), x[0, :1], train=False)
-  tx = optim.make_optimizer(variables["params"], config)
+  plan = models.FineTuningPlan.for_model(config.model)
+  tx = optim.make_optimizer(variables["params"], plan, config.train)
   state = TrainState(jnp.asarray(0), variables["params"], tx.init(variables["params"]),
                      optim.make_plateau(config.train).init({}), jax.random.PRNGKey(1),
                      variables["batch_stats"])
   step = functools.partial(train_step, model=model, tx=tx, num_classes=3,
-                           frozen=optim.frozen_names(variables["params"], 2))
+                           frozen=plan.frozen)
   batch = {"image": x, "label": np.zeros((2, 4), np.int32), "weight": np.ones((2, 4), np.float32)}
   stacked = jax.tree.map(lambda v: jnp.stack([v, v]), state)
   new = jax.jit(jax.vmap(step, axis_name=AXIS))(stacked, batch)[0].batch_stats

@@ -1,10 +1,10 @@
 """Frozen-feature cache: compute the frozen blocks' output once, train the rest on it.
 
-At fine-tuning degree k the first 5-k blocks are frozen. Without augmentation and mixup (both
-act on images before those blocks) their output for an image never changes during training, so
-it is computed once per key and the trainer runs only the trainable part
-(`model.apply(v, features, start="block<5-k>")`). Results equal training without the cache up to
-float reassociation (the prefix runs at another batch size).
+At fine-tuning degree k the first 5-k blocks are frozen (`FineTuningPlan.frozen`). Without
+augmentation and mixup (both act on images before those blocks) their output for an image never
+changes during training, so it is computed once per key and the trainer runs only the trainable
+part (`model.apply(v, features, start=plan.boundary)`). Results equal training without the cache
+up to float reassociation (the prefix runs at another batch size).
 
 The key covers everything the features depend on: the dataset version (sources, image size,
 CLAHE), the preprocessing, the architecture and the block, the conv implementation, the jax
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import data, files, ops, paths
-from cxr_jax.models.vgg import BLOCK_NAMES
+from cxr_jax.models.plan import FineTuningPlan
 
 _FORMAT = 1  # bump when the stored layout changes
 
@@ -41,16 +41,17 @@ def cache_root() -> Path:
   return Path(env).expanduser() if env else paths.cache_dir() / "features"
 
 
-def unusable_reason(config) -> str | None:
-  """Why the cache cannot be used for this config, or None when it can."""
+def unusable_reason(config, plan: FineTuningPlan) -> str | None:
+  """Why the cache cannot be used for this config and its plan, or None when it can."""
   if not config.train.get("feature_cache", False):
     return "config.train.feature_cache is off"
   if config.data.get("task", "classes") != "classes":
     return "the cache serves the 3-class task only"
+  # The prefix runs with params only: a backbone with BatchNorm statistics (DenseNet) is not served.
   if config.model.arch not in ("vgg16", "vgg19"):
     return f"model.arch={config.model.arch}: the cache supports VGG only"
-  if int(config.model.trainable_blocks) >= len(BLOCK_NAMES):
-    return "no frozen blocks (trainable_blocks=5)"
+  if plan.boundary is None:
+    return f"no frozen blocks (trainable_blocks={plan.trainable_blocks})"
   if config.data.augment:
     return "data.augment changes the images every epoch"
   if config.data.get("acquisition", False):
@@ -60,11 +61,6 @@ def unusable_reason(config) -> str | None:
   if jax.process_count() > 1:
     return "several processes (each would need the whole cache)"
   return None
-
-
-def cached_block(config) -> str:
-  """The last frozen block, whose output is cached (block<5-k>)."""
-  return BLOCK_NAMES[len(BLOCK_NAMES) - int(config.model.trainable_blocks) - 1]
 
 
 def params_digest(params, blocks) -> str:
@@ -79,18 +75,18 @@ def params_digest(params, blocks) -> str:
   return h.hexdigest()
 
 
-def cache_key(config, params, built_version: str, preprocessing: str, ids: np.ndarray) -> dict:
-  """Everything the cached features depend on (its sha256 names the cache folder)."""
-  block = cached_block(config)
-  frozen = BLOCK_NAMES[:BLOCK_NAMES.index(block) + 1]
+def cache_key(config, plan: FineTuningPlan, params, built_version: str, preprocessing: str,
+              ids: np.ndarray) -> dict:
+  """Everything the cached features (the output of `plan.boundary`) depend on (its sha256 names
+  the cache folder)."""
   d = config.data
   return dict(
       format=_FORMAT, dataset=built_version, image_size=int(d.image_size), clahe=bool(d.clahe),
       clahe_clip_limit=float(d.clahe_clip_limit), clahe_tile_grid=int(d.clahe_tile_grid),
-      preprocessing=preprocessing, arch=config.model.arch, block=block,
+      preprocessing=preprocessing, arch=config.model.arch, block=plan.boundary,
       conv_impl=ops.resolve(config.model.conv_impl), jax=jax.__version__,
       ids=hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest(),
-      params=params_digest(params, frozen))
+      params=params_digest(params, plan.frozen))
 
 
 def key_digest(key: dict) -> str:
@@ -196,9 +192,10 @@ def _writer(model, params, block, built, ids, preprocessing, config, shape):
   return compute
 
 
-def for_setup(config, model, params, built, split_ids: dict, preprocessing: str):
+def for_setup(config, plan: FineTuningPlan, model, params, built, split_ids: dict,
+              preprocessing: str):
   """The FeatureCache of a run, or None (logged why) when the run must train uncached."""
-  reason = unusable_reason(config)
+  reason = unusable_reason(config, plan)
   if reason is not None:
     if config.train.get("feature_cache", False):
       logging.warning("feature cache not used: %s", reason)
@@ -206,7 +203,7 @@ def for_setup(config, model, params, built, split_ids: dict, preprocessing: str)
   # Every non-test example: the same set for every fold, fraction and balance draw, so the
   # folds of an experiment share one cache.
   ids = np.setdiff1d(np.asarray(built.metadata["id"], np.int64), split_ids["test"])
-  block = cached_block(config)
+  block = plan.boundary
   shape = _feature_shape(model, params, block, int(config.data.image_size))
   size_gb = len(ids) * int(np.prod(shape)) * 4 / 2**30
   root = cache_root()
@@ -217,7 +214,7 @@ def for_setup(config, model, params, built, split_ids: dict, preprocessing: str)
                     "config.train.feature_cache_max_gb=%s or the free disk (%.1f GB)", size_gb,
                     block, len(ids), config.train.feature_cache_max_gb, free_gb)
     return None
-  key = cache_key(config, params, built.version, preprocessing, ids)
+  key = cache_key(config, plan, params, built.version, preprocessing, ids)
   folder = root / key_digest(key)
   logging.info("feature cache: %s output %s of %d images (%.2f GB) in %s", block, shape,
                len(ids), size_gb, folder)

@@ -2,8 +2,9 @@
 
 Lee et al. fine-tune the last k of the five conv blocks (the fine-tuning degree FTk) with Keras'
 RMSprop at lr 1e-5, ReduceLROnPlateau and EarlyStopping on the validation loss. Freezing is done twice
-on purpose: `optax.multi_transform` guarantees frozen parameters never move (and keeps no optimiser
-state for them), while the model's stop_gradient at the frozen boundary saves their backward pass.
+on purpose, both from one `models.FineTuningPlan`: `optax.multi_transform` over its `param_labels`
+guarantees frozen parameters never move (and keeps no optimiser state for them), while the model's
+stop_gradient at its `boundary` saves their backward pass.
 """
 
 from __future__ import annotations
@@ -11,48 +12,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-import jax
 import ml_collections
 import optax
 from optax import contrib as optax_contrib
 
-NUM_BLOCKS = 5
-TRAINABLE, FROZEN = "trainable", "frozen"
-
-
-def block_index(name: str) -> int | None:
-  """1..5 for a backbone block name ('block3', 'denseblock2'-style names count too), else None."""
-  digits = "".join(ch for ch in name if ch.isdigit())
-  if name.startswith(("block", "stage")) and digits:
-    return int(digits)
-  return None
-
-
-def trainable_block_names(trainable_blocks: int) -> tuple[str, ...]:
-  """Names of the blocks that train at fine-tuning degree k (the last k, counted from the top)."""
-  if not 0 <= trainable_blocks <= NUM_BLOCKS:
-    raise ValueError(
-        f"config.model.trainable_blocks={trainable_blocks}: the fine-tuning degree must be in "
-        f"0..{NUM_BLOCKS} (number of conv blocks trained, counted from the top)")
-  return tuple(f"block{i}" for i in range(NUM_BLOCKS - trainable_blocks + 1, NUM_BLOCKS + 1))
-
-
-def param_labels(params: Mapping, trainable_blocks: int) -> dict:
-  """A label per parameter leaf: 'frozen' for the first 5-k blocks, 'trainable' for the rest + head."""
-  first_trainable = NUM_BLOCKS - trainable_blocks + 1
-  trainable_block_names(trainable_blocks)  # validates k
-
-  def label_for(top_level_name):
-    idx = block_index(top_level_name)
-    return FROZEN if idx is not None and idx < first_trainable else TRAINABLE
-
-  return {name: jax.tree.map(lambda _, n=name: label_for(n), sub) for name, sub in params.items()}
-
-
-def frozen_names(tree: Mapping, trainable_blocks: int) -> tuple[str, ...]:
-  """Top-level names of `tree` (params or batch_stats) that belong to frozen blocks."""
-  labels = param_labels({name: 0 for name in tree}, trainable_blocks)
-  return tuple(name for name, label in labels.items() if label == FROZEN)
+from cxr_jax.models.plan import FROZEN, TRAINABLE, FineTuningPlan
 
 
 def base_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -68,10 +32,12 @@ def base_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTra
   raise ValueError(f"config.train.optimizer={name!r}: use rmsprop, adam or sgd")
 
 
-def make_optimizer(params: Mapping, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  labels = param_labels(params, config.model.trainable_blocks)
+def make_optimizer(params: Mapping, plan: FineTuningPlan,
+                   train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """`base_optimizer` for what `plan` trains; the frozen parameters' updates are zeros."""
   return optax.multi_transform(
-      {TRAINABLE: base_optimizer(config.train), FROZEN: optax.set_to_zero()}, labels)
+      {TRAINABLE: base_optimizer(train_config), FROZEN: optax.set_to_zero()},
+      plan.param_labels(params))
 
 
 def make_plateau(train_config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:

@@ -59,7 +59,7 @@ def _accuracy(logits, targets, loss: str):
 
 
 def _keep_frozen(old, new, frozen):
-  """`new` batch_stats, except the frozen stages', which stay bitwise as they were."""
+  """`new` batch_stats, except the `frozen` stages', which stay bitwise as they were."""
   return {name: old[name] if name in frozen else sub for name, sub in new.items()}
 
 
@@ -88,7 +88,7 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
                robust_opts: robust.Options = robust.OFF):
   """One step on one device's shard; gradients, batch statistics and metrics are averaged over
   AXIS. `batch["targets"]` (mixup, multi-label) replaces one-hot labels when present. `frozen`:
-  top-level names of the frozen blocks (their gradients are zero, their statistics fixed).
+  the frozen blocks, `FineTuningPlan.frozen` (their gradients are zero, their statistics fixed).
   `robust_opts`: group DRO (needs batch["group"]) and DANN (needs batch["source"])."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
   targets = batch.get("targets")

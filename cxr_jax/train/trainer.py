@@ -29,6 +29,7 @@ class Setup:
   built: data.BuiltDataset
   split_ids: dict
   model: object
+  plan: models.FineTuningPlan   # what trains (config.model.trainable_blocks)
   tx: object
   plateau: object
   state: TrainState
@@ -113,13 +114,14 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   built = build_dataset(config.data)
   split_ids, targets = task_splits(built.metadata, config)
   model = models.create_model(config.model)
+  plan = models.FineTuningPlan.for_model(config.model)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   params, batch_stats, preprocessing, weights_version = initial_variables(
       *init_variables(model, config, init_rng), config)
   groups, params, robust_state = robust_setup(config, built, split_ids, model, params,
                                               batch_stats, jax.random.fold_in(init_rng, 1))
-  tx = optim.make_optimizer(params, config)
+  tx = optim.make_optimizer(params, plan, config.train)
   plateau = optim.make_plateau(config.train)
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
                      plateau_state=plateau.init({}), rng=state_rng, batch_stats=batch_stats,
@@ -131,9 +133,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       "devices": [str(d) for d in jax.devices()],
       "split_sizes": {k: int(len(v)) for k, v in split_ids.items()},
   }
-  return Setup(config, built, split_ids, model, tx, plateau, state, preprocessing, versions,
+  return Setup(config, built, split_ids, model, plan, tx, plateau, state, preprocessing, versions,
                class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting),
-               feature_cache.for_setup(config, model, params, built, split_ids, preprocessing),
+               feature_cache.for_setup(config, plan, model, params, built, split_ids, preprocessing),
                targets, groups)
 
 
@@ -251,7 +253,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     state, loop = restored
     logging.info("Resuming from %s at epoch %d (step %d)", workdir, loop["epoch"], int(state.step))
   else:
-    overview.log_overview(state.params, config.model.trainable_blocks)
+    overview.log_overview(state.params, s.plan)
   stopper = (optim.EarlyStopping.from_dict(loop["early_stopping"]) if loop["early_stopping"]
              else optim.EarlyStopping(config.train.early_stopping_patience))
   if _finished(loop, config, int(state.step)):   # e.g. restarted after completion
@@ -264,7 +266,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
   total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
   p_train, p_eval = make_pmapped_steps(
       model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
-      frozen=optim.frozen_names(state.params, config.model.trainable_blocks),
+      frozen=s.plan.frozen,
       robust_opts=robust.Options.from_config(config.train, total))
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   r_state = jax_utils.replicate(state)
