@@ -32,7 +32,7 @@ train: setup weights
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR) $(EXTERNAL)
 
 data: setup
-	$(PY) -m cxr_jax.data --source=manifest:$(CXR_DATA) --image_size=224
+	$(PY) -m cxr_jax.data --source=manifest:$(CXR_DATA) --config.data.image_size=224
 
 # Includes tests/test_notebooks.py: every notebook runs top to bottom in small mode (~3-4 min).
 test: setup

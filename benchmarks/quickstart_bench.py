@@ -17,7 +17,6 @@ metrics.json, including the per-source figures that qualify it, and the external
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -79,13 +78,9 @@ def main(argv=None):
   result = {"command": " ".join(sys.argv), "config": args.config, "cold_caches": args.cold,
             "machine": machine.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "log": str(log), "phases_s": {}}
-  spec = importlib.util.spec_from_file_location("bench_config", REPO / args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  size = module.get_config().data.image_size  # the rest of its preprocessing is the default's
   phases = [("setup", ["make", "setup"]),
             ("weights", [py, "-m", "cxr_jax.weights", "fetch", "vgg16"]),
-            ("data", [py, "-m", "cxr_jax.data", f"--image_size={size}"]),  # $CXR_DATA
+            ("data", [py, "-m", "cxr_jax.data", f"--config={args.config}"]),  # $CXR_DATA
             ("train", [py, "launch.py", f"--config={args.config}", f"--workdir={workdir}"])]
   external = Path(args.external) if args.external else None
   if external and (external / "manifest.csv").is_file():

@@ -355,9 +355,10 @@ def test_changing_preprocessing_rebuilds_instead_of_reusing(tmp_path):
 
 def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   manifest, folder = messy_sources
-  rc = cli_main([f"--source=manifest:{manifest}", f"--source=folder:{folder}", "--image_size=16",
-                 f"--data_dir={tmp_path / 'tfds'}", "--max_reject_fraction=0.5", "--num_folds=2",
-                 "--test_fraction=0.25"])
+  rc = cli_main([f"--source=manifest:{manifest}", f"--source=folder:{folder}",
+                 "--config.data.image_size=16", f"--config.data.data_dir={tmp_path / 'tfds'}",
+                 "--config.data.max_reject_fraction=0.5", "--config.data.num_folds=2",
+                 "--config.data.test_fraction=0.25"])
   assert rc == 0
   summary = json.loads(capsys.readouterr().out)
   assert set(summary["splits"]) == {"train", "val", "test"}
@@ -365,13 +366,15 @@ def test_cli_prints_one_json_summary(tmp_path, capsys, messy_sources):
   assert len(summary["rejected"]) == 6 and len(summary["duplicates"]) == 1
   # Rejects found before decoding (missing file, unknown label) already exceed 1%: no build, yet
   # the one run names the undecodable files too (it used to name only the first two).
-  rc = cli_main([f"--source=manifest:{manifest}", "--image_size=16",
-                 f"--data_dir={tmp_path / 'tfds'}", "--max_reject_fraction=0.01"])
+  rc = cli_main([f"--source=manifest:{manifest}", "--config.data.image_size=16",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}",
+                 "--config.data.max_reject_fraction=0.01"])
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "max_reject_fraction" in out["error"]
   assert {r["file"].rsplit("/", 1)[1] for r in out["rejected"]} == {
       "gone.jpg", "img0.jpg", "truncated.jpg", "corrupt.jpg", "notes.png", "broken.dcm"}
-  rc = cli_main([f"--source=manifest:{tmp_path / 'nowhere'}", f"--data_dir={tmp_path / 'tfds'}"])
+  rc = cli_main([f"--source=manifest:{tmp_path / 'nowhere'}",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}"])
   out = json.loads(capsys.readouterr().out)
   assert rc == 1 and "manifest.csv not found" in out["error"]
 

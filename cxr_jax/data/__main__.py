@@ -1,68 +1,52 @@
-"""Builds the dataset and prints one JSON summary: images per split and label, patient groups
-per split, rejected files with reasons.
+"""Builds the dataset of a config's `data` section and prints one JSON summary: images per split
+and label, patient groups per split, rejected files with reasons.
 
-  python -m cxr_jax.data --source=manifest:../shared/data/cxr3 --image_size=64 --data_dir=/tmp/d
+  python -m cxr_jax.data --source=manifest:../shared/data/cxr3 --config.data.image_size=64
+  python -m cxr_jax.data --config.data.data_dir=/tmp/d               # manifest:$CXR_DATA, 224 px
   python -m cxr_jax.data --source=folder:/data/chest_xray --source=ieee8023:/data/covid-chestxray
+  python -m cxr_jax.data --config=configs/quickstart.py      # the dataset that run trains on
+
+The configuration is taken as launch.py takes it (cxr_jax.cli): --config=FILE (default the
+package's, cxr_jax/config.py, where every data.* field is documented) and --config.data.FIELD=VALUE
+overrides. One flag of its own: --source=KIND:PATH (repeatable) appends to config.data.sources;
+with no source at all, manifest:$CXR_DATA.
 
 Progress goes to stderr; stdout carries only the JSON. Exit status 1 when the build fails
-(too many rejects, an empty class); the JSON then has 'error' and the report's rejects.
+(too many rejects, an empty class), the JSON then has 'error' and the report's rejects; 2 for a
+bad flag.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
-from pathlib import Path
+
+from absl import flags
+
+from cxr_jax import cli
+
+PROG = "python -m cxr_jax.data"
 
 
-def _default_data_config():
-  """configs/default.py's data section (the repository root holds configs/)."""
-  try:
-    from configs.default import get_config
-  except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from configs.default import get_config
-  return get_config().data
+def _define(flag_values):
+  flags.DEFINE_multi_string(
+      "source", [], "KIND:PATH with KIND manifest|folder|ieee8023|nih; repeatable; appended to "
+      "config.data.sources (no source at all: manifest:$CXR_DATA)", flag_values=flag_values)
 
 
 def parse_args(argv):
-  d = _default_data_config()
-  p = argparse.ArgumentParser(prog="python -m cxr_jax.data", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--source", action="append", default=[],
-                 help="KIND:PATH with KIND manifest|folder|ieee8023|nih; repeatable "
-                      "(default manifest:$CXR_DATA)")
-  p.add_argument("--image_size", type=int, default=d.image_size)
-  p.add_argument("--data_dir", default=d.data_dir, help="TFDS data dir")
-  p.add_argument("--clahe", action=argparse.BooleanOptionalAction, default=d.clahe)
-  p.add_argument("--clahe_clip_limit", type=float, default=d.clahe_clip_limit)
-  p.add_argument("--clahe_tile_grid", type=int, default=d.clahe_tile_grid)
-  p.add_argument("--max_reject_fraction", type=float, default=d.max_reject_fraction)
-  p.add_argument("--test_fraction", type=float, default=d.test_fraction)
-  p.add_argument("--num_folds", type=int, default=d.num_folds)
-  p.add_argument("--fold", type=int, default=d.fold)
-  p.add_argument("--split_seed", type=int, default=d.split_seed)
-  p.add_argument("--train_fraction", type=float, default=d.train_fraction)
-  p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=d.balance)
-  return p.parse_args(argv)
-
-
-def data_config_from_args(args):
-  d = _default_data_config()
-  for key, value in vars(args).items():
-    if key == "source":
-      d.sources = tuple(value)
-    else:
-      setattr(d, key, value)
-  return d
+  """The config of this command line (`--source`s appended to its data.sources)."""
+  parsed = cli.parse(argv, prog=PROG, doc=__doc__, define=_define)
+  config = parsed.config
+  config.data.sources = tuple(config.data.sources) + tuple(parsed.source)
+  return config
 
 
 def main(argv=None) -> int:
   from cxr_jax import data
   from cxr_jax.data.summary import summarize
-  data_config = data_config_from_args(parse_args(sys.argv[1:] if argv is None else argv))
+  data_config = parse_args(sys.argv[1:] if argv is None else argv).data
   try:
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout.
       built = data.build_dataset(data_config)
