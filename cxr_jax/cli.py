@@ -60,8 +60,9 @@ def _hint(error) -> str:
     return ""
   from cxr_jax.config import get_config
 
+  name = name.replace("-", "_")
   paths = [p for p in _field_paths(get_config()) if p.rsplit(".", 1)[-1] == name]
-  return f" (a config field: --config.{paths[0]}=...)" if len(paths) == 1 else ""
+  return f" (a config field: {' or '.join(f'--config.{p}=...' for p in paths)})" if paths else ""
 
 
 def _field_paths(config, prefix=""):
