@@ -1,4 +1,6 @@
-"""Default configuration: every field of cxr_jax, documented. Other configs start from this.
+"""Default configuration: every field of cxr_jax, documented here and nowhere else. The configs in
+the repository's configs/ start from this (configs/default.py re-exports it); the package's command
+lines (launch.py, python -m cxr_jax.data, python -m cxr_jax.ops.tune) default to it.
 
 Override any field on the command line, e.g.
   python launch.py --config=configs/default.py --config.model.trainable_blocks=3

@@ -9,7 +9,7 @@ blur or sharpening, Gaussian noise, gamma / contrast / brightness, JPEG re-encod
 Every draw is a TensorFlow stateless random op keyed by `key` (the pipeline derives it from
 (seed, epoch, example)), so an image's augmentation is a pure function of that key and a resumed
 epoch repeats it bit for bit. No horizontal flip: it moves the heart to the right (see
-configs/default.py, data.acquisition).
+cxr_jax/config.py, data.acquisition).
 
 The ops with explicit parameters (`warp`, `resample`, `blur`, `sharpen`, `add_noise`,
 `adjust_intensity`, `jpeg`) work on float32 [H, W, 1] in 0..255; `acquire` draws their parameters.

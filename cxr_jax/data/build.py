@@ -180,7 +180,7 @@ def _prepare(builder: CxrDataset) -> dict:
 
 def build_dataset(data_config, *, num_workers: int | None = None,
                   every_class: bool = True) -> BuiltDataset:
-  """Builds (or reuses) the dataset described by data_config; see configs/default.py `data`.
+  """Builds (or reuses) the dataset described by data_config; see cxr_jax/config.py `data`.
 
   Raises DataBuildError (after writing the report) when more than
   data_config.max_reject_fraction of the source files are rejected, when no image is usable, or

@@ -24,7 +24,7 @@ from cxr_jax import files, machine
 from cxr_jax.experiments import grid, runner, tables
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
-# configs/default.py. "combined" is config.experiment.combine's measures together.
+# cxr_jax/config.py. "combined" is config.experiment.combine's measures together.
 MEASURES = {
     "baseline": {},
     "acquisition": {"data.acquisition": True},
