@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 SOURCE_HEAD = "source_head"           # its top-level name in the params; never in a kept model
-LAST_BLOCKS = ("block5", "stage5")    # the last backbone block of VGG / DenseNet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +28,16 @@ class Options:
   dann_weight: float = 0.0
   dann_hidden: int = 256
   total_steps: int = 1              # of the run, for the DANN schedule
+  last_block: str = ""              # the backbone's last block (FineTuningPlan.block_names[-1])
 
   @classmethod
-  def from_config(cls, train_config, total_steps: int) -> Options:
+  def from_config(cls, train_config, total_steps: int, last_block: str = "") -> Options:
     dro, dann = float(train_config.get("group_dro_step", 0.0)), float(
         train_config.get("dann_weight", 0.0))
     if dro < 0 or dann < 0:
       raise ValueError(f"config.train.group_dro_step={dro} and config.train.dann_weight={dann} "
                        "must be >= 0 (0 = off)")
-    return cls(dro, dann, int(train_config.get("dann_hidden", 256)), int(total_steps))
+    return cls(dro, dann, int(train_config.get("dann_hidden", 256)), int(total_steps), last_block)
 
   @property
   def dro(self) -> bool:
@@ -135,18 +135,16 @@ class SourceHead(nn.Module):
     return nn.Dense(self.num_sources, name="logits")(x)
 
 
-def last_block_filter(module, method_name: str) -> bool:
-  """capture_intermediates filter: the output of the backbone's last block."""
-  return method_name == "__call__" and module.name in LAST_BLOCKS
+def block_filter(name: str):
+  """capture_intermediates filter: the output of the block called `name`."""
+  return lambda module, method_name: method_name == "__call__" and module.name == name
 
 
-def captured_features(intermediates) -> jax.Array:
-  """The last block's output from a model.apply(..., capture_intermediates=last_block_filter)."""
-  for name in LAST_BLOCKS:
-    if name in intermediates:
-      return intermediates[name]["__call__"][0]
-  raise KeyError(f"no {LAST_BLOCKS} output captured; config.train.dann_weight needs a VGG or "
-                 "DenseNet backbone")
+def captured_features(intermediates, name: str) -> jax.Array:
+  """Block `name`'s output from a model.apply(..., capture_intermediates=block_filter(name))."""
+  if name not in intermediates:
+    raise KeyError(f"no output of block {name!r} captured for config.train.dann_weight")
+  return intermediates[name]["__call__"][0]
 
 
 def source_loss(params, features, sources, scale, hidden: int):

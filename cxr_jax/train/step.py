@@ -77,7 +77,8 @@ def _robust_loss(params, logits, targets, inter, state, batch, opts: robust.Opti
   if opts.dann:
     scale = robust.dann_scale(state.step, opts.total_steps, opts.dann_weight)
     src_loss, metrics["source_accuracy"] = robust.source_loss(
-        params[robust.SOURCE_HEAD], robust.captured_features(inter), batch["source"], scale,
+        params[robust.SOURCE_HEAD], robust.captured_features(inter, opts.last_block),
+        batch["source"], scale,
         opts.dann_hidden)
     value = value + src_loss
     metrics["source_loss"], metrics["dann_scale"] = src_loss, scale
@@ -99,7 +100,7 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
   capture = {}
   if robust_opts.dann:
     mutable, capture = mutable + ["intermediates"], {
-        "capture_intermediates": robust.last_block_filter}
+        "capture_intermediates": robust.block_filter(robust_opts.last_block)}
 
   def loss_fn(params):
     variables = model_variables(robust.without_source_head(params), state.batch_stats)

@@ -119,7 +119,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   init_rng, state_rng = jax.random.split(rng)
   params, batch_stats, preprocessing, weights_version = initial_variables(
       *init_variables(model, config, init_rng), config)
-  groups, params, robust_state = robust_setup(config, built, split_ids, model, params,
+  groups, params, robust_state = robust_setup(config, built, split_ids, model, plan, params,
                                               batch_stats, jax.random.fold_in(init_rng, 1))
   tx = optim.make_optimizer(params, plan, config.train)
   plateau = optim.make_plateau(config.train)
@@ -139,7 +139,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                targets, groups)
 
 
-def robust_setup(config, built, split_ids, model, params, batch_stats, rng):
+def robust_setup(config, built, split_ids, model, plan, params, batch_stats, rng):
   """(groups, params, robust state) for group DRO / DANN (config.train.group_dro_step,
   dann_weight): the group table, params with the source classifier added under
   robust.SOURCE_HEAD, and the initial group weights. (None, params, {}) when both are off."""
@@ -156,8 +156,8 @@ def robust_setup(config, built, split_ids, model, params, batch_stats, rng):
         robust.initial_group_weights(cells[split_ids["train"]], num_groups))
   if opts.dann:
     size = config.data.image_size
-    last = robust.LAST_BLOCKS[0] if robust.LAST_BLOCKS[0] in params else robust.LAST_BLOCKS[1]
-    shape = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)), stop=last),
+    shape = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)),
+                                                 stop=plan.block_names[-1]),
                            model_variables(params, batch_stats)).shape
     params = {**params, robust.SOURCE_HEAD: robust.init_source_head(
         rng, len(names), shape[-1], int(config.train.dann_hidden))}
@@ -267,7 +267,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
   p_train, p_eval = make_pmapped_steps(
       model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
       frozen=s.plan.frozen,
-      robust_opts=robust.Options.from_config(config.train, total))
+      robust_opts=robust.Options.from_config(config.train, total, s.plan.block_names[-1]))
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   r_state = jax_utils.replicate(state)
   step = int(state.step)
