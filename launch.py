@@ -97,7 +97,8 @@ def main(argv):
   elif FLAGS.mode == "audit":
     from cxr_jax import evaluate
 
-    result = evaluate.audit_workdir(FLAGS.workdir, config.eval.external, config=config)
+    result = evaluate.audit_workdir(FLAGS.workdir, config.eval.external, config=config,
+                                    loso=config.eval.loso)
   elif FLAGS.mode in ("cv", "ablation", "sweep"):
     from cxr_jax import experiments
 

@@ -152,6 +152,9 @@ def get_config() -> ml_collections.ConfigDict:
   # appends to it. Not part of a run's identity: adding one to a finished experiment evaluates
   # its runs without retraining.
   e.external = ()
+  # --mode=audit: a finished --mode=loso workdir whose leave-one-source-out table the audit page
+  # includes ("" = none; the audit lists it as not run).
+  e.loso = ""
   c.explain = x = ml_collections.ConfigDict()
   x.layer = "block5/conv3"           # Grad-CAM layer: "blockK/convJ" or "blockK" (its last conv)
   x.per_class = 4                    # overlays per class, right and wrong predictions each

@@ -87,7 +87,13 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   workdir = tmp_path / "run"
   train.save_trained(workdir, config, {"params": variables["params"]}, "torchvision")
 
-  result = audit_workdir(workdir, [f"manifest:{ext}"], segmenter=_HalvesSegmenter())
+  loso = tmp_path / "loso"   # a finished --mode=loso experiment's two files
+  loso.mkdir()
+  (loso / "loso.json").write_text(json.dumps({"rows": [{"held_out_source": "ieee8023"}]}))
+  (loso / "loso.md").write_text("# Leave one source out\n\n| held-out source |\n| ieee8023 |\n")
+  with pytest.raises(FileNotFoundError, match="--mode=loso"):
+    audit_workdir(workdir, segmenter=_HalvesSegmenter(), loso=tmp_path / "nowhere")
+  result = audit_workdir(workdir, [f"manifest:{ext}"], segmenter=_HalvesSegmenter(), loso=loso)
 
   out = workdir / "audit"
   for name in ("audit.md", "audit.json", "audit.png", "test/metrics.json", "test/report.md"):
@@ -105,6 +111,9 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
     assert heading in text
   assert "heatmap lung share" not in text.split("## Not run")[1]   # it ran: not listed as not run
   assert "heatmap_lung_share" not in saved["not_run"]
+  assert saved["leave_one_source_out"]["rows"] == [{"held_out_source": "ieee8023"}]
+  assert "leave_one_source_out" not in saved["not_run"]
+  assert "| ieee8023 |" in text.split("## Leave one source out")[1]
   lungs = saved["lung_probes"]
   assert lungs["images"] == saved["internal"]["num_examples"] and not lungs["qc_failed"]
   assert set(lungs) >= {"original", "lungs_blanked", "outside_blanked"}

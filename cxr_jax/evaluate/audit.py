@@ -18,6 +18,7 @@ they need, rather than left out silently.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -30,22 +31,25 @@ from cxr_jax.evaluate.report import _num, _with_ci, _within_source_section
 OUT_DIR = "audit"
 NOT_RUN = {
     "leave_one_source_out": "an experiment of its own: --mode=loso (one model per held-out "
-                            "source) writes loso.md",
+                            "source) writes loso.md; name it with --config.eval.loso=W to "
+                            "include its table here",
 }
 
 
 def audit_workdir(workdir, externals=(), *, which: str = "best", config=None,
-                  segmenter=None) -> dict:
+                  segmenter=None, loso: str | Path = "") -> dict:
   """Runs every part of the audit on the kept model of `workdir`; returns audit.json's content.
 
   `segmenter` (a `cxr_jax.lungs.Segmenter`; default: the stored one, trained first if missing)
-  gives the masks of the lung probes and the heatmap lung share."""
+  gives the masks of the lung probes and the heatmap lung share. `loso`: a --mode=loso workdir
+  (config.eval.loso) whose table the page includes."""
   from cxr_jax.evaluate.external import evaluate_external
   from cxr_jax.evaluate.workdir import evaluate_workdir, load_split
   from cxr_jax.lungs.annotations import AnnotationError
   from cxr_jax.weights.errors import WeightsError
 
   workdir = Path(workdir)
+  loso_part = read_loso(loso) if loso else None   # a wrong path fails before minutes of work
   out = workdir / OUT_DIR
   internal = evaluate_workdir(workdir, "test", config, which=which, out_dir=out / "test")
   external = evaluate_external(workdir, externals, which=which) if externals else {}
@@ -59,16 +63,32 @@ def audit_workdir(workdir, externals=(), *, which: str = "best", config=None,
     loaded = load_split(workdir, "test", which=which)
     masks = segment_test_split(loaded, segmenter)
     lungs, share = _lung_probes(loaded, masks), heatmap_lung_share(loaded, masks)
+  if loso_part is not None:
+    not_run.pop("leave_one_source_out", None)
   result = dict(
       workdir=str(workdir), checkpoint=which, machine=machine.summary(),
       internal=_part(internal), external={n: _part(m) for n, m in external.items()},
-      source_recognition=probe, lung_probes=lungs, heatmap_lung_share=share, not_run=not_run)
+      source_recognition=probe, lung_probes=lungs, heatmap_lung_share=share,
+      leave_one_source_out=loso_part, not_run=not_run)
   figure = write_figure(result, out / "audit.png")
   result["figure"] = figure
   files.write_json(out / "audit.json", result)
   files.write_atomic(out / "audit.md", render_audit(result))
   logging.info("audit of %s written to %s", workdir, out)
   return result
+
+
+def read_loso(directory) -> dict:
+  """A finished --mode=loso experiment's rows (loso.json) and table (loso.md), named by path;
+  a missing one is an error naming the path and the command that writes it."""
+  directory = Path(directory)
+  doc_path, table_path = directory / "loso.json", directory / "loso.md"
+  if not (doc_path.is_file() and table_path.is_file()):
+    raise FileNotFoundError(
+        f"config.eval.loso={str(directory)!r} holds no loso.json/loso.md: run python launch.py "
+        f"--mode=loso --workdir={directory} with the same config first")
+  table = table_path.read_text().split("\n", 1)[1].strip()   # without its title
+  return dict(workdir=str(directory), rows=json.loads(doc_path.read_text())["rows"], table=table)
 
 
 def _part(metrics: dict) -> dict:
@@ -360,6 +380,13 @@ def _probe_lines(probe: dict) -> list[str]:
   return lines
 
 
+def _loso_lines(loso: dict | None) -> list[str]:
+  if not loso:
+    return []
+  return ["## Leave one source out", "", f"From `{loso['workdir']}` (models trained without each "
+          "source; the audited model is not one of them).", "", loso["table"], ""]
+
+
 def render_audit(result: dict) -> str:
   internal = result["internal"]
   lines = [f"# Generalisation audit of {Path(result['workdir']).name}", "",
@@ -388,6 +415,7 @@ def render_audit(result: dict) -> str:
             *_probe_lines(result["source_recognition"]), "",
             *_lung_lines(result.get("lung_probes")),
             *_share_lines(result.get("heatmap_lung_share")),
+            *_loso_lines(result.get("leave_one_source_out")),
             "## Not run", ""]
   lines += [f"- {k.replace('_', ' ')}: {why}" for k, why in result["not_run"].items()]
   lines += ["", "Every number is in `audit.json`; each evaluation's full metrics, plots and "

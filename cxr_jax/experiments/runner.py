@@ -23,7 +23,7 @@ METRICS_FILE, HISTORY_FILE, CONFIG_FILE = "metrics.json", "history.json", "confi
 _IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
             "train.log_every_steps", "distributed", "coordinator_address", "num_processes",
             "process_id", "model.pool_impl", "host_memory", "eval.external",
-            "eval.temperature_scaling")
+            "eval.temperature_scaling", "eval.loso")
 
 
 class ConfigMismatch(ValueError):
