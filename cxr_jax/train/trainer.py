@@ -133,10 +133,14 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       "devices": [str(d) for d in jax.devices()],
       "split_sizes": {k: int(len(v)) for k, v in split_ids.items()},
   }
-  return Setup(config, built, split_ids, model, plan, tx, plateau, state, preprocessing, versions,
-               class_weights_for(train_labels, config.model.num_classes, config.train.class_weighting),
-               feature_cache.for_setup(config, plan, model, params, built, split_ids, preprocessing),
-               targets, groups)
+  return Setup(
+      config=config, built=built, split_ids=split_ids, model=model, plan=plan, tx=tx,
+      plateau=plateau, state=state, preprocessing=preprocessing, versions=versions,
+      class_weights=class_weights_for(train_labels, config.model.num_classes,
+                                      config.train.class_weighting),
+      features=feature_cache.for_setup(config, plan, model, params, built, split_ids,
+                                       preprocessing),
+      targets=targets, groups=groups)
 
 
 def robust_setup(config, built, split_ids, model, plan, params, batch_stats, rng):
