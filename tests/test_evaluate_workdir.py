@@ -37,20 +37,26 @@ def _write_source(root):
     writer.writerows(rows)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, save_random_run):
-  root = tmp_path_factory.mktemp("gen")
+def save_small_run(root, save_random_run, size=SIZE, **explain):
+  """A saved random run over the generated source in `root` at `size` px (config.explain fields
+  as given)."""
   _write_source(root / "src")
   config = default.get_config()
   config.data.sources = (f"manifest:{root / 'src'}",)
   config.data.data_dir = str(root / "tfds")
-  config.data.image_size = SIZE
+  config.data.image_size = size
   config.data.test_fraction = 0.4
   config.data.num_folds = 2
   config.model.hidden = (8,)
   config.model.pretrained = "none"
   config.train.eval_batch_size = 4   # the last batch is padded
+  config.explain.update(explain)
   return save_random_run(root / "run", config, "caffe", seed=1, bias_sd=0.1)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, save_random_run):
+  return save_small_run(tmp_path_factory.mktemp("gen"), save_random_run)
 
 
 def test_evaluate_workdir_writes_consistent_outputs(workdir):

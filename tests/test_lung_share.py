@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from configs import default
 from cxr_jax.explain import explain_workdir, lung_field_mask
 from cxr_jax.explain.regions import box_prior_shares, found_lung_shares, heatmap_lung_shares
 from cxr_jax.lungs import masks, segment
 from tests.test_audit import _HalvesSegmenter
-from tests.test_evaluate_workdir import _write_source
+from tests.test_evaluate_workdir import save_small_run
 
 SIZE = 48
 
@@ -82,19 +81,9 @@ class _FirstFailsSegmenter(_HalvesSegmenter):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, save_random_run):
-  root = tmp_path_factory.mktemp("gen")
-  _write_source(root / "src")
-  config = default.get_config()
-  config.data.sources = (f"manifest:{root / 'src'}",)
-  config.data.data_dir = str(root / "tfds")
-  config.data.image_size = SIZE
-  config.data.test_fraction = 0.4
-  config.data.num_folds = 2
-  config.model.hidden = (8,)
-  config.model.pretrained = "none"
-  config.explain.layer = "block4"     # 6x6 maps at 48 px
-  config.train.eval_batch_size = 4
-  return save_random_run(root / "run", config, "caffe", seed=1, bias_sd=0.1)
+  # block4: 6x6 maps at 48 px
+  return save_small_run(tmp_path_factory.mktemp("gen"), save_random_run, size=SIZE,
+                        layer="block4")
 
 
 def test_explain_workdir_reports_lung_shares_beside_the_box_prior(workdir):
