@@ -16,7 +16,6 @@ import json
 import logging
 from pathlib import Path
 
-from cxr_jax import files
 from cxr_jax.experiments import grid, runner, tables
 
 HELD_OUT = "held_out"
@@ -82,10 +81,7 @@ def run_loso(config, workdir, train_fn=None) -> dict:
     rows.append(table_row(run, held_out_metrics(run.config, directory),
                           _load(directory / runner.METRICS_FILE)))
   doc = dict(mode="loso", status=status, rows=rows)
-  files.write_json(workdir / "loso.json", doc)
-  tables.write_csv(workdir / "loso.csv", rows)
-  files.write_atomic(workdir / "loso.md", markdown(rows, status))
-  doc["written"] = [str(workdir / n) for n in ("loso.md", "loso.csv", "loso.json")]
+  doc["written"] = tables.write_table(workdir, "loso", doc, rows, markdown(rows, status))
   return doc
 
 

@@ -133,10 +133,7 @@ def run_robustness(config, workdir, train_fn=None) -> dict:
       rows.append(table_row(run, runner.load_result(directory), run_probes(directory),
                             validation_metrics(run.config, directory)))
   doc = dict(mode="robustness", machine=machine.summary(), status=status, rows=rows)
-  files.write_json(workdir / "robustness.json", doc)
-  tables.write_csv(workdir / "robustness.csv", rows)
-  files.write_atomic(workdir / "robustness.md", markdown(rows, status))
-  written = [str(workdir / n) for n in ("robustness.md", "robustness.csv", "robustness.json")]
+  written = tables.write_table(workdir, "robustness", doc, rows, markdown(rows, status))
   if rows:
     written.append(write_figure(rows, workdir / "robustness.png"))
   doc["written"] = written

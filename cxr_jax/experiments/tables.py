@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
+from cxr_jax import files
 from cxr_jax.experiments.summary import CLASS_METRICS, class_names
 
 
@@ -35,10 +37,22 @@ def table_rows(groups: dict[str, dict], axes: list[str]) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, list(rows[0]) if rows else ["group"])
-    writer.writeheader()
-    writer.writerows(rows)
+  """Rows as CSV, atomically; the columns are every key in first-seen order (rows of runs that
+  lack one, e.g. an external set added later, leave it empty)."""
+  fields = list(dict.fromkeys(k for row in rows for k in row)) or ["group"]
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fields)
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_atomic(path, text.getvalue())
+
+
+def write_table(workdir: Path, stem: str, doc: dict, rows: list[dict], text: str) -> list[str]:
+  """An experiment's table three ways: stem.md (text), stem.csv (rows), stem.json (doc)."""
+  write_csv(workdir / f"{stem}.csv", rows)
+  files.write_json(workdir / f"{stem}.json", doc)
+  files.write_atomic(workdir / f"{stem}.md", text)
+  return [str(workdir / f"{stem}.{ext}") for ext in ("md", "csv", "json")]
 
 
 def markdown_table(groups: dict[str, dict], ci: float, title: str) -> str:
