@@ -126,6 +126,12 @@ def run_robustness(config, workdir, train_fn=None) -> dict:
   status = runner.run_all(runs, workdir, train_fn or train_and_probe)
   if jax.process_index() != 0:
     return {}
+  return write_report(workdir, runs, status)
+
+
+def write_report(workdir: Path, runs: list[grid.Run], status: dict) -> dict:
+  """The tables and the figure over the finished runs of `runs` (the others are left out; a run
+  still training elsewhere can be reported on this way without waiting for it)."""
   rows = []
   for run in runs:
     directory = runner.run_dir(workdir, run)
