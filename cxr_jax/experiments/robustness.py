@@ -138,7 +138,7 @@ def write_report(workdir: Path, runs: list[grid.Run], status: dict) -> dict:
     if runner.is_finished(directory):
       rows.append(table_row(run, runner.load_result(directory), run_probes(directory),
                             validation_metrics(run.config, directory)))
-  doc = dict(mode="robustness", machine=machine.summary(), status=status, rows=rows)
+  doc = dict(mode="robustness", machine=machine.describe(), status=status, rows=rows)
   written = tables.write_table(workdir, "robustness", doc, rows, markdown(rows, status))
   if rows:
     written.append(write_figure(rows, workdir / "robustness.png"))
@@ -212,7 +212,7 @@ _MAIN_COLUMNS = (
 
 def markdown(rows: list[dict], status: dict) -> str:
   lines = ["# Source-robustness ablation", "",
-           f"Machine: {machine.describe()}. One row per measure (fold in brackets); `-`: "
+           f"Machine: {machine.summary()}. One row per measure (fold in brackets); `-`: "
            "undefined or not measured. The cxr3 validation split (loss, accuracy, COVID AUC "
            "inside ieee8023) and leave-one-source-out are what choose; test and external "
            "columns report.", "",
