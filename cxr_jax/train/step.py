@@ -66,20 +66,19 @@ def _keep_frozen(old, new, frozen):
 def _robust_loss(params, logits, targets, inter, state, batch, opts: robust.Options):
   """(loss to differentiate, new robust state, metrics) of group DRO and/or DANN."""
   metrics, new_robust = {}, state.robust
-  per_example = optax.softmax_cross_entropy(logits, targets) * batch["weight"]
   if opts.dro:
+    per_example = optax.softmax_cross_entropy(logits, targets) * batch["weight"]
     value, weights, metrics["dro_loss"] = robust.dro_loss(
         per_example, batch["group"], state.robust["group_weights"],
         step_size=opts.group_dro_step, axis_name=AXIS)
     new_robust = {"group_weights": weights}
   else:
-    value = jnp.mean(per_example)
+    value = cross_entropy(logits, targets, batch["weight"])
   if opts.dann:
     scale = robust.dann_scale(state.step, opts.total_steps, opts.dann_weight)
     src_loss, metrics["source_accuracy"] = robust.source_loss(
         params[robust.SOURCE_HEAD], robust.captured_features(inter, opts.last_block),
-        batch["source"], scale,
-        opts.dann_hidden)
+        batch["source"], scale, opts.dann_hidden)
     value = value + src_loss
     metrics["source_loss"], metrics["dann_scale"] = src_loss, scale
   return value, new_robust, metrics
