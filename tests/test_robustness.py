@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from configs import default
+from configs import default, quickstart, robust
 from configs import robustness as robustness_config
 from cxr_jax.experiments import robustness
 from tests.test_audit import _HalvesSegmenter
@@ -23,6 +23,18 @@ def test_measures_become_runs_with_their_overrides():
   assert all(r.config.data.fold == 0 for r in runs)
   # Everything but the overrides is the baseline's: one seed, one recipe.
   assert base.data.to_dict() == dro.data.to_dict() and base.model == dro.model
+
+
+def test_robust_recipe_is_the_measured_combination():
+  """configs/robust.py trains exactly the `combined` run of results/robustness_128px (lung crop +
+  group DRO on the quick start), so its documented figures are its own."""
+  c = robustness_config.get_config("measures=combined")
+  c.experiment.combine = "lung_crop,group_dro"
+  measured = robustness.plan(c)[0].config
+  recipe = robust.get_config()
+  assert recipe != quickstart.get_config()
+  for section in ("data", "model", "train"):
+    assert recipe[section].to_dict() == measured[section].to_dict(), section
 
 
 @pytest.mark.parametrize("measures, combine, match", [
