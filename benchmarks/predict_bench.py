@@ -40,7 +40,7 @@ def saved_run(size: int, path: Path) -> Path:
   import numpy as np
 
   from configs import quickstart
-  from cxr_jax import models, train
+  from cxr_jax import checkpoint, models
 
   config = quickstart.get_config()
   config.data.image_size = size
@@ -49,7 +49,7 @@ def saved_run(size: int, path: Path) -> Path:
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
-  train.save_trained(path, config, {"params": params}, "torchvision")
+  checkpoint.save_trained(path, config, {"params": params}, "torchvision")
   return path
 
 

@@ -117,11 +117,11 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
   """Yields one result dict per file, in input order, a batch at a time. Batch i+1 is decoded
   while the model runs on batch i (JAX dispatches asynchronously), so decoding and the forward
   pass overlap and results stream over any number of files, one batch behind the decoding."""
-  from cxr_jax import train
+  from cxr_jax import checkpoint
   from cxr_jax.evaluate import make_predict_fn
   from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
-  trained = train.load_trained(workdir, which=which)
+  trained = checkpoint.load_trained(workdir, which=which)
   size = int(trained.config.data.image_size)
   if cam_dir:
     layer = layer or (trained.config.get("explain") or {}).get("layer", DEFAULT_LAYER)

@@ -100,7 +100,7 @@ def save_random_run():
   import jax.numpy as jnp
   import numpy as np
 
-  from cxr_jax import models, train
+  from cxr_jax import checkpoint, models
 
   def make(path, config, preprocessing, seed=0, bias_sd=0.01):
     size = config.data.image_size
@@ -110,7 +110,29 @@ def save_random_run():
     params = jax.tree.map(
         lambda s: rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else bias_sd,
                              s.shape).astype(np.float32), shapes)
-    train.save_trained(path, config, {"params": params}, preprocessing)
+    checkpoint.save_trained(path, config, {"params": params}, preprocessing)
     return path
 
   return make
+
+
+@pytest.fixture
+def kill_training():
+  """fn(config, workdir, epoch=1, step=4): trains `config` in `workdir` until a simulated kill
+  (KeyboardInterrupt, as at a session's end) at that epoch and global step, default mid-way
+  through the second epoch; the checkpoints written before it stay, as after a real kill."""
+  from cxr_jax.train import trainer
+
+  def run(config, workdir, epoch=1, step=4):
+    real_prepare = trainer._prepare_batch
+
+    def dying_prepare(s, batch, e, st):
+      if (e, st) == (epoch, step):
+        raise KeyboardInterrupt("simulated kill")
+      return real_prepare(s, batch, e, st)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+      mp.setattr(trainer, "_prepare_batch", dying_prepare)
+      trainer.train(trainer.setup(config), workdir)
+
+  return run

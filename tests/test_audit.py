@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import models, paths, train
+from cxr_jax import checkpoint, models, paths
 from cxr_jax.data.preprocess import PreprocessConfig, process_file
 from cxr_jax.evaluate import audit_workdir
 from cxr_jax.evaluate.probes import source_recognition
@@ -85,7 +85,7 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   model = models.create_model(config.model)
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, SIZE, SIZE, 3))))(jax.random.key(0))
   workdir = tmp_path / "run"
-  train.save_trained(workdir, config, {"params": variables["params"]}, "torchvision")
+  checkpoint.save_trained(workdir, config, {"params": variables["params"]}, "torchvision")
 
   loso = tmp_path / "loso"   # a finished --mode=loso experiment's two files
   loso.mkdir()

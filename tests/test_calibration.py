@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from cxr_jax import train
+from cxr_jax import checkpoint
 from cxr_jax.evaluate import calibration, external
 from cxr_jax.evaluate import workdir as workdir_module
 from cxr_jax.evaluate.metrics import calibration as reliability
@@ -96,11 +96,11 @@ def test_evaluation_reports_calibration_before_and_after(workdir, no_plots):  # 
 
 
 def test_no_validation_split_is_said_not_fitted(workdir, tmp_path, no_plots):  # noqa: F811
-  trained = train.load_trained(workdir)
+  trained = checkpoint.load_trained(workdir)
   config = trained.config
   config.data.num_folds = 1
   run = tmp_path / "run"
-  train.save_trained(run, config, trained.variables, trained.preprocessing)
+  checkpoint.save_trained(run, config, trained.variables, trained.preprocessing)
   cal = evaluate_workdir(run)["calibration"]
   assert cal["temperature"] is None and cal["why"] == "not fitted: no validation split"
   assert "not fitted: no validation split" in (run / "report.md").read_text()
@@ -117,5 +117,5 @@ def test_external_sets_reuse_the_runs_validation_temperature(workdir, tmp_path, 
   assert "ece_after" in reused and "nll_after" in reused
 
   (workdir / "metrics.json").unlink()  # no recorded fit: fitted again, the same
-  again = external.run_temperature(workdir, train.load_trained(workdir))
+  again = external.run_temperature(workdir, checkpoint.load_trained(workdir))
   assert again["temperature"] == pytest.approx(fitted["temperature"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import data, train
+from cxr_jax import checkpoint, data
 from cxr_jax.evaluate import evaluate_workdir
 from cxr_jax.explain import explain_workdir
 from cxr_jax.weights.preprocessing import PREPROCESSING
@@ -72,7 +72,7 @@ def test_evaluate_workdir_writes_consistent_outputs(workdir):
   assert "![ROC curves](roc.png)" in report and "## By source" in report
 
   # The test split, and every row's probabilities, recomputed without the evaluation code.
-  trained = train.load_trained(workdir)
+  trained = checkpoint.load_trained(workdir)
   built = data.build_dataset(trained.config.data)
   test_ids = data.make_splits(built.metadata, trained.config.data)["test"]
   with open(workdir / "predictions.csv", newline="") as f:
@@ -91,7 +91,7 @@ def test_evaluate_workdir_writes_consistent_outputs(workdir):
 
 
 def test_evaluate_rejects_a_config_that_changes_the_inputs(workdir):
-  config = train.load_trained(workdir).config
+  config = checkpoint.load_trained(workdir).config
   config.data.image_size = 64
   with pytest.raises(ValueError, match="data.image_size"):
     evaluate_workdir(workdir, config=config)
@@ -101,7 +101,7 @@ def test_evaluate_rejects_a_config_that_changes_the_inputs(workdir):
                                          ("fold", 1), ("split_seed", 7), ("test_fraction", 0.3)])
 def test_evaluate_refuses_a_config_that_names_other_images_as_the_test_split(
     workdir, field, value):
-  config = train.load_trained(workdir).config
+  config = checkpoint.load_trained(workdir).config
   setattr(config.data, field, value)
   with pytest.raises(ValueError, match=rf"data\.{field}: run .*given .*--external=KIND:PATH"):
     evaluate_workdir(workdir, config=config)

@@ -13,7 +13,7 @@ import pytest
 
 from configs import ablation, smoke
 from configs.sweeps import data_fraction, mixup, resolution
-from cxr_jax import data, evaluate, train
+from cxr_jax import checkpoint, data, evaluate, train
 from cxr_jax.evaluate import workdir as evaluate_workdir_module
 from cxr_jax.experiments import ExperimentIncomplete, grid, plan, run_experiment, runner
 from cxr_jax.train import trainer
@@ -102,7 +102,7 @@ def tiny_ablation(tiny_root, tmp_path_factory):
 
   calls.clear()
   resumed = []
-  real_restore = train.checkpoint.Checkpoints.restore_latest
+  real_restore = checkpoint.Checkpoints.restore_latest
 
   def recording_restore(self, target):
     out = real_restore(self, target)
@@ -112,7 +112,7 @@ def tiny_ablation(tiny_root, tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(evaluate_workdir_module, "write_plots", no_plots)
-    mp.setattr(train.checkpoint.Checkpoints, "restore_latest", recording_restore)
+    mp.setattr(checkpoint.Checkpoints, "restore_latest", recording_restore)
     doc = run_experiment(config, workdir, "ablation", train_fn=counting_train)
   return workdir, list(calls), resumed, before, doc
 
@@ -205,7 +205,7 @@ def fake_train(accuracy_by_fold, fail=()):
     directory = Path(directory)
     if directory.name in fail:
       raise FloatingPointError("loss is nan")
-    train.checkpoint.write_run_info(directory, config, {})
+    checkpoint.write_run_info(directory, config, {})
     rng = np.random.default_rng(int(config.data.fold))
     labels = np.repeat(np.arange(3), 10)
     probs = rng.dirichlet(np.ones(3), size=30)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cxr_jax import train
+from cxr_jax import checkpoint, train
 from cxr_jax.models import FineTuningPlan
 from cxr_jax.train import feature_cache, trainer
 from tests.test_experiments import tiny_config, write_manifest
@@ -45,7 +45,7 @@ def test_cached_training_equals_uncached(root, tmp_path, monkeypatch):
   features = np.load(folders[0] / "features.npy")
   assert key["block"] == "block3" and features.shape[1:] == (6, 6, 256)   # 48 px / 8
 
-  a, b = (train.load_trained(tmp_path / d, which="latest").variables["params"]
+  a, b = (checkpoint.load_trained(tmp_path / d, which="latest").variables["params"]
           for d in ("plain", "cached"))
   assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(b["head"]))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6), a, b)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import data, evaluate, experiments, models, train
+from cxr_jax import checkpoint, data, evaluate, experiments, models
 from cxr_jax.data.records import LABELS
 
 
@@ -74,7 +74,7 @@ def test_loso_mode_trains_one_run_per_source_and_tabulates_the_held_out_images(
     trained_on[run_config.data.held_out_source] = set(built.metadata["source"][ids])
     model = models.create_model(run_config.model)
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 48, 48, 3))))(jax.random.key(0))
-    train.save_trained(workdir, run_config, {"params": variables["params"]}, "torchvision")
+    checkpoint.save_trained(workdir, run_config, {"params": variables["params"]}, "torchvision")
     evaluate.evaluate_workdir(workdir, "test", run_config)
     experiments.loso.held_out_metrics(run_config, workdir)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import predict, train
+from cxr_jax import checkpoint, predict
 from cxr_jax.data.preprocess import PreprocessConfig, process_file
 from cxr_jax.weights.preprocessing import PREPROCESSING
 
@@ -34,7 +34,7 @@ def images(cxr3_root):
 
 
 def _reference_probs(workdir, files):
-  trained = train.load_trained(workdir)
+  trained = checkpoint.load_trained(workdir)
   spec = PREPROCESSING["torchvision"]
   config = PreprocessConfig(SIZE, clahe=True, clahe_clip_limit=2.0, clahe_tile_grid=8)
   x = np.stack([process_file(f, config).image for f in files]).astype(np.float32)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from cxr_jax import train
-from cxr_jax.train import checkpoint, robust, trainer
+from cxr_jax import checkpoint
+from cxr_jax.train import robust, trainer
 from cxr_jax.train.step import AXIS
 
 
@@ -106,7 +106,7 @@ def test_robust_run_trains_the_source_head_and_keeps_it_out_of_the_saved_model(r
   assert np.any(np.asarray(initial[head]["logits"]["kernel"])
                 != np.asarray(state.params[head]["logits"]["kernel"]))
   assert initial[head]["logits"]["kernel"].shape[-1] == len(s.groups[0]) == 5
-  kept = train.load_trained(workdir).variables["params"]
+  kept = checkpoint.load_trained(workdir).variables["params"]
   assert head not in kept and set(kept) == set(initial) - {head}
   for block in ("block1", "block2", "block3"):   # FT2 stays FT2 with the adversary
     np.testing.assert_array_equal(initial[block]["conv1"]["kernel"], kept[block]["conv1"]["kernel"])
@@ -123,21 +123,11 @@ def test_robust_run_group_weights_cover_only_the_training_cells(robust_run):
   assert not np.allclose(weights, initial)   # the weights moved
 
 
-def test_robust_run_killed_and_resumed_equals_uninterrupted(robust_run, tmp_path, monkeypatch):
+def test_robust_run_killed_and_resumed_equals_uninterrupted(robust_run, tmp_path, kill_training):
   """Group weights and the source classifier are part of the saved state: a resumed run takes
   the same steps (bitwise) as the uninterrupted one."""
   _, _, reference, _, state = robust_run
-  real_prepare = trainer._prepare_batch
-
-  def dying_prepare(s, batch, epoch, step):
-    if epoch == 1 and step == 4:            # mid-way through the second epoch
-      raise KeyboardInterrupt("simulated kill")
-    return real_prepare(s, batch, epoch, step)
-
-  monkeypatch.setattr(trainer, "_prepare_batch", dying_prepare)
-  with pytest.raises(KeyboardInterrupt):
-    trainer.train(trainer.setup(robust_config()), tmp_path)
-  monkeypatch.setattr(trainer, "_prepare_batch", real_prepare)
+  kill_training(robust_config(), tmp_path)   # mid-way through the second epoch
   _, resumed = trainer.train(trainer.setup(robust_config()), tmp_path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                jax.device_get(resumed.params))

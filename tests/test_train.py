@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from cxr_jax import train
-from cxr_jax.train import checkpoint, trainer
+from cxr_jax import checkpoint
+from cxr_jax.train import trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def smoke_config(**train_overrides):
 
 
 def latest_params(workdir):
-  return train.load_trained(workdir, which="latest").variables["params"]
+  return checkpoint.load_trained(workdir, which="latest").variables["params"]
 
 
 def assert_trees_equal(a, b, **tol):
@@ -70,19 +70,9 @@ def test_ft0_trains_only_the_head(tmp_path):
                 != np.asarray(final["head"]["logits"]["kernel"]))
 
 
-def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, kill_training):
   _, reference, history = uninterrupted
-  real_prepare = trainer._prepare_batch
-
-  def dying_prepare(s, batch, epoch, step):
-    if epoch == 1 and step == 4:            # mid-way through the second epoch
-      raise KeyboardInterrupt("simulated kill")
-    return real_prepare(s, batch, epoch, step)
-
-  monkeypatch.setattr(trainer, "_prepare_batch", dying_prepare)
-  with pytest.raises(KeyboardInterrupt):
-    trainer.train(trainer.setup(smoke_config()), tmp_path)
-  monkeypatch.setattr(trainer, "_prepare_batch", real_prepare)
+  kill_training(smoke_config(), tmp_path)   # mid-way through the second epoch
   loop, _ = trainer.train(trainer.setup(smoke_config()), tmp_path)
   assert [h["epoch"] for h in loop["history"]] == [0, 1, 2]
   assert_trees_equal(latest_params(reference), checkpoint._restore_variables(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from cxr_jax import models
-from cxr_jax.train import checkpoint, trainer
+from cxr_jax import checkpoint, models
+from cxr_jax.train import trainer
 
 FROZEN, TRAINED = ("stage1", "stage2", "stage3"), ("stage4", "stage5", "features")
 
@@ -78,19 +78,9 @@ def test_kept_model_carries_batch_statistics_into_evaluation(trained_run):
 
 
 def test_kill_and_resume_equals_uninterrupted_with_batch_statistics(trained_run, tmp_path,
-                                                                    monkeypatch):
+                                                                    kill_training):
   _, reference, _ = trained_run
-  real_prepare = trainer._prepare_batch
-
-  def dying_prepare(s, batch, epoch, step):
-    if epoch == 1 and step == 4:
-      raise KeyboardInterrupt("simulated kill")
-    return real_prepare(s, batch, epoch, step)
-
-  monkeypatch.setattr(trainer, "_prepare_batch", dying_prepare)
-  with pytest.raises(KeyboardInterrupt):
-    trainer.train(trainer.setup(densenet_config()), tmp_path)
-  monkeypatch.setattr(trainer, "_prepare_batch", real_prepare)
+  kill_training(densenet_config(), tmp_path)
   trainer.train(trainer.setup(densenet_config()), tmp_path)
   jax.tree.map(np.testing.assert_array_equal,
                as_numpy(checkpoint._restore_variables(reference, "latest")),

@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cxr_jax import data
+from cxr_jax import checkpoint, data
 from cxr_jax.data.findings import FINDINGS
 from cxr_jax.data.records import LABELS
 from cxr_jax.experiments import runner, twice
-from cxr_jax.train import checkpoint, trainer
+from cxr_jax.train import trainer
 from tests.test_train_densenet import densenet_config
 
 pytestmark = pytest.mark.usefixtures("tiny_densenet")

@@ -25,6 +25,7 @@ import logging
 import re
 from pathlib import Path
 
+from cxr_jax import checkpoint
 from cxr_jax.data.records import LABELS, NO_LABEL
 from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
 
@@ -74,7 +75,7 @@ def external_data_config(run_config, spec: str):
 
 def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> dict:
   """Evaluates the kept model of `workdir` on each external spec; {name: metrics}."""
-  from cxr_jax import data, train
+  from cxr_jax import data
   from cxr_jax.evaluate.workdir import (
     LoadedSplit,
     add_calibration,
@@ -84,7 +85,7 @@ def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> d
     write_evaluation,
   )
 
-  trained = trained or train.load_trained(workdir, which=which)
+  trained = trained or checkpoint.load_trained(workdir, which=which)
   if trained.config.data.get("task", "classes") != "classes":
     raise ValueError(f"{workdir} is a data.task={trained.config.data.task!r} run; external "
                      "evaluation serves the 3-class task")
@@ -139,14 +140,14 @@ def evaluate_missing(workdir, specs) -> list[str]:
   """Evaluates the specs whose W/external/<name>/metrics.json is not there yet (an experiment's
   finished runs, when an external set was added after they trained); returns their names."""
   missing = [s for s in specs
-             if not (Path(workdir) / OUT_DIR / external_name(s) / "metrics.json").is_file()]
+             if not (Path(workdir) / OUT_DIR / external_name(s) / checkpoint.METRICS_FILE).is_file()]
   return list(evaluate_external(workdir, missing)) if missing else []
 
 
 def load_headlines(workdir) -> dict:
   """{name: headline} of every external evaluation written in `workdir`."""
   return {p.parent.name: json.loads(p.read_text())["headline"]
-          for p in sorted((Path(workdir) / OUT_DIR).glob("*/metrics.json"))}
+          for p in sorted((Path(workdir) / OUT_DIR).glob(f"*/{checkpoint.METRICS_FILE}"))}
 
 
 def headline(metrics: dict) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cxr_jax import files
+from cxr_jax import checkpoint, files
 from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate import calibration
 from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
@@ -36,7 +36,7 @@ _SPLIT_FIELDS = ("sources", "task", "split_seed", "test_fraction", "num_folds", 
 @dataclasses.dataclass
 class LoadedSplit:
   """A trained model with the examples of one split of its data."""
-  trained: object          # cxr_jax.train.Trained
+  trained: checkpoint.Trained
   config: object           # the config used for data and evaluation settings
   built: object            # cxr_jax.data.BuiltDataset
   ids: np.ndarray          # example ids of the split
@@ -72,9 +72,9 @@ def _plain(value):
 
 def load_split(workdir, split: str, config=None, which: str = "best") -> LoadedSplit:
   """Loads the saved model and the split's example ids (dataset built or reused)."""
-  from cxr_jax import data, train  # the trainer imports this package; import it late
+  from cxr_jax import data
 
-  trained = train.load_trained(workdir, which=which)
+  trained = checkpoint.load_trained(workdir, which=which)
   if config is None:
     config = trained.config
   else:
@@ -209,7 +209,7 @@ def temperature_fit(probs, labels) -> dict:
 def saved_validation_fit(workdir, digest: str) -> dict | None:
   """The validation fit recorded by the test evaluation in `workdir`/metrics.json, if it was made
   for the same parameters (`model_digest`); None otherwise (absent, older or another model)."""
-  path = Path(workdir) / "metrics.json"
+  path = Path(workdir) / checkpoint.METRICS_FILE
   if not path.is_file():
     return None
   cal = json.loads(path.read_text()).get("calibration") or {}
@@ -237,10 +237,10 @@ def write_evaluation(out: Path, metrics: dict, title: str, ids, labels, probs, m
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(metrics, out)
-    files.write_json(out / "metrics.json", metrics)
+    files.write_json(out / checkpoint.METRICS_FILE, metrics)
     files.write_atomic(out / "report.md", render_report(metrics, plots, title=title))
     write_predictions(out / "predictions.csv", ids, labels, probs, meta)
-    written = ["metrics.json", "report.md", "predictions.csv", *plots.values()]
+    written = [checkpoint.METRICS_FILE, "report.md", "predictions.csv", *plots.values()]
   metrics["written"] = [str(out / f) for f in written]
 
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cxr_jax import files
+from cxr_jax.checkpoint import CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 from cxr_jax.experiments.grid import Run
 
 RUNS_DIR = "runs"
-METRICS_FILE, HISTORY_FILE, CONFIG_FILE = "metrics.json", "history.json", "config.json"
 # Fields that do not change what a run computes: they may differ between a run and its restart.
 _IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
             "train.log_every_steps", "distributed", "coordinator_address", "num_processes",

@@ -1,6 +1,6 @@
-"""Fine-tuning trainer: `train_and_evaluate(config, workdir)`; `load_trained` for inference."""
+"""Fine-tuning trainer: `train_and_evaluate(config, workdir)`. Kept models are read with
+`cxr_jax.checkpoint.load_trained` (below both training and evaluation)."""
 
-from cxr_jax.train.checkpoint import Trained, load_trained, read_config, save_trained
 from cxr_jax.train.trainer import train_and_evaluate
 
-__all__ = ["Trained", "load_trained", "read_config", "save_trained", "train_and_evaluate"]
+__all__ = ["train_and_evaluate"]

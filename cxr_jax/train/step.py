@@ -52,7 +52,7 @@ def sigmoid_cross_entropy(logits, targets, weights):
 LOSSES = {"softmax": cross_entropy, "sigmoid": sigmoid_cross_entropy}
 
 
-def _accuracy(logits, targets, loss: str):
+def accuracy(logits, targets, loss: str):
   if loss == "sigmoid":   # share of outputs on the right side of 0.5
     return jnp.mean((logits > 0) == (targets > 0.5))
   return jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
@@ -128,7 +128,7 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
     # identical; frozen stages normalised with their running statistics and keep them exactly.
     batch_stats = _keep_frozen(state.batch_stats, jax.lax.pmean(stats["batch_stats"], AXIS),
                                frozen)
-  metrics = {"loss": value, "accuracy": _accuracy(logits, targets, loss),
+  metrics = {"loss": value, "accuracy": accuracy(logits, targets, loss),
              "lr_scale": state.plateau_state.scale, **extra}
   if robust_opts.dro:   # the device's share is scaled for the gradient; report the global value
     metrics["loss"] = extra["dro_loss"]

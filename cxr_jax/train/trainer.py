@@ -13,13 +13,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from clu import metric_writers, periodic_actions
 from flax import jax_utils
 
-from cxr_jax import data, files, models, weights
-from cxr_jax.train import checkpoint, feature_cache, optim, overview, robust, transfer
-from cxr_jax.train.step import TrainState, make_pmapped_steps, mixup, model_variables
+from cxr_jax import checkpoint, data, evaluate, files, models, weights
+from cxr_jax.evaluate.inference import run_batches
+from cxr_jax.train import feature_cache, optim, overview, robust, transfer
+from cxr_jax.train.step import (
+  LOSSES,
+  TrainState,
+  accuracy,
+  make_pmapped_steps,
+  mixup,
+  model_variables,
+)
 
 
 @dataclasses.dataclass
@@ -79,13 +86,9 @@ def task_splits(metadata, config) -> tuple[dict, np.ndarray | None]:
   if config.model.num_classes != num:
     raise ValueError(f"config.data.task='findings' has {num} outputs; set "
                      f"config.model.num_classes={num} (it is {config.model.num_classes})")
-  excluded = data.test_groups(metadata, config.data)
-  splits = data.make_findings_splits(metadata, config.data, exclude_groups=excluded)
-  groups = np.asarray(metadata["patient_group"])
-  for name, ids in splits.items():   # the promise of the task, checked where it is used
-    leaked = set(groups[ids]) & set(excluded)
-    if leaked:
-      raise AssertionError(f"findings {name} split holds COVID test-split groups {sorted(leaked)[:5]}")
+  # make_findings_splits asserts that no split holds an excluded (COVID test-split) group.
+  splits = data.make_findings_splits(metadata, config.data,
+                                     exclude_groups=data.test_groups(metadata, config.data))
   targets = np.zeros((len(metadata["id"]), num), np.float32)
   used = np.concatenate(list(splits.values()))
   targets[used] = data.multi_hot(np.asarray(metadata["findings"])[used])
@@ -197,8 +200,6 @@ def steps_per_epoch(s: Setup) -> int:
 
 def predict_split(s: Setup, p_eval, variables, split: str):
   """Logits, labels and ids of every example of a split, padding removed, in split order."""
-  from cxr_jax.evaluate.inference import run_batches
-
   batches = data.make_dataset(
       s.built, s.split_ids[split], batch_size=s.config.train.eval_batch_size,
       num_devices=jax.local_device_count(), preprocessing=s.preprocessing, train=False,
@@ -207,16 +208,19 @@ def predict_split(s: Setup, p_eval, variables, split: str):
                      s.features.swap(batches) if s.features else batches, per_device=True)
 
 
+def loss_kind(s: Setup) -> str:
+  """The training loss of step.LOSSES: sigmoid for the multi-label findings task, else softmax."""
+  return "sigmoid" if s.targets is not None else "softmax"
+
+
 def validation_metrics(s: Setup, p_eval, variables) -> dict:
+  """Loss and accuracy over the validation split with the training step's formulas, unweighted."""
   logits, labels, ids = predict_split(s, p_eval, variables, "val")
-  if s.targets is not None:
-    targets = s.targets[ids]
-    loss = np.asarray(optax.sigmoid_binary_cross_entropy(jnp.asarray(logits), targets))
-    return {"val_loss": float(loss.mean()),
-            "val_accuracy": float(((logits > 0) == (targets > 0.5)).mean())}
-  logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
-  loss = -np.asarray(logp)[np.arange(len(labels)), labels]
-  return {"val_loss": float(loss.mean()), "val_accuracy": float((logits.argmax(-1) == labels).mean())}
+  targets = (s.targets[ids] if s.targets is not None
+             else np.eye(s.config.model.num_classes, dtype=np.float32)[labels])
+  logits, kind = jnp.asarray(logits), loss_kind(s)
+  return {"val_loss": float(LOSSES[kind](logits, targets, jnp.ones(len(ids)))),
+          "val_accuracy": float(accuracy(logits, targets, kind))}
 
 
 def _prepare_batch(s: Setup, batch: dict, epoch: int, step: int) -> dict:
@@ -269,7 +273,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
   total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
   p_train, p_eval = make_pmapped_steps(
-      model, s.tx, config.model.num_classes, loss="sigmoid" if s.targets is not None else "softmax",
+      model, s.tx, config.model.num_classes, loss=loss_kind(s),
       frozen=s.plan.frozen,
       robust_opts=robust.Options.from_config(config.train, total, s.plan.block_names[-1]))
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
@@ -296,11 +300,11 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
 
     val = validation_metrics(s, p_eval, model_variables(robust.without_source_head(r_state.params),
                                                         r_state.batch_stats))
-    state = jax_utils.unreplicate(r_state)
-    state = state.replace(plateau_state=optim.plateau_step(s.plateau, state.plateau_state,
-                                                           val["val_loss"]))
+    plateau_state = optim.plateau_step(s.plateau, jax_utils.unreplicate(r_state.plateau_state),
+                                       val["val_loss"])
+    r_state = r_state.replace(plateau_state=jax_utils.replicate(plateau_state))
     # numpy on the host: orbax cannot save pmap's host-local arrays when there are several processes.
-    state = jax.device_get(state)
+    state = jax.device_get(jax_utils.unreplicate(r_state))
     improved, stop = stopper.update(epoch, val["val_loss"])
     epoch_metrics = {"epoch": epoch, "step": step, **val,
                      "train_loss": float(np.mean([m["loss"] for m in train_metrics] or [np.nan])),
@@ -315,7 +319,6 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
             "stopped_early": stop}
     loop["finished"] = _finished(loop, config, step)
     ckpt.save_latest(epoch, state, loop)
-    r_state = jax_utils.replicate(state)
     if loop["finished"]:
       break
   writer.flush()
@@ -331,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   loop, _ = train(s, workdir)
   if jax.process_index() != 0:   # evaluation writes files: one process is enough
     return {}
-  files.write_json(workdir / "history.json", loop["history"], indent=2)
+  files.write_json(workdir / checkpoint.HISTORY_FILE, loop["history"], indent=2)
   if s.targets is not None:
     return evaluate_findings(s, workdir)
   return evaluate_kept(s, workdir)
@@ -340,8 +343,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def evaluate_kept(s: Setup, workdir: Path) -> dict:
   """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json,
   then the external sets of config.eval.external (their headlines under "external")."""
-  from cxr_jax import evaluate  # evaluation pulls in plotting; import only when needed
-
   metrics = evaluate.evaluate_workdir(workdir, split="test", config=s.config)
   specs = tuple(s.config.eval.get("external", ()))
   if specs:
@@ -352,8 +353,6 @@ def evaluate_kept(s: Setup, workdir: Path) -> dict:
 
 def evaluate_findings(s: Setup, workdir: Path) -> dict:
   """Per-finding test AUCs of the kept parameters (findings task), written to metrics.json."""
-  from cxr_jax import evaluate
-
   trained = checkpoint.load_trained(workdir)
   p_eval = make_pmapped_steps(s.model, s.tx, s.config.model.num_classes)[1]
   logits, _, ids = predict_split(s, p_eval, jax_utils.replicate(trained.variables), "test")
@@ -362,7 +361,7 @@ def evaluate_findings(s: Setup, workdir: Path) -> dict:
   metrics = {"task": "findings", "split": "test", "num_examples": int(len(ids)), **metrics,
              "run": {"workdir": str(workdir), "dataset": s.built.version}}
   # Undefined AUCs (a finding absent from the split) are NaN: null in JSON, which stays strict.
-  files.write_json(workdir / "metrics.json", metrics)
+  files.write_json(workdir / checkpoint.METRICS_FILE, metrics)
   logging.info("findings evaluation of %s: %s", workdir, json.dumps(metrics, default=float)[:400])
   return metrics
 

@@ -35,7 +35,7 @@ def class_names(config) -> tuple[str, ...]:
 
 def transferred_variables(params: dict, batch_stats: dict, config):
   """(params, batch_stats, preprocessing, version) initialised from config.model.init_from."""
-  from cxr_jax.train import checkpoint  # checkpoint imports the models; keep this module light
+  from cxr_jax import checkpoint  # checkpoint imports the models; keep this module light
 
   source = Path(config.model.init_from)
   previous = checkpoint.load_trained(source, "best")

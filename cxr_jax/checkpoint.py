@@ -1,7 +1,11 @@
-"""Workdir layout and orbax checkpoints.
+"""Workdir layout and orbax checkpoints: the one module that knows a run directory's file names.
+Training writes through it, evaluation, prediction and the experiment runners read through it; it
+sits below all of them (it imports neither cxr_jax.train nor cxr_jax.evaluate).
 
   workdir/config.json        the resolved config of the run
   workdir/versions.json      dataset, weights, preprocessing and package versions used
+  workdir/history.json       per-epoch metrics of the finished training loop
+  workdir/metrics.json       test-split evaluation of the kept model; its presence marks a run done
   workdir/checkpoints/latest full train state + loop state, every epoch (resume point)
   workdir/checkpoints/best   parameters of the epoch with the lowest validation loss (the kept model)
 """
@@ -21,6 +25,7 @@ import orbax.checkpoint as ocp
 from cxr_jax import files, models
 
 CONFIG_FILE, VERSIONS_FILE = "config.json", "versions.json"
+METRICS_FILE, HISTORY_FILE = "metrics.json", "history.json"
 
 
 def _manager(directory: Path) -> ocp.CheckpointManager:
