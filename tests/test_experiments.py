@@ -131,6 +131,21 @@ def test_restart_skips_finished_runs_and_resumes_the_killed_one(tiny_ablation):
   assert [h["epoch"] for h in history] == [0, 1]
 
 
+@pytest.mark.slow  # uses the tiny ablation's runs
+def test_trainer_and_mode_evaluate_write_the_same_evaluation(tiny_ablation, tmp_path):
+  """The trainer evaluates with the dataset and splits it holds, --mode=evaluate rebuilds them from
+  the workdir: one evaluation code path, so the same numbers and the same predictions."""
+  run = tiny_ablation[0] / "runs" / "vgg16_ft2_fold0"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(evaluate_workdir_module, "write_plots", no_plots)
+    again = evaluate.evaluate_workdir(run, "test", out_dir=tmp_path)
+  saved = json.loads((run / "metrics.json").read_text())
+  assert saved["num_examples"] == again["num_examples"] > 0
+  assert saved["accuracy"] == again["accuracy"]
+  assert saved["per_class"] == json.loads(json.dumps(again["per_class"]))
+  assert (run / "predictions.csv").read_text() == (tmp_path / "predictions.csv").read_text()
+
+
 @pytest.mark.slow  # the 8 runs of the tiny ablation: ~2 min of CPU
 def test_ablation_outputs_are_consistent(tiny_ablation):
   workdir, _, _, _, doc = tiny_ablation

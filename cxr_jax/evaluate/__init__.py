@@ -12,7 +12,8 @@ from cxr_jax.evaluate.external import evaluate_external, format_headline
 from cxr_jax.evaluate.findings import findings_metrics
 from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
 from cxr_jax.evaluate.summary import compute_metrics
-from cxr_jax.evaluate.workdir import evaluate_workdir
+from cxr_jax.evaluate.workdir import LoadedSplit, evaluate_split, evaluate_workdir
 
-__all__ = ["audit_workdir", "compute_metrics", "evaluate_external", "evaluate_workdir", "format_headline", "findings_metrics", "make_predict_fn",
+__all__ = ["LoadedSplit", "audit_workdir", "compute_metrics", "evaluate_external", "evaluate_split",
+           "evaluate_workdir", "format_headline", "findings_metrics", "make_predict_fn",
            "predict_arrays"]

@@ -119,7 +119,15 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
   eval.temperature_scaling, metrics["calibration"] also holds the temperature fitted on the run's
   validation split and ECE / NLL of this split before and after it (`add_calibration`).
   """
-  loaded = load_split(workdir, split, config, which)
+  return evaluate_split(load_split(workdir, split, config, which), split, workdir, which=which,
+                        out_dir=out_dir)
+
+
+def evaluate_split(loaded: LoadedSplit, split: str, workdir, *, which: str = "best",
+                   out_dir=None) -> dict:
+  """The evaluation of `evaluate_workdir` from a model and examples already in hand: the trainer
+  passes the dataset and splits it holds, `--mode=evaluate` those `load_split` rebuilt from the
+  workdir; both end here, so both write the same files."""
   config, trained, built = loaded.config, loaded.trained, loaded.built
   predict_fn = make_predict_fn(trained.model)  # one compilation for the split and validation
   batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))

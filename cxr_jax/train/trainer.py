@@ -343,7 +343,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def evaluate_kept(s: Setup, workdir: Path) -> dict:
   """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json,
   then the external sets of config.eval.external (their headlines under "external")."""
-  metrics = evaluate.evaluate_workdir(workdir, split="test", config=s.config)
+  # The kept parameters are the best epoch's checkpoint (the state in hand is the last epoch's);
+  # the dataset and splits are the ones this run trained on.
+  kept = evaluate.LoadedSplit(checkpoint.load_trained(workdir), s.config, s.built,
+                              np.unique(np.asarray(s.split_ids["test"])))
+  metrics = evaluate.evaluate_split(kept, "test", workdir)
   specs = tuple(s.config.eval.get("external", ()))
   if specs:
     external = evaluate.evaluate_external(workdir, specs)
