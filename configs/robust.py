@@ -16,6 +16,8 @@ Field by field, what changes from the quick start and the measurement behind it 
   (DANN's 0.711 came with validation accuracy 0.581). Together with the lung crop: validation
   ieee8023 COVID AUC 0.668, test 0.718, lungs-blanked accuracy 0.654 (source-only rule 0.678),
   source probe 0.509, test accuracy 0.708 [0.640, 0.774] (baseline 0.761 [0.703, 0.819]).
+  Leave-one-source-out (results/loso_robust_128px/, checked after the choice): held-out COVID AUC
+  actualmed 0.702 -> 0.833, figure1 0.661 -> 0.777, ieee8023 0.594 -> 0.646.
 
 Left out, and why (each measured alone on the same split): DANN (weight 0.3) removes the label with
 the source (validation accuracy 0.581); acquisition augmentation lowers validation accuracy to
