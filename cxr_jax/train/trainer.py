@@ -350,7 +350,7 @@ def evaluate_kept(s: Setup, workdir: Path) -> dict:
   metrics = evaluate.evaluate_split(kept, "test", workdir)
   specs = tuple(s.config.eval.get("external", ()))
   if specs:
-    external = evaluate.evaluate_external(workdir, specs)
+    external = evaluate.evaluate_external(workdir, specs, trained=kept.trained)
     metrics["external"] = {name: m["headline"] for name, m in external.items()}
   return metrics
 
