@@ -58,6 +58,40 @@ def test_rmsprop_matches_keras_update():
   np.testing.assert_allclose(updates, expected, rtol=1e-5)
 
 
+def _update_sizes(train_config, total_steps, n):
+  """|update| of n RMSprop steps on a constant gradient: the rate times 1/sqrt(1 - rho^(k+1))."""
+  tx = optim.base_optimizer(train_config, total_steps)
+  g = np.ones(1, np.float32)
+  state, sizes = tx.init(g), []
+  for _ in range(n):
+    updates, state = tx.update(g, state)
+    sizes.append(float(abs(updates[0])))
+  return np.array(sizes)
+
+
+def test_cosine_schedule_anneals_to_zero_at_the_runs_end():
+  config = default.get_config().train
+  constant = _update_sizes(config, None, 5)
+  config.lr_schedule = "cosine"
+  cosine = _update_sizes(config, 4, 5)
+  factor = 0.5 * (1 + np.cos(np.pi * np.minimum(np.arange(5), 4) / 4))   # 1, .85, .5, .15, 0
+  np.testing.assert_allclose(cosine, constant * factor, rtol=1e-5, atol=1e-12)
+  assert cosine[-1] == 0.0
+  config.warmup_steps = 2
+  warm = _update_sizes(config, 6, 3)    # linear from 0 over 2 steps, then the peak
+  np.testing.assert_allclose(warm, constant[:3] * np.array([0.0, 0.5, 1.0]), rtol=1e-5, atol=1e-12)
+
+
+def test_cosine_schedule_needs_the_runs_length():
+  config = default.get_config().train
+  config.lr_schedule = "cosine"
+  with pytest.raises(ValueError, match="run's length"):
+    optim.base_optimizer(config)
+  config.lr_schedule = "step"
+  with pytest.raises(ValueError, match="lr_schedule='step'"):
+    optim.base_optimizer(config, 10)
+
+
 def test_plateau_reduces_lr_after_patience_epochs_of_stall():
   config = default.get_config().train
   config.plateau_factor, config.plateau_patience = 0.5, 2

@@ -82,6 +82,14 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, kill_trai
   assert [h["epoch"] for h in loop["history"]] == [0, 1, 2, 3]
 
 
+def test_cosine_schedule_spans_the_whole_run(tmp_path):
+  # 2 epochs of 2 steps: the rate after epoch 0 is half the peak, after the last step zero.
+  c = smoke_config(num_epochs=2, steps_per_epoch=2, lr_schedule="cosine", plateau_patience=10)
+  loop, _ = trainer.train(trainer.setup(c), tmp_path)
+  lrs = [h["lr"] for h in loop["history"]]
+  np.testing.assert_allclose(lrs, [c.train.learning_rate * 0.5, 0.0], rtol=1e-6, atol=0)
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   real_prepare = trainer._prepare_batch
 

@@ -124,7 +124,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       *init_variables(model, config, init_rng), config)
   groups, params, robust_state = robust_setup(config, built, split_ids, model, plan, params,
                                               batch_stats, jax.random.fold_in(init_rng, 1))
-  tx = optim.make_optimizer(params, plan, config.train)
+  tx = optim.make_optimizer(params, plan, config.train,
+                            run_length(len(split_ids["train"]), config.train)[1])
   plateau = optim.make_plateau(config.train)
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
                      plateau_state=plateau.init({}), rng=state_rng, batch_stats=batch_stats,
@@ -188,14 +189,17 @@ def train_batches(s: Setup, epoch: int):
   return s.features.swap(batches) if s.features else batches
 
 
-def steps_per_epoch(s: Setup) -> int:
-  full = len(s.split_ids["train"]) // s.config.train.batch_size
+def run_length(num_train: int, train_config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(steps per epoch, steps in the whole run) for a training split of `num_train` images."""
+  full = num_train // train_config.batch_size
   if full == 0:
     raise ValueError(
-        f"the training split has {len(s.split_ids['train'])} images, fewer than one batch of "
-        f"config.train.batch_size={s.config.train.batch_size}")
-  cap = s.config.train.steps_per_epoch
-  return min(full, cap) if cap > 0 else full
+        f"the training split has {num_train} images, fewer than one batch of "
+        f"config.train.batch_size={train_config.batch_size}")
+  cap = train_config.steps_per_epoch
+  per_epoch = min(full, cap) if cap > 0 else full
+  total = per_epoch * train_config.num_epochs
+  return per_epoch, min(total, train_config.max_steps) if train_config.max_steps > 0 else total
 
 
 def predict_split(s: Setup, p_eval, variables, split: str):
@@ -269,9 +273,9 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     return loop, state
 
   model = s.features.suffix(s.model) if s.features else s.model
-  n_steps = steps_per_epoch(s)
+  n_steps, total = run_length(len(s.split_ids["train"]), config.train)
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
-  total = min(n_steps * config.train.num_epochs, max_steps or 1 << 62)
+  learning_rate = optim.learning_rate(config.train, total)
   p_train, p_eval = make_pmapped_steps(
       model, s.tx, config.model.num_classes, loss=loss_kind(s),
       frozen=s.plan.frozen,
@@ -308,7 +312,8 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     improved, stop = stopper.update(epoch, val["val_loss"])
     epoch_metrics = {"epoch": epoch, "step": step, **val,
                      "train_loss": float(np.mean([m["loss"] for m in train_metrics] or [np.nan])),
-                     "lr": config.train.learning_rate * float(state.plateau_state.scale)}
+                     "lr": (float(learning_rate(step)) if callable(learning_rate) else learning_rate)
+                           * float(state.plateau_state.scale)}
     writer.write_scalars(step, {k: v for k, v in epoch_metrics.items() if k != "epoch"})
     logging.info("epoch %d: %s", epoch, json.dumps(epoch_metrics))
     if improved:
