@@ -35,6 +35,7 @@ from configs import quickstart
 
 def get_config():
   c = quickstart.get_config()
+  quickstart.measured_before_cosine(c)   # as results/robustness_128px measured it
   c.data.crop = "lungs"
   c.train.group_dro_step = 0.02
   return c

@@ -12,6 +12,7 @@ from configs import quickstart
 
 def get_config(arg: str = ""):
   c = quickstart.get_config()
+  quickstart.measured_before_cosine(c)   # as results/robustness_128px measured it
   c.experiment.num_folds = 1     # fold 0 of 5: validation chooses, the test split reports
   key, sep, value = (arg or "").partition("=")
   if arg and (key.strip() != "measures" or not sep):
