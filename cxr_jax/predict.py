@@ -92,9 +92,9 @@ def _load_one(file, config) -> tuple[np.ndarray | None, str | None]:
 
 def normalise(images: np.ndarray, preprocessing: str) -> np.ndarray:
   """uint8 [N, S, S, 1] -> the model's float32 [N, S, S, 3], exactly as the training pipeline."""
-  from cxr_jax.data import pipeline
+  from cxr_jax.data.preprocess import normalise_images
 
-  return pipeline.normalise_images(images, preprocessing)
+  return normalise_images(images, preprocessing)
 
 
 def _cam_path(cam_dir: Path, file: str, used: set) -> Path:

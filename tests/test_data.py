@@ -238,3 +238,23 @@ def test_augmentation_is_deterministic_and_changes_images(built, cxr3_root, val_
     np.testing.assert_array_equal(p["index"], a["index"])
     np.testing.assert_array_equal(a["image"], a2["image"])
   assert not np.allclose(np.stack([p["image"] for p in plain]), np.stack([a["image"] for a in aug]))
+
+
+@pytest.mark.parametrize("preprocessing", ["caffe", "torchvision"])
+def test_normalisation_matches_tensorflow_for_every_pixel_value(preprocessing):
+  """NumPy's normalisation (training, evaluation and prediction) against the TensorFlow graph the
+  input pipeline used before: bit-identical on all 256 uint8 values, hence on every image."""
+  import tensorflow as tf
+
+  from cxr_jax.data.preprocess import normalise_images, preprocessing_spec
+
+  images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+  spec = preprocessing_spec(preprocessing)
+  reference = tf.repeat(tf.cast(images, tf.float32) * spec["scale"], 3, axis=-1)
+  reference = (reference - tf.constant(spec["mean"], tf.float32)) / tf.constant(spec["std"],
+                                                                                  tf.float32)
+  out = normalise_images(images, preprocessing)
+  assert out.dtype == np.float32 and out.shape == (1, 16, 16, 3)
+  np.testing.assert_array_equal(out, reference.numpy())
+  with pytest.raises(ValueError, match="Unknown preprocessing 'imagenet'"):
+    normalise_images(images, "imagenet")

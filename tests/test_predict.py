@@ -72,14 +72,35 @@ def test_predict_good_and_bad_files(workdir, images, tmp_path, capsys):
   assert "3 of 6 files could not be used" in captured.err and str(corrupt) in captured.err
 
 
-@pytest.mark.slow   # a fresh interpreter imports jax and tensorflow (~30 s on 2 cores)
+# `python -m cxr_jax.predict ARGS`, then a check that the process never imported TensorFlow (6 s of
+# a cold start that loading a model and predicting do not need; cxr_jax.data loads it lazily).
+_PREDICT_WITHOUT_TF = """
+import runpy, sys
+sys.argv = ["cxr_jax.predict", *sys.argv[1:]]
+try:
+  runpy.run_module("cxr_jax.predict", run_name="__main__")
+finally:
+  loaded = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
+  print("tensorflow modules:", loaded[:3], file=sys.stderr)
+  if loaded:
+    sys.exit(99)
+"""
+
+
+@pytest.mark.slow   # a fresh interpreter imports jax (~10 s on 2 cores)
 def test_predict_command_line(workdir, images, tmp_path, capsys):
   bad = tmp_path / "notes.txt"
   bad.write_text("not an image")
-  run = subprocess.run([sys.executable, "-m", "cxr_jax.predict", f"--workdir={workdir}",
-                        images[1], str(bad)], capture_output=True, text=True, timeout=300)
+  folder = tmp_path / "incoming"
+  folder.mkdir()
+  (folder / "x.jpg").write_bytes(open(images[2], "rb").read())
+  run = subprocess.run([sys.executable, "-c", _PREDICT_WITHOUT_TF, f"--workdir={workdir}",
+                        images[1], str(bad), str(folder)], capture_output=True, text=True,
+                       timeout=300)
+  assert "tensorflow modules: []" in run.stderr, run.stderr[-2000:]
   assert run.returncode == 1, run.stderr
-  first, second = [json.loads(line) for line in run.stdout.splitlines()]
+  first, second, third = [json.loads(line) for line in run.stdout.splitlines()]
+  assert third["file"] == str(folder / "x.jpg") and "error" not in third
   assert sum(first["probs"].values()) == pytest.approx(1.0, abs=1e-5)
   assert second["file"] == str(bad) and "error" in second
   # Only good files: exit status 0, same numbers.

@@ -1,11 +1,31 @@
-"""Chest X-ray data layer: readers, preprocessing, TFDS builder, splits, input pipeline."""
+"""Chest X-ray data layer: readers, preprocessing, TFDS builder, splits, input pipeline.
 
-from cxr_jax.data.build import BuiltDataset, DataBuildError, build_dataset
-from cxr_jax.data.findings import FINDINGS, multi_hot
-from cxr_jax.data.pipeline import make_dataset
-from cxr_jax.data.records import LABELS, NO_LABEL, Record
-from cxr_jax.data.splits import held_out_groups, make_findings_splits, make_splits, test_groups
+The names below load their module on first use (PEP 562): the builder and the input pipeline
+import TensorFlow (about 6 s), which loading a trained model and predicting never need, so
+`from cxr_jax.data.records import LABELS` or `cxr_jax.data.preprocess` stay TensorFlow-free.
+"""
 
-__all__ = ["FINDINGS", "LABELS", "NO_LABEL", "BuiltDataset", "DataBuildError", "Record",
-           "build_dataset", "held_out_groups", "make_dataset", "make_findings_splits",
-           "make_splits", "multi_hot", "test_groups"]
+import importlib
+
+_HOMES = {
+    "BuiltDataset": "build", "DataBuildError": "build", "build_dataset": "build",
+    "FINDINGS": "findings", "multi_hot": "findings",
+    "make_dataset": "pipeline",
+    "LABELS": "records", "NO_LABEL": "records", "Record": "records",
+    "held_out_groups": "splits", "make_findings_splits": "splits", "make_splits": "splits",
+    "test_groups": "splits",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+  if name not in _HOMES:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+  globals()[name] = value   # later look-ups skip this function
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_HOMES))

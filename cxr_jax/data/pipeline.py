@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_jax.data.augment import acquire
+from cxr_jax.data.preprocess import normalise_images, preprocessing_spec
 from cxr_jax.data.records import LABELS
 
 # Decoded splits kept in memory between calls (one per split and dataset; a few are enough).
@@ -24,14 +25,6 @@ _SPLIT_CACHE_SIZE = 4
 _MAX_SHIFT = 0.08  # augmentation: shifts up to 8% of the side
 # Stream tags, so acquisition draws and the cell sequence never share a seed with flip/shift.
 _ACQUISITION, _GROUPS, _FLIP = 1, 2, 3
-
-
-def preprocessing_spec(name: str) -> dict:
-  """PREPROCESSING[name] from cxr_jax.weights (scale, mean, std, channel_order)."""
-  from cxr_jax.weights import PREPROCESSING  # Late: the weights package imports jax.
-  if name not in PREPROCESSING:
-    raise ValueError(f"Unknown preprocessing {name!r}; known: {sorted(PREPROCESSING)}.")
-  return PREPROCESSING[name]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -155,20 +148,6 @@ def _group_balanced(ds: tf.data.Dataset, built, split_ids: np.ndarray, seed: int
   return tf.data.Dataset.choose_from_datasets(cells, choice)
 
 
-def _normalise(batch: dict, spec: dict) -> dict:
-  """uint8 [B, H, W, 1] -> float32 [B, H, W, 3], (x * scale - mean) / std per channel."""
-  image = tf.cast(batch["image"], tf.float32) * spec["scale"]
-  image = tf.repeat(image, 3, axis=-1)  # Gray is the same in RGB and BGR order.
-  mean = tf.constant(spec["mean"], tf.float32)
-  std = tf.constant(spec["std"], tf.float32)
-  return dict(batch, image=(image - mean) / std)
-
-
-def normalise_images(images: np.ndarray, preprocessing: str) -> np.ndarray:
-  """uint8 [N, H, W, 1] -> float32 [N, H, W, 3] exactly as training batches (for inference)."""
-  return np.asarray(_normalise({"image": images}, preprocessing_spec(preprocessing))["image"])
-
-
 def _pad_batch(batch: dict, batch_size: int) -> dict:
   """Pads to batch_size with zeros, mask 0 and index -1 (an id no example has)."""
   missing = batch_size - len(batch["mask"])
@@ -198,7 +177,7 @@ def make_dataset(built, split_ids, *, batch_size: int, num_devices: int, preproc
   split_ids = np.asarray(split_ids, np.int64)
   if len(np.unique(split_ids)) != len(split_ids):
     raise ValueError("split_ids has repeated ids; make_dataset takes each example once.")
-  spec = preprocessing_spec(preprocessing)
+  preprocessing_spec(preprocessing)   # an unknown name fails here, at the call
   ds = _split_examples(built, split_ids)
   ds = ds.map(lambda ex: dict(ex, mask=tf.ones((), tf.float32)))
   if train:
@@ -211,12 +190,13 @@ def make_dataset(built, split_ids, *, batch_size: int, num_devices: int, preproc
       ds = ds.shuffle(buffer, seed=tf_seed, reshuffle_each_iteration=False)
     ds = _augmented(ds, data_config, tf_seed, repeats=balanced)
   ds = ds.batch(batch_size, drop_remainder=train, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.map(lambda b: _normalise(b, spec), num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = bool(data_config.deterministic)
-  return _numpy_batches(ds.with_options(options).prefetch(2), batch_size, num_devices)
+  return _numpy_batches(ds.with_options(options).prefetch(2), batch_size, num_devices,
+                        preprocessing)
 
 
-def _numpy_batches(ds: tf.data.Dataset, batch_size: int, num_devices: int):
+def _numpy_batches(ds: tf.data.Dataset, batch_size: int, num_devices: int, preprocessing: str):
   for batch in ds.as_numpy_iterator():
+    batch["image"] = normalise_images(batch["image"], preprocessing)
     yield _per_device(_pad_batch(batch, batch_size), num_devices)

@@ -1,4 +1,5 @@
-"""Decoding and preprocessing of one image file, done once at build time (OpenCV, pydicom).
+"""Decoding and preprocessing of one image file, done once at build time (OpenCV, pydicom), and the
+normalisation of stored uint8 images to the model's input, done per batch (`normalise_images`).
 
 decode -> grayscale uint8 -> lung crop (optional) -> intensity standardisation (optional) ->
 CLAHE (optional) -> square resize. 16-bit
@@ -223,3 +224,25 @@ def process_file(path: str, config: PreprocessConfig) -> Processed:
     raise DecodeError("PNG encoding failed")
   return Processed(image, png.tobytes(), int(orig[0]), int(orig[1]),
                    hashlib.sha1(data).hexdigest(), fallback)
+
+
+def preprocessing_spec(name: str) -> dict:
+  """PREPROCESSING[name] from cxr_jax.weights (scale, mean, std, channel_order)."""
+  from cxr_jax.weights import PREPROCESSING  # Late: the weights package imports jax.
+  if name not in PREPROCESSING:
+    raise ValueError(f"Unknown preprocessing {name!r}; known: {sorted(PREPROCESSING)}.")
+  return PREPROCESSING[name]
+
+
+def normalise_images(images: np.ndarray, preprocessing: str) -> np.ndarray:
+  """uint8 [..., H, W, 1] -> float32 [..., H, W, 3]: (x * scale - mean) / std per channel.
+
+  The one normalisation of training batches, evaluation and prediction. NumPy, not TensorFlow, so
+  that loading a model and predicting never import TensorFlow (6 s of a cold start); float32 in
+  the order TensorFlow's graph did it, bit-identical for every uint8 value
+  (tests/test_data.py::test_normalisation_matches_tensorflow_for_every_pixel_value).
+  """
+  spec = preprocessing_spec(preprocessing)
+  image = np.asarray(images).astype(np.float32) * np.float32(spec["scale"])
+  image = np.repeat(image, 3, axis=-1)  # Gray is the same in RGB and BGR order.
+  return (image - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)

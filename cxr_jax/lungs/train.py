@@ -14,13 +14,13 @@ import jax
 import numpy as np
 import optax
 
-from cxr_jax.data import pipeline, preprocess
+from cxr_jax.data import preprocess
 from cxr_jax.lungs import unet
 
 
 def to_input(images: np.ndarray, preprocessing: str) -> np.ndarray:
   """uint8 [N, S, S] grayscale -> float32 [N, S, S, 3], normalised as the classifier's batches."""
-  return pipeline.normalise_images(images[..., None], preprocessing)
+  return preprocess.normalise_images(images[..., None], preprocessing)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int):
