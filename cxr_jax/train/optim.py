@@ -36,7 +36,8 @@ def learning_rate(train_config: ml_collections.ConfigDict,
   if not total_steps or total_steps <= train_config.warmup_steps:
     raise ValueError(
         f"config.train.lr_schedule='cosine' needs the run's length in steps ({total_steps}) to be "
-        f"more than config.train.warmup_steps={train_config.warmup_steps}")
+        f"more than config.train.warmup_steps={train_config.warmup_steps}: lower warmup_steps "
+        f"(e.g. --config.train.warmup_steps=0) for a run this short")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0 if train_config.warmup_steps else lr, peak_value=lr,
       warmup_steps=train_config.warmup_steps, decay_steps=total_steps, end_value=0.0)
