@@ -90,13 +90,6 @@ def _load_one(file, config) -> tuple[np.ndarray | None, str | None]:
     return None, f"cannot use as an image ({type(e).__name__}: {e})"
 
 
-def normalise(images: np.ndarray, preprocessing: str) -> np.ndarray:
-  """uint8 [N, S, S, 1] -> the model's float32 [N, S, S, 3], exactly as the training pipeline."""
-  from cxr_jax.data.preprocess import normalise_images
-
-  return normalise_images(images, preprocessing)
-
-
 def _cam_path(cam_dir: Path, file: str, used: set) -> Path:
   stem, n = Path(file).stem, 0
   name = f"{stem}.png"
@@ -118,6 +111,7 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
   while the model runs on batch i (JAX dispatches asynchronously), so decoding and the forward
   pass overlap and results stream over any number of files, one batch behind the decoding."""
   from cxr_jax import checkpoint
+  from cxr_jax.data.preprocess import normalise_images
   from cxr_jax.evaluate import make_predict_fn
   from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
@@ -139,7 +133,7 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
     batch = np.zeros((batch_size, size, size, 1), np.uint8)
     for k, image in images.items():
       batch[k] = image
-    x = normalise(batch, trained.preprocessing)
+    x = normalise_images(batch, trained.preprocessing)   # as the training batches
     out = run(x) if images else None  # dispatched, not waited for
     if pending:
       yield from _results(*pending, cam_dir, used)
