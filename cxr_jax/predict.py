@@ -117,6 +117,9 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
 
   trained = checkpoint.load_trained(workdir, which=which)
   size = int(trained.config.data.image_size)
+  # Every batch is padded to one shape (one compilation for any number of files); fewer files than
+  # a batch get the next power of two instead, so one image runs a forward pass of one, not of 16.
+  batch_size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())
   if cam_dir:
     layer = layer or (trained.config.get("explain") or {}).get("layer", DEFAULT_LAYER)
     cam_fn = make_cam_fn(trained.model, layer, method)
@@ -129,7 +132,6 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
   for start in range(0, len(files), batch_size):
     names = [str(f) for f in files[start:start + batch_size]]
     images, errors = load_images(names, trained.config.data)
-    # Padded to a full batch: one compilation for any number of files.
     batch = np.zeros((batch_size, size, size, 1), np.uint8)
     for k, image in images.items():
       batch[k] = image
@@ -143,8 +145,6 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
 
 
 def _results(names, errors, x, out, cam_dir, used):
-  from cxr_jax.explain import save_overlay
-
   probs = None if out is None else np.asarray(out["probs"])
   for k, file in enumerate(names):
     if k in errors:
@@ -154,6 +154,8 @@ def _results(names, errors, x, out, cam_dir, used):
     result = {"file": file, "prediction": LABELS[int(np.argmax(p))],
               "probs": dict(zip(LABELS, p, strict=True))}
     if cam_dir:
+      from cxr_jax.explain import save_overlay  # matplotlib: only for overlays
+
       path = _cam_path(Path(cam_dir), file, used)
       save_overlay(path, x[k], np.asarray(out["cam"][k]), p, LABELS,
                    heading=f"{Path(file).name}: predicted {result['prediction']}")

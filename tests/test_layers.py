@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "cxr_jax"
 # Layer of each top-level unit of cxr_jax; a unit may import only units of its layer or below.
 LAYERS = {
-    "files": 0, "paths": 0, "machine": 0, "config": 0, "cli": 0, "host_memory": 0,
+    "files": 0, "paths": 0, "machine": 0, "config": 0, "cli": 0, "host_memory": 0, "lazy": 0,
     "ops": 1, "models": 1, "weights": 1, "checkpoint": 1,
     "data": 2, "lungs": 2,
     "evaluate": 3, "explain": 3,

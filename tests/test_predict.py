@@ -73,15 +73,17 @@ def test_predict_good_and_bad_files(workdir, images, tmp_path, capsys):
 
 
 # `python -m cxr_jax.predict ARGS`, then a check that the process never imported TensorFlow (6 s of
-# a cold start that loading a model and predicting do not need; cxr_jax.data loads it lazily).
+# a cold start that loading a model and predicting do not need), scikit-learn or SciPy (1 s) or,
+# without --cam, matplotlib: the data, evaluate and explain packages load them lazily.
 _PREDICT_WITHOUT_TF = """
 import runpy, sys
 sys.argv = ["cxr_jax.predict", *sys.argv[1:]]
 try:
   runpy.run_module("cxr_jax.predict", run_name="__main__")
 finally:
-  loaded = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
-  print("tensorflow modules:", loaded[:3], file=sys.stderr)
+  heavy = ("tensorflow", "sklearn", "scipy", "matplotlib")
+  loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+  print("heavy modules:", loaded[:3], file=sys.stderr)
   if loaded:
     sys.exit(99)
 """
@@ -97,15 +99,17 @@ def test_predict_command_line(workdir, images, tmp_path, capsys):
   run = subprocess.run([sys.executable, "-c", _PREDICT_WITHOUT_TF, f"--workdir={workdir}",
                         images[1], str(bad), str(folder)], capture_output=True, text=True,
                        timeout=300)
-  assert "tensorflow modules: []" in run.stderr, run.stderr[-2000:]
+  assert "heavy modules: []" in run.stderr, run.stderr[-2000:]
   assert run.returncode == 1, run.stderr
   first, second, third = [json.loads(line) for line in run.stdout.splitlines()]
   assert third["file"] == str(folder / "x.jpg") and "error" not in third
   assert sum(first["probs"].values()) == pytest.approx(1.0, abs=1e-5)
   assert second["file"] == str(bad) and "error" in second
-  # Only good files: exit status 0, same numbers.
+  # Only good files: exit status 0, same numbers (to float32 rounding: alone it runs as a batch of
+  # one instead of four, a different blocking of the same sums).
   assert predict.main([f"--workdir={workdir}", images[1]]) == 0
-  assert json.loads(capsys.readouterr().out)["probs"] == pytest.approx(first["probs"])
+  assert json.loads(capsys.readouterr().out)["probs"] == pytest.approx(first["probs"], rel=1e-5,
+                                                                      abs=1e-6)
   # A folder that is not a workdir: a clear message, status 2.
   assert predict.main([f"--workdir={tmp_path}", images[1]]) == 2
   assert "not a cxr_jax training workdir" in capsys.readouterr().err
@@ -141,5 +145,26 @@ def test_folder_and_manifest_inputs_stream_batch_by_batch(workdir, images, tmp_p
   # Same numbers as the same files given one by one in one batch.
   alone = predict.predict_files(workdir, sorted(map(str, copies)), batch_size=4)
   for a, b in zip(first + rest[:1], alone, strict=True):
+    np.testing.assert_allclose(list(a["probs"].values()), list(b["probs"].values()), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_fewer_files_than_a_batch_run_the_next_power_of_two(workdir, images, monkeypatch):
+  """One image is one forward pass of one image, not of a padded batch of 16 (a cold single
+  prediction pays for the compilation and the run of every padded row); three run as four."""
+  from cxr_jax import evaluate
+
+  shapes = []
+  real = evaluate.make_predict_fn
+  def recording(model):
+    fn = real(model)
+    return lambda variables, x: shapes.append(x.shape[0]) or fn(variables, x)
+  monkeypatch.setattr(evaluate, "make_predict_fn", recording)
+  one = predict.predict_files(workdir, images[:1], batch_size=16)
+  three = predict.predict_files(workdir, images, batch_size=16)
+  many = predict.predict_files(workdir, images * 3, batch_size=4)
+  assert shapes == [1, 4, 4, 4, 4]
+  # Same numbers whatever the batch's shape: float32 rounding of a different blocking at most.
+  for a, b in ((one[0], three[0]), (three[2], many[8])):
     np.testing.assert_allclose(list(a["probs"].values()), list(b["probs"].values()), rtol=1e-5,
                                atol=1e-6)

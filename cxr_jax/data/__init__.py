@@ -5,7 +5,7 @@ import TensorFlow (about 6 s), which loading a trained model and predicting neve
 `from cxr_jax.data.records import LABELS` or `cxr_jax.data.preprocess` stay TensorFlow-free.
 """
 
-import importlib
+from cxr_jax import lazy
 
 _HOMES = {
     "BuiltDataset": "build", "DataBuildError": "build", "build_dataset": "build",
@@ -16,16 +16,4 @@ _HOMES = {
     "test_groups": "splits",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str):
-  if name not in _HOMES:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
-  globals()[name] = value   # later look-ups skip this function
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__, __all__ = lazy.attach(__name__, _HOMES)

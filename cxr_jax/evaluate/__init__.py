@@ -5,15 +5,20 @@ plots and report.md.
 model over a split and writes metrics.json, the plots and report.md. `findings_metrics` scores the
 multi-label findings stage of twice transfer (per-finding AUC). `evaluate_external` scores the
 kept model on collections outside the run's data (`cxr_jax.evaluate.external`).
+
+The names below load their module on first use (`cxr_jax.lazy`): prediction needs
+`make_predict_fn` alone, not scikit-learn and SciPy (about 1 s of a cold start).
 """
 
-from cxr_jax.evaluate.audit import audit_workdir
-from cxr_jax.evaluate.external import evaluate_external, format_headline
-from cxr_jax.evaluate.findings import findings_metrics
-from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
-from cxr_jax.evaluate.summary import compute_metrics
-from cxr_jax.evaluate.workdir import LoadedSplit, evaluate_split, evaluate_workdir
+from cxr_jax import lazy
 
-__all__ = ["LoadedSplit", "audit_workdir", "compute_metrics", "evaluate_external", "evaluate_split",
-           "evaluate_workdir", "format_headline", "findings_metrics", "make_predict_fn",
-           "predict_arrays"]
+_HOMES = {
+    "audit_workdir": "audit",
+    "evaluate_external": "external", "format_headline": "external",
+    "findings_metrics": "findings",
+    "make_predict_fn": "inference", "predict_arrays": "inference",
+    "compute_metrics": "summary",
+    "LoadedSplit": "workdir", "evaluate_split": "workdir", "evaluate_workdir": "workdir",
+}
+
+__getattr__, __dir__, __all__ = lazy.attach(__name__, _HOMES)
