@@ -88,6 +88,13 @@ def test_cosine_schedule_spans_the_whole_run(tmp_path):
   loop, _ = trainer.train(trainer.setup(c), tmp_path)
   lrs = [h["lr"] for h in loop["history"]]
   np.testing.assert_allclose(lrs, [c.train.learning_rate * 0.5, 0.0], rtol=1e-6, atol=0)
+  # Lengthened afterwards, the schedule would be re-stretched under finished steps: refused.
+  with pytest.raises(ValueError, match="schedule over 4 steps .*makes the run 6 steps long"):
+    trainer.train(trainer.setup(smoke_config(num_epochs=3, steps_per_epoch=2, lr_schedule="cosine",
+                                             plateau_patience=10)), tmp_path)
+  # The same length resumes (here: already finished, nothing to do).
+  again, _ = trainer.train(trainer.setup(c), tmp_path)
+  assert again["history"] == loop["history"]
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

@@ -202,6 +202,22 @@ def run_length(num_train: int, train_config: ml_collections.ConfigDict) -> tuple
   return per_epoch, min(total, train_config.max_steps) if train_config.max_steps > 0 else total
 
 
+def check_same_length(loop: dict, total: int, train_config, workdir) -> None:
+  """Refuses to resume a run whose schedule depends on its length (cosine learning rate, DANN's
+  weight) with another length: its first steps followed the old schedule, its next ones would
+  follow a re-stretched one, and the result would be neither run. A constant rate can continue."""
+  before = loop.get("total_steps")   # absent in checkpoints written before it was recorded
+  by_length = [name for name, on in (("config.train.lr_schedule='cosine'",
+                                      train_config.lr_schedule == "cosine"),
+                                     ("config.train.dann_weight", train_config.get("dann_weight", 0)))
+               if on]
+  if before is not None and before != total and by_length:
+    raise ValueError(
+        f"{workdir} was trained on a schedule over {before} steps ({', '.join(by_length)} depends on "
+        f"the run's length); this config makes the run {total} steps long. Resume with the "
+        f"num_epochs / steps_per_epoch / max_steps it had, or train the longer run in a new workdir")
+
+
 def predict_split(s: Setup, p_eval, variables, split: str):
   """Logits, labels and ids of every example of a split, padding removed, in split order."""
   batches = data.make_dataset(
@@ -261,8 +277,10 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
   restored = ckpt.restore_latest(s.state)
   state, loop = s.state, {"epoch": 0, "early_stopping": None, "history": [], "finished": False,
                           "stopped_early": False}
+  n_steps, total = run_length(len(s.split_ids["train"]), config.train)
   if restored is not None:
     state, loop = restored
+    check_same_length(loop, total, config.train, workdir)
     logging.info("Resuming from %s at epoch %d (step %d)", workdir, loop["epoch"], int(state.step))
   else:
     overview.log_overview(state.params, s.plan)
@@ -273,7 +291,6 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
     return loop, state
 
   model = s.features.suffix(s.model) if s.features else s.model
-  n_steps, total = run_length(len(s.split_ids["train"]), config.train)
   max_steps = config.train.max_steps if config.train.max_steps > 0 else None
   learning_rate = optim.learning_rate(config.train, total)
   p_train, p_eval = make_pmapped_steps(
@@ -321,7 +338,7 @@ def train(s: Setup, workdir: Path) -> tuple[dict, TrainState]:
                                             state.batch_stats), {"epoch": epoch, **val})
     loop = {"epoch": epoch + 1, "early_stopping": stopper.to_dict(),
             "history": loop["history"] + [epoch_metrics],
-            "stopped_early": stop}
+            "stopped_early": stop, "total_steps": total}
     loop["finished"] = _finished(loop, config, step)
     ckpt.save_latest(epoch, state, loop)
     if loop["finished"]:
