@@ -114,7 +114,8 @@ def get_config() -> ml_collections.ConfigDict:
   t.learning_rate = 1e-5
   # Learning rate over the run (cxr_jax/train/optim.py): constant (Lee et al.; only the plateau
   # lowers it) | cosine (warmup_steps linear from 0, then cosine from learning_rate to 0 at the
-  # run's last step, num_epochs x steps per epoch or max_steps; the plateau still multiplies it).
+  # run's last step, num_epochs x steps per epoch or max_steps; the plateau still multiplies it;
+  # a cosine run resumes only with the length it started with).
   t.lr_schedule = "constant"
   t.warmup_steps = 0
   t.plateau_factor = 0.5             # ReduceLROnPlateau on validation loss
