@@ -75,7 +75,7 @@ def test_predict_good_and_bad_files(workdir, images, tmp_path, capsys):
 # `python -m cxr_jax.predict ARGS`, then a check that the process never imported TensorFlow (6 s of
 # a cold start that loading a model and predicting do not need), scikit-learn or SciPy (1 s) or,
 # without --cam, matplotlib: the data, evaluate and explain packages load them lazily.
-_PREDICT_WITHOUT_TF = """
+_PREDICT_WITHOUT_HEAVY_IMPORTS = """
 import runpy, sys
 sys.argv = ["cxr_jax.predict", *sys.argv[1:]]
 try:
@@ -96,7 +96,7 @@ def test_predict_command_line(workdir, images, tmp_path, capsys):
   folder = tmp_path / "incoming"
   folder.mkdir()
   (folder / "x.jpg").write_bytes(open(images[2], "rb").read())
-  run = subprocess.run([sys.executable, "-c", _PREDICT_WITHOUT_TF, f"--workdir={workdir}",
+  run = subprocess.run([sys.executable, "-c", _PREDICT_WITHOUT_HEAVY_IMPORTS, f"--workdir={workdir}",
                         images[1], str(bad), str(folder)], capture_output=True, text=True,
                        timeout=300)
   assert "heavy modules: []" in run.stderr, run.stderr[-2000:]
