@@ -92,11 +92,9 @@ def forward_rate(workdir: Path, batch_size: int, repeats: int = 8) -> float:
   size = int(trained.config.data.image_size)
   fn = make_predict_fn(trained.model)
   x = np.zeros((batch_size, size, size, 3), np.float32)
-  jax.block_until_ready(fn(trained.variables, x))
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn(trained.variables, x))
-  return repeats * batch_size / (time.perf_counter() - t0)
+  step = lambda: jax.block_until_ready(fn(trained.variables, x))
+  step()   # compiles
+  return batch_size / vs_pytorch.timed(step, repeats)
 
 
 def main(argv=None):
