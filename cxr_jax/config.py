@@ -48,6 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
   d.num_folds = 5                    # train/validation folds inside the training split
   d.fold = 0                         # which fold is validation for this run
   d.split_seed = 42                  # splits are a pure function of this seed and the data
+  # What the splits keep in proportion: label (each class's share the same in every split) |
+  # source_label (each (source, label) cell's: for data where a collection holds several labels,
+  # e.g. cxr3 + cxr-plus, so that every split holds every cell; a cell with too few patient groups
+  # to reach every split is named in the data summary and the run's versions.json, never dropped
+  # silently). Changing it moves patient groups between splits.
+  d.stratify = "label"
   d.balance = False                  # sample equal counts per class (Lee et al.); training split only
   d.train_fraction = 1.0             # share of the training patient groups used (few-data studies)
   d.augment = False                  # random flips/shifts; off as in the paper

@@ -8,21 +8,29 @@ from pathlib import Path
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def default_data_root() -> Path:
-  """The cxr3 folder: `$CXR_DATA`, else `../shared/data/cxr3` beside the repository."""
-  env = os.environ.get("CXR_DATA")
+def _shared_data(env_name: str, folder: str) -> Path:
+  """`$env_name`, else `../shared/data/<folder>` beside the repository."""
+  env = os.environ.get(env_name)
   if env:
     return Path(env).expanduser()
-  return (_REPO_ROOT.parent / "shared" / "data" / "cxr3").resolve()
+  return (_REPO_ROOT.parent / "shared" / "data" / folder).resolve()
+
+
+def default_data_root() -> Path:
+  """The cxr3 folder: `$CXR_DATA`, else `../shared/data/cxr3` beside the repository."""
+  return _shared_data("CXR_DATA", "cxr3")
+
+
+def default_plus_root() -> Path:
+  """cxr-plus (two collections holding two labels each, for training beside cxr3): `$CXR_PLUS`,
+  else `../shared/data/cxr-plus` beside the repository."""
+  return _shared_data("CXR_PLUS", "cxr-plus")
 
 
 def default_lung_masks_root() -> Path:
   """The lung-annotation folder: `$CXR_LUNG_MASKS`, else `../shared/data/lung-masks` beside the
   repository."""
-  env = os.environ.get("CXR_LUNG_MASKS")
-  if env:
-    return Path(env).expanduser()
-  return (_REPO_ROOT.parent / "shared" / "data" / "lung-masks").resolve()
+  return _shared_data("CXR_LUNG_MASKS", "lung-masks")
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,7 @@ _HOMES = {
     "FINDINGS": "findings", "multi_hot": "findings",
     "make_dataset": "pipeline",
     "LABELS": "records", "NO_LABEL": "records", "Record": "records",
-    "held_out_groups": "splits", "make_findings_splits": "splits", "make_splits": "splits",
+    "cell_table": "splits", "held_out_groups": "splits", "missing_cells": "splits", "make_findings_splits": "splits", "make_splits": "splits",
     "test_groups": "splits",
 }
 

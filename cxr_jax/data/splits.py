@@ -1,8 +1,10 @@
 """Patient-grouped, stratified splits: test held out, then k folds for validation.
 
 Every patient group goes wholly to one of test / fold 0..k-1, so no patient is on both sides.
-The 3-class splits (make_splits) are stratified by label, a group whose images carry two labels
-by its majority label; examples without a 3-class label (NO_LABEL: ChestX-ray14 images with
+The 3-class splits (make_splits) are stratified by label (data.stratify="label"), or by the
+(source, label) cell ("source_label", for data where a collection holds several labels: every
+split then holds every cell that has enough patient groups, and the cells that do not are named by
+missing_cells); a group whose images carry two strata goes by its majority stratum; examples without a 3-class label (NO_LABEL: ChestX-ray14 images with
 neither "No Finding" nor "Pneumonia") are in none of them. The splits of the findings stage of
 twice transfer (make_findings_splits) take the ChestX-ray14 examples minus the patient groups of
 the 3-class test split, stratified by "No Finding". An assignment is a pure function of the
@@ -30,6 +32,54 @@ def _group_table(groups, strata, num_strata):
   return names, image_group, counts.sum(1), counts.argmax(1)  # argmax: ties -> lower stratum
 
 
+def _strata(metadata, ids, data_config) -> tuple[np.ndarray, int]:
+  """Per example (indexed by id): its stratum, and the number of strata, for data.stratify."""
+  labels = np.asarray(metadata["label"])
+  how = str(data_config.get("stratify", "label"))
+  if how == "label":
+    return labels, len(LABELS)
+  if how != "source_label":
+    raise ValueError(f"data.stratify={how!r}: use 'label' or 'source_label'.")
+  # Only the labelled examples' cells count, so the strata do not move with unlabelled images.
+  sources = np.asarray(metadata["source"])
+  names = sorted(set(sources[ids].tolist()))
+  source_index = np.searchsorted(names, sources)
+  source_index[~np.isin(sources, names)] = 0   # unlabelled-only sources: never in ids
+  return source_index * len(LABELS) + np.maximum(labels, 0), len(names) * len(LABELS)
+
+
+def cell_table(metadata, ids: np.ndarray) -> dict[str, dict[str, int]]:
+  """Images per (source, label) cell of the examples `ids`: {source: {label: count}}."""
+  sources = np.asarray(metadata["source"])[ids]
+  labels = np.asarray(metadata["label"])[ids]
+  table: dict[str, dict[str, int]] = {}
+  for source in sorted(set(sources.tolist())):
+    in_source = labels[sources == source]
+    table[source] = {name: int(np.sum(in_source == i)) for i, name in enumerate(LABELS)
+                     if np.any(in_source == i)}
+  return table
+
+
+def missing_cells(metadata, splits: dict[str, np.ndarray]) -> list[str]:
+  """The (source, label) cells of the labelled examples that some of train / val / test lack,
+  e.g. "figure1/pneumonia: not in val, test (1 patient group)". A held-out source is not
+  missing from the splits it was taken out of; an empty split (val with one fold) is skipped."""
+  names = [n for n in ("train", "val", "test") if n in splits and len(splits[n])]
+  every = np.concatenate([splits[n] for n in names]) if names else np.zeros(0, np.int64)
+  groups = np.asarray(metadata["patient_group"])
+  tables = {n: cell_table(metadata, splits[n]) for n in names}
+  out = []
+  for source, counts in cell_table(metadata, every).items():
+    for label in counts:
+      lacking = [n for n in names if not tables[n].get(source, {}).get(label)]
+      if lacking:
+        cell = every[(np.asarray(metadata["source"])[every] == source)
+                     & (np.asarray(metadata["label"])[every] == LABELS.index(label))]
+        out.append(f"{source}/{label}: not in {', '.join(lacking)} "
+                   f"({len(np.unique(groups[cell]))} patient group(s))")
+  return out
+
+
 def _labels(metadata) -> np.ndarray:
   """The 3-class labels; NO_LABEL would silently index the last class, so it is refused."""
   labels = np.asarray(metadata["label"])
@@ -48,8 +98,10 @@ def _take_fraction(order, sizes, fraction):
 
 def assign_groups(metadata, data_config) -> np.ndarray:
   """Per patient group (sorted by name): -1 for test, else its fold 0..num_folds-1."""
-  _, _, sizes, strata = _group_table(metadata["patient_group"], _labels(metadata), len(LABELS))
-  return _assign(sizes, strata, len(LABELS), data_config)
+  _labels(metadata)  # refuses unlabelled examples
+  strata, num_strata = _strata(metadata, np.asarray(metadata["id"], np.int64), data_config)
+  _, _, sizes, group_strata = _group_table(metadata["patient_group"], strata, num_strata)
+  return _assign(sizes, group_strata, num_strata, data_config)
 
 
 def _assign(sizes, strata, num_strata, data_config) -> np.ndarray:
@@ -135,14 +187,15 @@ def _grouped_splits(ids, groups, strata, num_strata, data_config) -> dict[str, n
 def make_splits(metadata, data_config) -> dict[str, np.ndarray]:
   """Example ids of train / val / test for data_config.fold (sorted int64 arrays).
 
-  Only examples with a 3-class label take part (NO_LABEL ones are in no split). val is empty
-  when num_folds <= 1. train_fraction keeps that share of the training patient groups (per
+  Only examples with a 3-class label take part (NO_LABEL ones are in no split), stratified as
+  data_config.stratify says. val is empty when num_folds <= 1. train_fraction keeps that share of the training patient groups (per
   stratum; a smaller fraction's groups are a subset of a larger one's), and balance then samples
   the training images to equal counts per class.
   """
   labels = np.asarray(metadata["label"])
   ids = np.asarray(metadata["id"], np.int64)[labels != NO_LABEL]
-  splits = _grouped_splits(ids, np.asarray(metadata["patient_group"]), labels, len(LABELS),
+  strata, num_strata = _strata(metadata, ids, data_config)
+  splits = _grouped_splits(ids, np.asarray(metadata["patient_group"]), strata, num_strata,
                            data_config)
   held = str(data_config.get("held_out_source", "") or "")
   if held:

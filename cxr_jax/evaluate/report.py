@@ -90,6 +90,26 @@ def _within_source_section(metrics: dict) -> list[str]:
   return lines + [""]
 
 
+def _data_section(metrics: dict) -> list[str]:
+  data = metrics.get("data_splits")
+  if not data:
+    return []
+  names = list(data["cells"])
+  cells = sorted({(source, label) for table in data["cells"].values()
+                  for source, counts in table.items() for label in counts})
+  lines = ["## The run's data", "",
+           f"Images per (source, label) cell of each split (splits stratified by "
+           f"{data['stratify'].replace('_', ', ')}).", "",
+           "| source | label | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
+  for source, label in cells:
+    lines.append(f"| {source} | {label} | " + " | ".join(
+        str(data["cells"][n].get(source, {}).get(label, 0)) for n in names) + " |")
+  if data["missing_cells"]:
+    lines += ["", "Cells some split lacks (too few patient groups): "
+              + "; ".join(data["missing_cells"]) + "."]
+  return lines + [""]
+
+
 def _rejects_section(metrics: dict) -> list[str]:
   rejects, duplicates = metrics.get("unreadable") or [], metrics.get("duplicates") or []
   if not rejects and not duplicates:
@@ -142,6 +162,7 @@ def render_report(metrics: dict, plots: dict, *, title: str) -> str:
       *_source_section(metrics),
       *_within_source_section(metrics),
       *_calibration_section(metrics),
+      *_data_section(metrics),
       *_rejects_section(metrics),
       "## Plots", ""]
   captions = dict(roc="ROC curves", pr="precision-recall curves", confusion="confusion matrix",

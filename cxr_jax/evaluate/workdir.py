@@ -144,12 +144,25 @@ def evaluate_split(loaded: LoadedSplit, split: str, workdir, *, which: str = "be
     add_calibration(metrics, fit, labels, probs)
   metrics["run"] = dict(workdir=str(workdir), split=split, checkpoint=which,
                         dataset=built.version, preprocessing=trained.preprocessing)
+  metrics["data_splits"] = data_splits(config, built)
   out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
   title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
   write_evaluation(out, metrics, title, ids, labels, probs, meta)
   logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
                metrics["accuracy"], out)
   return metrics
+
+
+def data_splits(config, built) -> dict:
+  """What the run's splits hold: images per (source, label) cell of each split, and the cells some
+  split lacks (a reader of any figure sees which collections and labels it rests on)."""
+  from cxr_jax import data
+
+  splits = data.make_splits(built.metadata, config.data)
+  return dict(stratify=str(config.data.get("stratify", "label")),
+              cells={name: data.cell_table(built.metadata, np.unique(ids))
+                     for name, ids in splits.items()},
+              missing_cells=data.missing_cells(built.metadata, splits))
 
 
 def score(config, labels, probs, meta, ids) -> dict:
