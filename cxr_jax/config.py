@@ -181,6 +181,9 @@ def get_config() -> ml_collections.ConfigDict:
   xp.select_metric = "accuracy"      # "best" group/fold by this test metric (higher is better)
   # --mode=loso: the sources held out in turn, "a,b,c"; "" = every source of the data.
   xp.loso_sources = ""
+  # --mode=loso also trains the model on every source (cell all_sources), so that each held-out
+  # figure stands beside the same source's figure as a seen collection (its test-split patients).
+  xp.loso_reference = True
   # --mode=robustness (cxr_jax/experiments/robustness.py, configs/robustness.py): the measures
   # trained, each a name of robustness.MEASURES or "combined" (= the measures named in combine).
   xp.measures = "baseline,acquisition,equalize,lung_crop,group_balance,group_dro,dann"

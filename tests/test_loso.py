@@ -76,11 +76,14 @@ def test_loso_mode_trains_one_run_per_source_and_tabulates_the_held_out_images(
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 48, 48, 3))))(jax.random.key(0))
     checkpoint.save_trained(workdir, run_config, {"params": variables["params"]}, "torchvision")
     evaluate.evaluate_workdir(workdir, "test", run_config)
-    experiments.loso.held_out_metrics(run_config, workdir)
+    if run_config.data.held_out_source:
+      experiments.loso.held_out_metrics(run_config, workdir)
 
   doc = experiments.run_loso(config, tmp_path / "loso", train_fn=fake_train)
 
-  assert trained_on.keys() == {"hannover", "ieee8023"}
+  # The reference run (every source) trains too; each other run without its source.
+  assert trained_on.keys() == {"hannover", "ieee8023", ""}
+  assert {"hannover", "ieee8023"} <= trained_on[""]
   for source, seen in trained_on.items():
     assert source not in seen and len(seen) >= 3
   by_source = {r["held_out_source"]: r for r in doc["rows"]}
@@ -91,9 +94,53 @@ def test_loso_mode_trains_one_run_per_source_and_tabulates_the_held_out_images(
                      "metrics.json").read_text())
   assert set(held["by_source"]) == {"ieee8023"}
   assert ieee["accuracy"] == pytest.approx(held["accuracy"])
-  assert by_source["hannover"]["covid_auc"] is None  # COVID only: undefined, not made up
+  # COVID only: no COVID AUC and no non-COVID share, not made up; its sensitivity is defined.
+  assert "held_covid_auc" not in by_source["hannover"]
+  assert "held_non_covid_called_covid" not in by_source["hannover"]
+  assert by_source["hannover"]["held_covid_sensitivity"] == pytest.approx(held_hannover(tmp_path))
+  # The same source as a seen collection: the reference run's test split.
+  reference = json.loads((tmp_path / "loso" / "runs" / "all_sources_fold0" /
+                          "metrics.json").read_text())
+  seen = reference["within_source"]["ieee8023"]
+  assert ieee["seen_images"] == seen["num_examples"]
+  assert ieee["seen_covid_sensitivity"] == pytest.approx(seen["sensitivity"]["covid"])
   text = (tmp_path / "loso" / "loso.md").read_text()
   assert "| hannover |" in text and "| ieee8023 |" in text
+  assert (tmp_path / "loso" / "loso.png").is_file()
   # Started again: nothing trains, the same table.
   again = experiments.run_loso(config, tmp_path / "loso", train_fn=fake_train)
   assert set(again["status"].values()) == {"skipped"} and again["rows"] == doc["rows"]
+
+
+def held_hannover(tmp_path):
+  held = json.loads((tmp_path / "loso" / "runs" / "without_hannover_fold0" / "eval_held_out" /
+                     "metrics.json").read_text())
+  return held["within_source"]["hannover"]["sensitivity"]["covid"]
+
+
+def test_each_source_gets_only_the_figures_its_labels_define():
+  from cxr_jax.evaluate.summary import within_source
+  from cxr_jax.experiments.loso import defined_figures
+
+  # Per source: labels, and the class each image is called (probabilities favour it).
+  cases = {
+      "covid-only": ([0, 0, 0, 0], [0, 0, 1, 2]),
+      "kids": ([1, 1, 2, 2], [0, 1, 0, 2]),            # no COVID: share called COVID, N-vs-P AUC
+      "two-labels": ([0, 0, 1, 1, 1], [0, 1, 0, 1, 1]),  # COVID and normal, no pneumonia
+  }
+  labels = np.concatenate([np.array(y) for y, _ in cases.values()])
+  called = np.concatenate([np.array(c) for _, c in cases.values()])
+  probs = np.full((len(labels), 3), 0.1)
+  probs[np.arange(len(labels)), called] = 0.8
+  sources = np.concatenate([[name] * len(y) for name, (y, _) in cases.items()])
+  within = within_source(labels, probs, sources, LABELS)
+  assert defined_figures(within["covid-only"]) == {"covid_sensitivity": 0.5}
+  kids = defined_figures(within["kids"])
+  assert kids.keys() == {"non_covid_called_covid", "normal_vs_pneumonia_auc"}
+  assert kids["non_covid_called_covid"] == pytest.approx(0.5)
+  two = defined_figures(within["two-labels"])
+  assert two.keys() == {"covid_auc", "covid_sensitivity", "non_covid_called_covid"}
+  assert two["covid_sensitivity"] == pytest.approx(0.5)
+  assert two["non_covid_called_covid"] == pytest.approx(1 / 3)
+  # COVID AUC by hand: covid scores {0.8, 0.1}, others {0.8, 0.1, 0.1}: pairs won 0.5+1+1+0+0.5+0.5
+  assert two["covid_auc"] == pytest.approx(3.5 / 6)

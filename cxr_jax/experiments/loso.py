@@ -12,6 +12,7 @@ of the source, is evaluated into the run's `eval_held_out/`. Tables: loso.md, lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -33,12 +34,21 @@ def sources_to_hold_out(config) -> list[str]:
   return sorted(set(meta["source"][meta["label"] != data.NO_LABEL].tolist()))
 
 
+REFERENCE = "all_sources"
+
+
 def plan(config) -> list[grid.Run]:
-  """One run per (held-out source, fold); unknown sources fail in the splits before training."""
+  """One run per (held-out source, fold); unknown sources fail in the splits before training.
+  With experiment.loso_reference, also the run on every source (cell "all_sources"): the same
+  source's figures when it is a seen collection (its test-split patients) stand beside the
+  held-out ones."""
   if config.data.get("held_out_source"):
     raise ValueError("--mode=loso sets data.held_out_source per run; leave it empty")
   spec = "data.held_out_source=" + ",".join(sources_to_hold_out(config))
-  return grid.expand(config, grid.parse_grid(spec, config))
+  runs = grid.expand(config, grid.parse_grid(spec, config))
+  if config.experiment.get("loso_reference", True):
+    runs += [dataclasses.replace(run, cell=REFERENCE) for run in grid.expand(config, [])]
+  return runs
 
 
 def train_and_evaluate_held_out(config, workdir) -> dict:
@@ -64,7 +74,7 @@ def held_out_metrics(config, directory: Path) -> dict:
 
 
 def run_loso(config, workdir, train_fn=None) -> dict:
-  """Trains the unfinished runs, evaluates each held-out source, writes the tables."""
+  """Trains the unfinished runs, evaluates each held-out source, writes the tables and figure."""
   import jax
 
   workdir = Path(workdir)
@@ -73,64 +83,142 @@ def run_loso(config, workdir, train_fn=None) -> dict:
   status = runner.run_all(runs, workdir, train_fn or train_and_evaluate_held_out)
   if jax.process_index() != 0:
     return {}
-  rows = []
-  for run in runs:
-    directory = runner.run_dir(workdir, run)
-    if not runner.is_finished(directory):
-      continue
-    rows.append(table_row(run, held_out_metrics(run.config, directory),
-                          _load(directory / runner.METRICS_FILE)))
-  doc = dict(mode="loso", status=status, rows=rows)
-  doc["written"] = tables.write_table(workdir, "loso", doc, rows, markdown(rows, status))
+  finished = {(run.cell, run.fold): run for run in runs
+              if runner.is_finished(runner.run_dir(workdir, run))}
+  rows, reference = [], {}
+  for (cell, fold), run in finished.items():
+    if cell == REFERENCE:
+      reference[fold] = _load(runner.run_dir(workdir, run) / runner.METRICS_FILE)
+  for (cell, fold), run in finished.items():
+    if cell != REFERENCE:
+      directory = runner.run_dir(workdir, run)
+      rows.append(table_row(run, held_out_metrics(run.config, directory),
+                            _load(directory / runner.METRICS_FILE), reference.get(fold)))
+  doc = dict(mode="loso", status=status, rows=rows,
+             reference={fold: _reference_summary(m) for fold, m in reference.items()})
+  doc["written"] = tables.write_table(workdir, "loso", doc, rows, markdown(rows, status, doc))
+  if rows:
+    doc["written"].append(write_figure(rows, workdir / "loso.png"))
   return doc
 
 
-def _auc(metrics: dict, source: str, key: str):
-  return ((metrics.get("within_source", {}).get(source) or {}).get(key) or {}).get("value")
+def defined_figures(entry: dict) -> dict:
+  """The figures one source's images can define, from its within-source entry
+  (cxr_jax.evaluate.summary.within_source); a figure the source cannot define is absent, never 0:
+  COVID-vs-other AUC (COVID and other images), COVID sensitivity (COVID images), the share of its
+  non-COVID images called COVID (= 1 - COVID specificity; non-COVID images), normal-vs-pneumonia
+  AUC (both)."""
+  n = entry["num_examples"]
+  n_covid = entry["labels"].get("covid", 0)
+  out = {}
+  if n_covid and n > n_covid:
+    out["covid_auc"] = entry["covid_auc"]["value"]
+  if n_covid:
+    out["covid_sensitivity"] = entry["sensitivity"]["covid"]
+  if n > n_covid:
+    # Calls of COVID among all images minus those among the COVID images, over the rest.
+    covid_calls = entry["called"]["covid"] * n - entry["sensitivity"].get("covid", 0.0) * n_covid
+    out["non_covid_called_covid"] = max(covid_calls, 0.0) / (n - n_covid)
+  auc = (entry.get("normal_vs_pneumonia_auc") or {}).get("value")
+  if auc is not None:
+    out["normal_vs_pneumonia_auc"] = auc
+  return out
 
 
-def table_row(run: grid.Run, held: dict, internal: dict) -> dict:
-  """Held-out source: its label mix, accuracy, per-class sensitivity, within-source AUCs; and
-  the rest's internal test accuracy and COVID AUC."""
+FIGURES = {"covid_auc": "COVID AUC", "covid_sensitivity": "COVID sens.",
+           "non_covid_called_covid": "non-COVID called COVID",
+           "normal_vs_pneumonia_auc": "normal-vs-pneumonia AUC"}
+
+
+def table_row(run: grid.Run, held: dict, internal: dict, reference: dict | None = None) -> dict:
+  """Held-out source: its label mix, accuracy and the figures it defines (held_*); the same
+  figures of the source as a seen collection, on the all-sources run's test split (seen_*; absent
+  without that run); and the rest's internal test accuracy and COVID AUC."""
   source = run.config.data.held_out_source
   names = held["class_names"]
-  within = held.get("within_source", {}).get(source, {})
   row = {"held_out_source": source, "fold": run.fold, "images": held["num_examples"],
          **{f"n_{c}": n for c, n in zip(names, held["label_counts"], strict=True)},
          "accuracy": held["accuracy"]}
-  for c in names:
-    row[f"sensitivity_{c}"] = within.get("sensitivity", {}).get(c)
-    row[f"called_{c}"] = within.get("called", {}).get(c)
-  row["covid_auc"] = _auc(held, source, "covid_auc")
-  row["normal_vs_pneumonia_auc"] = _auc(held, source, "normal_vs_pneumonia_auc")
+  row.update({f"held_{k}": v for k, v in
+              defined_figures(held.get("within_source", {})[source]).items()})
+  seen = ((reference or {}).get("within_source") or {}).get(source)
+  if seen:
+    row["seen_images"] = seen["num_examples"]
+    row.update({f"seen_{k}": v for k, v in defined_figures(seen).items()})
   row["rest_test_images"] = internal.get("num_examples")
   row["rest_test_accuracy"] = internal.get("accuracy")
   row["rest_test_covid_auc"] = (internal.get("per_class", {}).get("covid") or {}).get("roc_auc")
   return row
 
 
+def _reference_summary(metrics: dict) -> dict:
+  interval = (metrics.get("intervals") or {}).get("accuracy") or {}
+  return {"test_images": metrics.get("num_examples"), "test_accuracy": metrics.get("accuracy"),
+          "low": interval.get("low"), "high": interval.get("high")}
+
+
 def _num(value) -> str:
   return "-" if value is None else f"{value:.3f}"
 
 
-def markdown(rows: list[dict], status: dict) -> str:
+def _pair(row: dict, key: str) -> str:
+  """'held / seen' where the source defines the figure, '-' where it does not."""
+  if f"held_{key}" not in row:
+    return "-"
+  seen = row.get(f"seen_{key}")
+  return f"{_num(row[f'held_{key}'])} / {_num(seen)}"
+
+
+def markdown(rows: list[dict], status: dict, doc: dict | None = None) -> str:
   lines = ["# Leave one source out", "",
            "Each row: a model trained without the source's patient groups, scored on every "
-           "labelled image of it (held out), and on the test split of the other sources (rest). "
-           "`-`: undefined (the source lacks a class).", "",
-           "| held-out source | fold | images (c/n/p) | accuracy | sens. covid | sens. normal | "
-           "sens. pneumonia | called covid | COVID AUC | normal-vs-pneumonia AUC | rest test "
-           "accuracy | rest COVID AUC |",
-           "| --- |" + " --- |" * 11]
+           "labelled image of it (held out), beside the same figure for the source as a seen "
+           "collection (the model trained on every source, on the source's test-split patients). "
+           "Only the figures a source's labels define: `-` where it cannot (e.g. no COVID image "
+           "for a COVID AUC). Cells: held out / seen.", ""]
+  for fold, ref in sorted(((doc or {}).get("reference") or {}).items()):
+    lines += [f"All sources (fold {fold}): test accuracy {_num(ref['test_accuracy'])} "
+              f"[{_num(ref['low'])}, {_num(ref['high'])}] on {ref['test_images']} images.", ""]
+  lines += ["| held-out source | fold | images (c/n/p) | accuracy | " +
+            " | ".join(FIGURES.values()) + " | rest test accuracy | rest COVID AUC |",
+            "| --- |" + " --- |" * (5 + len(FIGURES))]
   for r in rows:
     lines.append(
         f"| {r['held_out_source']} | {r['fold']} | {r['images']} ({r['n_covid']}/{r['n_normal']}/"
-        f"{r['n_pneumonia']}) | {_num(r['accuracy'])} | {_num(r['sensitivity_covid'])} | "
-        f"{_num(r['sensitivity_normal'])} | {_num(r['sensitivity_pneumonia'])} | "
-        f"{_num(r['called_covid'])} | {_num(r['covid_auc'])} | "
-        f"{_num(r['normal_vs_pneumonia_auc'])} | {_num(r['rest_test_accuracy'])} | "
-        f"{_num(r['rest_test_covid_auc'])} |")
+        f"{r['n_pneumonia']}) | {_num(r['accuracy'])} | "
+        + " | ".join(_pair(r, k) for k in FIGURES)
+        + f" | {_num(r['rest_test_accuracy'])} | {_num(r['rest_test_covid_auc'])} |")
   unfinished = sorted(k for k, v in status.items() if v.startswith("failed"))
   if unfinished:
     lines += ["", f"Failed runs (start the command again to retry): {', '.join(unfinished)}."]
   return "\n".join(lines) + "\n"
+
+
+def write_figure(rows: list[dict], path: Path) -> str:
+  """One row per (source, figure it defines): held out (filled) against seen (open), joined by a
+  line; for non-COVID called COVID lower is better, for the others higher."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  items = [(r, k) for r in rows for k in FIGURES if f"held_{k}" in r]
+  fig, ax = plt.subplots(figsize=(7, 0.32 * len(items) + 1.2))
+  for y, (r, key) in enumerate(items):
+    held, seen = r[f"held_{key}"], r.get(f"seen_{key}")
+    if seen is not None:
+      ax.plot([held, seen], [y, y], color="0.7", zorder=1)
+      ax.scatter([seen], [y], facecolors="none", edgecolors="C0", zorder=2,
+                 label="seen collection" if y == 0 else None)
+    ax.scatter([held], [y], color="C3", zorder=3, label="held out" if y == 0 else None)
+  ax.set_yticks(range(len(items)),
+                [f"{r['held_out_source']}: {FIGURES[k]}" for r, k in items], fontsize=7)
+  ax.invert_yaxis()
+  ax.set_xlim(0, 1)
+  ax.set_title("Leave one source out: held out vs seen", fontsize=9)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return str(path)
