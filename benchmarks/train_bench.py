@@ -44,7 +44,7 @@ def step_throughput(k: int, size: int, batch: int, steps: int, stop_gradient: bo
   n = jax.local_device_count()
   x = jnp.zeros((1, size, size, 3))
   params = jax.jit(lambda r: model.init(r, x, train=False))(jax.random.PRNGKey(0))["params"]
-  tx = optim.make_optimizer(params, models.FineTuningPlan.for_model(config.model), config.train)
+  tx = optim.make_optimizer(params, models.fine_tuning_plan(config.model), config.train)
   plateau = optim.make_plateau(config.train)
   state = jax_utils.replicate(TrainState(jnp.asarray(0), params, tx.init(params),
                                          plateau.init({}), jax.random.PRNGKey(1)))

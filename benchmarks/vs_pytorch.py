@@ -89,7 +89,7 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
   images, labels = data
   params = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)))["params"])(
       jax.random.PRNGKey(0))
-  tx = optim.make_optimizer(params, models.FineTuningPlan.for_model(config.model), config.train)
+  tx = optim.make_optimizer(params, models.fine_tuning_plan(config.model), config.train)
   state = step.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
                           plateau_state=optim.make_plateau(config.train).init({}),
                           rng=jax.random.PRNGKey(1))

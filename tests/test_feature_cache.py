@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cxr_jax import checkpoint, train
-from cxr_jax.models import FineTuningPlan
+from cxr_jax.models import fine_tuning_plan
 from cxr_jax.train import feature_cache, trainer
 from tests.test_experiments import tiny_config, write_manifest
 
@@ -64,7 +64,7 @@ def test_key_changes_with_what_the_features_depend_on(root, monkeypatch, tmp_pat
   params = jax.tree.map(np.asarray, s.state.params)
   ids = np.arange(10)
   key = lambda c=config, p=params, version="v1", pre="torchvision", i=ids: feature_cache.key_digest(
-      feature_cache.cache_key(c, FineTuningPlan.for_model(c.model), p, version, pre, i))
+      feature_cache.cache_key(c, fine_tuning_plan(c.model), p, version, pre, i))
   base = key()
   assert key() == base
   # Trainable blocks and the head do not change the block3 features...
@@ -87,7 +87,7 @@ def test_key_changes_with_what_the_features_depend_on(root, monkeypatch, tmp_pat
 def test_cache_is_skipped_when_it_cannot_give_the_same_training(root, monkeypatch, tmp_path):
   monkeypatch.setenv("CXR_JAX_FEATURE_CACHE", str(tmp_path))
   config = ft2_config(root, feature_cache=True)
-  assert feature_cache.unusable_reason(config, FineTuningPlan.for_model(config.model)) is None
+  assert feature_cache.unusable_reason(config, fine_tuning_plan(config.model)) is None
   for field, value, reason in (("data.augment", True, "augment"),
                                ("data.acquisition", True, "acquisition"),
                                ("train.mixup_alpha", 0.2, "mixup"),
@@ -96,7 +96,7 @@ def test_cache_is_skipped_when_it_cannot_give_the_same_training(root, monkeypatc
     c = config.copy_and_resolve_references()
     section, name = field.split(".")
     c[section][name] = value
-    assert reason in feature_cache.unusable_reason(c, FineTuningPlan.for_model(c.model))
+    assert reason in feature_cache.unusable_reason(c, fine_tuning_plan(c.model))
   config.train.feature_cache_max_gb = 1e-6         # the size guard
   assert trainer.setup(config).features is None
   config.train.feature_cache_max_gb = 1.0

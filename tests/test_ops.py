@@ -261,7 +261,7 @@ def _trainer(conv_impl: str, trainable_blocks: int, steps: int = 2):
   # Every conv_impl has nn.Conv's parameters (test_conv_module_is_drop_in_nn_conv): one jitted init.
   params = jax.jit(models.create_model(default.get_config().model).init)(
       jax.random.PRNGKey(0), jnp.asarray(images[0, 0]))["params"]
-  tx = optim.make_optimizer(params, models.FineTuningPlan.for_model(config.model), config.train)
+  tx = optim.make_optimizer(params, models.fine_tuning_plan(config.model), config.train)
   state = step.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
                           plateau_state=optim.make_plateau(config.train).init({}),
                           rng=jax.random.PRNGKey(1))

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from configs import default
-from cxr_jax.models import BLOCK_NAMES, FineTuningPlan
+from cxr_jax.models import BLOCK_NAMES, FineTuningPlan, fine_tuning_plan
 from cxr_jax.train import optim
 
 
@@ -37,7 +37,7 @@ def test_frozen_params_never_move_even_with_gradient():
   config = default.get_config()
   config.model.trainable_blocks = 1
   params = jax.tree.map(lambda x: np.ones_like(x, np.float32), _tree())
-  tx = optim.make_optimizer(params, FineTuningPlan.for_model(config.model), config.train)
+  tx = optim.make_optimizer(params, fine_tuning_plan(config.model), config.train)
   grads = jax.tree.map(np.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   moved = optax.apply_updates(params, updates)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax.models import BLOCK_NAMES, STAGE_NAMES, FineTuningPlan, create_model
+from cxr_jax.models import BLOCK_NAMES, STAGE_NAMES, FineTuningPlan, create_model, fine_tuning_plan
 from cxr_jax.models.plan import FROZEN, TRAINABLE
 
 BLOCKS = {"vgg16": BLOCK_NAMES, "densenet121": STAGE_NAMES}
@@ -30,11 +30,11 @@ def real_params(request):
 def test_the_blocks_are_each_archs_own():
   assert BLOCK_NAMES == ("block1", "block2", "block3", "block4", "block5")
   assert STAGE_NAMES == ("stage1", "stage2", "stage3", "stage4", "stage5")
-  vgg = FineTuningPlan.for_model(model_config("vgg19", 2))
+  vgg = fine_tuning_plan(model_config("vgg19", 2))
   assert (vgg.frozen, vgg.trainable, vgg.boundary) == (
       ("block1", "block2", "block3"), ("block4", "block5"), "block3")
   # Issue 20 item 7: DenseNet's trainable blocks are its stages, never VGG's names.
-  dense = FineTuningPlan.for_model(model_config("densenet121", 2))
+  dense = fine_tuning_plan(model_config("densenet121", 2))
   assert (dense.frozen, dense.trainable, dense.boundary) == (
       ("stage1", "stage2", "stage3"), ("stage4", "stage5"), "stage3")
 
@@ -42,7 +42,7 @@ def test_the_blocks_are_each_archs_own():
 @pytest.mark.parametrize("arch", sorted(BLOCKS))
 @pytest.mark.parametrize("k", range(6))
 def test_degree_k_trains_the_last_k_blocks(arch, k):
-  plan = FineTuningPlan.for_model(model_config(arch, k))
+  plan = fine_tuning_plan(model_config(arch, k))
   names = BLOCKS[arch]
   assert plan.block_names == names and plan.trainable_blocks == k
   assert plan.frozen == names[:5 - k] and plan.trainable == names[5 - k:]
@@ -56,7 +56,7 @@ def test_degree_k_trains_the_last_k_blocks(arch, k):
 @pytest.mark.parametrize("k", range(6))
 def test_labels_of_a_real_parameter_tree(real_params, k):
   arch, params = real_params
-  plan = FineTuningPlan.for_model(model_config(arch, k))
+  plan = fine_tuning_plan(model_config(arch, k))
   labels = plan.param_labels(params)
   assert jax.tree.structure(labels) == jax.tree.structure(params)
   top = {name: set(jax.tree.leaves(sub)) for name, sub in labels.items()}
@@ -73,14 +73,14 @@ def test_a_plan_refuses_another_archs_parameters(real_params):
   arch, params = real_params
   other = "densenet121" if arch == "vgg16" else "vgg16"
   with pytest.raises(ValueError, match="another arch"):
-    FineTuningPlan.for_model(model_config(other, 2)).param_labels(params)
+    fine_tuning_plan(model_config(other, 2)).param_labels(params)
 
 
 @pytest.mark.parametrize("arch", sorted(BLOCKS))
 @pytest.mark.parametrize("k", [-1, 6])
 def test_degree_outside_0_to_5_is_refused_naming_the_field(arch, k):
   with pytest.raises(ValueError, match=rf"model\.trainable_blocks={k}\b.*0\.\.5"):
-    FineTuningPlan.for_model(model_config(arch, k))
+    fine_tuning_plan(model_config(arch, k))
   with pytest.raises(ValueError, match=rf"model\.trainable_blocks={k}\b"):
     create_model(model_config(arch, k))
   with pytest.raises(ValueError, match="frozen_blocks"):
@@ -89,4 +89,4 @@ def test_degree_outside_0_to_5_is_refused_naming_the_field(arch, k):
 
 def test_unknown_arch_is_refused_naming_the_field():
   with pytest.raises(ValueError, match="model.arch"):
-    FineTuningPlan.for_model(model_config("resnet50", 2))
+    fine_tuning_plan(model_config("resnet50", 2))

@@ -101,7 +101,7 @@ def test_data_parallel_step_averages_batch_statistics_and_keeps_frozen_ones():
   model = models.create_model(config.model)
   x = np.random.default_rng(1).standard_normal((2, 4, 48, 48, 3)).astype(np.float32)
   variables = model.init(jax.random.PRNGKey(0), x[0, :1], train=False)
-  plan = models.FineTuningPlan.for_model(config.model)
+  plan = models.fine_tuning_plan(config.model)
   tx = optim.make_optimizer(variables["params"], plan, config.train)
   state = TrainState(jnp.asarray(0), variables["params"], tx.init(variables["params"]),
                      optim.make_plateau(config.train).init({}), jax.random.PRNGKey(1),

@@ -18,6 +18,16 @@ import numpy as np
 
 from cxr_jax.data import intensity as intensity_lib
 
+# Defined below data and lungs, which both use them (no import circle); used here and imported
+# from here by the data package's callers.
+from cxr_jax.imaging import (  # noqa: F401
+  clahe,
+  normalise_images,
+  preprocessing_spec,
+  resize_square,
+  to_uint8,
+)
+
 # Bump when the output of `preprocess` changes for the same input, so old builds are not reused.
 PREPROCESS_VERSION = 1
 
@@ -96,15 +106,6 @@ def _is_dicom(data: bytes, path: str) -> bool:
   return data[128:132] == b"DICM" or path.lower().endswith((".dcm", ".dicom"))
 
 
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-  """Stretches an integer or float image linearly from its min..max onto 0..255."""
-  pixels = pixels.astype(np.float64)
-  lo, hi = float(pixels.min()), float(pixels.max())
-  if hi <= lo:
-    return np.zeros(pixels.shape, np.uint8)
-  return np.round((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
 def decode_dicom(data: bytes) -> np.ndarray:
   """DICOM -> uint8 grayscale: modality LUT (rescale), VOI LUT (window), MONOCHROME1 inverted."""
   import pydicom  # Imported here: only DICOM sources need it.
@@ -151,19 +152,6 @@ def decode(data: bytes, path: str = "") -> np.ndarray:
   if image.dtype != np.uint8:
     image = to_uint8(image)
   return image
-
-
-def clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
-  return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-  """Resizes (aspect ratio not kept) to size x size; area averaging when shrinking."""
-  if image.shape == (size, size):
-    return image
-  shrinking = size * size < image.shape[0] * image.shape[1]
-  interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-  return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
 def find_lungs(image: np.ndarray, config: PreprocessConfig, name: str
@@ -224,25 +212,3 @@ def process_file(path: str, config: PreprocessConfig) -> Processed:
     raise DecodeError("PNG encoding failed")
   return Processed(image, png.tobytes(), int(orig[0]), int(orig[1]),
                    hashlib.sha1(data).hexdigest(), fallback)
-
-
-def preprocessing_spec(name: str) -> dict:
-  """PREPROCESSING[name] from cxr_jax.weights (scale, mean, std, channel_order)."""
-  from cxr_jax.weights import PREPROCESSING  # Late: the weights package imports jax.
-  if name not in PREPROCESSING:
-    raise ValueError(f"Unknown preprocessing {name!r}; known: {sorted(PREPROCESSING)}.")
-  return PREPROCESSING[name]
-
-
-def normalise_images(images: np.ndarray, preprocessing: str) -> np.ndarray:
-  """uint8 [..., H, W, 1] -> float32 [..., H, W, 3]: (x * scale - mean) / std per channel.
-
-  The one normalisation of training batches, evaluation and prediction. NumPy, not TensorFlow, so
-  that loading a model and predicting never import TensorFlow (6 s of a cold start); float32 in
-  the order TensorFlow's graph did it, bit-identical for every uint8 value
-  (tests/test_data.py::test_normalisation_matches_tensorflow_for_every_pixel_value).
-  """
-  spec = preprocessing_spec(preprocessing)
-  image = np.asarray(images).astype(np.float32) * np.float32(spec["scale"])
-  image = np.repeat(image, 3, axis=-1)  # Gray is the same in RGB and BGR order.
-  return (image - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)

@@ -29,7 +29,7 @@ def input_gray(images, preprocessing: str) -> np.ndarray:
   """uint8 [N, H, W] grey images from normalised model inputs [N, H, W, 3], as the lung segmenter
   reads them: the exact inverse of the run's normalisation (`display_gray`'s min-max rescale would
   stretch each image's contrast). Every channel holds the same grey image."""
-  from cxr_jax.data.preprocess import preprocessing_spec  # late: it imports OpenCV
+  from cxr_jax.imaging import preprocessing_spec  # late: it imports OpenCV
 
   norm = preprocessing_spec(preprocessing)
   x = np.asarray(images, np.float32)[..., 0]

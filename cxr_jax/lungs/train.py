@@ -14,19 +14,19 @@ import jax
 import numpy as np
 import optax
 
-from cxr_jax.data import preprocess
+from cxr_jax import imaging
 from cxr_jax.lungs import unet
 
 
 def to_input(images: np.ndarray, preprocessing: str) -> np.ndarray:
   """uint8 [N, S, S] grayscale -> float32 [N, S, S, 3], normalised as the classifier's batches."""
-  return preprocess.normalise_images(images[..., None], preprocessing)
+  return imaging.normalise_images(images[..., None], preprocessing)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int):
   """(uint8 [S, S], float32 [S, S] soft mask or None): area-averaged, so the target keeps the
   boundary's sub-pixel position."""
-  small = preprocess.resize_square(image, size)
+  small = imaging.resize_square(image, size)
   if mask is None:
     return small, None
   soft = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
@@ -45,7 +45,7 @@ def augment(image: np.ndarray, mask: np.ndarray, recipe, rng: np.random.Generato
   image = cv2.warpAffine(image, matrix, flags=cv2.INTER_LINEAR, **warp)
   mask = cv2.warpAffine(mask, matrix, flags=cv2.INTER_LINEAR, **warp)
   if rng.uniform() < recipe.clahe_p:
-    image = preprocess.clahe(image, 2.0, 8)
+    image = imaging.clahe(image, 2.0, 8)
   x = image.astype(np.float32) / 255.0
   x = x ** np.exp(rng.uniform(-recipe.gamma, recipe.gamma))
   x = (x - 0.5) * (1.0 + rng.uniform(-recipe.contrast, recipe.contrast)) + 0.5

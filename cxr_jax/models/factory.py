@@ -22,6 +22,12 @@ def block_names(arch: str) -> tuple[str, ...]:
   return STAGE_NAMES if arch in _DENSENET_DEPTHS else BLOCK_NAMES
 
 
+def fine_tuning_plan(model_config) -> FineTuningPlan:
+  """The fine-tuning plan of `config.model` (fields arch, trainable_blocks): built here, beside the
+  arch table, so that plan.py imports nothing of the package (no import circle)."""
+  return FineTuningPlan(block_names(model_config.arch), int(model_config.trainable_blocks))
+
+
 def create_model(model_config, dtype=None) -> nn.Module:
   """The module for `config.model` (fields arch, num_classes, head, hidden, dropout,
   trainable_blocks, conv_impl, pool_impl, dtype).
@@ -30,14 +36,14 @@ def create_model(model_config, dtype=None) -> nn.Module:
   float32. bfloat16 with conv_impl="fast_mm" runs the convolutions' matrix products on AMX.
 
   Fine-tuning degree FTk (`trainable_blocks=k`) trains the last k blocks: the model freezes the
-  blocks of `FineTuningPlan.for_model(model_config)`. For DenseNet121 the blocks are its five
+  blocks of `fine_tuning_plan(model_config)`. For DenseNet121 the blocks are its five
   stages (see `densenet`); its head always global-average-pools, so `model.head` only applies to
   VGG.
   """
   if dtype is None:
     dtype = jnp.dtype(model_config.get("dtype", "float32"))
   arch = model_config.arch
-  plan = FineTuningPlan.for_model(model_config)   # refuses an unknown arch or k
+  plan = fine_tuning_plan(model_config)   # refuses an unknown arch or k
   # Resolved here, in the process that runs the model ("auto" depends on its backend); a saved
   # config from before the field existed ran flax's Conv.
   conv_impl = ops.resolve(model_config.get("conv_impl", "xla"))

@@ -1,7 +1,7 @@
 """The fine-tuning plan: what trains at fine-tuning degree FTk, defined once.
 
 Lee et al.'s FTk trains the last k of a backbone's five blocks and the head;
-`config.model.trainable_blocks` is k. `FineTuningPlan.for_model(config.model)` names the blocks
+`config.model.trainable_blocks` is k. `models.fine_tuning_plan(config.model)` names the blocks
 (VGG: block1..block5, DenseNet: stage1..stage5) and everything that depends on k reads it:
 
   models (`vgg`, `densenet`)  a stop_gradient on the output of `boundary`, the last frozen block,
@@ -40,13 +40,6 @@ class FineTuningPlan:
       raise ValueError(
           f"config.model.trainable_blocks={self.trainable_blocks}: the fine-tuning degree must be "
           f"in 0..{n} (number of blocks trained, counted from the top)")
-
-  @classmethod
-  def for_model(cls, model_config) -> FineTuningPlan:
-    """The plan of `config.model` (fields arch, trainable_blocks)."""
-    from cxr_jax.models import factory  # the arch table; factory builds models, which read plans
-
-    return cls(factory.block_names(model_config.arch), int(model_config.trainable_blocks))
 
   @classmethod
   def freezing(cls, block_names: Sequence[str], frozen_blocks: int) -> FineTuningPlan:

@@ -117,7 +117,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   built = build_dataset(config.data)
   split_ids, targets = task_splits(built.metadata, config)
   model = models.create_model(config.model)
-  plan = models.FineTuningPlan.for_model(config.model)
+  plan = models.fine_tuning_plan(config.model)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   params, batch_stats, preprocessing, weights_version = initial_variables(
