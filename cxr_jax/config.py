@@ -4,6 +4,8 @@ lines (launch.py, python -m cxr_jax.data, python -m cxr_jax.ops.tune) default to
 
 Override any field on the command line, e.g.
   python launch.py --config=configs/default.py --config.model.trainable_blocks=3
+and a tuple field with a comma-separated list (cxr_jax/cli.py):
+  --config.data.sources=manifest:/a,folder:/b
 """
 
 import ml_collections
