@@ -12,7 +12,8 @@ robustness (the source-robustness ablation: baseline, each measure, a combinatio
 audited; robustness.md; see cxr_jax.experiments.robustness),
 twice_transfer (NIH findings stage, then single / twice / twice+output-neuron-keeping runs; see
 configs/twice_transfer.py).
-Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128.
+Any config field can be overridden: --config.model.trainable_blocks=3 --config.data.image_size=128;
+a tuple field also as a comma-separated list: --config.data.sources=manifest:/a,folder:/b.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from cxr_jax import cli  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
@@ -149,5 +152,11 @@ def _headline(metrics: dict) -> dict:
   return picked or metrics
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing of the command line, a tuple field's `a,b` read as the tuple ('a', 'b')
+  (cxr_jax.cli.comma_lists, as the package's other command lines)."""
+  return app.parse_flags_with_usage(cli.comma_lists(argv))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -4,6 +4,8 @@ lines (launch.py, python -m cxr_jax.data, python -m cxr_jax.ops.tune) default to
 
 Override any field on the command line, e.g.
   python launch.py --config=configs/default.py --config.model.trainable_blocks=3
+and a tuple field with a comma-separated list (cxr_jax/cli.py):
+  --config.data.sources=manifest:/a,folder:/b
 """
 
 import ml_collections
@@ -17,8 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = d = ml_collections.ConfigDict()
   # Where the images come from: a tuple of "kind:PATH" strings, combined into one dataset.
   # kind: manifest (a cxr3-style manifest.csv folder), folder (folder per class),
-  # ieee8023 (COVID-19 image data collection's metadata.csv). Empty = manifest:$CXR_DATA,
-  # or ../shared/data/cxr3 when CXR_DATA is unset.
+  # ieee8023 (COVID-19 image data collection's metadata.csv), nih (ChestX-ray14), rsna (RSNA
+  # Pneumonia Detection Challenge download), siim (SIIM-FISABIO-RSNA COVID-19 challenge download,
+  # DICOM or 256-px JPEG/PNG); cxr_jax/data/readers.py says what each reads. A class is mapped to
+  # a label, or left out, by ";NAME=label" / ";NAME=" after PATH (manifest: label names; folder:
+  # folder names; rsna and siim: their own class names, e.g.
+  # "siim:/data/siim;Atypical Appearance=pneumonia"). Empty = manifest:$CXR_DATA, or
+  # ../shared/data/cxr3 when CXR_DATA is unset.
   d.sources = ()
   d.data_dir = ""                    # TFDS data dir; "" = $CXR_JAX_DATA_DIR or ~/.cache/cxr_jax/tfds
   d.image_size = 224                 # square side after resize (Lee et al.: 800)

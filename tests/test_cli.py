@@ -111,3 +111,57 @@ def test_cli_parse_leaves_absl_global_flags_alone():
   for _ in range(2):  # a private FlagValues each time: no duplicate-flag error
     assert cli.parse(["--config.train.batch_size=4"], prog="p", doc="").config.train.batch_size == 4
   assert set(flags.FLAGS) == before
+
+
+README_LINE = r"""
+import importlib.util, json, shlex, sys
+sys.argv = args = shlex.split(sys.argv[1])[1:]  # launch.py and its flags, as a run sees them
+spec = importlib.util.spec_from_file_location("launch", args[0])
+launch = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(launch)
+launch.parse_flags(args)
+from cxr_jax.data.__main__ import parse_args
+overrides = [a for a in args[1:] if a.startswith("--config")]  # the data CLI's share of the line
+print(json.dumps(dict(launch=list(launch.FLAGS.config.data.sources),
+                      data=list(parse_args(overrides).data.sources))))
+"""
+
+
+def test_the_readme_command_lines_for_several_sources_parse():
+  lines = [line for line in (REPO / "README.md").read_text().splitlines()
+           if "launch.py" in line and "--config.data.sources=" in line]
+  # Both forms the README shows: the comma-separated list and ml_collections' quoted tuple.
+  assert len(lines) == 2 and "sources=manifest:" in lines[0] and "sources=('" in lines[1]
+  env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+  for line in lines:
+    # From the repository root, as a user runs them: `python launch.py` puts the script's folder
+    # on sys.path and `python -m` the working directory, where configs/quickstart.py imports from.
+    run = subprocess.run([sys.executable, "-c", README_LINE, line], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (line, run.stderr[-3000:])
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    expected = ["manifest:../shared/data/cxr3", "manifest:../shared/data/cxr-plus"]
+    assert out == dict(launch=expected, data=expected), line
+
+
+@pytest.mark.parametrize("argv, field, expected", [
+    (["--config.data.sources=manifest:/a,folder:/b"], "data.sources", ("manifest:/a", "folder:/b")),
+    (["--config.data.sources", "manifest:/a, folder:/b"], "data.sources",
+     ("manifest:/a", "folder:/b")),
+    (["--config.data.sources=('manifest:/a','folder:/b')"], "data.sources",
+     ("manifest:/a", "folder:/b")),
+    (["--config.data.sources='manifest:/a,b'"], "data.sources", ("manifest:/a,b",)),  # quoted: one
+    (["--config.data.sources=folder:/k;Viral Pneumonia=pneumonia"], "data.sources",
+     ("folder:/k;Viral Pneumonia=pneumonia",)),  # a space: ml_collections alone fails on it
+    (["--config.data.sources="], "data.sources", ()),
+    (["--config.experiment.variants=single,twice"], "experiment.variants", ("single", "twice")),
+    (["--config.model.keep_neurons=pneumonia:Pneumonia,normal:No Finding"], "model.keep_neurons",
+     ("pneumonia:Pneumonia", "normal:No Finding")),
+    (["--config.model.hidden=256,128"], "model.hidden", (256, 128)),  # a literal: as before
+    (["--config.model.hidden=64"], "model.hidden", (64,)),
+    (["--config.experiment.loso_sources=a,b"], "experiment.loso_sources", "a,b"),  # a string field
+])
+def test_a_tuple_field_takes_a_comma_separated_list(argv, field, expected):
+  config = cli.parse(argv, prog="p", doc="").config
+  section, name = field.split(".")
+  assert config[section][name] == expected

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -60,7 +61,8 @@ def data_config(tmp_path, sources, **overrides):
   return d
 
 
-def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0):
+def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0,
+                patient_id=None):
   meta = FileMetaDataset()
   meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
   meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -79,6 +81,9 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0,
   if window:
     ds.WindowCenter, ds.WindowWidth = window
   ds.PixelData = pixels.astype(np.uint16).tobytes()
+  if patient_id is not None:
+    ds.PatientID = patient_id
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
   ds.save_as(path, enforce_file_format=True)
 
 
@@ -215,6 +220,179 @@ def test_ieee8023_reader_frontal_xray_and_finding_mapping(tmp_path):
   assert "Tuberculosis" in excluded["f.jpg"]
   assert [(r.file.rsplit("/", 1)[1], r.reason.split(" (")[0]) for r in scan.rejects] == [
       ("missing.jpg", "file not found")]
+
+
+def write_csv(path, header, rows):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", newline="") as f:
+    csv.writer(f).writerows([header, *rows])
+
+
+def write_rsna(root):
+  """An RSNA Pneumonia Detection Challenge download in miniature, with every kind of bad row.
+  Both csvs repeat a patient once per box, as Kaggle's do."""
+  rows = {  # patientId: ([class per detailed_class_info row], [Target per labels row], image)
+      "n1": (["Normal"], ["0"], "dicom"),
+      "p1": (["Lung Opacity", "Lung Opacity"], ["1", "1"], "dicom"),   # two boxes, one image
+      "x1": (["No Lung Opacity / Not Normal"], ["0"], "dicom"),
+      "d1": (["Normal"], ["0"], "anon-7"),                             # PatientID differs
+      "e1": (["Lung Opacity"], ["1"], "no tag"),                       # no PatientID: csv's id
+      "c1": (["Normal", "Lung Opacity"], ["0", "1"], "dicom"),         # classes disagree
+      "t1": (["Normal"], ["1"], "dicom"),                              # Target contradicts
+      "u1": (["Opacity"], ["1"], "dicom"),                             # unknown class
+      "m1": (["Normal"], ["0"], None),                                 # file missing
+      "o1": ([], ["0"], "dicom"),                                      # no class row
+      "b1": (["Normal"], ["0"], "broken"),                             # unreadable header
+  }
+  images = root / "stage_2_train_images"
+  for i, (pid, (_, _, image)) in enumerate(rows.items()):
+    if image == "broken":
+      images.joinpath(f"{pid}.dcm").write_bytes(b"not a dicom at all")
+    elif image:
+      patient = {"dicom": pid, "no tag": None}.get(image, image)
+      write_dicom(images / f"{pid}.dcm", fake_xray(40 + i).astype(np.uint16) * 16,
+                  patient_id=patient)
+  write_csv(root / "stage_2_detailed_class_info.csv", ["patientId", "class"],
+            [(pid, c) for pid, (classes, _, _) in rows.items() for c in classes])
+  write_csv(root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"],
+            [(pid, *(("10", "10", "5", "5") if t == "1" else ("",) * 4), t)
+             for pid, (_, targets, _) in rows.items() for t in targets])
+
+
+def names(entries):
+  """{file stem: the reason's opening} of rejects or exclusions."""
+  return {Path(e.file).stem: e.reason for e in entries}
+
+
+def test_rsna_reader_maps_classes_dedupes_boxes_and_names_every_bad_row(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna(root)
+  scan = readers.read_source(f"rsna:{root}")
+  assert [(Path(r.path).stem, r.label, r.patient_id, r.patient_group, r.source, r.findings)
+          for r in scan.records] == [
+      ("n1", "normal", "rsna:n1", "rsna:n1", "rsna-pneumonia", "Normal"),
+      ("p1", "pneumonia", "rsna:p1", "rsna:p1", "rsna-pneumonia", "Lung Opacity"),
+      ("d1", "normal", "rsna:anon-7", "rsna:anon-7", "rsna-pneumonia", "Normal"),
+      ("e1", "pneumonia", "rsna:e1", "rsna:e1", "rsna-pneumonia", "Lung Opacity")]
+  excluded = names(scan.excluded)
+  assert list(excluded) == ["x1"]
+  assert "'No Lung Opacity / Not Normal' is left out" in excluded["x1"]
+  rejects = names(scan.rejects)
+  assert set(rejects) == {"c1", "t1", "u1", "m1", "o1", "b1"}
+  assert rejects["c1"].startswith("duplicate id 'c1' with different values: "
+                                  "stage_2_detailed_class_info.csv lines")
+  assert "Target '1'" in rejects["t1"] and "unknown label: class 'Opacity'" in rejects["u1"]
+  assert rejects["m1"].startswith("file not found") and "only one of" in rejects["o1"]
+  assert rejects["b1"].startswith("unreadable DICOM header")
+  # The spec's map takes the left-out class in; a class RSNA does not have is an error.
+  scan = readers.read_source(f"rsna:{root};No Lung Opacity / Not Normal=pneumonia")
+  assert not scan.excluded and [(Path(r.path).stem, r.label) for r in scan.records
+                                if r.findings.startswith("No Lung")] == [("x1", "pneumonia")]
+  with pytest.raises(ValueError, match="not a class of this collection"):
+    readers.read_source(f"rsna:{root};Pneumonia=pneumonia")
+  with pytest.raises(FileNotFoundError, match="stage_2_detailed_class_info.csv not found"):
+    readers.read_source(f"rsna:{tmp_path}")
+
+
+SIIM_STUDIES = {  # study: (Negative, Typical, Indeterminate, Atypical), images
+    "s1": ("0", "1", "0", "0", ["i1"]),
+    "s2": ("1", "0", "0", "0", ["i2"]),                 # the same patient as s1 (DICOM)
+    "s3": ("0", "0", "1", "0", ["i3"]),
+    "s4": ("0", "0", "0", "1", ["i4"]),
+    "s5": ("1", "1", "0", "0", ["i5"]),                 # two classes set
+    "s6": ("0", "yes", "0", "0", ["i6"]),               # not one-hot
+    "s7": ("0", "1", "0", "0", ["i7a", "i7b"]),         # a study of two images
+    "s10": ("1", "0", "0", "0", ["i10"]),               # its file is missing
+    "s13": ("0", "0", "0", "0", ["i13"]),               # no class set
+    "s14": ("1", "0", "0", "0", ["i14"]),               # a DICOM without PatientID
+}
+
+
+def write_siim(root, layout):
+  """A SIIM-FISABIO-RSNA download in miniature: DICOMs in train/<study>/<series>/ as shipped, or
+  the 256-px re-release's train/<image>.jpg|png; the same csvs, every kind of bad row."""
+  studies = [(f"{s}_study", *v[:4]) for s, v in SIIM_STUDIES.items()]
+  studies += [("s11_study", "1", "0", "0", "0"), ("s11_study", "0", "1", "0", "0"),  # disagree
+              ("s1_study", "0", "1", "0", "0")]  # a repeat that agrees
+  write_csv(root / "train_study_level.csv", ["id", *readers.SIIM_CLASSES], studies)
+  images = [(i, s) for s, v in SIIM_STUDIES.items() for i in v[4]]
+  images += [("i8", "s8"), ("i9", "s1"), ("i9", "s2"), ("i11", "s11"), ("i12", "s2"),
+             ("i12", "s2")]  # study unknown; an image under two studies; a repeat that agrees
+  write_csv(root / "train_image_level.csv", ["id", "boxes", "label", "StudyInstanceUID"],
+            [(f"{i}_image", "", "none 1 0 0 1 1", s) for i, s in images])
+  for k, (image, study) in enumerate(dict(images).items()):
+    if image == "i10":
+      continue
+    pixels = fake_xray(60 + k)
+    if layout == "dicom":
+      patient = {"s1": "P1", "s2": "P1", "s14": None}.get(study, f"P-{study}")
+      write_dicom(root / "train" / study / "series0" / f"{image}.dcm", pixels.astype(np.uint16),
+                  patient_id=patient)
+    else:
+      (root / "train").mkdir(parents=True, exist_ok=True)
+      cv2.imwrite(str(root / "train" / f"{image}.{'png' if k % 2 else 'jpg'}"), pixels)
+
+
+@pytest.mark.parametrize("layout", ["dicom", "jpeg"])
+def test_siim_reader_maps_study_classes_and_names_every_bad_row(tmp_path, layout):
+  root = tmp_path / "siim"
+  write_siim(root, layout)
+  scan = readers.read_source(f"siim:{root}")
+  dicom = layout == "dicom"
+  patient = {"i1": "P1", "i2": "P1", "i7a": "P-s7", "i7b": "P-s7", "i12": "P1"} if dicom else {}
+  expected = [("i1", "covid", "s1"), ("i2", "normal", "s2"), ("i7a", "covid", "s7"),
+              ("i7b", "covid", "s7"), ("i14", "normal", "s14"), ("i12", "normal", "s2")]
+  assert [(Path(r.path).stem, r.label, r.patient_id, r.patient_group, r.source, r.findings)
+          for r in scan.records] == [
+      (image, label, f"siim:{patient.get(image, study)}", f"siim:{study}", "siim-fisabio-rsna",
+       {"covid": "Typical Appearance", "normal": "Negative for Pneumonia"}[label])
+      for image, label, study in expected]
+  assert {Path(r.path).suffix for r in scan.records} == ({".dcm"} if dicom else {".jpg", ".png"})
+  excluded = names(scan.excluded)
+  assert set(excluded) == {"i3", "i4"}
+  assert "'Indeterminate Appearance' is left out" in excluded["i3"]
+  assert "';Atypical Appearance=LABEL'" in excluded["i4"]
+  rejects = names(scan.rejects)
+  assert set(rejects) == {"i5", "i6", "i8", "i9", "i10", "i11", "i13"}
+  assert rejects["i5"].startswith("2 classes set") and rejects["i13"].startswith("0 classes set")
+  assert rejects["i6"].startswith("unknown label: Typical Appearance='yes'")
+  assert rejects["i8"].startswith("unknown label: study 's8' is not in train_study_level.csv")
+  assert rejects["i9"].startswith("duplicate id 'i9_image' with different values")
+  assert rejects["i11"].startswith("duplicate id 's11_study' with different values")
+  assert rejects["i10"].startswith("file not found")
+  # Atypical mapped by the spec, Indeterminate left out explicitly (its default).
+  scan = readers.read_source(f"siim:{root / 'train_study_level.csv'};atypical appearance="
+                             "pneumonia;Indeterminate Appearance=")
+  assert [(Path(r.path).stem, r.label) for r in scan.records if r.label == "pneumonia"] == [
+      ("i4", "pneumonia")]
+  assert set(names(scan.excluded)) == {"i3"}
+  with pytest.raises(ValueError, match="label must be one of"):
+    readers.read_source(f"siim:{root};Typical Appearance=covid-19")
+
+
+def test_challenge_downloads_build_through_the_dicom_decoder_and_join_a_patients_studies(tmp_path):
+  rsna, siim = tmp_path / "rsna", tmp_path / "siim"
+  write_rsna(rsna)
+  write_siim(siim, "dicom")
+  inverted = siim / "train" / "s7" / "series0" / "i7a.dcm"  # MONOCHROME1, as some sites store
+  write_dicom(inverted, fake_xray(7).astype(np.uint16), photometric="MONOCHROME1",
+              patient_id="P-s7")
+  built = data.build_dataset(data_config(tmp_path, [f"rsna:{rsna}", f"siim:{siim}"],
+                                         max_reject_fraction=0.9, clahe=False, image_size=8))
+  files = [Path(f).stem for f in built.metadata["file"]]
+  assert sorted(files) == ["d1", "e1", "i1", "i12", "i14", "i2", "i7a", "i7b", "n1", "p1"]
+  assert {Path(r["file"]).stem for r in built.rejects} == {
+      "c1", "t1", "u1", "m1", "o1", "b1", "i5", "i6", "i8", "i9", "i10", "i11", "i13"}
+  # The stored image is preprocess's output of the file: MONOCHROME1 inverted, as decode does it.
+  image = next(x["image"].numpy() for x in built.as_dataset() if files[x["id"]] == "i7a")
+  expected = preprocess.process_file(str(inverted), PreprocessConfig(8, clahe=False)).image
+  np.testing.assert_array_equal(image, expected)
+  write_dicom(tmp_path / "plain.dcm", fake_xray(7).astype(np.uint16))
+  plain = preprocess.process_file(str(tmp_path / "plain.dcm"), PreprocessConfig(8, clahe=False))
+  assert np.abs(image.astype(int) - (255 - plain.image.astype(int))).max() <= 1  # resize rounding
+  # Studies s1 and s2 are one patient (PatientID P1): one group, hence one split.
+  group = dict(zip(files, built.metadata["patient_group"], strict=True))
+  assert group["i1"] == group["i2"] == group["i12"] != group["i7a"]
 
 
 def test_missing_manifest_and_bad_source_spec_fail_clearly(tmp_path):

@@ -31,8 +31,9 @@ PROG = "python -m cxr_jax.data"
 
 def _define(flag_values):
   flags.DEFINE_multi_string(
-      "source", [], "KIND:PATH with KIND manifest|folder|ieee8023|nih; repeatable; appended to "
-      "config.data.sources (no source at all: manifest:$CXR_DATA)", flag_values=flag_values)
+      "source", [], "KIND:PATH with KIND manifest|folder|ieee8023|nih|rsna|siim; repeatable; "
+      "appended to config.data.sources (no source at all: manifest:$CXR_DATA)",
+      flag_values=flag_values)
 
 
 def parse_args(argv):

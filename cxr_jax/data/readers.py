@@ -14,6 +14,15 @@ Kinds:
   nih:PATH        NIH ChestX-ray14: Data_Entry_2017*.csv in PATH (or PATH is the csv) and the
                   PNGs anywhere below it; "No Finding" -> normal, any "Pneumonia" -> pneumonia,
                   other images get no 3-class label ("") and are kept for the findings task.
+  rsna:PATH       the RSNA Pneumonia Detection Challenge as Kaggle ships it (PATH: the folder of
+                  stage_2_train_labels.csv and stage_2_detailed_class_info.csv, images
+                  <patientId>.dcm anywhere below it): class -> label by RSNA_CLASSES.
+  siim:PATH       the SIIM-FISABIO-RSNA COVID-19 challenge (PATH: the folder of
+                  train_study_level.csv and train_image_level.csv, images <image>.dcm|jpg|png
+                  anywhere below it: train/<study>/<series>/ as shipped, or train/ in the 256-px
+                  re-releases): the study's class -> label by SIIM_CLASSES.
+  rsna and siim take ';CLASS=label' / ';CLASS=' suffixes to map or leave out one of their classes
+  (e.g. 'siim:/data/siim;Atypical Appearance=pneumonia'); a class they do not have is an error.
 
 Files that cannot be used are returned as rejects (they count against max_reject_fraction);
 files left out by design (lateral views, CT, findings outside the three classes, ignored class
@@ -32,8 +41,10 @@ from pathlib import Path
 from cxr_jax.data.findings import NO_FINDING, parse_findings
 from cxr_jax.data.records import LABELS, Record, Reject
 
-KINDS = ("manifest", "folder", "ieee8023", "nih")
+KINDS = ("manifest", "folder", "ieee8023", "nih", "rsna", "siim")
 NIH_SOURCE = "nih-chestxray14"
+RSNA_SOURCE = "rsna-pneumonia"
+SIIM_SOURCE = "siim-fisabio-rsna"  # as cxr-plus's manifest names it: one collection for LOSO
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 
 # Folder names (lower case) -> label; None leaves the folder out (e.g. Kaggle's segmentation masks).
@@ -50,6 +61,15 @@ _IEEE_LEGACY_PNEUMONIA = {
     "legionella", "varicella", "influenza", "herpes", "aspergillosis", "nocardia", "mycoplasma",
     "staphylococcus", "mycoplasma bacterial pneumonia", "lipoid", "pneumonia",
 }
+
+# stage_2_detailed_class_info.csv's classes -> label (None: left out and listed). Lee et al. took
+# their normal and pneumonia images from here; "Not Normal" holds other findings, not pneumonia.
+RSNA_CLASSES = {"Normal": "normal", "Lung Opacity": "pneumonia",
+                "No Lung Opacity / Not Normal": None}
+# train_study_level.csv's one-hot columns -> label. Every patient of that challenge tested
+# positive: "Negative for Pneumonia" is a film without pneumonia, "Typical Appearance" COVID-19's.
+SIIM_CLASSES = {"Negative for Pneumonia": "normal", "Typical Appearance": "covid",
+                "Indeterminate Appearance": None, "Atypical Appearance": None}
 
 
 @dataclasses.dataclass
@@ -102,6 +122,10 @@ def read_source(spec: str) -> SourceScan:
     return read_folder(path, class_map=options)
   if kind == "ieee8023":
     return read_ieee8023(path)
+  if kind == "rsna":
+    return read_rsna(path, class_map=options)
+  if kind == "siim":
+    return read_siim(path, class_map=options)
   return read_nih(path)
 
 
@@ -271,14 +295,15 @@ def _nih_csv(path: Path) -> Path:
   return found[0]
 
 
-def _png_index(root: Path) -> dict[str, list[str]]:
-  """Every PNG below root by file name (NIH ships images_001/images/..., images_012/...)."""
+def _file_index(root: Path, suffixes: tuple[str, ...], by_stem: bool = False) -> dict[str, list]:
+  """Every file below root with one of the suffixes, by name (or by stem), because collections
+  nest their images (NIH images_001/images/..., SIIM train/<study>/<series>/<image>.dcm)."""
   index = collections.defaultdict(list)
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames.sort()
     for name in sorted(filenames):
-      if name.lower().endswith(".png"):
-        index[name].append(os.path.join(dirpath, name))
+      if name.lower().endswith(suffixes):
+        index[os.path.splitext(name)[0] if by_stem else name].append(os.path.join(dirpath, name))
   return index
 
 
@@ -309,9 +334,190 @@ def read_nih(path: Path) -> SourceScan:
   csv_path = _nih_csv(Path(path))
   rows = _read_rows(csv_path, ("Image Index", "Finding Labels", "Patient ID"))
   root = csv_path.parent
-  images = _png_index(root)
+  images = _file_index(root, (".png",))
   scan = SourceScan()
   for line, row in enumerate(rows, start=2):
     out = _nih_record(row, f"{csv_path.name} line {line}", root, images)
     (scan.records if isinstance(out, Record) else scan.rejects).append(out)
+  return scan
+
+
+# ------------------------------------------------------------------ challenge downloads
+
+
+def _challenge_root(path: Path) -> Path:
+  """The download's folder; PATH may also name one of its csvs."""
+  path = Path(path)
+  return path.parent if path.is_file() else path
+
+
+def _class_map(classes: dict[str, str | None], options: dict[str, str] | None,
+               where: str) -> dict[str, str | None]:
+  """A collection's class -> label map (lower-cased names) with the spec's ';CLASS=label'
+  entries applied; naming a class the collection does not have is an error, not a no-op."""
+  defaults = {name.lower(): label for name, label in classes.items()}
+  changes = _label_map(options, where)
+  unknown = sorted(set(changes) - set(defaults))
+  if unknown:
+    raise ValueError(f"{where}: {unknown} is not a class of this collection; its classes are "
+                     f"{list(classes)}.")
+  return {**defaults, **changes}
+
+
+def _rows_by_id(csv_path: Path, id_column: str, columns: tuple[str, ...]):
+  """{id: (its columns' values), ...} and {id: reason} for ids whose rows disagree. An id may
+  repeat (RSNA writes one row per box): repeats with the same values count once."""
+  values, lines, conflicts = {}, {}, {}
+  for line, row in enumerate(_read_rows(csv_path, (id_column, *columns)), start=2):
+    key, value = row[id_column].strip(), tuple(row[c].strip() for c in columns)
+    if key not in values:
+      values[key], lines[key] = value, line
+    elif value != values[key] and key not in conflicts:
+      conflicts[key] = (f"duplicate id {key!r} with different values: {csv_path.name} lines "
+                        f"{lines[key]} {values[key]} and {line} {value}")
+  return values, conflicts
+
+
+def _image_file(images: dict, name: str, root: Path, where: str) -> tuple[str, str]:
+  """(file, "") for the one image called `name` below root, else (a stand-in path, reason)."""
+  paths = images.get(name, [])
+  if not paths:
+    return str(root / name), f"file not found: no image {name}.* below {root} ({where})"
+  if len(paths) > 1:
+    return paths[0], f"{name} is found {len(paths)} times below {root} ({where}): {paths[:3]}"
+  return paths[0], ""
+
+
+def dicom_patient_id(file: str) -> str:
+  """The PatientID tag of a DICOM file ("" where the tag is empty, or for other formats), read
+  without its pixels. Raises ValueError for an unreadable DICOM header."""
+  if not file.lower().endswith((".dcm", ".dicom")):
+    return ""
+  import pydicom  # Only DICOM sources need it.
+  try:
+    header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["PatientID"])
+  except Exception as e:  # pydicom raises many kinds on a damaged header
+    raise ValueError(f"unreadable DICOM header: {type(e).__name__}: {e}") from e
+  return str(header.get("PatientID", "") or "").strip()
+
+
+# Patient ids carry their collection's prefix; "siim:" is cxr-plus's, so its studies join ours.
+_ID_PREFIX = {RSNA_SOURCE: "rsna", SIIM_SOURCE: "siim"}
+
+
+def _add_image(scan: SourceScan, file: str, missing: str, name: str, label: str | None,
+               source: str, patient: str, group: str = "") -> None:
+  """Files one image of a challenge download whose class `name` maps to `label`: excluded where
+  the map leaves the class out, rejected where `missing` says the file is, else a record. Its
+  patient is the DICOM's PatientID where it has one, else `patient`; its group `group` (default:
+  the patient)."""
+  if label is None:
+    scan.excluded.append(Reject(file, f"class {name!r} is left out by the source's map (map it "
+                                      f"with ';{name}=LABEL' after the source's path)"))
+    return
+  if not missing:
+    try:
+      patient = dicom_patient_id(file) or patient
+    except ValueError as e:
+      missing = str(e)
+  if missing:
+    scan.rejects.append(Reject(file, missing))
+    return
+  prefix = _ID_PREFIX[source]
+  scan.records.append(Record(file, label, f"{prefix}:{patient}", f"{prefix}:{group or patient}",
+                             source, name))
+
+
+def _rsna_class_name(pid: str, info: dict, targets: dict, info_bad: dict, targets_bad: dict) -> str:
+  """A patient's class in stage_2_detailed_class_info.csv; raises ValueError (the reject reason)
+  for rows that disagree or a patient missing from one of the two csvs."""
+  bad = info_bad.get(pid) or targets_bad.get(pid)
+  if bad:
+    raise ValueError(bad)
+  if pid not in info or pid not in targets:
+    raise ValueError(f"patientId {pid} is in only one of stage_2_detailed_class_info.csv and "
+                     "stage_2_train_labels.csv")
+  return info[pid][0]
+
+
+def rsna_class(name: str, target: str, classes: dict, where: str) -> str | None:
+  """The label of a detailed_class_info class, None if the map leaves it out. Raises ValueError
+  (the reject reason) for an unknown class or a Target that contradicts it."""
+  if name.lower() not in classes:
+    raise ValueError(f"unknown label: class {name!r} ({where}); RSNA's classes are "
+                     f"{list(RSNA_CLASSES)}")
+  if target != ("1" if name.lower() == "lung opacity" else "0"):
+    raise ValueError(f"class {name!r} but Target {target!r} in stage_2_train_labels.csv ({where}): "
+                     "Target is 1 for 'Lung Opacity' only")
+  return classes[name.lower()]
+
+
+def read_rsna(path: Path, class_map: dict[str, str] | None = None) -> SourceScan:
+  """Reads the RSNA Pneumonia Detection Challenge: one image per patientId, its class from
+  stage_2_detailed_class_info.csv checked against stage_2_train_labels.csv's Target; patient =
+  the DICOM's PatientID (else the csv's patientId). Both csvs repeat a patient once per box."""
+  root = _challenge_root(path)
+  classes = _class_map(RSNA_CLASSES, class_map, f"rsna source {root}")
+  info, info_bad = _rows_by_id(_find_csv(root, "stage_2_detailed_class_info.csv"),
+                               "patientId", ("class",))
+  targets, targets_bad = _rows_by_id(_find_csv(root, "stage_2_train_labels.csv"),
+                                     "patientId", ("Target",))
+  images = _file_index(root, IMAGE_SUFFIXES, by_stem=True)
+  scan = SourceScan()
+  for pid in {**info, **targets}:  # the ids of either csv, in file order
+    file, missing = _image_file(images, pid, root, f"patientId {pid}")
+    try:
+      name = _rsna_class_name(pid, info, targets, info_bad, targets_bad)
+      label = rsna_class(name, targets[pid][0], classes, f"patientId {pid}")
+    except ValueError as e:
+      scan.rejects.append(Reject(file, str(e)))
+      continue
+    _add_image(scan, file, missing, name, label, RSNA_SOURCE, pid)
+  return scan
+
+
+def siim_class(studies: dict, study: str, where: str) -> str:
+  """The one SIIM_CLASSES column set to 1 in a study's row of train_study_level.csv (`where`).
+  Raises ValueError (the reject reason) for a study not there, a value other than 0/1, or none
+  or several classes set."""
+  key = f"{study}_study"
+  if key not in studies:
+    raise ValueError(f"unknown label: study {study!r} is not in {where}")
+  names = list(SIIM_CLASSES)
+  odd = [f"{n}={v!r}" for n, v in zip(names, studies[key], strict=True) if v not in ("0", "1")]
+  if odd:
+    raise ValueError(f"unknown label: {', '.join(odd)} ({where} id {key}); the class columns "
+                     "are 0 or 1")
+  chosen = [n for n, v in zip(names, studies[key], strict=True) if v == "1"]
+  if len(chosen) != 1:
+    raise ValueError(f"{len(chosen)} classes set ({where} id {key}): {chosen}; a study has "
+                     "exactly one")
+  return chosen[0]
+
+
+def read_siim(path: Path, class_map: dict[str, str] | None = None) -> SourceScan:
+  """Reads the SIIM-FISABIO-RSNA challenge's training set: every image of train_image_level.csv
+  with its study's class from train_study_level.csv. Patient group = the study (`siim:<study>`,
+  cxr-plus's form); patient id = the DICOM's PatientID (the build then joins a patient's
+  studies), else the study: the JPEG/PNG re-releases carry no patient."""
+  root = _challenge_root(path)
+  classes = _class_map(SIIM_CLASSES, class_map, f"siim source {root}")
+  study_csv = _find_csv(root, "train_study_level.csv")
+  studies, studies_bad = _rows_by_id(study_csv, "id", tuple(SIIM_CLASSES))
+  image_csv = _find_csv(root, "train_image_level.csv")
+  image_rows, images_bad = _rows_by_id(image_csv, "id", ("StudyInstanceUID",))
+  images = _file_index(root, IMAGE_SUFFIXES, by_stem=True)
+  scan = SourceScan()
+  for image_id, (study,) in image_rows.items():
+    image = image_id.removesuffix("_image")
+    file, missing = _image_file(images, image, root, f"{image_csv.name} id {image_id}")
+    try:
+      bad = images_bad.get(image_id) or studies_bad.get(f"{study}_study")
+      if bad:
+        raise ValueError(bad)
+      name = siim_class(studies, study, study_csv.name)
+    except ValueError as e:
+      scan.rejects.append(Reject(file, str(e)))
+      continue
+    _add_image(scan, file, missing, name, classes[name.lower()], SIIM_SOURCE, study, study)
   return scan
