@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()
-  m.arch = "vgg16"                   # vgg16 | vgg19
+  m.arch = "vgg16"                   # vgg16 | vgg19 | densenet121 (cxr_jax.models.ARCHS)
   m.num_classes = 3
   m.head = "flatten"                 # flatten (Lee et al.) | gap (global average pooling)
   m.hidden = (256,)                  # hidden dense sizes of the head
@@ -179,7 +179,7 @@ def get_config() -> ml_collections.ConfigDict:
   x.per_class = 4                    # overlays per class, right and wrong predictions each
   x.lrp_epsilon = 0.01               # LRP epsilon rule of dense/BatchNorm layers (--method=lrp)
 
-  # ---------------------------------------------------------------- experiments (--mode=cv/ablation/sweep/loso)
+  # ------------------------ experiments (--mode=cv/ablation/sweep/loso/robustness/twice_transfer)
   c.experiment = xp = ml_collections.ConfigDict()
   # Fields varied by --mode=ablation/sweep: "field=v1,v2;field=v1,v2", e.g.
   # "model.arch=vgg16,vgg19;model.trainable_blocks=0,1,2,3,4,5"; the last field is the plot's x axis.

@@ -165,3 +165,19 @@ def test_a_tuple_field_takes_a_comma_separated_list(argv, field, expected):
   config = cli.parse(argv, prog="p", doc="").config
   section, name = field.split(".")
   assert config[section][name] == expected
+
+
+def test_launch_modes_come_from_one_table_and_external_is_refused_where_unused(tmp_path):
+  from cxr_jax import modes
+
+  repo = Path(__file__).resolve().parent.parent
+  out = subprocess.run([sys.executable, "launch.py", "--helpfull"], cwd=repo, capture_output=True,
+                       text=True, timeout=120)
+  flat = "".join(out.stdout.split())  # absl wraps the help, also at hyphens
+  for name, mode in modes.MODES.items():
+    assert "".join(f"{name} ({mode.doc})".split()) in flat, name
+  out = subprocess.run([sys.executable, "launch.py", "--config=configs/smoke.py",
+                        f"--workdir={tmp_path}", "--mode=cv", "--external=manifest:/x"],
+                       cwd=repo, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "--external serves --mode=train/evaluate/audit/robustness, not --mode=cv" in out.stderr

@@ -15,6 +15,7 @@ LAYERS = {
     "evaluate": 3, "explain": 3,
     "train": 4, "predict": 4,
     "experiments": 5,
+    "modes": 6,
 }
 
 

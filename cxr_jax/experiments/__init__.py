@@ -1,5 +1,6 @@
-"""Experiments: k-fold cross-validation, the fine-tuning ablation, config sweeps and
-leave-one-source-out (`run_loso`).
+"""Experiments: k-fold cross-validation, the fine-tuning ablation, config sweeps,
+leave-one-source-out (`run_loso`), the source-robustness ablation (`run_robustness`) and twice
+transfer (`run_twice_transfer`).
 
 `run_experiment(config, workdir, mode)` trains every run (grid cell x fold) in its own workdir
 under `<workdir>/runs/`, skipping finished ones, and writes the tables and figures.
