@@ -265,3 +265,24 @@ def test_crop_none_keeps_the_build_hash_of_builds_made_before_the_field():
   assert set(preprocess.PreprocessConfig(224).to_json()) == {
       "image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid", "version"}
   assert preprocess.PreprocessConfig(224, crop="lungs", lungs="abc").to_json()["lungs"] == "abc"
+
+
+def test_fewer_images_than_a_batch_run_as_a_smaller_batch_with_the_same_logits():
+  """The dataset build segments one image per call: it runs a batch of one (not a padded batch of
+  8, 8x the work) and gets the logits the padded batch gives."""
+  model = unet.create(TINY)
+  params, _, preprocessing = unet.init_params(model, TINY, jax.random.PRNGKey(0))
+  shapes = []
+
+  def predict(p, x):
+    shapes.append(x.shape[0])
+    return model.apply({"params": p}, x)
+
+  images = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+  alone = [train.predict_logits(predict, params, images[i:i + 1], preprocessing, 8)
+           for i in range(3)]
+  together = train.predict_logits(predict, params, images, preprocessing, 8)
+  assert shapes == [1, 1, 1, 4]
+  # The same per-image computation whatever the batch: equal to float32 rounding of the logits.
+  scale = float(np.abs(together).max())
+  np.testing.assert_allclose(np.concatenate(alone), together, rtol=0, atol=1e-5 * scale)

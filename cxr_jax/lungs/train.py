@@ -94,8 +94,11 @@ def make_steps(model, recipe, optimizer):
 
 
 def predict_logits(predict, params, images: np.ndarray, preprocessing: str, batch: int):
-  """Logits [N, S, S] for uint8 [N, S, S] images, in fixed-size batches (one compilation)."""
+  """Logits [N, S, S] for uint8 [N, S, S] images, in fixed-size batches (one compilation); fewer
+  images than a batch run as the next power of two (as prediction does), so the dataset build,
+  which segments one image per call, runs a forward pass of one, not of `batch` (8x the work)."""
   out = []
+  batch = min(batch, 1 << max(len(images) - 1, 0).bit_length())
   for i in range(0, len(images), batch):
     chunk = images[i:i + batch]
     padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:], chunk.dtype)])
