@@ -93,7 +93,7 @@ MODES = {
     "ablation": Mode(_experiment("ablation"), "every grid cell x fold, Table 2 and figure"),
     "sweep": Mode(_experiment("sweep"), "as ablation, for any config.experiment.grid"),
     "loso": Mode(_experiment("loso"), "leave one source out: a model per held-out source, "
-                 "scored on all of it; loso.md"),
+                 "scored on all of it; loso.md", external=True),
     "robustness": Mode(_experiment("robustness"), "the source-robustness ablation: baseline, "
                        "each measure, a combination, each run audited; robustness.md",
                        external=True),

@@ -180,4 +180,4 @@ def test_launch_modes_come_from_one_table_and_external_is_refused_where_unused(t
                         f"--workdir={tmp_path}", "--mode=cv", "--external=manifest:/x"],
                        cwd=repo, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
-  assert "--external serves --mode=train/evaluate/audit/robustness, not --mode=cv" in out.stderr
+  assert "--external serves --mode=train/evaluate/audit/loso/robustness, not --mode=cv" in out.stderr
