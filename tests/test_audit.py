@@ -168,10 +168,11 @@ def _figures(tree, prefix=""):
   return {prefix: tree}
 
 
-def test_audit_of_a_small_run_reproduces_its_reference_numbers(
+def test_audit_of_a_small_run_reproduces_its_reference_numbers_and_loads_the_run_once(
     cxr3_root, tmp_path, subset_manifest, save_random_run, monkeypatch):
   """The audit's numbers equal those main's code wrote before evaluators existed (commit 32e79ad,
-  tests/data/audit_reference.json, written with CXR_WRITE_AUDIT_REFERENCE=1). Floats agree to float32 rounding (1e-6 relative: another
+  tests/data/audit_reference.json, written with CXR_WRITE_AUDIT_REFERENCE=1), and the run's
+  checkpoint is read once for all parts (main's code read it 4 times). Floats agree to float32 rounding (1e-6 relative: another
   CPU's instruction set may round a probability differently); counts and labels exactly."""
   data, _ = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
   ext, _ = subset_manifest(
@@ -201,3 +202,4 @@ def test_audit_of_a_small_run_reproduces_its_reference_numbers(
       assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
     else:
       assert got[key] == value, key
+  assert len(reads) == 1, f"the run's checkpoint was read {len(reads)} times"

@@ -67,10 +67,7 @@ def _load(path: Path) -> dict:
 def held_out_metrics(config, directory: Path) -> dict:
   from cxr_jax import evaluate
 
-  path = directory / f"eval_{HELD_OUT}" / runner.METRICS_FILE
-  if path.is_file():
-    return _load(path)
-  return evaluate.evaluate_workdir(directory, HELD_OUT, config)
+  return evaluate.run_one(directory, evaluate.Split(HELD_OUT), config)
 
 
 def run_loso(config, workdir, train_fn=None) -> dict:

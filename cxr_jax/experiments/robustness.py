@@ -16,11 +16,10 @@ reporting (they are never trained on, and must never pick the recipe).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from cxr_jax import files, machine
+from cxr_jax import machine
 from cxr_jax.experiments import grid, runner, tables
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
@@ -35,7 +34,6 @@ MEASURES = {
     "dann": {"train.dann_weight": 0.3},
 }
 COMBINED = "combined"
-PROBES_FILE = "robustness_probes.json"
 
 
 def measure_overrides(config, name: str) -> dict:
@@ -88,32 +86,18 @@ def train_and_probe(config, workdir) -> dict:
 def validation_metrics(config, directory: Path) -> dict:
   """The kept model on its validation split (eval_val/, written once): what chooses a measure,
   including the within-source figures the pooled validation loss cannot show."""
-  path = directory / "eval_val" / runner.METRICS_FILE
-  if path.is_file():
-    return json.loads(path.read_text())
   from cxr_jax import evaluate
 
-  return evaluate.evaluate_workdir(directory, "val", config)
+  return evaluate.run_one(directory, evaluate.Split("val"), config)
 
 
 def run_probes(directory: Path, segmenter=None) -> dict:
   """Source recognition (kept model's features; ImageNet's reference is the baseline audit's) and
   the lung probes (masks from `segmenter`, default the stored one), written once to
   robustness_probes.json."""
-  path = directory / PROBES_FILE
-  if path.is_file():
-    return json.loads(path.read_text())
-  from cxr_jax.evaluate import audit
-  from cxr_jax.lungs.annotations import AnnotationError
-  from cxr_jax.weights.errors import WeightsError
+  from cxr_jax import evaluate
 
-  result = {"source_recognition": audit.source_probes(directory, reference=False)}
-  try:
-    result["lung_probes"] = audit.lung_probes(directory, segmenter=segmenter)
-  except (AnnotationError, WeightsError) as e:   # no annotation set, no stored segmenter
-    result["lung_probes"] = {"defined": False, "why": f"no lung segmenter ({e})"}
-  files.write_json(path, result)
-  return result
+  return evaluate.run_one(directory, evaluate.RobustnessProbes(), segmenter=segmenter)
 
 
 def run_robustness(config, workdir, train_fn=None) -> dict:

@@ -363,17 +363,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def evaluate_kept(s: Setup, workdir: Path) -> dict:
-  """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json,
-  then the external sets of config.eval.external (their headlines under "external")."""
+  """The evaluators of config.eval.evaluators (the test split first, always: its metrics.json
+  marks the run finished) on the best-validation-loss parameters; returns the test split's
+  metrics, with the external sets' headlines under "external"."""
   # The kept parameters are the best epoch's checkpoint (the state in hand is the last epoch's);
   # the dataset and splits are the ones this run trained on.
-  kept = evaluate.LoadedSplit(checkpoint.load_trained(workdir), s.config, s.built,
-                              np.unique(np.asarray(s.split_ids["test"])))
-  metrics = evaluate.evaluate_split(kept, "test", workdir)
-  specs = tuple(s.config.eval.get("external", ()))
-  if specs:
-    external = evaluate.evaluate_external(workdir, specs, trained=kept.trained)
-    metrics["external"] = {name: m["headline"] for name, m in external.items()}
+  run = evaluate.LoadedRun(workdir, checkpoint.load_trained(workdir), s.config, built=s.built,
+                           splits=s.split_ids)
+  names = ("test", *(n for n in s.config.eval.get("evaluators", ()) if n != "test"))
+  results = evaluate.run_evaluators(run, evaluate.from_config(s.config, names), workdir,
+                                    redo=True)
+  metrics = results[""]
+  external = {Path(n).name: m["headline"] for n, m in results.items()
+              if n.startswith(evaluate.EXTERNAL_DIR + "/")}
+  if external:
+    metrics["external"] = external
   return metrics
 
 
