@@ -72,7 +72,9 @@ class _HalvesSegmenter:
     return out
 
 
-def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest):
+def _small_audit(cxr3_root, tmp_path, subset_manifest):
+  """(config, its images, external folder, its images) of a small run: 6 images per cxr3 cell,
+  4 per cxr-external cell, 48 px."""
   data, rows = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
   ext, ext_rows = subset_manifest(
       paths.default_data_root().parent / "cxr-external" / "manifest.csv", tmp_path / "ext-small", 4)
@@ -84,6 +86,11 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   config.model.hidden = (8,)
   config.model.pretrained = "none"
   config.eval.num_bootstrap = 20
+  return config, rows, ext, ext_rows
+
+
+def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest):
+  config, rows, ext, ext_rows = _small_audit(cxr3_root, tmp_path, subset_manifest)
   model = models.create_model(config.model)
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, SIZE, SIZE, 3))))(jax.random.key(0))
   workdir = tmp_path / "run"
@@ -172,19 +179,10 @@ def test_audit_of_a_small_run_reproduces_its_reference_numbers_and_loads_the_run
     cxr3_root, tmp_path, subset_manifest, save_random_run, monkeypatch):
   """The audit's numbers equal those main's code wrote before evaluators existed (commit 32e79ad,
   tests/data/audit_reference.json, written with CXR_WRITE_AUDIT_REFERENCE=1), and the run's
-  checkpoint is read once for all parts (main's code read it 4 times). Floats agree to float32 rounding (1e-6 relative: another
-  CPU's instruction set may round a probability differently); counts and labels exactly."""
-  data, _ = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
-  ext, _ = subset_manifest(
-      paths.default_data_root().parent / "cxr-external" / "manifest.csv", tmp_path / "ext-small", 4)
-  config = default.get_config()
-  config.data.sources = (f"manifest:{data}",)
-  config.data.image_size = SIZE
-  config.data.data_dir = str(tmp_path / "tfds")
-  config.data.num_folds = 2
-  config.model.hidden = (8,)
-  config.model.pretrained = "none"
-  config.eval.num_bootstrap = 20
+  checkpoint is read once for all parts (main's code read it 4 times). Floats agree to float32
+  rounding (1e-6 relative: another CPU's instruction set may round a probability differently);
+  counts and labels exactly."""
+  config, _, ext, _ = _small_audit(cxr3_root, tmp_path, subset_manifest)
   workdir = save_random_run(tmp_path / "run", config, "torchvision", seed=3, bias_sd=0.1)
   reads = []
   real_load = checkpoint.load_trained

@@ -17,12 +17,12 @@ from cxr_jax import lazy
 _HOMES = {
     "audit_workdir": "audit",
     "Evaluator": "evaluator", "run_evaluators": "evaluator", "run_one": "evaluator", "from_config": "evaluators",
-    "EXTERNAL_DIR": "external", "evaluate_external": "external", "format_headline": "external",
+    "External": "external", "evaluate_external": "external", "format_headline": "external",
     "findings_metrics": "findings",
     "make_predict_fn": "inference", "predict_arrays": "inference",
     "compute_metrics": "summary",
     "LoadedRun": "run", "LoadedSplit": "run", "evaluate_split": "workdir", "evaluate_workdir": "workdir",
-    "Split": "workdir", "RobustnessProbes": "shortcuts",
+    "Split": "workdir",
 }
 
 __getattr__, __dir__, __all__ = lazy.attach(__name__, _HOMES)

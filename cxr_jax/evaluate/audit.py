@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_jax import files, machine
-from cxr_jax.evaluate.report import _num, _with_ci, _within_source_section
+from cxr_jax.evaluate.report import _with_ci, _within_source_section, num
 from cxr_jax.evaluate.shortcuts import LUNG_VARIANTS
 from cxr_jax.evaluate.summary import brief
 
@@ -45,8 +45,9 @@ def audit_evaluators(externals=()) -> dict:
   return dict(internal=ev.Split("test", folder="test"),
               external={name: ev.External(spec, name)
                         for spec, name in ev.external_names(externals).items()},
-              source_recognition=ev.SourceProbe(), lung_probes=ev.LungProbes(),
-              heatmap_lung_share=ev.HeatmapLungShare())
+              **dict(zip(("source_recognition", "lung_probes", "heatmap_lung_share"),
+                         ev.from_config(None, ("source_probe", "lung_probes", "heatmap_lung_share")),
+                         strict=True)))
 
 
 def audit_workdir(workdir, externals=(), *, which: str = "best", config=None,
@@ -119,7 +120,7 @@ def _lung_lines(lungs: dict | None) -> list[str]:
   for name in LUNG_VARIANTS:
     part = lungs[name]
     lines.append(f"| {name.replace('_', ' ')} | {_with_ci(part['accuracy'], part['accuracy_ci'])} | "
-                 f"{_num(part['roc_auc'].get('covid'))} | {_num(part.get('source_only_accuracy'))} |")
+                 f"{num(part['roc_auc'].get('covid'))} | {num(part.get('source_only_accuracy'))} |")
   return lines + [""]
 
 
@@ -211,9 +212,9 @@ def _probe_lines(probe: dict) -> list[str]:
   for key, label in (("kept_model", "kept model"), ("imagenet", "ImageNet (frozen, reference)")):
     p = probe.get(key, {})
     if p.get("defined"):
-      lines.append(f"| {label} | {p['num_examples']} | {p['folds']} | {_num(p['accuracy'])} | "
-                   f"{_num(p['majority_accuracy'])} | {_num(p['balanced_accuracy'])} | "
-                   f"{_num(p['chance_balanced_accuracy'])} |")
+      lines.append(f"| {label} | {p['num_examples']} | {p['folds']} | {num(p['accuracy'])} | "
+                   f"{num(p['majority_accuracy'])} | {num(p['balanced_accuracy'])} | "
+                   f"{num(p['chance_balanced_accuracy'])} |")
     else:
       lines.append(f"| {label} | - | - | - | - | - | - |  ({p.get('why', 'not run')})")
   kept = probe.get("kept_model", {})
@@ -238,14 +239,14 @@ def render_audit(result: dict) -> str:
            "## Internal test split", "",
            f"{internal['num_examples']} images. Accuracy "
            f"**{_with_ci(internal['accuracy'], internal['accuracy_ci'])}**; a rule that knows only "
-           f"the source reaches **{_num(internal.get('source_only_accuracy'))}**. ROC AUC: "
-           + ", ".join(f"{c} {_num(v)}" for c, v in internal["roc_auc"].items()) + ".", "",
+           f"the source reaches **{num(internal.get('source_only_accuracy'))}**. ROC AUC: "
+           + ", ".join(f"{c} {num(v)}" for c, v in internal["roc_auc"].items()) + ".", "",
            *_within_source_section(internal)[2:]]
   for name, part in result["external"].items():
     lines += [f"## External: {name} (evaluation only, never trained on)", "",
               f"{part['num_examples']} images. Accuracy "
               f"**{_with_ci(part['accuracy'], part['accuracy_ci'])}**. Sensitivity: "
-              + ", ".join(f"{c} {_num(v)}" for c, v in part["sensitivity"].items()
+              + ", ".join(f"{c} {num(v)}" for c, v in part["sensitivity"].items()
                           if v is not None) + ".", "",
               *_within_source_section(part)[2:]]
     if part.get("unreadable"):

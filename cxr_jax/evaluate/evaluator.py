@@ -6,8 +6,9 @@ An evaluator has a `name`, the folder of its output under the directory it is gi
 (`<out>/<name>/`), and `compute(run, folder) -> dict`. `Evaluator.run` is the one place that
 skips an evaluation whose output is already written (`done`); `redo=True` computes it again.
 `run_evaluators` runs a list over one loaded run, loading it only if some output is missing.
-Each evaluator lives beside what it computes (`workdir.Split`, `external.External`,
-`probes.SourceProbe`, `shortcuts.LungProbes`, ...); `evaluators.REGISTRY` names them for
+An evaluation that writes its own files is a subclass beside what it computes (`workdir.Split`,
+`external.External`); one whose result is a dict of a run is `Computed(name, fn)`
+(`probes.source_probes`, `shortcuts.lung_probes`, ...). `evaluators.REGISTRY` names them for
 `config.eval.evaluators`.
 """
 
@@ -33,6 +34,11 @@ class Evaluator:
     """The file whose presence says this evaluation is done."""
     return Path(out) / self.name / self.result_file
 
+  @property
+  def key(self) -> str:
+    """Its result's key in `run_evaluators`: the output's path under `out` (unique)."""
+    return (Path(self.name) / self.result_file).as_posix()
+
   def done(self, out: Path) -> bool:
     return self.output(out).is_file()
 
@@ -52,20 +58,31 @@ class Evaluator:
     return result
 
 
+class Computed(Evaluator):
+  """An evaluator whose result is `fn(run)`, written to `<out>/<name>/<result_file>` (default
+  `<name>.json`)."""
+
+  def __init__(self, name: str, fn: Callable[[LoadedRun], dict], result_file: str = ""):
+    self.name, self.fn, self.result_file = name, fn, result_file or f"{name}.json"
+
+  def compute(self, run, folder):
+    return self.fn(run)
+
+
 def run_evaluators(run: LoadedRun | Callable[[], LoadedRun], evaluators, out=None, *,
                    redo: bool = False) -> dict[str, dict]:
-  """{name: result} of every evaluator on one run. `run` may be a function that loads it: it is
+  """{evaluator.key: result} of every evaluator on one run. `run` may be a function that loads it: it is
   called only when some output is missing (or redo), so finished evaluations cost no load."""
   if callable(run) and not isinstance(run, LoadedRun):
     todo = [ev for ev in evaluators if redo or not ev.done(Path(out))]
     if not todo and evaluators:
-      return {ev.name: ev.run(None, out) for ev in evaluators}
+      return {ev.key: ev.run(None, out) for ev in evaluators}
     run = run()
-  return {ev.name: ev.run(run, out, redo=redo) for ev in evaluators}
+  return {ev.key: ev.run(run, out, redo=redo) for ev in evaluators}
 
 
 def run_one(workdir, evaluator: Evaluator, config=None, **load) -> dict:
   """One evaluator's result on the run in `workdir`: read when written already, else computed
   (the run loaded only then, `LoadedRun.from_workdir(workdir, config, **load)`)."""
   return run_evaluators(lambda: LoadedRun.from_workdir(workdir, config, **load), [evaluator],
-                        workdir)[evaluator.name]
+                        workdir)[evaluator.key]

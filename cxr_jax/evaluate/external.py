@@ -29,7 +29,7 @@ from cxr_jax import checkpoint
 from cxr_jax.data.records import LABELS, NO_LABEL
 from cxr_jax.evaluate.evaluator import Evaluator
 
-OUT_DIR = EXTERNAL_DIR = "external"
+OUT_DIR = "external"
 
 
 def external_name(spec: str) -> str:

@@ -17,8 +17,6 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxr_jax.evaluate.evaluator import Evaluator
-
 
 def source_recognition(features, sources, groups, *, folds: int = 5, seed: int = 0) -> dict:
   """Cross-validated source prediction from `features` [N, F]; grouped by `groups` [N].
@@ -89,15 +87,3 @@ def source_probes(run, *, reference: bool = True) -> dict:
     reference["batch_stats"] = weights.merge_pretrained(variables["batch_stats"], pre.batch_stats)
   result["imagenet"] = probe(reference, "imagenet")
   return result
-
-
-class SourceProbe(Evaluator):
-  """Source recognition from the kept model's features (and ImageNet's, with reference)."""
-
-  name, result_file = "source_probe", "source_probe.json"
-
-  def __init__(self, reference: bool = True):
-    self.reference = reference
-
-  def compute(self, run, folder):
-    return source_probes(run, reference=self.reference)

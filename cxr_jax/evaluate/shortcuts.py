@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_jax.evaluate.evaluator import Evaluator
 from cxr_jax.evaluate.run import batch_rows, data_batches
 from cxr_jax.evaluate.summary import brief
 from cxr_jax.evaluate.workdir import score
@@ -84,39 +83,17 @@ def heatmap_lung_share(run) -> dict:
               qc_failed=lungs["qc_failed"], per_image=per_image)
 
 
-class LungProbes(Evaluator):
-  """The test split as it is, lungs blanked, outside blanked (`lung_probes`)."""
-
-  name, result_file = "lung_probes", "lung_probes.json"
-
-  def compute(self, run, folder):
-    return lung_probes(run)
-
-
-class HeatmapLungShare(Evaluator):
-  """Grad-CAM mass on the test images' lung masks against chance (`shortcuts`)."""
-
-  name, result_file = "heatmap_lung_share", "heatmap_lung_share.json"
-
-  def compute(self, run, folder):
-    return heatmap_lung_share(run)
-
-
-class RobustnessProbes(Evaluator):
+def robustness_probes(run) -> dict:
   """The robustness ablation's probes of each run, in one file: source recognition from the kept
   model's features (ImageNet's reference is the baseline audit's) and the lung probes (or why
   they could not run)."""
+  from cxr_jax.evaluate.probes import source_probes
+  from cxr_jax.lungs.annotations import AnnotationError
+  from cxr_jax.weights.errors import WeightsError
 
-  name, result_file = "", "robustness_probes.json"
-
-  def compute(self, run, folder):
-    from cxr_jax.evaluate.probes import source_probes
-    from cxr_jax.lungs.annotations import AnnotationError
-    from cxr_jax.weights.errors import WeightsError
-
-    result = {"source_recognition": source_probes(run, reference=False)}
-    try:
-      result["lung_probes"] = lung_probes(run)
-    except (AnnotationError, WeightsError) as e:   # no annotation set, no stored segmenter
-      result["lung_probes"] = {"defined": False, "why": f"no lung segmenter ({e})"}
-    return result
+  result = {"source_recognition": source_probes(run, reference=False)}
+  try:
+    result["lung_probes"] = lung_probes(run)
+  except (AnnotationError, WeightsError) as e:   # no annotation set, no stored segmenter
+    result["lung_probes"] = {"defined": False, "why": f"no lung segmenter ({e})"}
+  return result

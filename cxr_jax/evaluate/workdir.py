@@ -134,12 +134,3 @@ class Split(Evaluator):
 
   def compute(self, run, folder):
     return evaluate_split(run, self.split, folder)
-
-
-class TemperatureFit(Evaluator):
-  """The temperature fitted on the run's validation split (`LoadedRun.validation_fit`)."""
-
-  name, result_file = "temperature", "temperature.json"
-
-  def compute(self, run, folder):
-    return run.validation_fit()

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from cxr_jax import machine
+from cxr_jax.evaluate.report import num
 from cxr_jax.experiments import grid, runner, tables
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
@@ -97,7 +98,8 @@ def run_probes(directory: Path, segmenter=None) -> dict:
   robustness_probes.json."""
   from cxr_jax import evaluate
 
-  return evaluate.run_one(directory, evaluate.RobustnessProbes(), segmenter=segmenter)
+  (probes,) = evaluate.from_config(None, ["robustness_probes"])
+  return evaluate.run_one(directory, probes, segmenter=segmenter)
 
 
 def run_robustness(config, workdir, train_fn=None) -> dict:
@@ -180,10 +182,6 @@ def table_row(run: grid.Run, result: dict, probes: dict, val: dict) -> dict:
   return row
 
 
-def _num(value) -> str:
-  return "-" if value is None else f"{value:.3f}"
-
-
 _MAIN_COLUMNS = (
     ("val_loss", "val. loss"), ("val_accuracy", "val. accuracy"),
     ("val_ieee8023_covid_auc", "val. COVID AUC in ieee8023"), ("test_accuracy", "test accuracy"),
@@ -206,7 +204,7 @@ def markdown(rows: list[dict], status: dict) -> str:
   for r in rows:
     cells = []
     for key, _ in _MAIN_COLUMNS:
-      text = _num(r.get(key))
+      text = num(r.get(key))
       if key == "test_accuracy" and r.get("test_accuracy_low") is not None:
         text += f" [{r['test_accuracy_low']:.3f}, {r['test_accuracy_high']:.3f}]"
       cells.append(text)
@@ -217,7 +215,7 @@ def markdown(rows: list[dict], status: dict) -> str:
               "| measure | " + " | ".join(external) + " |", "| --- |" + " --- |" * len(external)]
     for r in rows:
       lines.append(f"| {r['measure']} ({r['fold']}) | "
-                   + " | ".join(_num(r.get(k)) for k in external) + " |")
+                   + " | ".join(num(r.get(k)) for k in external) + " |")
   lines += ["", "Overrides of each measure:", ""]
   lines += [f"- {r['measure']}: {r['overrides']}" for r in rows]
   failed = sorted(k for k, v in status.items() if v.startswith("failed"))

@@ -371,11 +371,11 @@ def evaluate_kept(s: Setup, workdir: Path) -> dict:
   run = evaluate.LoadedRun(workdir, checkpoint.load_trained(workdir), s.config, built=s.built,
                            splits=s.split_ids)
   names = ("test", *(n for n in s.config.eval.get("evaluators", ()) if n != "test"))
-  results = evaluate.run_evaluators(run, evaluate.from_config(s.config, names), workdir,
-                                    redo=True)
-  metrics = results[""]
-  external = {Path(n).name: m["headline"] for n, m in results.items()
-              if n.startswith(evaluate.EXTERNAL_DIR + "/")}
+  evaluators = evaluate.from_config(s.config, names)
+  results = evaluate.run_evaluators(run, evaluators, workdir, redo=True)
+  metrics = results[evaluators[0].key]
+  external = {Path(ev.name).name: results[ev.key]["headline"] for ev in evaluators
+              if isinstance(ev, evaluate.External)}
   if external:
     metrics["external"] = external
   return metrics
