@@ -8,10 +8,11 @@ Writes W/audit/audit.md, audit.json and audit.png (summary figure), from:
 - each external set (W/external/<name>/, `cxr_jax.evaluate.external`);
 - the source-recognition probe (`cxr_jax.evaluate.probes`) on every labelled image of the run's
   data, from the kept model's features and from the frozen ImageNet features as the reference.
-- the lung probes (`lung_probes`): the kept model on the test split with the lungs blanked, and
+- the lung probes (`shortcuts.lung_probes`): the kept model on the test split with the lungs blanked, and
   with everything outside them blanked, from the lung segmenter's masks (`cxr_jax.lungs`);
-- the heatmap lung share (`heatmap_lung_share`): how much of the kept model's Grad-CAM mass lies
-  on those masks, against the masks' area share (chance). Both lung parts use one segmentation.
+- the heatmap lung share (`shortcuts.heatmap_lung_share`): how much of the kept model's Grad-CAM
+  mass lies on those masks, against the masks' area share (chance). Both use one segmentation.
+Each part is an evaluator (`audit_evaluators`) of the run, loaded once (`run.LoadedRun`).
 Leave-one-source-out (and the lung parts, without a segmenter) are listed as not run, with what
 they need, rather than left out silently.
 """

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from cxr_jax.evaluate.evaluator import Computed, Evaluator
 from cxr_jax.evaluate.external import External, external_names
+from cxr_jax.evaluate.findings import findings_evaluation
 from cxr_jax.evaluate.probes import source_probes
 from cxr_jax.evaluate.run import LoadedRun
 from cxr_jax.evaluate.shortcuts import heatmap_lung_share, lung_probes, robustness_probes
@@ -26,6 +27,8 @@ REGISTRY: dict[str, Callable] = {
     "heatmap_lung_share": lambda config: [Computed("heatmap_lung_share", heatmap_lung_share)],
     "temperature": lambda config: [Computed("temperature", LoadedRun.validation_fit)],
     # the robustness ablation's per-run probes, one file at the top of the run (as before)
+    # a findings-task run's (stage 1 of twice transfer) per-finding test AUCs, its metrics.json
+    "findings": lambda config: [Computed("", findings_evaluation, "metrics.json")],
     "robustness_probes": lambda config: [Computed("", robustness_probes,
                                                   "robustness_probes.json")],
 }

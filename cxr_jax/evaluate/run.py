@@ -51,8 +51,6 @@ class LoadedSplit:
   ids: np.ndarray          # example ids of the split
 
 
-
-
 @dataclasses.dataclass
 class Predictions:
   """Class probabilities [N, C] float32, labels [N] and example ids [N] of one split, id order."""
@@ -105,10 +103,17 @@ class LoadedRun:
 
   @property
   def splits(self) -> dict:
+    """Split name -> example ids; the findings task's splits for its runs (stage 1 of twice
+    transfer: no patient group of the COVID task's test split)."""
     if self._splits is None:
       from cxr_jax import data
 
-      self._splits = data.make_splits(self.built.metadata, self.config.data)
+      meta = self.built.metadata
+      if self.config.data.get("task", "classes") == "findings":
+        self._splits = data.make_findings_splits(
+            meta, self.config.data, exclude_groups=data.test_groups(meta, self.config.data))
+      else:
+        self._splits = data.make_splits(meta, self.config.data)
     return self._splits
 
   @property
@@ -138,11 +143,26 @@ class LoadedRun:
     return self._cached(("probs", name), lambda: self._predict(loaded or self.split(name)))
 
   def _predict(self, loaded) -> Predictions:
-    probs, labels, ids = inference.run_batches(
-        lambda x: self.predict_fn(self.variables, x), data_batches(loaded, self.batch_size))
+    probs, labels, ids = self._over(loaded, lambda x: self.predict_fn(self.variables, x))
     if not np.array_equal(loaded.built.metadata["id"][ids], ids):
       raise RuntimeError("dataset metadata is not indexed by example id")
     return Predictions(probs.astype(np.float32), labels, ids)
+
+  @functools.cached_property
+  def logits_fn(self):
+    """jitted fn(variables, images) -> the model's outputs (`inference.logits`)."""
+    return jax.jit(functools.partial(inference.logits, self.model))
+
+  def logits(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs [N, K], ids [N]) of split `name` (before softmax or sigmoid), once per run."""
+    def compute():
+      out, _, ids = self._over(self.split(name), lambda x: self.logits_fn(self.variables, x))
+      return out, ids
+    return self._cached(("logits", name), compute)
+
+  def _over(self, loaded, fn):
+    """fn(images)'s outputs over the evaluation batches of `loaded`: (outputs, labels, ids)."""
+    return inference.run_batches(fn, data_batches(loaded, self.batch_size))
 
   @functools.cached_property
   def feature_fn(self):
@@ -154,8 +174,7 @@ class LoadedRun:
     `key` names other variables in the cache)."""
     def compute():
       params = self.variables if variables is None else variables
-      feats, _, ids = inference.run_batches(lambda x: self.feature_fn(params, x),
-                                            data_batches(self.split(name), self.batch_size))
+      feats, _, ids = self._over(self.split(name), lambda x: self.feature_fn(params, x))
       return feats, ids
     return self._cached(("features", name, key), compute)
 
@@ -195,8 +214,8 @@ class LoadedRun:
 
   def test_lungs(self) -> dict:
     """The test split's lung masks (`segment_split`), segmented once per run."""
-    return self._cached("test_lungs", lambda: segment_split(self.split("test"),
-                                                                  self.segmenter()))
+    return self._cached("test_lungs",
+                        lambda: segment_split(self.split("test"), self.segmenter()))
 
 
 def load_split(workdir, split: str, config=None, which: str = "best") -> LoadedSplit:
