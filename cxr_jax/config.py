@@ -171,6 +171,13 @@ def get_config() -> ml_collections.ConfigDict:
   # appends to it. Not part of a run's identity: adding one to a finished experiment evaluates
   # its runs without retraining.
   e.external = ()
+  # What the trainer evaluates at its end, each an evaluator over the run loaded once
+  # (cxr_jax/evaluate/evaluators.py REGISTRY): "test" (metrics.json; always run first), "val"
+  # (eval_val/), "held_out" (eval_held_out/, the held-out source of a LOSO run), "external" (the
+  # sets of eval.external), "source_probe", "lung_probes", "heatmap_lung_share" (audit parts,
+  # written to <name>/), "temperature" (the validation fit, temperature/), "robustness_probes"
+  # (robustness_probes.json). A findings-task run (twice transfer's stage 1) gets "findings" alone.
+  e.evaluators = ("test", "external")
   # --mode=audit: a finished --mode=loso workdir whose leave-one-source-out table the audit page
   # includes ("" = none; the audit lists it as not run).
   e.loso = ""

@@ -40,9 +40,10 @@ def _train(config, workdir, options):
 def _evaluate(config, workdir, options):
   from cxr_jax import evaluate
 
-  result = evaluate.evaluate_workdir(workdir, split=options.split, config=config)
+  run = evaluate.LoadedRun.from_workdir(workdir, config)
+  result = evaluate.evaluate_split(run, options.split)
   if config.eval.external:
-    external = evaluate.evaluate_external(workdir, config.eval.external)
+    external = evaluate.evaluate_external(workdir, config.eval.external, run=run)
     result["external"] = {name: m["headline"] for name, m in external.items()}
   return result
 

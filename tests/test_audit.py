@@ -1,6 +1,8 @@
 """The source-recognition probe and `--mode=audit` end to end, on real cxr3 / cxr-external images."""
 
 import json
+import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +72,9 @@ class _HalvesSegmenter:
     return out
 
 
-def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest):
+def _small_audit(cxr3_root, tmp_path, subset_manifest):
+  """(config, its images, external folder, its images) of a small run: 6 images per cxr3 cell,
+  4 per cxr-external cell, 48 px."""
   data, rows = subset_manifest(cxr3_root / "manifest.csv", tmp_path / "cxr3-small", 6)
   ext, ext_rows = subset_manifest(
       paths.default_data_root().parent / "cxr-external" / "manifest.csv", tmp_path / "ext-small", 4)
@@ -82,6 +86,11 @@ def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest
   config.model.hidden = (8,)
   config.model.pretrained = "none"
   config.eval.num_bootstrap = 20
+  return config, rows, ext, ext_rows
+
+
+def test_audit_end_to_end_writes_every_part(cxr3_root, tmp_path, subset_manifest):
+  config, rows, ext, ext_rows = _small_audit(cxr3_root, tmp_path, subset_manifest)
   model = models.create_model(config.model)
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, SIZE, SIZE, 3))))(jax.random.key(0))
   workdir = tmp_path / "run"
@@ -143,3 +152,52 @@ def test_heatmap_lung_share_section_names_chance_and_left_out_images():
   assert "no image's map has positive mass" in empty
   assert audit._share_lines(None) == []   # no segmenter: the part is listed under Not run instead
   assert "heatmap_lung_share" not in audit.NOT_RUN
+
+
+REFERENCE = Path(__file__).parent / "data" / "audit_reference.json"
+# Leaves that name places or the machine, not figures of the run.
+_NOT_FIGURES = ("workdir", "written", "figure", "machine", "why", "file", "run", "dataset")
+
+
+def _figures(tree, prefix=""):
+  """{path: value} of every number, bool and label of an audit, places and machine left out."""
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      if k not in _NOT_FIGURES:
+        out.update(_figures(v, f"{prefix}/{k}"))
+    return out
+  if isinstance(tree, list):
+    out = {}
+    for i, v in enumerate(tree):
+      out.update(_figures(v, f"{prefix}/{i}"))
+    return out
+  return {prefix: tree}
+
+
+def test_audit_of_a_small_run_reproduces_its_reference_numbers_and_loads_the_run_once(
+    cxr3_root, tmp_path, subset_manifest, save_random_run, monkeypatch):
+  """The audit's numbers equal those main's code wrote before evaluators existed (commit 32e79ad,
+  tests/data/audit_reference.json, written with CXR_WRITE_AUDIT_REFERENCE=1), and the run's
+  checkpoint is read once for all parts (main's code read it 4 times). Floats agree to float32
+  rounding (1e-6 relative: another CPU's instruction set may round a probability differently);
+  counts and labels exactly."""
+  config, _, ext, _ = _small_audit(cxr3_root, tmp_path, subset_manifest)
+  workdir = save_random_run(tmp_path / "run", config, "torchvision", seed=3, bias_sd=0.1)
+  reads = []
+  real_load = checkpoint.load_trained
+  monkeypatch.setattr(checkpoint, "load_trained",
+                      lambda *a, **k: reads.append(a) or real_load(*a, **k))
+  result = audit_workdir(workdir, [f"manifest:{ext}"], segmenter=_HalvesSegmenter())
+  got = _figures(json.loads(json.dumps(result)))
+  if os.environ.get("CXR_WRITE_AUDIT_REFERENCE"):
+    REFERENCE.parent.mkdir(exist_ok=True)
+    REFERENCE.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+  want = json.loads(REFERENCE.read_text())
+  assert sorted(got) == sorted(want)
+  for key, value in want.items():
+    if isinstance(value, float):
+      assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    else:
+      assert got[key] == value, key
+  assert len(reads) == 1, f"the run's checkpoint was read {len(reads)} times"

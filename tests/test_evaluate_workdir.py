@@ -121,3 +121,34 @@ def test_explain_workdir_writes_right_and_wrong_overlays(workdir):
     assert (out / entry["overlay"]).read_bytes()[:4] == b"\x89PNG"
     assert entry["overlay"].startswith(f"{entry['label']}/{entry['outcome']}/")
   assert max(result["counts"].values()) == 1
+
+
+def test_evaluators_skip_what_is_written_and_load_the_run_only_for_what_is_missing(
+    tmp_path, save_random_run, monkeypatch):
+  from cxr_jax import evaluate
+  from cxr_jax.evaluate.run import LoadedRun
+
+  run_dir = save_small_run(tmp_path, save_random_run)
+  reads, predicted = [], []
+  real_load, real_predict = checkpoint.load_trained, LoadedRun._predict
+  monkeypatch.setattr(checkpoint, "load_trained",
+                      lambda *a, **k: reads.append(a) or real_load(*a, **k))
+  monkeypatch.setattr(LoadedRun, "_predict",
+                      lambda self, loaded: predicted.append(len(loaded.ids)) or
+                      real_predict(self, loaded))
+  val, fit = evaluate.from_config(None, ["val", "temperature"])
+  results = evaluate.run_evaluators(lambda: LoadedRun.from_workdir(run_dir), [val, fit], run_dir)
+  # One read; the validation split predicted once for its evaluation and the temperature fit.
+  assert len(reads) == 1 and len(predicted) == 1
+  assert results[fit.key]["temperature"] == results[val.key]["calibration"]["temperature"]
+  assert (run_dir / "eval_val" / "metrics.json").is_file()
+  assert (run_dir / "temperature" / "temperature.json").is_file()
+
+  again = evaluate.run_evaluators(lambda: LoadedRun.from_workdir(run_dir), [val, fit], run_dir)
+  assert len(reads) == 1 and len(predicted) == 1     # all written: nothing loaded or predicted
+  assert again[fit.key] == json.loads(json.dumps(results[fit.key]))
+  assert again[val.key]["accuracy"] == results[val.key]["accuracy"]
+  redone = evaluate.run_one(run_dir, fit) | fit.run(LoadedRun.from_workdir(run_dir), redo=True)
+  assert redone["temperature"] == results[fit.key]["temperature"] and len(reads) == 2
+  with pytest.raises(ValueError, match="unknown \\['tset'\\]; known: .*'test'"):
+    evaluate.from_config(None, ["tset"])

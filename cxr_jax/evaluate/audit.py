@@ -8,10 +8,11 @@ Writes W/audit/audit.md, audit.json and audit.png (summary figure), from:
 - each external set (W/external/<name>/, `cxr_jax.evaluate.external`);
 - the source-recognition probe (`cxr_jax.evaluate.probes`) on every labelled image of the run's
   data, from the kept model's features and from the frozen ImageNet features as the reference.
-- the lung probes (`lung_probes`): the kept model on the test split with the lungs blanked, and
+- the lung probes (`shortcuts.lung_probes`): the kept model on the test split with the lungs blanked, and
   with everything outside them blanked, from the lung segmenter's masks (`cxr_jax.lungs`);
-- the heatmap lung share (`heatmap_lung_share`): how much of the kept model's Grad-CAM mass lies
-  on those masks, against the masks' area share (chance). Both lung parts use one segmentation.
+- the heatmap lung share (`shortcuts.heatmap_lung_share`): how much of the kept model's Grad-CAM
+  mass lies on those masks, against the masks' area share (chance). Both use one segmentation.
+Each part is an evaluator (`audit_evaluators`) of the run, loaded once (`run.LoadedRun`).
 Leave-one-source-out (and the lung parts, without a segmenter) are listed as not run, with what
 they need, rather than left out silently.
 """
@@ -25,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from cxr_jax import files, machine
-from cxr_jax.data.records import NO_LABEL
-from cxr_jax.evaluate.report import _num, _with_ci, _within_source_section
+from cxr_jax.evaluate.report import _with_ci, _within_source_section, num
+from cxr_jax.evaluate.shortcuts import LUNG_VARIANTS
+from cxr_jax.evaluate.summary import brief
 
 OUT_DIR = "audit"
 NOT_RUN = {
@@ -36,38 +38,52 @@ NOT_RUN = {
 }
 
 
+def audit_evaluators(externals=()) -> dict:
+  """The audit's parts: {key in audit.json: evaluator}, written under audit/ (external sets under
+  the workdir's external/, where every evaluation of the run puts them)."""
+  from cxr_jax.evaluate import evaluators as ev
+
+  return dict(internal=ev.Split("test", folder="test"),
+              external={name: ev.External(spec, name)
+                        for spec, name in ev.external_names(externals).items()},
+              **dict(zip(("source_recognition", "lung_probes", "heatmap_lung_share"),
+                         ev.from_config(None, ("source_probe", "lung_probes", "heatmap_lung_share")),
+                         strict=True)))
+
+
 def audit_workdir(workdir, externals=(), *, which: str = "best", config=None,
                   segmenter=None, loso: str | Path = "") -> dict:
-  """Runs every part of the audit on the kept model of `workdir`; returns audit.json's content.
+  """Runs every part of the audit on the kept model of `workdir`, loaded once; returns
+  audit.json's content. Every part is computed again (an audit reports the run as it is now).
 
   `segmenter` (a `cxr_jax.lungs.Segmenter`; default: the stored one, trained first if missing)
   gives the masks of the lung probes and the heatmap lung share. `loso`: a --mode=loso workdir
   (config.eval.loso) whose table the page includes."""
-  from cxr_jax.evaluate.external import evaluate_external
-  from cxr_jax.evaluate.workdir import evaluate_workdir, load_split
+  from cxr_jax.evaluate.run import LoadedRun
   from cxr_jax.lungs.annotations import AnnotationError
   from cxr_jax.weights.errors import WeightsError
 
   workdir = Path(workdir)
   loso_part = read_loso(loso) if loso else None   # a wrong path fails before minutes of work
   out = workdir / OUT_DIR
-  internal = evaluate_workdir(workdir, "test", config, which=which, out_dir=out / "test")
-  external = evaluate_external(workdir, externals, which=which) if externals else {}
-  probe = source_probes(workdir, which=which)
+  run = LoadedRun.from_workdir(workdir, config, which=which, segmenter=segmenter)
+  parts = audit_evaluators(externals)
+  internal = parts["internal"].run(run, out, redo=True)
+  external = {n: e.run(run, workdir, redo=True) for n, e in parts["external"].items()}
+  probe = parts["source_recognition"].run(run, out, redo=True)
   not_run, lungs, share = dict(NOT_RUN), None, None
   try:
-    segmenter = segmenter or _stored_segmenter()
+    run.segmenter()
   except (AnnotationError, WeightsError) as e:  # no annotation set, no stored segmenter
     not_run["lungs_blanked"] = not_run["heatmap_lung_share"] = f"no lung segmenter ({e})"
   else:
-    loaded = load_split(workdir, "test", which=which)
-    masks = segment_test_split(loaded, segmenter)
-    lungs, share = _lung_probes(loaded, masks), heatmap_lung_share(loaded, masks)
+    lungs = parts["lung_probes"].run(run, out, redo=True)
+    share = parts["heatmap_lung_share"].run(run, out, redo=True)
   if loso_part is not None:
     not_run.pop("leave_one_source_out", None)
   result = dict(
       workdir=str(workdir), checkpoint=which, machine=machine.summary(),
-      internal=_part(internal), external={n: _part(m) for n, m in external.items()},
+      internal=brief(internal), external={n: brief(m) for n, m in external.items()},
       source_recognition=probe, lung_probes=lungs, heatmap_lung_share=share,
       leave_one_source_out=loso_part, not_run=not_run)
   figure = write_figure(result, out / "audit.png")
@@ -91,177 +107,6 @@ def read_loso(directory) -> dict:
   return dict(workdir=str(directory), rows=json.loads(doc_path.read_text())["rows"], table=table)
 
 
-def _part(metrics: dict) -> dict:
-  """What the audit keeps of one evaluation (the full set stays in its own metrics.json)."""
-  keep = ("num_examples", "class_names", "label_counts", "prediction_counts", "accuracy",
-          "source_only_accuracy", "within_source", "unreadable", "written")
-  part = {k: metrics[k] for k in keep if k in metrics}
-  part["accuracy_ci"] = (metrics.get("intervals") or {}).get("accuracy")
-  part["roc_auc"] = {c: m["roc_auc"] for c, m in metrics["per_class"].items()}
-  part["sensitivity"] = {c: m["sensitivity"] for c, m in metrics["per_class"].items()}
-  return part
-
-
-def source_probes(workdir, *, which: str = "best", reference: bool = True) -> dict:
-  """Source recognition from the kept model's features and (reference=True) from ImageNet's,
-  every labelled image."""
-  from cxr_jax import weights
-  from cxr_jax.evaluate.inference import run_batches
-  from cxr_jax.evaluate.probes import make_feature_fn, source_recognition
-  from cxr_jax.evaluate.workdir import data_batches, load_split
-
-  loaded = load_split(workdir, "test", which=which)
-  meta = loaded.built.metadata
-  ids = meta["id"][meta["label"] != NO_LABEL]
-  batch_size = int(loaded.config.train.eval_batch_size)
-  feature_fn = make_feature_fn(loaded.trained.model)
-
-  def probe(variables):
-    feats, _, got = run_batches(lambda x: feature_fn(variables, x),
-                                data_batches(loaded, batch_size, ids))
-    return source_recognition(feats, meta["source"][got], meta["patient_group"][got],
-                              seed=int(loaded.config.seed))
-
-  variables = {k: v for k, v in loaded.trained.variables.items()
-               if k not in ("perturbations", "intermediates")}
-  result = {"images": "every labelled image of the run's data (all splits)",
-            "kept_model": probe(variables)}
-  if not reference:
-    return result
-  arch = loaded.config.model.arch
-  try:
-    pre = weights.load_pretrained(arch, source=loaded.config.model.get("weights_source") or None)
-  except Exception as e:  # noqa: BLE001 - the reference is optional; say why it is missing
-    result["imagenet"] = dict(defined=False, why=f"ImageNet {arch} weights unavailable: {e}")
-    return result
-  if pre.preprocessing != loaded.trained.preprocessing:
-    result["imagenet"] = dict(defined=False, why=f"ImageNet weights expect {pre.preprocessing} "
-                              f"normalisation, the run used {loaded.trained.preprocessing}")
-    return result
-  reference = dict(variables, params=weights.merge_pretrained(variables["params"], pre.params))
-  if pre.batch_stats:
-    reference["batch_stats"] = weights.merge_pretrained(variables["batch_stats"], pre.batch_stats)
-  result["imagenet"] = probe(reference)
-  return result
-
-
-LUNG_VARIANTS = ("original", "lungs_blanked", "outside_blanked")
-
-
-def _stored_segmenter():
-  from cxr_jax.lungs import segment
-  return segment.default_segmenter()
-
-
-def lung_probes(workdir, *, which: str = "best", segmenter=None) -> dict:
-  """The kept model on the test split as it is, with the lungs blanked (set to the image mean)
-  and with everything outside the lungs blanked, on the images whose predicted mask passes its
-  check (the others are listed). A model that still separates the classes with no lungs to look
-  at is using shortcuts (Maguolo & Nanni 2020)."""
-  from cxr_jax.evaluate.workdir import load_split
-
-  loaded = load_split(workdir, "test", which=which)
-  return _lung_probes(loaded, segment_test_split(loaded, segmenter or _stored_segmenter()))
-
-
-def segment_test_split(loaded, seg) -> dict:
-  """The predicted lung mask of every test image, segmented once for every lung part of the
-  audit: dict(segmenter, found {id: Found of a mask that passed its check}, qc_failed [dict(id,
-  file, reason)]). Images whose mask failed are left out of every lung part, never given an
-  empty mask."""
-  from cxr_jax.evaluate.workdir import data_batches
-  from cxr_jax.explain.overlay import input_gray
-
-  files_of = loaded.built.metadata["file"]
-  found, failed = {}, []
-  for batch in data_batches(loaded, int(loaded.config.train.eval_batch_size)):
-    images, index, real = _rows(batch)
-    gray = input_gray(images[real], loaded.trained.preprocessing)
-    names = [str(files_of[i]) for i in index[real]]
-    for i, name, f in zip(index[real], names, seg.lungs_many(list(gray), names=names), strict=True):
-      if f.check.ok:
-        found[int(i)] = f
-      else:
-        failed.append(dict(id=int(i), file=name, reason=f.check.reason))
-  return dict(segmenter=seg.version, found=found, qc_failed=failed)
-
-
-def _rows(batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(images [N, H, W, 3], ids [N], real [N] bool: False on padding) of an evaluation batch."""
-  images = np.asarray(batch["image"]).reshape((-1,) + np.shape(batch["image"])[-3:])
-  real = np.asarray(batch.get("mask", np.ones(len(images)))).reshape(-1) > 0
-  return images, np.asarray(batch["index"]).reshape(-1), real
-
-
-def _row_masks(images, index, lungs: dict) -> tuple[np.ndarray, np.ndarray]:
-  """(masks [N, H, W], kept [N]): each row's lung mask where it passed its check; other rows
-  (padding, failed masks) get an empty mask only to keep the batch's shape, and kept False."""
-  kept = np.array([int(i) in lungs["found"] for i in index])
-  empty = np.zeros(images.shape[1:3], bool)
-  masks = np.stack([lungs["found"][int(i)].mask if k else empty
-                    for i, k in zip(index, kept, strict=True)])
-  return masks, kept
-
-
-def _lung_probes(loaded, lungs: dict) -> dict:
-  from cxr_jax.evaluate.inference import make_predict_fn
-  from cxr_jax.evaluate.workdir import data_batches, score
-  from cxr_jax.lungs import masks
-
-  predict = make_predict_fn(loaded.trained.model)
-  variables = {k: v for k, v in loaded.trained.variables.items()
-               if k not in ("perturbations", "intermediates")}
-  probs = {v: [] for v in LUNG_VARIANTS}
-  labels, ids = [], []
-  for batch in data_batches(loaded, int(loaded.config.train.eval_batch_size)):
-    images, index, _ = _rows(batch)
-    regions, keep = _row_masks(images, index, lungs)
-    # Whole batches keep one compiled shape; rows not kept are dropped after predicting.
-    pairs = list(zip(images, regions, strict=True))
-    variants = {"original": images,
-                "lungs_blanked": np.stack([masks.blank(x, m) for x, m in pairs]),
-                "outside_blanked": np.stack([masks.blank(x, ~m) for x, m in pairs])}
-    for name, x in variants.items():
-      probs[name].append(np.asarray(predict(variables, x))[keep])
-    labels.append(np.asarray(batch["label"]).reshape(-1)[keep])
-    ids.append(index[keep])
-  labels, ids = np.concatenate(labels).astype(np.int64), np.concatenate(ids)
-  meta = loaded.built.metadata
-  result = dict(segmenter=lungs["segmenter"], images=int(len(ids)),
-                qc_failed=[dict(file=f["file"], reason=f["reason"]) for f in lungs["qc_failed"]])
-  for name in LUNG_VARIANTS:
-    result[name] = _part(score(loaded.config, labels, np.concatenate(probs[name]), meta, ids))
-  return result
-
-
-def heatmap_lung_share(loaded, lungs: dict) -> dict:
-  """The share of the kept model's Grad-CAM mass (the explain mode's map: predicted class, at
-  config.explain.layer) on each test image's predicted lung mask, beside chance (the mask's area
-  share), on the images whose mask passed its check."""
-  import jax.numpy as jnp
-
-  # An upward import (evaluate -> explain), late as the trainer's (ARCHITECTURE, issue 20): the
-  # audit scores the very maps --mode=explain draws.
-  from cxr_jax.evaluate.workdir import data_batches
-  from cxr_jax.explain.gradcam import DEFAULT_LAYER, make_cam_fn
-  from cxr_jax.explain.regions import heatmap_lung_shares, summarize_lung_shares
-
-  layer = (loaded.config.get("explain") or {}).get("layer", DEFAULT_LAYER)
-  cam_fn = make_cam_fn(loaded.trained.model, layer, "gradcam")
-  per_image = []
-  for batch in data_batches(loaded, int(loaded.config.train.eval_batch_size)):
-    images, index, _ = _rows(batch)
-    masks, keep = _row_masks(images, index, lungs)
-    if keep.any():
-      res = cam_fn(loaded.trained.variables, jnp.asarray(images),
-                   jnp.full(len(images), -1, jnp.int32))
-      cams = np.asarray(res["cam"])[keep]
-      per_image += heatmap_lung_shares(cams, masks[keep], index[keep])["per_image"]
-  return dict(method="gradcam", layer=layer, explained="the predicted class",
-              segmenter=lungs["segmenter"], **summarize_lung_shares(per_image),
-              qc_failed=lungs["qc_failed"], per_image=per_image)
-
-
 def _lung_lines(lungs: dict | None) -> list[str]:
   if not lungs:
     return []
@@ -276,7 +121,7 @@ def _lung_lines(lungs: dict | None) -> list[str]:
   for name in LUNG_VARIANTS:
     part = lungs[name]
     lines.append(f"| {name.replace('_', ' ')} | {_with_ci(part['accuracy'], part['accuracy_ci'])} | "
-                 f"{_num(part['roc_auc'].get('covid'))} | {_num(part.get('source_only_accuracy'))} |")
+                 f"{num(part['roc_auc'].get('covid'))} | {num(part.get('source_only_accuracy'))} |")
   return lines + [""]
 
 
@@ -368,9 +213,9 @@ def _probe_lines(probe: dict) -> list[str]:
   for key, label in (("kept_model", "kept model"), ("imagenet", "ImageNet (frozen, reference)")):
     p = probe.get(key, {})
     if p.get("defined"):
-      lines.append(f"| {label} | {p['num_examples']} | {p['folds']} | {_num(p['accuracy'])} | "
-                   f"{_num(p['majority_accuracy'])} | {_num(p['balanced_accuracy'])} | "
-                   f"{_num(p['chance_balanced_accuracy'])} |")
+      lines.append(f"| {label} | {p['num_examples']} | {p['folds']} | {num(p['accuracy'])} | "
+                   f"{num(p['majority_accuracy'])} | {num(p['balanced_accuracy'])} | "
+                   f"{num(p['chance_balanced_accuracy'])} |")
     else:
       lines.append(f"| {label} | - | - | - | - | - | - |  ({p.get('why', 'not run')})")
   kept = probe.get("kept_model", {})
@@ -395,14 +240,14 @@ def render_audit(result: dict) -> str:
            "## Internal test split", "",
            f"{internal['num_examples']} images. Accuracy "
            f"**{_with_ci(internal['accuracy'], internal['accuracy_ci'])}**; a rule that knows only "
-           f"the source reaches **{_num(internal.get('source_only_accuracy'))}**. ROC AUC: "
-           + ", ".join(f"{c} {_num(v)}" for c, v in internal["roc_auc"].items()) + ".", "",
+           f"the source reaches **{num(internal.get('source_only_accuracy'))}**. ROC AUC: "
+           + ", ".join(f"{c} {num(v)}" for c, v in internal["roc_auc"].items()) + ".", "",
            *_within_source_section(internal)[2:]]
   for name, part in result["external"].items():
     lines += [f"## External: {name} (evaluation only, never trained on)", "",
               f"{part['num_examples']} images. Accuracy "
               f"**{_with_ci(part['accuracy'], part['accuracy_ci'])}**. Sensitivity: "
-              + ", ".join(f"{c} {_num(v)}" for c, v in part["sensitivity"].items()
+              + ", ".join(f"{c} {num(v)}" for c, v in part["sensitivity"].items()
                           if v is not None) + ".", "",
               *_within_source_section(part)[2:]]
     if part.get("unreadable"):

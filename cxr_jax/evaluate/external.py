@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cxr_jax import checkpoint
 from cxr_jax.data.records import LABELS, NO_LABEL
-from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
+from cxr_jax.evaluate.evaluator import Evaluator
 
 OUT_DIR = "external"
 
@@ -73,75 +73,75 @@ def external_data_config(run_config, spec: str):
   return config
 
 
-def evaluate_external(workdir, specs, *, which: str = "best", trained=None) -> dict:
-  """Evaluates the kept model of `workdir` on each external spec; {name: metrics}."""
-  from cxr_jax import data
-  from cxr_jax.evaluate.workdir import (
-    LoadedSplit,
-    add_calibration,
-    data_batches,
-    eval_setting,
-    score,
-    write_evaluation,
-  )
-
-  trained = trained or checkpoint.load_trained(workdir, which=which)
-  if trained.config.data.get("task", "classes") != "classes":
-    raise ValueError(f"{workdir} is a data.task={trained.config.data.task!r} run; external "
-                     "evaluation serves the 3-class task")
-  results, used, fit = {}, set(), None
-  predict_fn = make_predict_fn(trained.model)  # one compilation per batch shape for all sets
+def external_names(specs) -> dict[str, str]:
+  """{spec: folder name} of specs evaluated together; a name taken already gets a "_"."""
+  names = {}
   for spec in specs:
-    check_source(spec)
     name = external_name(spec)
-    while name in used:
+    while name in names.values():
       name += "_"
-    used.add(name)
-    config = external_data_config(trained.config, spec)
-    built = data.build_dataset(config.data, every_class=False)
-    meta = built.metadata
-    ids = meta["id"][meta["label"] != NO_LABEL]
-    loaded = LoadedSplit(trained, config, built, ids)
-    batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
-    probs, labels, ids = predict_arrays(trained.model, trained.variables, batches,
-                                        predict_fn=predict_fn)
-    metrics = score(config, labels, probs, meta, ids)
-    if eval_setting(config, "temperature_scaling", True):
-      fit = fit or run_temperature(workdir, trained, predict_fn)
-      add_calibration(metrics, fit, labels, probs)
-    metrics["unreadable"] = list(built.rejects)
-    metrics["duplicates"] = list(built.duplicates)  # same bytes as a kept file: scored once
-    metrics["run"] = dict(workdir=str(workdir), external=spec, checkpoint=which,
-                          dataset=built.version, preprocessing=trained.preprocessing)
-    metrics["headline"] = headline(metrics)
-    out = Path(workdir) / OUT_DIR / name
-    title = f"External evaluation of {Path(workdir).name} on {name} ({which} checkpoint)"
-    write_evaluation(out, metrics, title, ids, labels, probs, meta)
-    logging.info("external evaluation of %s on %s: accuracy %.4f over %d images; wrote %s",
-                 workdir, name, metrics["accuracy"], len(ids), out)
-    results[name] = metrics
-  return results
+    names[spec] = name
+  return names
 
 
-def run_temperature(workdir, trained, predict_fn=None) -> dict:
-  """The temperature of the run's own validation split (`workdir.validation_fit`): the one its
-  test evaluation recorded in metrics.json for these parameters, else fitted now."""
+def evaluate_external(workdir, specs, *, which: str = "best", run=None) -> dict:
+  """Evaluates the kept model of `workdir` (or of `run`, a LoadedRun) on each external spec,
+  again where it was evaluated before; {name: metrics}."""
+  from cxr_jax.evaluate.run import LoadedRun
+
+  run = run or LoadedRun.from_workdir(workdir, which=which)
+  return {name: External(spec, name).run(run, redo=True)
+          for spec, name in external_names(specs).items()}
+
+
+def evaluate_spec(run, spec: str, out: Path) -> dict:
+  """The kept model of `run` (a LoadedRun) on every labelled image of `spec`, written to `out`."""
   from cxr_jax import data
-  from cxr_jax.evaluate.workdir import model_digest, saved_validation_fit, validation_fit
+  from cxr_jax.evaluate.run import LoadedSplit
+  from cxr_jax.evaluate.workdir import add_calibration, eval_setting, score, write_evaluation
 
-  saved = saved_validation_fit(workdir, model_digest(trained.variables))
-  if saved is not None:
-    return saved
-  return validation_fit(trained, trained.config, data.build_dataset(trained.config.data),
-                        predict_fn=predict_fn)
+  run.check_classes("External evaluation")
+  check_source(spec)
+  trained = run.trained
+  config = external_data_config(trained.config, spec)
+  built = data.build_dataset(config.data, every_class=False)
+  meta = built.metadata
+  pred = run.predictions(("external", spec), LoadedSplit(
+      trained, config, built, meta["id"][meta["label"] != NO_LABEL]))
+  probs, labels, ids = pred.probs, pred.labels, pred.ids
+  metrics = score(config, labels, probs, meta, ids)
+  if eval_setting(config, "temperature_scaling", True):
+    add_calibration(metrics, run.recorded_validation_fit(), labels, probs)
+  metrics["unreadable"] = list(built.rejects)
+  metrics["duplicates"] = list(built.duplicates)  # same bytes as a kept file: scored once
+  metrics["run"] = dict(workdir=str(run.workdir), external=spec, checkpoint=run.which,
+                        dataset=built.version, preprocessing=trained.preprocessing)
+  metrics["headline"] = headline(metrics)
+  title = f"External evaluation of {run.workdir.name} on {out.name} ({run.which} checkpoint)"
+  write_evaluation(out, metrics, title, ids, labels, probs, meta)
+  logging.info("external evaluation of %s on %s: accuracy %.4f over %d images; wrote %s",
+               run.workdir, out.name, metrics["accuracy"], len(ids), out)
+  return metrics
+
+
+def run_temperature(workdir, trained) -> dict:
+  """The temperature of the run's own validation split: the one its test evaluation recorded in
+  metrics.json for these parameters, else fitted now (`LoadedRun.recorded_validation_fit`)."""
+  from cxr_jax.evaluate.run import LoadedRun
+
+  return LoadedRun(workdir, trained).recorded_validation_fit()
 
 
 def evaluate_missing(workdir, specs) -> list[str]:
   """Evaluates the specs whose W/external/<name>/metrics.json is not there yet (an experiment's
-  finished runs, when an external set was added after they trained); returns their names."""
-  missing = [s for s in specs
-             if not (Path(workdir) / OUT_DIR / external_name(s) / checkpoint.METRICS_FILE).is_file()]
-  return list(evaluate_external(workdir, missing)) if missing else []
+  finished runs, when an external set was added after they trained); returns their names. The
+  run is loaded only when one is missing."""
+  from cxr_jax.evaluate.evaluator import run_evaluators
+  from cxr_jax.evaluate.run import LoadedRun
+
+  missing = [ev for ev in map(External, specs) if not ev.done(Path(workdir))]
+  run_evaluators(lambda: LoadedRun.from_workdir(workdir), missing, workdir)
+  return [Path(ev.name).name for ev in missing]
 
 
 def load_headlines(workdir) -> dict:
@@ -180,3 +180,17 @@ def format_headline(name: str, h: dict) -> str:
                    if s[key] is not None)
     lines.append(f"  {source} ({s['images']}): called {called}; sensitivity {sens}{aucs}")
   return "\n".join(lines)
+
+
+class External(Evaluator):
+  """The kept model on a collection outside the run's data (`evaluate_spec`), written
+  to external/<name>/."""
+
+  result_file, writes_itself = checkpoint.METRICS_FILE, True
+
+  def __init__(self, spec: str, name: str | None = None):
+    self.spec = spec
+    self.name = f"{OUT_DIR}/{name or external_name(spec)}"
+
+  def compute(self, run, folder):
+    return evaluate_spec(run, self.spec, folder)

@@ -50,3 +50,18 @@ def findings_metrics(probs, targets, names=FINDINGS) -> dict:
               mean_auc=float(np.mean(defined)) if defined else float("nan"),
               num_defined=len(defined),
               undefined=[n for n, m in per_finding.items() if np.isnan(m["auc"])])
+
+
+def findings_evaluation(run) -> dict:
+  """Per-finding test AUCs of the kept model of a findings-task run (`run.LoadedRun`), with the
+  split, its size and the dataset version: what the trainer writes to its metrics.json."""
+  import jax
+
+  from cxr_jax.data.findings import multi_hot
+
+  logits, ids = run.logits("test")
+  probs = np.asarray(jax.nn.sigmoid(logits))
+  targets = multi_hot(np.asarray(run.built.metadata["findings"])[ids])
+  metrics = findings_metrics(probs, targets, FINDINGS)
+  return {"task": "findings", "split": "test", "num_examples": int(len(ids)), **metrics,
+          "run": {"workdir": str(run.workdir), "dataset": run.built.version}}

@@ -18,31 +18,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def last_stage(model) -> str:
-  """The backbone's last block (VGG block5, DenseNet stage5): what the head reads."""
-  from cxr_jax.models.densenet import STAGE_NAMES
-  from cxr_jax.models.vgg import BLOCK_NAMES
-
-  names = STAGE_NAMES if type(model).__name__.startswith("DenseNet") else BLOCK_NAMES
-  return names[-1]
-
-
-def make_feature_fn(model):
-  """A jitted fn(variables, images) -> [N, C] float32: the last block's output, averaged over
-  space (the representation every head starts from, whatever its kind)."""
-  import jax
-  import jax.numpy as jnp
-
-  stop = last_stage(model)
-
-  @jax.jit
-  def features(variables, images):
-    x = model.apply(variables, images, train=False, stop=stop)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-
-  return features
-
-
 def source_recognition(features, sources, groups, *, folds: int = 5, seed: int = 0) -> dict:
   """Cross-validated source prediction from `features` [N, F]; grouped by `groups` [N].
 
@@ -77,3 +52,38 @@ def source_recognition(features, sources, groups, *, folds: int = 5, seed: int =
       chance_balanced_accuracy=float(1.0 / len(names)),
       recall={n: float(confusion[k, k] / per_source[k]) for k, n in enumerate(names)},
       confusion_matrix=confusion.tolist())
+
+
+def source_probes(run, *, reference: bool = True) -> dict:
+  """Source recognition from the kept model's features and (reference=True) from ImageNet's,
+  every labelled image of a `run.LoadedRun`."""
+  from cxr_jax import weights
+  from cxr_jax.evaluate.run import LABELLED
+
+  meta = run.built.metadata
+
+  def probe(variables, key):
+    feats, got = run.features(LABELLED, variables, key)
+    return source_recognition(feats, meta["source"][got], meta["patient_group"][got],
+                              seed=int(run.trained.config.seed))
+
+  variables = run.variables
+  result = {"images": "every labelled image of the run's data (all splits)",
+            "kept_model": probe(variables, "kept_model")}
+  if not reference:
+    return result
+  arch = run.trained.config.model.arch
+  try:
+    pre = weights.load_pretrained(arch, source=run.trained.config.model.get("weights_source") or None)
+  except Exception as e:  # noqa: BLE001 - the reference is optional; say why it is missing
+    result["imagenet"] = dict(defined=False, why=f"ImageNet {arch} weights unavailable: {e}")
+    return result
+  if pre.preprocessing != run.trained.preprocessing:
+    result["imagenet"] = dict(defined=False, why=f"ImageNet weights expect {pre.preprocessing} "
+                              f"normalisation, the run used {run.trained.preprocessing}")
+    return result
+  reference = dict(variables, params=weights.merge_pretrained(variables["params"], pre.params))
+  if pre.batch_stats:
+    reference["batch_stats"] = weights.merge_pretrained(variables["batch_stats"], pre.batch_stats)
+  result["imagenet"] = probe(reference, "imagenet")
+  return result

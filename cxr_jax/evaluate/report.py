@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+MISSING = "-"   # how every table and report of the package spells a value that is not defined
 
-def _num(value, digits: int = 3) -> str:
-  return "n/a" if value is None else f"{value:.{digits}f}"
+
+def num(value, digits: int = 3) -> str:
+  """A figure for a table or a report: `digits` decimals, MISSING where it is None."""
+  return MISSING if value is None else f"{value:.{digits}f}"
 
 
 def _with_ci(value, interval) -> str:
   if interval is None or interval.get("low") is None:
-    return _num(value)
-  return f"{_num(value)} [{_num(interval['low'])}, {_num(interval['high'])}]"
+    return num(value)
+  return f"{num(value)} [{num(interval['low'])}, {num(interval['high'])}]"
 
 
 def _class_table(metrics: dict) -> list[str]:
@@ -21,11 +24,11 @@ def _class_table(metrics: dict) -> list[str]:
     ci = intervals.get(name, {})
     lines.append(
         f"| {name} | {m['positives']} | {_with_ci(m['sensitivity'], ci.get('sensitivity'))} | "
-        f"{_with_ci(m['specificity'], ci.get('specificity'))} | {_num(m['precision'])} | "
-        f"{_num(m['f1'])} | {_with_ci(m['roc_auc'], ci.get('roc_auc'))} | "
-        f"{_num(m['average_precision'])} |")
+        f"{_with_ci(m['specificity'], ci.get('specificity'))} | {num(m['precision'])} | "
+        f"{num(m['f1'])} | {_with_ci(m['roc_auc'], ci.get('roc_auc'))} | "
+        f"{num(m['average_precision'])} |")
   macro = metrics["macro"]
-  lines.append("| macro | | " + " | ".join(_num(macro[k]["value"]) for k in (
+  lines.append("| macro | | " + " | ".join(num(macro[k]["value"]) for k in (
       "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision")) + " |")
   notes = [f"- {name}: {'; '.join(m['undefined'])}"
            for name, m in metrics["per_class"].items() if m["undefined"]]
@@ -49,17 +52,17 @@ def _source_section(metrics: dict) -> list[str]:
       "## By source", "",
       "The data mixes collections whose label mix differs. If a source holds mostly one label, "
       "a model can score well by recognising the collection. A rule that sees only the source and "
-      f"answers its most frequent label reaches accuracy **{_num(metrics['source_only_accuracy'])}** "
-      f"on this split (model: **{_num(metrics['accuracy'])}**).", "",
+      f"answers its most frequent label reaches accuracy **{num(metrics['source_only_accuracy'])}** "
+      f"on this split (model: **{num(metrics['accuracy'])}**).", "",
       "| source | n | true (" + "/".join(names) + ") | predicted (" + "/".join(names) +
       ") | accuracy | " + " | ".join(f"AUC {n}" for n in names) + " |",
       "| --- |" + " --- |" * (4 + len(names))]
   for source, s in metrics["by_source"].items():
-    aucs = [_num(s["per_class"][n].get("roc_auc")) if "roc_auc" in s["per_class"][n] else "-"
+    aucs = [num(s["per_class"][n].get("roc_auc")) if "roc_auc" in s["per_class"][n] else MISSING
             for n in names]
     lines.append(
         f"| {source} | {s['num_examples']} | {'/'.join(map(str, s['label_counts']))} | "
-        f"{'/'.join(map(str, s['prediction_counts']))} | {_num(s['accuracy'])} | "
+        f"{'/'.join(map(str, s['prediction_counts']))} | {num(s['accuracy'])} | "
         + " | ".join(aucs) + " |")
   lines += ["", "`-`: the source lacks one side of that one-vs-rest pair (counts in metrics.json)."]
   return lines + [""]
@@ -81,7 +84,7 @@ def _within_source_section(metrics: dict) -> list[str]:
     aucs = []
     for key in ("covid_auc", "normal_vs_pneumonia_auc"):
       auc = s.get(key) or {}
-      aucs.append(_num(auc["value"]) if auc.get("value") is not None else "-")
+      aucs.append(num(auc.get("value")))
     lines.append(f"| {source} | {s['num_examples']} | "
                  f"{'/'.join(str(s['labels'][n]) for n in names)} | "
                  + " | ".join(f"{100 * s['called'][n]:.0f} %" for n in names) + " | "
@@ -135,13 +138,13 @@ def _calibration_section(metrics: dict) -> list[str]:
   if cal["temperature"] is None:
     return lines + [f"Temperature scaling {cal['why']}.", ""]
   return lines + [
-      f"One temperature T = {_num(cal['temperature'])}, fitted on the {cal['n_val']} validation "
+      f"One temperature T = {num(cal['temperature'])}, fitted on the {cal['n_val']} validation "
       "images by negative log-likelihood, divides the logits. Rankings, AUCs and accuracy do not "
       "change; predictions.csv keeps the model's own probabilities.", "",
       "| on these images | before | after |", "| --- | --- | --- |",
-      f"| expected calibration error ({cal['num_bins']} bins) | {_num(cal['ece_before'])} | "
-      f"{_num(cal['ece_after'])} |",
-      f"| negative log-likelihood | {_num(cal['nll_before'])} | {_num(cal['nll_after'])} |", ""]
+      f"| expected calibration error ({cal['num_bins']} bins) | {num(cal['ece_before'])} | "
+      f"{num(cal['ece_after'])} |",
+      f"| negative log-likelihood | {num(cal['nll_before'])} | {num(cal['nll_after'])} |", ""]
 
 
 def render_report(metrics: dict, plots: dict, *, title: str) -> str:
@@ -156,7 +159,7 @@ def render_report(metrics: dict, plots: dict, *, title: str) -> str:
       f"{metrics['num_examples']} images; labels {dict(zip(metrics['class_names'], metrics['label_counts'], strict=True))}; "
       f"{ci_note}.", "",
       f"**Accuracy {_with_ci(metrics['accuracy'], (intervals or {}).get('accuracy'))}**, "
-      f"expected calibration error {_num(metrics['calibration']['ece'])}.", "",
+      f"expected calibration error {num(metrics['calibration']['ece'])}.", "",
       "## Per class (one vs rest)", "", *_class_table(metrics), "",
       "## Confusion matrix", "", *_confusion_table(metrics), "",
       *_source_section(metrics),

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -15,80 +12,11 @@ import numpy as np
 from cxr_jax import checkpoint, files
 from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate import calibration
-from cxr_jax.evaluate.inference import make_predict_fn, predict_arrays
+from cxr_jax.evaluate.evaluator import Evaluator
 from cxr_jax.evaluate.plots import write_plots
 from cxr_jax.evaluate.report import render_report
+from cxr_jax.evaluate.run import LoadedRun
 from cxr_jax.evaluate.summary import compute_metrics
-
-# Fields that change what the saved parameters compute, or which images are this run's test split;
-# a config given at evaluation time must agree with the run's config on every one. Other data is
-# evaluated explicitly (cxr_jax.evaluate.external), never as a side effect of a changed config.
-_MODEL_FIELDS = ("arch", "num_classes", "head", "hidden")
-_INPUT_FIELDS = ("image_size", "clahe", "clahe_clip_limit", "clahe_tile_grid", "crop",
-                 "crop_margin", "intensity", "intensity_in_lungs")
-# What a saved config from before a field existed ran with.
-_DATA_DEFAULTS = dict(task="classes", crop="none", crop_margin=0.05, intensity="none",
-                      intensity_in_lungs=False)
-_SPLIT_FIELDS = ("sources", "task", "split_seed", "test_fraction", "num_folds", "fold",
-                 "train_fraction")
-
-
-@dataclasses.dataclass
-class LoadedSplit:
-  """A trained model with the examples of one split of its data."""
-  trained: checkpoint.Trained
-  config: object           # the config used for data and evaluation settings
-  built: object            # cxr_jax.data.BuiltDataset
-  ids: np.ndarray          # example ids of the split
-
-
-def check_compatible(run_config, config) -> None:
-  """Raises, naming every differing field, if `config` would feed the saved model other inputs,
-  another architecture, or other images as this run's splits."""
-  diffs = [f"model.{k}: run {run_config.model.get(k)!r}, given {config.model.get(k)!r}"
-           for k in _MODEL_FIELDS
-           if _plain(run_config.model.get(k)) != _plain(config.model.get(k))]
-  diffs += [f"data.{k}: run {run_config.data.get(k)!r}, given {config.data.get(k)!r}"
-            for k in _INPUT_FIELDS + _SPLIT_FIELDS
-            if _data_value(run_config, k) != _data_value(config, k)]
-  if diffs:
-    raise ValueError("the given config does not match the trained run (" + "; ".join(diffs) +
-                     "); pass the run's config (saved in the workdir) or the same overrides. To "
-                     "score the model on other data, name it: --external=KIND:PATH")
-
-
-def _data_value(config, key):
-  value = config.data.get(key, _DATA_DEFAULTS.get(key))
-  if key == "sources":  # as resolved: () and the default manifest spelled out are the same data
-    from cxr_jax.data.build import source_specs
-
-    return tuple(source_specs(value or ()))
-  return _plain(value)
-
-
-def _plain(value):
-  return tuple(value) if isinstance(value, list | tuple) else value
-
-
-def load_split(workdir, split: str, config=None, which: str = "best") -> LoadedSplit:
-  """Loads the saved model and the split's example ids (dataset built or reused)."""
-  from cxr_jax import data
-
-  trained = checkpoint.load_trained(workdir, which=which)
-  if config is None:
-    config = trained.config
-  else:
-    check_compatible(trained.config, config)
-  if config.data.get("task", "classes") != "classes":
-    raise ValueError(f"{workdir} is a data.task={config.data.task!r} run (stage 1 of twice "
-                     "transfer); the trainer wrote its per-finding AUCs to metrics.json. "
-                     "--mode=evaluate/explain and predict serve the 3-class task")
-  built = data.build_dataset(config.data)
-  splits = data.make_splits(built.metadata, config.data)
-  if split not in splits:
-    raise ValueError(f"unknown split {split!r}; known: {sorted(splits)}")
-  # A balanced training split may repeat ids; each image is evaluated once.
-  return LoadedSplit(trained, config, built, np.unique(np.asarray(splits[split])))
 
 
 def eval_setting(config, key: str, default):
@@ -119,36 +47,29 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
   eval.temperature_scaling, metrics["calibration"] also holds the temperature fitted on the run's
   validation split and ECE / NLL of this split before and after it (`add_calibration`).
   """
-  return evaluate_split(load_split(workdir, split, config, which), split, workdir, which=which,
-                        out_dir=out_dir)
+  return evaluate_split(LoadedRun.from_workdir(workdir, config, which=which), split, out_dir)
 
 
-def evaluate_split(loaded: LoadedSplit, split: str, workdir, *, which: str = "best",
-                   out_dir=None) -> dict:
-  """The evaluation of `evaluate_workdir` from a model and examples already in hand: the trainer
-  passes the dataset and splits it holds, `--mode=evaluate` those `load_split` rebuilt from the
-  workdir; both end here, so both write the same files."""
-  config, trained, built = loaded.config, loaded.trained, loaded.built
-  predict_fn = make_predict_fn(trained.model)  # one compilation for the split and validation
-  batches = data_batches(loaded, batch_size=int(config.train.eval_batch_size))
-  probs, labels, ids = predict_arrays(trained.model, trained.variables, batches,
-                                      predict_fn=predict_fn)
+def evaluate_split(run: LoadedRun, split: str, out_dir=None) -> dict:
+  """The evaluation of `evaluate_workdir` of a run in hand: the trainer's holds the dataset and
+  splits it trained on, `--mode=evaluate`'s rebuilt them from the workdir; both end here, so both
+  write the same files. Predictions come from the run's cache (the validation fit's too)."""
+  run.check_classes("--mode=evaluate/explain and predict")
+  config, built, which = run.config, run.built, run.which
+  pred = run.predictions(split)
+  probs, labels, ids = pred.probs, pred.labels, pred.ids
   meta = built.metadata
-  if not np.array_equal(meta["id"][ids], ids):
-    raise RuntimeError("dataset metadata is not indexed by example id")
   metrics = score(config, labels, probs, meta, ids)
   if eval_setting(config, "temperature_scaling", True):
-    # Evaluating the validation split itself: its predictions are the fit's, no second pass.
-    fit = validation_fit(trained, config, built, (probs, labels) if split == "val" else None,
-                         predict_fn=predict_fn)
-    add_calibration(metrics, fit, labels, probs)
-  metrics["run"] = dict(workdir=str(workdir), split=split, checkpoint=which,
-                        dataset=built.version, preprocessing=trained.preprocessing)
+    add_calibration(metrics, run.validation_fit(), labels, probs)
+  metrics["run"] = dict(workdir=str(run.workdir), split=split, checkpoint=which,
+                        dataset=built.version, preprocessing=run.trained.preprocessing)
   metrics["data_splits"] = data_splits(config, built)
-  out = Path(out_dir) if out_dir else Path(workdir) / ("" if split == "test" else f"eval_{split}")
-  title = f"Evaluation of {Path(workdir).name} on the {split} split ({which} checkpoint)"
+  out = (Path(out_dir) if out_dir else
+         run.workdir / ("" if split == "test" else f"eval_{split}"))
+  title = f"Evaluation of {run.workdir.name} on the {split} split ({which} checkpoint)"
   write_evaluation(out, metrics, title, ids, labels, probs, meta)
-  logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", workdir, split,
+  logging.info("evaluation of %s (%s): accuracy %.4f; wrote %s", run.workdir, split,
                metrics["accuracy"], out)
   return metrics
 
@@ -172,71 +93,6 @@ def score(config, labels, probs, meta, ids) -> dict:
       labels, probs, groups=meta["patient_group"][ids], sources=meta["source"][ids],
       num_bootstrap=int(eval_setting(config, "num_bootstrap", 1000)),
       ci=float(eval_setting(config, "ci", 0.95)), seed=int(config.seed))
-
-
-def validation_split(trained, config, built) -> LoadedSplit:
-  """The run's validation split (empty when data.num_folds <= 1) of an already built dataset."""
-  from cxr_jax import data
-
-  return LoadedSplit(trained, config, built,
-                     np.unique(np.asarray(data.make_splits(built.metadata, config.data)["val"])))
-
-
-def model_digest(variables) -> str:
-  """Short sha256 of the variables' shapes and bytes: which parameters a temperature belongs to."""
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(variables):
-    leaf = np.asarray(leaf)
-    h.update(f"{leaf.dtype}{leaf.shape}".encode())
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()[:16]
-
-
-def validation_fit(trained, config, built, val_predictions=None, *, predict_fn=None) -> dict:
-  """The temperature of a trained run fitted on its validation split of `built`: {temperature,
-  n_val, model_digest}, with temperature None and "why" where none can be fitted.
-
-  `val_predictions` (probs, labels) of the validation split when the caller has them already;
-  otherwise they are predicted like any evaluated split (`data_batches`, `predict_arrays`, with
-  `predict_fn` when given).
-  """
-  digest = model_digest(trained.variables)
-  if val_predictions is None:
-    val = validation_split(trained, config, built)
-    if not len(val.ids):  # data.num_folds <= 1
-      return dict(temperature=None, n_val=0, model_digest=digest,
-                  why="not fitted: no validation split")
-    val_predictions = _predict_split(val, predict_fn)
-  return dict(temperature_fit(*val_predictions), model_digest=digest)
-
-
-def _predict_split(loaded: LoadedSplit, predict_fn=None) -> tuple[np.ndarray, np.ndarray]:
-  batches = data_batches(loaded, batch_size=int(loaded.config.train.eval_batch_size))
-  probs, labels, _ = predict_arrays(loaded.trained.model, loaded.trained.variables, batches,
-                                    predict_fn=predict_fn)
-  return probs, labels
-
-
-def temperature_fit(probs, labels) -> dict:
-  """{temperature, n_val} fitted on validation probabilities; temperature None and "why" where
-  `calibration.fit_problem` names a reason."""
-  logits = calibration.logits_from_probs(probs)
-  problem = calibration.fit_problem(logits, labels)
-  if problem:
-    return dict(temperature=None, n_val=int(len(labels)), why=f"not fitted: {problem}")
-  return dict(temperature=calibration.fit_temperature(logits, labels), n_val=int(len(labels)))
-
-
-def saved_validation_fit(workdir, digest: str) -> dict | None:
-  """The validation fit recorded by the test evaluation in `workdir`/metrics.json, if it was made
-  for the same parameters (`model_digest`); None otherwise (absent, older or another model)."""
-  path = Path(workdir) / checkpoint.METRICS_FILE
-  if not path.is_file():
-    return None
-  cal = json.loads(path.read_text()).get("calibration") or {}
-  if cal.get("model_digest") != digest or "temperature" not in cal:
-    return None
-  return {k: cal[k] for k in ("temperature", "n_val", "model_digest", "why") if k in cal}
 
 
 def add_calibration(metrics: dict, fit: dict, labels, probs) -> None:
@@ -265,11 +121,16 @@ def write_evaluation(out: Path, metrics: dict, title: str, ids, labels, probs, m
   metrics["written"] = [str(out / f) for f in written]
 
 
-def data_batches(loaded: LoadedSplit, batch_size: int, ids=None):
-  """Evaluation batches (id order, padded, one device) of the split or of the given ids."""
-  from cxr_jax import data
+class Split(Evaluator):
+  """metrics.json, report.md, predictions.csv and plots of one split of the run's own data: the
+  test split at the top of the run's workdir (the trainer's metrics.json), another in eval_<split>
+  (`folder` overrides)."""
 
-  return data.make_dataset(
-      loaded.built, loaded.ids if ids is None else ids, batch_size=batch_size, num_devices=1,
-      preprocessing=loaded.trained.preprocessing, train=False, seed=int(loaded.config.seed),
-      epoch=0, data_config=loaded.config.data)
+  result_file, writes_itself = checkpoint.METRICS_FILE, True
+
+  def __init__(self, split: str, folder: str | None = None):
+    self.split = split
+    self.name = folder if folder is not None else ("" if split == "test" else f"eval_{split}")
+
+  def compute(self, run, folder):
+    return evaluate_split(run, self.split, folder)

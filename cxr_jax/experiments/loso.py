@@ -17,6 +17,7 @@ import json
 import logging
 from pathlib import Path
 
+from cxr_jax.evaluate.report import MISSING, num
 from cxr_jax.experiments import grid, runner, tables
 
 HELD_OUT = "held_out"
@@ -67,10 +68,7 @@ def _load(path: Path) -> dict:
 def held_out_metrics(config, directory: Path) -> dict:
   from cxr_jax import evaluate
 
-  path = directory / f"eval_{HELD_OUT}" / runner.METRICS_FILE
-  if path.is_file():
-    return _load(path)
-  return evaluate.evaluate_workdir(directory, HELD_OUT, config)
+  return evaluate.run_one(directory, evaluate.Split(HELD_OUT), config)
 
 
 def run_loso(config, workdir, train_fn=None) -> dict:
@@ -157,16 +155,12 @@ def _reference_summary(metrics: dict) -> dict:
           "low": interval.get("low"), "high": interval.get("high")}
 
 
-def _num(value) -> str:
-  return "-" if value is None else f"{value:.3f}"
-
-
 def _pair(row: dict, key: str) -> str:
   """'held / seen' where the source defines the figure, '-' where it does not."""
   if f"held_{key}" not in row:
-    return "-"
+    return MISSING
   seen = row.get(f"seen_{key}")
-  return f"{_num(row[f'held_{key}'])} / {_num(seen)}"
+  return f"{num(row[f'held_{key}'])} / {num(seen)}"
 
 
 def markdown(rows: list[dict], status: dict, doc: dict | None = None) -> str:
@@ -177,17 +171,17 @@ def markdown(rows: list[dict], status: dict, doc: dict | None = None) -> str:
            "Only the figures a source's labels define: `-` where it cannot (e.g. no COVID image "
            "for a COVID AUC). Cells: held out / seen.", ""]
   for fold, ref in sorted(((doc or {}).get("reference") or {}).items()):
-    lines += [f"All sources (fold {fold}): test accuracy {_num(ref['test_accuracy'])} "
-              f"[{_num(ref['low'])}, {_num(ref['high'])}] on {ref['test_images']} images.", ""]
+    lines += [f"All sources (fold {fold}): test accuracy {num(ref['test_accuracy'])} "
+              f"[{num(ref['low'])}, {num(ref['high'])}] on {ref['test_images']} images.", ""]
   lines += ["| held-out source | fold | images (c/n/p) | accuracy | " +
             " | ".join(FIGURES.values()) + " | rest test accuracy | rest COVID AUC |",
             "| --- |" + " --- |" * (5 + len(FIGURES))]
   for r in rows:
     lines.append(
         f"| {r['held_out_source']} | {r['fold']} | {r['images']} ({r['n_covid']}/{r['n_normal']}/"
-        f"{r['n_pneumonia']}) | {_num(r['accuracy'])} | "
+        f"{r['n_pneumonia']}) | {num(r['accuracy'])} | "
         + " | ".join(_pair(r, k) for k in FIGURES)
-        + f" | {_num(r['rest_test_accuracy'])} | {_num(r['rest_test_covid_auc'])} |")
+        + f" | {num(r['rest_test_accuracy'])} | {num(r['rest_test_covid_auc'])} |")
   unfinished = sorted(k for k, v in status.items() if v.startswith("failed"))
   if unfinished:
     lines += ["", f"Failed runs (start the command again to retry): {', '.join(unfinished)}."]

@@ -16,11 +16,11 @@ reporting (they are never trained on, and must never pick the recipe).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from cxr_jax import files, machine
+from cxr_jax import machine
+from cxr_jax.evaluate.report import num
 from cxr_jax.experiments import grid, runner, tables
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
@@ -35,7 +35,6 @@ MEASURES = {
     "dann": {"train.dann_weight": 0.3},
 }
 COMBINED = "combined"
-PROBES_FILE = "robustness_probes.json"
 
 
 def measure_overrides(config, name: str) -> dict:
@@ -88,32 +87,19 @@ def train_and_probe(config, workdir) -> dict:
 def validation_metrics(config, directory: Path) -> dict:
   """The kept model on its validation split (eval_val/, written once): what chooses a measure,
   including the within-source figures the pooled validation loss cannot show."""
-  path = directory / "eval_val" / runner.METRICS_FILE
-  if path.is_file():
-    return json.loads(path.read_text())
   from cxr_jax import evaluate
 
-  return evaluate.evaluate_workdir(directory, "val", config)
+  return evaluate.run_one(directory, evaluate.Split("val"), config)
 
 
 def run_probes(directory: Path, segmenter=None) -> dict:
   """Source recognition (kept model's features; ImageNet's reference is the baseline audit's) and
   the lung probes (masks from `segmenter`, default the stored one), written once to
   robustness_probes.json."""
-  path = directory / PROBES_FILE
-  if path.is_file():
-    return json.loads(path.read_text())
-  from cxr_jax.evaluate import audit
-  from cxr_jax.lungs.annotations import AnnotationError
-  from cxr_jax.weights.errors import WeightsError
+  from cxr_jax import evaluate
 
-  result = {"source_recognition": audit.source_probes(directory, reference=False)}
-  try:
-    result["lung_probes"] = audit.lung_probes(directory, segmenter=segmenter)
-  except (AnnotationError, WeightsError) as e:   # no annotation set, no stored segmenter
-    result["lung_probes"] = {"defined": False, "why": f"no lung segmenter ({e})"}
-  files.write_json(path, result)
-  return result
+  (probes,) = evaluate.from_config(None, ["robustness_probes"])
+  return evaluate.run_one(directory, probes, segmenter=segmenter)
 
 
 def run_robustness(config, workdir, train_fn=None) -> dict:
@@ -196,10 +182,6 @@ def table_row(run: grid.Run, result: dict, probes: dict, val: dict) -> dict:
   return row
 
 
-def _num(value) -> str:
-  return "-" if value is None else f"{value:.3f}"
-
-
 _MAIN_COLUMNS = (
     ("val_loss", "val. loss"), ("val_accuracy", "val. accuracy"),
     ("val_ieee8023_covid_auc", "val. COVID AUC in ieee8023"), ("test_accuracy", "test accuracy"),
@@ -222,7 +204,7 @@ def markdown(rows: list[dict], status: dict) -> str:
   for r in rows:
     cells = []
     for key, _ in _MAIN_COLUMNS:
-      text = _num(r.get(key))
+      text = num(r.get(key))
       if key == "test_accuracy" and r.get("test_accuracy_low") is not None:
         text += f" [{r['test_accuracy_low']:.3f}, {r['test_accuracy_high']:.3f}]"
       cells.append(text)
@@ -233,7 +215,7 @@ def markdown(rows: list[dict], status: dict) -> str:
               "| measure | " + " | ".join(external) + " |", "| --- |" + " --- |" * len(external)]
     for r in rows:
       lines.append(f"| {r['measure']} ({r['fold']}) | "
-                   + " | ".join(_num(r.get(k)) for k in external) + " |")
+                   + " | ".join(num(r.get(k)) for k in external) + " |")
   lines += ["", "Overrides of each measure:", ""]
   lines += [f"- {r['measure']}: {r['overrides']}" for r in rows]
   failed = sorted(k for k, v in status.items() if v.startswith("failed"))

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from cxr_jax import files
+from cxr_jax.evaluate.report import MISSING, num
 from cxr_jax.experiments.summary import CLASS_METRICS, class_names
 
 
 def _fmt(entry: dict | None, digits: int = 3) -> str:
   if not entry or entry.get("mean") is None:
-    return "n/a"
+    return MISSING
   text = f"{entry['mean']:.{digits}f}"
   if entry.get("low") is not None:
     text += f" [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
@@ -92,10 +93,10 @@ def markdown_folds(name: str, group: dict, level: int = 2) -> str:
   for fold, flat in group["per_fold"].items():
     marks = "".join([" (best by test)" if int(fold) == group["best_fold_by_test"] else "",
                      " (best by val loss)" if int(fold) == group["best_fold_by_val_loss"] else ""])
-    cells = ["n/a" if flat.get(k) is None else f"{flat[k]:.4f}" for k in keys]
+    cells = [num(flat.get(k), 4) for k in keys]
     lines.append(f"| {fold}{marks} | " + " | ".join(cells) + " |")
   sd = lambda e: "" if e.get("sd") is None else f" ± {e['sd']:.4f}"
-  means = [("n/a" if group["summary"][k]["mean"] is None else
+  means = [(MISSING if group["summary"][k]["mean"] is None else
             f"{group['summary'][k]['mean']:.4f}{sd(group['summary'][k])}") for k in keys]
   lines.append("| mean ± sd | " + " | ".join(means) + " |")
   lines += ["", f"Best fold by test {group['select_metric']} (the paper's choice): "
@@ -113,13 +114,13 @@ def markdown_by_source(by_group: dict[str, dict]) -> str:
   lines = ["", "## By source", "",
            "Test images per source: " + ", ".join(
                f"{s} {next(b[s]['num_examples'] for b in by_group.values() if s in b):.0f}"
-               for s in sources) + ". COVID AUC inside a source that holds one side only: n/a.",
+               for s in sources) + ". COVID AUC inside a source that holds one side only: -.",
            "", f"| Group | {head} |", "| --- " * (2 * len(sources) + 1) + "|"]
   for name, b in by_group.items():
     cells = []
     for s in sources:
       entry = b.get(s, {})
-      cells += [_num(entry.get("accuracy")), _num(entry.get("covid_auc"))]
+      cells += [num(entry.get("accuracy")), num(entry.get("covid_auc"))]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   only = [b.get("_source_only") for b in by_group.values() if b.get("_source_only") is not None]
   if only:
@@ -138,18 +139,16 @@ def markdown_external(groups: dict[str, dict]) -> str:
       for set_name, h in sets.items():
         for source, s in h["by_source"].items():
           rows.append(f"| {name} | {fold} | {set_name} | {source} | {s['images']} | "
-                      f"{_num(s['accuracy'])} | {_num(s['called'].get('covid'))} | "
-                      f"{_num(s['sensitivity'].get('covid'))} | "
-                      f"{_num(s.get('normal_vs_pneumonia_auc'))} |")
+                      f"{num(s['accuracy'])} | {num(s['called'].get('covid'))} | "
+                      f"{num(s['sensitivity'].get('covid'))} | "
+                      f"{num(s.get('normal_vs_pneumonia_auc'))} |")
   if not rows:
     return ""
   return "\n".join([
       "", "## External sets (evaluation only, never trained on)", "",
       "Per source of each set: accuracy, share of its images called COVID, COVID sensitivity "
-      "(sources holding COVID) and normal-vs-pneumonia AUC (score 1 - p(normal)); n/a: undefined.",
+      "(sources holding COVID) and normal-vs-pneumonia AUC (score 1 - p(normal)); -: undefined.",
       "", "| Group | Fold | Set | Source | Images | Accuracy | Called COVID | COVID sensitivity | "
       "Normal-vs-pneumonia AUC |", "| --- " * 9 + "|", *rows]) + "\n"
 
 
-def _num(x) -> str:
-  return "n/a" if x is None else f"{x:.3f}"

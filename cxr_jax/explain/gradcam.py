@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax.evaluate.inference import inference_variables
+
 METHODS = ("gradcam", "gradcam++")
 DEFAULT_LAYER = "block5/conv3"
 
@@ -94,7 +96,7 @@ def make_cam_fn(model: nn.Module, layer: str = DEFAULT_LAYER, method: str = "gra
   model = _explainable(model)
 
   def cam_fn(variables, images, targets):
-    variables = {k: v for k, v in variables.items() if k not in ("perturbations", "intermediates")}
+    variables = inference_variables(variables)
     shapes = jax.eval_shape(
         lambda v, x: model.apply(v, x, train=False, mutable=["perturbations"])[1], variables,
         images)["perturbations"]

@@ -12,7 +12,7 @@ import numpy as np
 from cxr_jax import files
 from cxr_jax.data.records import LABELS
 from cxr_jax.evaluate.inference import predict_arrays
-from cxr_jax.evaluate.workdir import data_batches, load_split
+from cxr_jax.evaluate.run import data_batches, load_split
 from cxr_jax.explain import regions
 from cxr_jax.explain.gradcam import DEFAULT_LAYER, make_cam_fn
 from cxr_jax.explain.lrp import DEFAULT_EPSILON, make_lrp_fn

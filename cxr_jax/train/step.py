@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cxr_jax.evaluate import inference
 from cxr_jax.train import robust
 
 AXIS = "batch"
@@ -140,7 +141,7 @@ def train_step(state: TrainState, batch, *, model, tx, num_classes, loss="softma
 
 def eval_step(variables, batch, *, model):
   """Per-example logits (padding rows included; the host drops them by mask)."""
-  return model.apply(variables, batch["image"], train=False)
+  return inference.logits(model, variables, batch["image"])
 
 
 def make_pmapped_steps(model, tx, num_classes, loss="softmax", frozen=(),

@@ -357,38 +357,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if jax.process_index() != 0:   # evaluation writes files: one process is enough
     return {}
   files.write_json(workdir / checkpoint.HISTORY_FILE, loop["history"], indent=2)
-  if s.targets is not None:
-    return evaluate_findings(s, workdir)
   return evaluate_kept(s, workdir)
 
 
 def evaluate_kept(s: Setup, workdir: Path) -> dict:
-  """Test-split metrics of the best-validation-loss parameters, written to workdir/metrics.json,
-  then the external sets of config.eval.external (their headlines under "external")."""
+  """The evaluators of config.eval.evaluators on the best-validation-loss parameters, the test
+  split first, always (its metrics.json marks the run finished; a findings-task run gets its
+  per-finding AUCs alone); returns the test split's metrics, with the external sets' headlines
+  under "external"."""
   # The kept parameters are the best epoch's checkpoint (the state in hand is the last epoch's);
   # the dataset and splits are the ones this run trained on.
-  kept = evaluate.LoadedSplit(checkpoint.load_trained(workdir), s.config, s.built,
-                              np.unique(np.asarray(s.split_ids["test"])))
-  metrics = evaluate.evaluate_split(kept, "test", workdir)
-  specs = tuple(s.config.eval.get("external", ()))
-  if specs:
-    external = evaluate.evaluate_external(workdir, specs, trained=kept.trained)
-    metrics["external"] = {name: m["headline"] for name, m in external.items()}
+  run = evaluate.LoadedRun(workdir, checkpoint.load_trained(workdir), s.config, built=s.built,
+                           splits=s.split_ids)
+  names = ("test", *(n for n in s.config.eval.get("evaluators", ()) if n != "test"))
+  if s.targets is not None:   # stage 1 of twice transfer: no 3-class evaluation applies
+    names = ("findings",)
+  evaluators = evaluate.from_config(s.config, names)
+  results = evaluate.run_evaluators(run, evaluators, workdir, redo=True)
+  metrics = results[evaluators[0].key]
+  external = {Path(ev.name).name: results[ev.key]["headline"] for ev in evaluators
+              if isinstance(ev, evaluate.External)}
+  if external:
+    metrics["external"] = external
   return metrics
-
-
-def evaluate_findings(s: Setup, workdir: Path) -> dict:
-  """Per-finding test AUCs of the kept parameters (findings task), written to metrics.json."""
-  trained = checkpoint.load_trained(workdir)
-  p_eval = make_pmapped_steps(s.model, s.tx, s.config.model.num_classes)[1]
-  logits, _, ids = predict_split(s, p_eval, jax_utils.replicate(trained.variables), "test")
-  probs = np.asarray(jax.nn.sigmoid(jnp.asarray(logits)))
-  metrics = evaluate.findings_metrics(probs, s.targets[ids], transfer.class_names(s.config))
-  metrics = {"task": "findings", "split": "test", "num_examples": int(len(ids)), **metrics,
-             "run": {"workdir": str(workdir), "dataset": s.built.version}}
-  # Undefined AUCs (a finding absent from the split) are NaN: null in JSON, which stays strict.
-  files.write_json(workdir / checkpoint.METRICS_FILE, metrics)
-  logging.info("findings evaluation of %s: %s", workdir, json.dumps(metrics, default=float)[:400])
-  return metrics
-
-
