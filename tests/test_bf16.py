@@ -111,6 +111,9 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
   assert not ops.bf16_units()
   assert winograd.product_dtype(jnp.bfloat16, 2) == jnp.float32
   assert fwd.rule((2, 6, 6, 256), (3, 3, 256, 4), jnp.bfloat16) == "xla"
+  large = ((8, 112, 112, 128), (3, 3, 128, 128), jnp.bfloat16)
+  assert (fwd.rule(*large), wgrad.rule(*large)) == ("xla", "wino4_c2")  # float32's choice
+  assert (fwd.rule(*large[:2], jnp.float32), wgrad.rule(*large[:2], jnp.float32)) == ("xla", "wino4_c2")
   with caplog.at_level("WARNING"):
     models.create_model(default.get_config().model, dtype=jnp.bfloat16)
   assert "without bf16 units" in caplog.text
@@ -118,6 +121,8 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
   assert winograd.product_dtype(jnp.bfloat16, 2) == jnp.bfloat16
   assert winograd.product_dtype(jnp.bfloat16, 4) == winograd.product_dtype(jnp.float32, 2) == jnp.float32
   assert fwd.rule((2, 6, 6, 256), (3, 3, 256, 4), jnp.bfloat16) == "rows"
+  assert (fwd.rule(*large), wgrad.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16)) == (
+      "wino2_c2", "wino4_c2")
 
 
 # ------------------------------------------------------------------ the real VGG16 on real images

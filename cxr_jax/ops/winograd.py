@@ -88,6 +88,16 @@ def pays(x_shape, kernel_shape, dtype, largest: int) -> bool:
   return applicable(kernel_shape, dtype) and kernel_shape[2] >= 128 and 14 * 14 <= hw <= largest ** 2
 
 
+def pays_large_bf16(x_shape, kernel_shape, dtype) -> bool:
+  """The fixed rules' extra bfloat16 case, where the CPU has bf16 units: 3x3 layers with 64+ input
+  channels on maps larger than 56 x 56 (VGG16's blocks 1-2 at 224 px), where XLA's bf16
+  convolution runs at its float32 speed and F(2x2)'s bf16 products in chunks of 2 images did
+  1.2x (224 px, 64 channels) / 1.8x (112 px, 128) its forward pass, F(4x4) 1.2x the banded weight
+  gradient (2-core AMD EPYC, AVX512-BF16, shared machine)."""
+  return (jnp.dtype(dtype) == jnp.bfloat16 and bf16_units() and applicable(kernel_shape, dtype)
+          and kernel_shape[2] >= 64 and x_shape[1] * x_shape[2] > 56 * 56)
+
+
 def _combine(matrix, parts: list) -> list:
   """[sum_i matrix[a][i] * parts[i] for each row a], parts a list of equally shaped arrays.
 
