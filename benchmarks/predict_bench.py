@@ -12,7 +12,10 @@ stream's rate from its first results to its last (`warm_images_per_s`, what many
 the whole call's rate with the workdir's loading and the cached compilation in it
 (`call_images_per_s`, what this many files get). `forward_images_per_s`: the jitted forward pass
 alone on one batch, to tell the decoding's share apart. Ceiling: VGG16's forward FLOPs per image
-at this size / the measured 2048^3 fp32 matmul GFLOP/s.
+at this size / the measured 2048^3 matmul GFLOP/s in the forward pass's dtype (--dtype: float32, or
+bfloat16 with float32 accumulation, `predict --dtype`).
+
+  python benchmarks/predict_bench.py --image-size 224 --dtype bfloat16 --out benchmarks/results/predict_224_bf16.json
 """
 
 from __future__ import annotations
@@ -57,10 +60,11 @@ def saved_run(size: int, path: Path) -> Path:
   return path
 
 
-def cold_run(workdir: Path, image: str, cache: Path) -> float:
+def cold_run(workdir: Path, image: str, cache: Path, dtype: str) -> float:
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache))
   t0 = time.perf_counter()
-  done = subprocess.run([sys.executable, "-m", "cxr_jax.predict", f"--workdir={workdir}", image],
+  done = subprocess.run([sys.executable, "-m", "cxr_jax.predict", f"--workdir={workdir}", f"--dtype={dtype}",
+                         image],
                         cwd=REPO, env=env, capture_output=True, text=True)
   seconds = time.perf_counter() - t0
   if done.returncode:
@@ -68,27 +72,28 @@ def cold_run(workdir: Path, image: str, cache: Path) -> float:
   return round(seconds, 2)
 
 
-def streaming_rates(workdir: Path, files: list[str], batch_size: int) -> tuple[float, float]:
+def streaming_rates(workdir: Path, files: list[str], batch_size: int,
+                    dtype: str) -> tuple[float, float]:
   """Images/s of the stream after its first result, and of the whole call."""
   from cxr_jax import predict
 
   t0 = time.perf_counter()
   stamps = []
-  for r in predict.iter_predictions(workdir, files, batch_size=batch_size):
+  for r in predict.iter_predictions(workdir, files, batch_size=batch_size, dtype=dtype):
     assert "error" not in r, r
     stamps.append(time.perf_counter())
   # Results come a batch at a time: from the first batch's results to the last batch's.
   return (len(files) - batch_size) / (stamps[-1] - stamps[0]), len(files) / (stamps[-1] - t0)
 
 
-def forward_rate(workdir: Path, batch_size: int, repeats: int = 8) -> float:
+def forward_rate(workdir: Path, batch_size: int, dtype: str, repeats: int = 8) -> float:
   import jax
   import numpy as np
 
   from cxr_jax import checkpoint
   from cxr_jax.evaluate import make_predict_fn
 
-  trained = checkpoint.load_trained(workdir)
+  trained = checkpoint.load_trained(workdir, dtype=dtype)
   size = int(trained.config.data.image_size)
   fn = make_predict_fn(trained.model)
   x = np.zeros((batch_size, size, size, 3), np.float32)
@@ -102,6 +107,8 @@ def main(argv=None):
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--files", type=int, default=256)
   ap.add_argument("--batch-size", type=int, default=32)
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  ap.add_argument("--skip-cold", action="store_true", help="no cold-start runs (time-boxed runs)")
   ap.add_argument("--out", type=Path)
   args = ap.parse_args(argv)
   host_memory.configure("auto")  # as predict's main does, before JAX starts
@@ -113,20 +120,22 @@ def main(argv=None):
                  if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:args.files]
   workdir = saved_run(args.image_size, scratch / "run")
   cache = scratch / "jax_cache"
-  cold = {"empty_compilation_cache_s": cold_run(workdir, files[0], cache),
-          "warm_compilation_cache_s": cold_run(workdir, files[0], cache)}
+  cold = None if args.skip_cold else {
+      "empty_compilation_cache_s": cold_run(workdir, files[0], cache, args.dtype),
+      "warm_compilation_cache_s": cold_run(workdir, files[0], cache, args.dtype)}
   import jax
 
   jax.config.update("jax_compilation_cache_dir", str(cache))
-  streaming_rates(workdir, files[:2 * args.batch_size], args.batch_size)  # compiles, fills the cache
-  stream, call = streaming_rates(workdir, files, args.batch_size)
-  forward = forward_rate(workdir, args.batch_size)
-  gflops = vs_pytorch.jax_matmul_gflops("float32")
+  # compiles, fills the cache
+  streaming_rates(workdir, files[:2 * args.batch_size], args.batch_size, args.dtype)
+  stream, call = streaming_rates(workdir, files, args.batch_size, args.dtype)
+  forward = forward_rate(workdir, args.batch_size, args.dtype)
+  gflops = vs_pytorch.jax_matmul_gflops(args.dtype)
   ceiling = gflops * 1e9 / forward_flops(args.image_size)
   result = {"machine": machine.describe(), "image_size": args.image_size, "files": len(files),
-            "batch_size": args.batch_size, "cold_one_image": cold,
+            "batch_size": args.batch_size, "dtype": args.dtype, "cold_one_image": cold,
             "warm_images_per_s": round(stream, 2), "call_images_per_s": round(call, 2),
-            "forward_images_per_s": round(forward, 2), "fp32_matmul_gflops": round(gflops, 1),
+            "forward_images_per_s": round(forward, 2), "matmul_gflops": round(gflops, 1),
             "forward_gflop_per_image": round(forward_flops(args.image_size) / 1e9, 2),
             "ceiling_images_per_s": round(ceiling, 2), "warm_share_of_ceiling": round(stream / ceiling, 3),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -379,7 +379,8 @@ def markdown(result: dict) -> str:
   m = result["machine"]
   lines = [f"VGG16 + head, {result['image_size']} px, batch {result['batch']}, {m['cpu']}, "
            f"{m['cores']} cores ({m.get('isa_level', '?')}: {' '.join(m['isa'])}); medians of "
-           f"{result['rounds']} alternating rounds, {result['started']}.", "",
+           f"{result['rounds']} alternating rounds, {result['started']}."
+           + (f" Context: {result['context']}." if result.get("context") else ""), "",
            f"Large-matmul ceiling (2048^3): {json.dumps(result['sgemm_gflops_per_s'])} GFLOP/s.", ""]
   for k, res in result["train"].items():
     lines += [f"Training step, {k.replace('_', ' ')} (load average {min(res['loadavg'])}-"
@@ -417,6 +418,8 @@ def main(argv=None):
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--no-forward", action="store_true")
   ap.add_argument("--layers", action="store_true", help="per-layer weight-gradient GFLOP/s")
+  ap.add_argument("--context", default="", help="what else ran on the machine (stored in the JSON), "
+                  "e.g. 'background training paused; other helpers' tests running'")
   ap.add_argument("--out", type=Path)
   ap.add_argument("--worker", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
@@ -426,6 +429,7 @@ def main(argv=None):
   result = {"machine": machine.describe(), "image_size": args.image_size, "batch": args.batch,
             "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg()[0],
+            "context": args.context,
             "sgemm_gflops_per_s": sgemm_peak(), "one_process_per_variant": True,
             "train": {}, "forward": {}}
   print(json.dumps(result["sgemm_gflops_per_s"]), flush=True)

@@ -103,13 +103,14 @@ class Trained:
   versions: dict
 
 
-def load_trained(workdir: str | Path, which: str = "best") -> Trained:
-  """The model and parameters a workdir kept (`best`) or reached last (`latest`)."""
+def load_trained(workdir: str | Path, which: str = "best", dtype=None) -> Trained:
+  """The model and parameters a workdir kept (`best`) or reached last (`latest`); the model
+  computes in `dtype` ("float32", "bfloat16"), default the run's `config.model.dtype`."""
   workdir = Path(workdir)
   config = read_config(workdir)
   versions = json.loads((workdir / VERSIONS_FILE).read_text())
   variables = jax.tree.map(jax.numpy.asarray, _restore_variables(workdir, which))
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, dtype=None if dtype is None else jax.numpy.dtype(dtype))
   return Trained(config, model, variables, versions["preprocessing"], versions)
 
 

@@ -117,7 +117,15 @@ def get_config() -> ml_collections.ConfigDict:
   m.conv_impl = "auto"
   # VGG's max-pool: fast (cxr_jax.ops.pool: bit-identical to flax's, gradient ~8x faster on CPU) | xla
   m.pool_impl = "fast"
-  m.dtype = "float32"                # computation dtype: float32 | bfloat16 (params stay float32)
+  # Computation dtype: float32 | bfloat16. bfloat16 computes activations, convolutions and dense
+  # layers in bf16 (8 significant bits) with float32 accumulation in every product; float32 stay:
+  # the parameters and optimiser state (updates ~1e-5 of a weight would vanish in bf16's 2^-8),
+  # the logits, softmax and loss (exp and log of small differences), BatchNorm's statistics (flax
+  # computes mean/variance in float32), Winograd's transforms (cxr_jax.ops.winograd). Fast only on
+  # CPUs with bf16 units (avx512_bf16, amx_bf16; GPUs, TPUs); elsewhere emulated, slower than
+  # float32 (a warning). Never chosen by machine: the default stays float32 everywhere. Prediction
+  # takes the run's dtype or `python -m cxr_jax.predict --dtype`. Numerics: tests/test_bf16.py.
+  m.dtype = "float32"
 
   # ---------------------------------------------------------------- optimisation
   c.train = t = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
 """Class probabilities (and optionally Grad-CAM overlays) of a trained model for new image files.
 
   python -m cxr_jax.predict --workdir=W INPUT... [--cam DIR] [--which best|latest]
+      [--dtype float32|bfloat16]
 
 An INPUT is an image file, a folder (every image file below it, sorted) or a reader spec such as
 `manifest:PATH` or `folder:PATH` (`cxr_jax.data.readers`; its files in the reader's order). Each
@@ -38,6 +39,11 @@ def _parse(argv):
                       "or block5/conv3)")
   parser.add_argument("--which", default="best", choices=("best", "latest"), help="checkpoint")
   parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                      help="computation dtype of the forward pass (default: the run's "
+                      "config.model.dtype). bfloat16 is faster only on CPUs with bf16 units "
+                      "(avx512_bf16, amx_bf16); its probabilities differ from float32's by "
+                      "bfloat16 rounding (tests/test_bf16.py)")
   return parser.parse_args(argv)
 
 
@@ -106,7 +112,7 @@ def predict_files(workdir, files, **kwargs) -> list[dict]:
 
 
 def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=None, which="best",
-                     batch_size=16):
+                     batch_size=16, dtype=None):
   """Yields one result dict per file, in input order, a batch at a time. Batch i+1 is decoded
   while the model runs on batch i (JAX dispatches asynchronously), so decoding and the forward
   pass overlap and results stream over any number of files, one batch behind the decoding."""
@@ -115,7 +121,7 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
   from cxr_jax.evaluate import make_predict_fn
   from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
-  trained = checkpoint.load_trained(workdir, which=which)
+  trained = checkpoint.load_trained(workdir, which=which, dtype=dtype)
   size = int(trained.config.data.image_size)
   # Every batch is padded to one shape (one compilation for any number of files); fewer files than
   # a batch get the next power of two instead, so one image runs a forward pass of one, not of 16.
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
   try:
     for r in iter_predictions(args.workdir, expand_inputs(args.images), cam_dir=args.cam,
                               method=args.method, layer=args.layer, which=args.which,
-                              batch_size=args.batch_size):
+                              batch_size=args.batch_size, dtype=args.dtype):
       print(json.dumps(r), flush=True)
       total += 1
       if "error" in r:

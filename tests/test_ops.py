@@ -109,7 +109,10 @@ def test_winograd_only_where_it_applies():
       "xla", "rows", "wino2", "wino2_c2", "wino4", "wino4_c2")
   assert "wino4_c2" not in tuning.applicable("wgrad", (1, 1, 8, 8), jnp.float32)
   assert tuning.applicable("fwd", (1, 1, 8, 8), jnp.float32) == ("xla", "rows")
-  assert tuning.applicable("fwd", (3, 3, 8, 8), jnp.bfloat16) == ("xla", "rows")
+  # bfloat16 data: float32 transforms, bf16 products for F(2x2) only (tests/test_bf16.py).
+  assert tuning.applicable("fwd", (3, 3, 8, 8), jnp.bfloat16) == tuning.applicable(
+      "fwd", (3, 3, 8, 8), jnp.float32)
+  assert tuning.applicable("fwd", (3, 3, 8, 8), jnp.float16) == ("xla", "rows")
 
 
 @pytest.mark.parametrize("impl", ["fast_mm_rule", "fwd_rows"])
@@ -225,8 +228,9 @@ def test_rule_when_measuring_is_off(monkeypatch):
   assert tuning.choose((2, 28, 28, 256), (3, 3, 256, 8), ((1, 1), (1, 1)), jnp.float32) == "wino4"
   assert tuning.choose((2, 28, 28, 256), (3, 3, 256, 8), ((1, 1), (1, 1)), jnp.float32,
                        op="fwd") == "wino4"
+  # bf16 products only where the CPU has bf16 units, else XLA's conv (test_bf16.py).
   assert tuning.choose((2, 6, 6, 256), (3, 3, 256, 4), ((1, 1), (1, 1)), jnp.bfloat16,
-                       op="fwd") == "rows"
+                       op="fwd") == ("rows" if ops.bf16_units() else "xla")
   assert not tuning.cache_path().exists()
 
 

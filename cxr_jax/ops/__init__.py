@@ -11,9 +11,12 @@ with another backward pass:
                 float32 rounding (im2col forms) or ~1e-5 of its scale (Winograd forms).
   fast_mm       also forward and input gradient measured between XLA's conv, one matrix product
                 ("rows") and Winograd F(2x2,3x3) / F(4x4,3x3) ("wino2", "wino4", `winograd`:
-                2.25x / 4x fewer multiplications, float32 3x3 only; error ~1e-5 of the output's
+                2.25x / 4x fewer multiplications, 3x3 only; float32 error ~1e-5 of the output's
                 scale), and Winograd weight gradients among the others. In float32 the fastest
-                path here; with bfloat16 compute (model dtype) the products use the CPU's bf16 units.
+                path here. With bfloat16 compute (model dtype) the products use the CPU's bf16
+                units (`bf16_units()`: avx512_bf16 or amx_bf16): the matrix-product forms and
+                Winograd F(2x2) multiply bf16 operands with float32 accumulation, F(4x4) keeps
+                float32 products on bf16 data (`winograd.product_dtype`).
   fast_rule, fast_mm_rule   the same without measuring (fixed rules).
   wgrad_<name>, fwd_<name>  one formulation everywhere (tests, benchmarks).
 
@@ -26,5 +29,7 @@ CXR_JAX_WGRAD_TUNE=0 turns measuring off everywhere (rules instead). Pre-measure
 
 from cxr_jax.ops.conv import conv2d, explicit_padding
 from cxr_jax.ops.layers import CONV_IMPLS, FastConv, conv_module, resolve
+from cxr_jax.ops.winograd import bf16_units
 
-__all__ = ["CONV_IMPLS", "FastConv", "conv2d", "conv_module", "explicit_padding", "resolve"]
+__all__ = ["CONV_IMPLS", "FastConv", "bf16_units", "conv2d", "conv_module", "explicit_padding",
+           "resolve"]

@@ -1,13 +1,16 @@
 """Formulations of a stride-1 convolution's forward pass (also used for its input gradient).
 
-XLA's CPU convolution (YNNPACK) runs bfloat16 no faster than float32, while XLA's bfloat16 dot uses
-AMX at several times the float32 rate. "rows" writes the convolution as one matrix product:
-the KW horizontal taps of the padded input are concatenated along channels ([M', KW*C], M' counting
+XLA's CPU convolution (YNNPACK) runs bfloat16 no faster than float32, while XLA's bfloat16 dot with
+float32 accumulation (`preferred_element_type=float32`, as every product here) uses the bf16 units:
+AMX at several times the float32 rate, AVX512-BF16 at ~2x (2-core AMD EPYC: 2.1-2.3x on VGG16's
+product shapes; a bf16 dot with bf16 output runs at float32's rate there). "rows" writes the
+convolution as one matrix product: the KW horizontal taps of the padded input are concatenated along channels ([M', KW*C], M' counting
 every padded row), multiplied by the kernel rearranged to [KW*C, KH*O], and the KH row-shifted
 slices of the product are summed. It costs a KW-fold copy of the input and a KH-fold product
 buffer, which pays off where channels are wide (and mostly in bfloat16).
 
-"wino2" / "wino4": Winograd F(2x2, 3x3) / F(4x4, 3x3), see `winograd` (3x3 kernels, float32).
+"wino2" / "wino4": Winograd F(2x2, 3x3) / F(4x4, 3x3), see `winograd` (3x3 kernels; float32
+transforms, bf16 products for F(2x2) on bfloat16 data).
 
 Every function takes x [N, H, W, C], w [KH, KW, C, O] and (low, high) padding per spatial dim
 and returns the [N, H', W', O] output in x.dtype, accumulating in float32.
@@ -53,12 +56,18 @@ FORMULATIONS: dict[str, Callable] = {
 
 
 def rule(x_shape, kernel_shape, dtype) -> str:
-  """Fixed choice when measuring is off: "rows" for bfloat16 with wide channels; Winograd for
-  float32 3x3 layers with 128+ input channels on maps of 14 x 14 to 56 x 56 (1.4-2x XLA's conv
-  on VGG16's blocks 3-5 at 224 px, 2-core AMD EPYC); else XLA's conv."""
+  """Fixed choice when measuring is off: Winograd for 3x3 layers with 128+ input channels on maps
+  of 14 x 14 to 56 x 56 (float32: 1.4-2x XLA's conv on VGG16's blocks 3-5 at 224 px, 2-core AMD
+  EPYC; bfloat16 on AVX512-BF16: F(2x2)'s bf16 products 2x float32's at 14 px, F(4x4) as fast at
+  28-56 px; and F(2x2) in chunks of 2 images on larger maps, `winograd.pays_large_bf16`);
+  "rows" for other bfloat16 layers with wide channels where the CPU has bf16 units
+  (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv."""
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
     return "wino4" if x_shape[1] * x_shape[2] >= 28 * 28 else "wino2"
-  return "rows" if jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[2] >= 256 else "xla"
+  if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
+    return "wino2_c2"
+  bf16 = jnp.dtype(dtype) == jnp.bfloat16 and winograd.bf16_units()
+  return "rows" if bf16 and kernel_shape[2] >= 256 else "xla"
 
 
 def transposed_padding(kernel_shape, padding: Padding):

@@ -117,10 +117,14 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   14 x 14 to 112 x 112: Winograd (1.5-2.8x the best other form on VGG16's blocks 2-5 at 224 px, batch 8,
   2-core AMD EPYC). Otherwise large images (56 x 56 and up): bands of 4 rows (1.5-2.4x the im2col
   forms on blocks 1-3); else the transposed im2col, except for very wide layers where the
-  [KH*KW*C, M] buffer gets large relative to the work and the dy^T form did better in probes."""
+  [KH*KW*C, M] buffer gets large relative to the work and the dy^T form did better in probes.
+  bfloat16 (`winograd.product_dtype`): the same, and F(4x4) also on larger maps from 64 channels
+  where the CPU has bf16 units (`winograd.pays_large_bf16`)."""
   hw = x_shape[1] * x_shape[2]
   if winograd.pays(x_shape, kernel_shape, dtype, largest=112):
     return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"
+  if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
+    return "wino4_c2"
   if hw >= 56 * 56:
     return "band4"
   return "im2col" if kernel_shape[2] >= 512 else "im2col_t"

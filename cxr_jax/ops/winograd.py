@@ -12,8 +12,14 @@ them is measured (`tuning`).
 The weight gradient is the adjoint of the same computation: dU = V^T dM per tile position, with dM
 the output gradient through A^T's transpose, then dW = G^T dU G.
 
-float32 only: F(4x4, 3x3)'s coefficients (1/24, 5, 8) lose too much in bfloat16. In float32 the
-error is ~1e-5 of the output's scale for m=4 and ~1e-6 for m=2 (direct: ~1e-7).
+In float32 the error is ~1e-5 of the output's scale for m=4 and ~1e-6 for m=2 (direct: ~1e-7).
+
+bfloat16 inputs (model dtype bfloat16): the transforms always run in float32 (the inputs are
+upcast inside their fusions, so no extra pass over memory), and only the products' operands are
+rounded (`product_dtype`): to bfloat16 for F(2x2, 3x3), whose transforms have coefficients 0, +-1,
++-1/2, so rounding V and U adds one bfloat16 rounding (2^-9 relative) of values at most 4x / 2.25x
+the input's, as the direct bfloat16 product rounds x and w; F(4x4, 3x3)'s transforms (5, 8, 1/24)
+amplify that rounding ~100x, so its products stay float32 (at float32's speed, on bfloat16 data).
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ import functools
 import operator
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from cxr_jax import machine
 
 Padding = Sequence[tuple[int, int]]
 
@@ -46,7 +55,19 @@ VARIANTS = {"wino2": (2, 0), "wino2_c2": (2, 2), "wino4": (4, 0), "wino4_c2": (4
 
 
 def applicable(kernel_shape, dtype) -> bool:
-  return tuple(kernel_shape[:2]) == (3, 3) and jnp.dtype(dtype) == jnp.float32
+  return tuple(kernel_shape[:2]) == (3, 3) and jnp.dtype(dtype) in (jnp.float32, jnp.bfloat16)
+
+
+def product_dtype(dtype, m: int):
+  """The dtype the (m+2)^2 products take their operands in for inputs of `dtype` (module doc):
+  bfloat16 only for F(2x2) on a CPU with bf16 units (elsewhere XLA emulates bf16 products,
+  several times slower than float32's)."""
+  return jnp.bfloat16 if jnp.dtype(dtype) == jnp.bfloat16 and m == 2 and bf16_units() else jnp.float32
+
+
+def bf16_units() -> bool:
+  """Whether bfloat16 products run on hardware (GPU/TPU, or a CPU with avx512_bf16 / amx_bf16)."""
+  return jax.default_backend() != "cpu" or machine.native_bf16()
 
 
 def covers(name: str, kernel_shape, dtype) -> bool:
@@ -61,10 +82,20 @@ def formulations(fn) -> dict:
 
 
 def pays(x_shape, kernel_shape, dtype, largest: int) -> bool:
-  """The fixed rules' condition: float32 3x3 layers with 128+ input channels on maps from 14 x 14
+  """The fixed rules' condition: float32 or bfloat16 3x3 layers with 128+ input channels on maps from 14 x 14
   (smaller ones are mostly padding in the tiles) up to `largest` x `largest`."""
   hw = x_shape[1] * x_shape[2]
   return applicable(kernel_shape, dtype) and kernel_shape[2] >= 128 and 14 * 14 <= hw <= largest ** 2
+
+
+def pays_large_bf16(x_shape, kernel_shape, dtype) -> bool:
+  """The fixed rules' extra bfloat16 case, where the CPU has bf16 units: 3x3 layers with 64+ input
+  channels on maps larger than 56 x 56 (VGG16's blocks 1-2 at 224 px), where XLA's bf16
+  convolution runs at its float32 speed and F(2x2)'s bf16 products in chunks of 2 images did
+  1.2x (224 px, 64 channels) / 1.8x (112 px, 128) its forward pass, F(4x4) 1.2x the banded weight
+  gradient (2-core AMD EPYC, AVX512-BF16, shared machine)."""
+  return (jnp.dtype(dtype) == jnp.bfloat16 and bf16_units() and applicable(kernel_shape, dtype)
+          and kernel_shape[2] >= 64 and x_shape[1] * x_shape[2] > 56 * 56)
 
 
 def _combine(matrix, parts: list) -> list:
@@ -101,7 +132,8 @@ def _input_tiles(x, padding: Padding, m: int) -> list:
   _, _, th, tw = _tiling(x.shape, padding, m)
   nbh, nbw = th + -(-(a - m) // m), tw + -(-(a - m) // m)  # m-row blocks the tiles touch
   # Zeros past the requested bottom/right padding only feed outputs that are cropped.
-  xp = jnp.pad(x, ((0, 0), (top, nbh * m - h - top), (left, nbw * m - w - left), (0, 0)))
+  xp = jnp.pad(x.astype(jnp.float32),
+               ((0, 0), (top, nbh * m - h - top), (left, nbw * m - w - left), (0, 0)))
   xp = xp.reshape(n, nbh, m, nbw, m, c)  # tile row i of tile t is block t + i // m, offset i % m
   v = []
   for r in _combine(bt, [xp[:, i // m:i // m + th, i % m] for i in range(a)]):
@@ -115,9 +147,10 @@ def _batches(n: int, chunk: int) -> int:
 
 
 def _kernel_tiles(w, m: int) -> list:
-  """G w G^T at every tile position: (m+2)^2 arrays [C, O]."""
+  """G w G^T at every tile position: (m+2)^2 arrays [C, O] in the products' dtype."""
   g = MATRICES[m][1]
-  return [q for r in _combine(g, list(w)) for q in _combine(g, list(r))]
+  dt = product_dtype(w.dtype, m)
+  return [q.astype(dt) for r in _combine(g, list(w.astype(jnp.float32))) for q in _combine(g, list(r))]
 
 
 def _forward(x, u: list, padding: Padding, m: int):
@@ -127,7 +160,8 @@ def _forward(x, u: list, padding: Padding, m: int):
   o = u[0].shape[1]
   ho, wo, th, tw = _tiling(x.shape, padding, m)
   v = _input_tiles(x, padding, m)
-  prod = [jnp.dot(vk.reshape(-1, c), uk, preferred_element_type=jnp.float32).reshape(n, th, tw, o)
+  prod = [jnp.dot(vk.reshape(-1, c).astype(uk.dtype), uk,
+                  preferred_element_type=jnp.float32).reshape(n, th, tw, o)
           for vk, uk in zip(v, u, strict=True)]
   cols = [_combine(at, prod[j::a]) for j in range(a)]  # cols[j][p]: A^T over the tile rows
   y = [_combine(at, [col[p] for col in cols]) for p in range(m)]  # y[p][q]: then over columns
@@ -156,11 +190,13 @@ def _kernel_grads(x, dy, padding: Padding, m: int) -> list:
   o = dy.shape[3]
   ho, wo, th, tw = _tiling(x.shape, padding, m)
   v = _input_tiles(x, padding, m)
-  dyp = jnp.pad(dy, ((0, 0), (0, th * m - ho), (0, tw * m - wo), (0, 0))).reshape(n, th, m, tw, m, o)
+  dt = product_dtype(x.dtype, m)
+  dyp = jnp.pad(dy.astype(jnp.float32), ((0, 0), (0, th * m - ho), (0, tw * m - wo), (0, 0))).reshape(n, th, m, tw, m, o)
   a_t = _transpose(at)  # [a][p]
   dm = [q for r in _combine(a_t, [dyp[:, :, p] for p in range(m)])
         for q in _combine(a_t, [r[:, :, :, q] for q in range(m)])]  # row-major (a, b), [N, th, tw, O]
-  return [lax.dot_general(vk.reshape(-1, c), dmk.reshape(-1, o), (((0,), (0,)), ((), ())),
+  return [lax.dot_general(vk.reshape(-1, c).astype(dt), dmk.reshape(-1, o).astype(dt),
+                          (((0,), (0,)), ((), ())),
                           preferred_element_type=jnp.float32)
           for dmk, vk in zip(dm, v, strict=True)]
 

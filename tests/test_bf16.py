@@ -1,0 +1,201 @@
+"""bfloat16 compute: the convolution formulations on bfloat16 data against float32's
+lax.conv_general_dilated, and the real VGG16's logits and probabilities against float32's, within
+error bounds derived from bfloat16's precision (not fitted to what was observed).
+
+bfloat16 keeps 8 significant bits (7 stored + the implicit one): round to nearest has unit roundoff
+U_BF16 = 2^-8; float32's is 2^-24. A sum of K float32 products carries at most K * 2^-24 of the
+sum of their absolute values (Higham's gamma_K, first order).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cxr_jax import checkpoint, models, ops, predict
+from cxr_jax.ops import fwd, wgrad, winograd
+
+U_BF16 = 2.0 ** -8
+U_F32 = 2.0 ** -24
+PADS = ((1, 1), (1, 1))
+
+
+def _random(shape, seed, relu=False):
+  """bfloat16-exact float32 data (the reference then sees the very values bfloat16 computes on)."""
+  a = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+  return jnp.asarray(np.maximum(a, 0) if relu else a, jnp.bfloat16).astype(jnp.float32)
+
+
+def _unit(dtype) -> float:
+  return U_BF16 if jnp.dtype(dtype) == jnp.bfloat16 else U_F32
+
+
+def _ref(x, w, dy):
+  """float32 forward, input gradient and weight gradient of lax.conv_general_dilated."""
+  y, vjp = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, PADS), x, w)
+  return (y, *vjp(dy))
+
+
+def _abs_winograd(monkeypatch, m: int):
+  """The same Winograd algorithm with |B|, |G|, |A|: run on |x|, |w| (in float32) it gives, per
+  output, E = |A^T| (sum_c |B^T d B| * |G g G^T|) |A|, the sum of the absolute values of every
+  product term the algorithm adds. Rounding the products' operands to unit u moves each term by at
+  most 2u of its size, so the products' error is at most 2u E (first order)."""
+  monkeypatch.setitem(winograd.MATRICES, m, tuple(
+      tuple(tuple(abs(c) for c in row) for row in mat) for mat in winograd.MATRICES[m]))
+
+
+@pytest.mark.parametrize("name", ["wino2", "wino2_c2", "wino4", "wino4_c2"])
+def test_winograd_on_bfloat16_within_its_derived_bound(name, monkeypatch):
+  """Forward, input gradient and weight gradient of the Winograd forms on bfloat16 data: error
+  <= u_out |ref| + (2 u_products + K 2^-24) E, with u_products bfloat16's for F(2x2) and float32's
+  for F(4x4) (`winograd.product_dtype`), K the products' length (plus 32 for the transforms'
+  float32 sums) and E the absolute-value run of the same algorithm (`_abs_winograd`)."""
+  m = winograd.VARIANTS[name][0]
+  x = _random((2, 13, 11, 64), 1, relu=True)
+  w = _random((3, 3, 64, 32), 2) * 0.125  # a power of two: still bfloat16-exact
+  y, dx_ref, dw_ref = _ref(x, w, dy := _random((2, 13, 11, 32), 3))
+  bf = lambda a: a.astype(jnp.bfloat16)
+  tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, PADS)
+  got = {"y": fwd.FORMULATIONS[name](bf(x), bf(w), PADS),
+         "dx": fwd.FORMULATIONS[name](bf(dy), bf(tw), tpads),
+         "dw": wgrad.FORMULATIONS[name](bf(x), bf(dy), w.shape, PADS, jnp.float32)}
+  assert got["y"].dtype == got["dx"].dtype == jnp.bfloat16 and got["dw"].dtype == jnp.float32
+  u_p = _unit(winograd.product_dtype(jnp.bfloat16, m))
+  _abs_winograd(monkeypatch, m)
+  tiles = 2 * -(-13 // m) * -(-11 // m)
+  checks = {  # name: (reference, E, K, output rounding)
+      "y": (y, fwd.FORMULATIONS[name](abs(x), abs(w), PADS), 64, U_BF16),
+      "dx": (dx_ref, fwd.FORMULATIONS[name](abs(dy), abs(tw), tpads), 32, U_BF16),
+      "dw": (dw_ref, wgrad.FORMULATIONS[name](abs(x), abs(dy), w.shape, PADS, jnp.float32), tiles,
+             U_F32)}
+  for key, (ref, e, k, u_out) in checks.items():
+    err = jnp.abs(got[key].astype(jnp.float32) - ref)
+    bound = u_out * jnp.abs(ref) + (2 * u_p + (k + 32) * U_F32) * e
+    assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
+    # bfloat16 products leave a visible error; float32 products only the output's rounding.
+    assert float(err.max()) > 0
+
+
+@pytest.mark.parametrize("name", ["rows"])
+def test_matrix_product_forward_on_bfloat16_within_its_derived_bound(name):
+  """A single bfloat16 product (float32 accumulation) on bfloat16 data: the output's rounding
+  u |ref| plus K 2^-24 of the absolute-value convolution S = |x| * |w| (K = 9 C)."""
+  x, w = _random((2, 9, 10, 32), 4, relu=True), _random((3, 3, 32, 16), 5)
+  y = fwd.xla(x, w, PADS)
+  s = fwd.xla(abs(x), abs(w), PADS)
+  out = fwd.FORMULATIONS[name](x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), PADS)
+  err = jnp.abs(out.astype(jnp.float32) - y)
+  assert float(jnp.max(err - (U_BF16 * jnp.abs(y) + 9 * 32 * U_F32 * s))) <= 0
+
+
+@pytest.mark.parametrize("name", ["im2col", "im2col_t", "shift_t", "band4"])
+def test_matrix_product_weight_gradients_on_bfloat16_within_their_derived_bound(name):
+  x, dy = _random((2, 9, 10, 32), 6, relu=True), _random((2, 9, 10, 16), 7)
+  _, vjp = jax.vjp(lambda w_: fwd.xla(x, w_, PADS), jnp.zeros((3, 3, 32, 16)))
+  (dw_ref,) = vjp(dy)
+  _, vjp_abs = jax.vjp(lambda w_: fwd.xla(abs(x), w_, PADS), jnp.zeros((3, 3, 32, 16)))
+  (s,) = vjp_abs(abs(dy))
+  dw = wgrad.FORMULATIONS[name](x.astype(jnp.bfloat16), dy.astype(jnp.bfloat16), (3, 3, 32, 16),
+                                PADS, jnp.float32)
+  assert float(jnp.max(jnp.abs(dw - dw_ref) - 2 * 9 * 10 * U_F32 * s)) <= 0
+
+
+def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
+  """An AVX2-only CPU emulates bf16 products (slower than float32): there bfloat16 data keep
+  float32 products in Winograd, the rules never pick the bf16 "rows" product, and building a
+  bfloat16 model says so in the log."""
+  from configs import default
+
+  monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: False)
+  assert not ops.bf16_units()
+  assert winograd.product_dtype(jnp.bfloat16, 2) == jnp.float32
+  assert fwd.rule((2, 6, 6, 256), (3, 3, 256, 4), jnp.bfloat16) == "xla"
+  large = ((8, 112, 112, 128), (3, 3, 128, 128), jnp.bfloat16)
+  assert (fwd.rule(*large), wgrad.rule(*large)) == ("xla", "wino4_c2")  # float32's choice
+  assert (fwd.rule(*large[:2], jnp.float32), wgrad.rule(*large[:2], jnp.float32)) == ("xla", "wino4_c2")
+  with caplog.at_level("WARNING"):
+    models.create_model(default.get_config().model, dtype=jnp.bfloat16)
+  assert "without bf16 units" in caplog.text
+  monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
+  assert winograd.product_dtype(jnp.bfloat16, 2) == jnp.bfloat16
+  assert winograd.product_dtype(jnp.bfloat16, 4) == winograd.product_dtype(jnp.float32, 2) == jnp.float32
+  assert fwd.rule((2, 6, 6, 256), (3, 3, 256, 4), jnp.bfloat16) == "rows"
+  assert (fwd.rule(*large), wgrad.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16)) == (
+      "wino2_c2", "wino4_c2")
+
+
+# ------------------------------------------------------------------ the real VGG16 on real images
+
+SIZE = 224
+# Weight layers of VGG16 + the quick-start head: 13 convolutions, dense1 and logits.
+LAYERS = 15
+
+
+def logit_tolerance() -> float:
+  """Norm-wise relative error of bfloat16 logits, first order, layers of gain <= 1: each layer
+  rounds its weights and its output to bfloat16 (2u), the image is rounded once (u), and float32
+  accumulation over K = 25088 (dense1's inputs, the longest sum) adds K 2^-24 per layer; bfloat16
+  Winograd F(2x2) layers add 2u E/|y| more, bounded by the same 2u times its amplification, taken
+  here as 2 (|B^T| and |G|'s row sums are 2 and 1.5, |A|'s 2: E <= ~2x the direct form's
+  absolute sum on the ReLU inputs of VGG's maps). Summed over the layers:
+  u (1 + LAYERS (2 + 2 * 2)) + LAYERS * 25088 * 2^-24 ~= 0.38."""
+  return U_BF16 * (1 + LAYERS * (2 + 2 * 2)) + LAYERS * 25088 * U_F32
+
+
+@pytest.fixture(scope="module")
+def vgg16_run(tmp_path_factory):
+  """A run of the real ImageNet VGG16 (stored torchvision weights, see test_weights_real) with a
+  seeded He-normal quick-start head, saved without training, at 224 px."""
+  from configs import quickstart
+  from cxr_jax.weights import load_pretrained
+
+  pretrained = load_pretrained("vgg16")
+  config = quickstart.get_config()
+  config.data.image_size = SIZE
+  model = models.create_model(config.model)
+  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, SIZE, SIZE, 3)))["params"])(
+      jax.random.key(0))
+  params = dict(params, **{b: pretrained.params[b] for b in pretrained.params})
+  path = tmp_path_factory.mktemp("vgg16_run")
+  checkpoint.save_trained(path, config, {"params": params}, pretrained.preprocessing)
+  return path
+
+
+@pytest.fixture(scope="module")
+def cxr3_images(cxr3_root):
+  """Two cxr3 images per class."""
+  return [str(p) for label in ("covid", "normal", "pneumonia")
+          for p in sorted((cxr3_root / label).glob("*.jpg"))[:2]]
+
+
+def test_vgg16_bfloat16_logits_and_probabilities_within_the_derived_tolerance(vgg16_run, cxr3_images):
+  """Real ImageNet VGG16 on real chest X-rays: bfloat16 logits within `logit_tolerance` of
+  float32's (norm-wise, relative to the largest logit), and `predict --dtype=bfloat16`
+  probabilities within half of that logit error (softmax's Jacobian has infinity norm
+  2 p (1 - p) <= 1/2)."""
+  trained = {dt: checkpoint.load_trained(vgg16_run, dtype=dt) for dt in ("float32", "bfloat16")}
+  assert trained["bfloat16"].model.dtype == jnp.bfloat16
+  images, _ = predict.load_images(cxr3_images, trained["float32"].config.data)
+  from cxr_jax.data.preprocess import normalise_images
+
+  x = normalise_images(np.stack([images[k] for k in range(len(cxr3_images))]),
+                       trained["float32"].preprocessing)
+  logits = {dt: np.asarray(jax.jit(t.model.apply)(t.variables, x)) for dt, t in trained.items()}
+  assert logits["bfloat16"].dtype == np.float32
+  scale = np.abs(logits["float32"]).max()
+  err = np.abs(logits["bfloat16"] - logits["float32"]).max()
+  print(f"bf16 vs fp32 logits: max error {err:.4g} = {err / scale:.3g} of the largest logit "
+        f"(tolerance {logit_tolerance():.3g})")
+  assert 0 < err <= logit_tolerance() * scale
+  probs = {dt: np.array([list(r["probs"].values()) for r in
+                         predict.predict_files(vgg16_run, cxr3_images, batch_size=8, dtype=dt)])
+           for dt in ("float32", "bfloat16")}
+  np.testing.assert_allclose(probs["float32"], np.asarray(jax.nn.softmax(logits["float32"])),
+                             atol=1e-5)
+  assert np.abs(probs["bfloat16"] - probs["float32"]).max() <= 0.5 * logit_tolerance() * scale
+
+
+def test_predict_dtype_flag_overrides_the_runs_dtype(vgg16_run):
+  assert checkpoint.load_trained(vgg16_run).model.dtype == jnp.float32
+  assert checkpoint.load_trained(vgg16_run, dtype="bfloat16").model.dtype == jnp.bfloat16
