@@ -78,7 +78,7 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
   written = []
   if mode == "cv":
     text = ("# Cross-validation\n\n" + "".join(tables.markdown_folds(n, g) for n, g in groups.items())
-            + tables.markdown_external(groups))
+            + tables.markdown_external(groups) + tables.markdown_unfinished(status))
     written += [_write(workdir / "cv.md", text)]
   else:
     stem = "table2" if mode == "ablation" else "sweep"
@@ -90,6 +90,7 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
             + tables.markdown_winners(groups, won)
             + tables.markdown_by_source({n: g["by_source"] for n, g in groups.items()})
             + tables.markdown_external(groups)
+            + tables.markdown_unfinished(status)
             + "\n## Folds of each group\n\n"
             + "".join(tables.markdown_folds(n, g, level=3) for n, g in groups.items()))
     written += [str(workdir / f"{stem}.csv"), _write(workdir / f"{stem}.md", text)]

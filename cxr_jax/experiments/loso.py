@@ -188,10 +188,7 @@ def markdown(rows: list[dict], status: dict, doc: dict | None = None) -> str:
         f"{r['n_pneumonia']}) | {_num(r['accuracy'])} | "
         + " | ".join(_pair(r, k) for k in FIGURES)
         + f" | {_num(r['rest_test_accuracy'])} | {_num(r['rest_test_covid_auc'])} |")
-  unfinished = sorted(k for k, v in status.items() if v.startswith("failed"))
-  if unfinished:
-    lines += ["", f"Failed runs (start the command again to retry): {', '.join(unfinished)}."]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n" + tables.markdown_unfinished(status)
 
 
 def write_figure(rows: list[dict], path: Path) -> str:

@@ -236,10 +236,7 @@ def markdown(rows: list[dict], status: dict) -> str:
                    + " | ".join(_num(r.get(k)) for k in external) + " |")
   lines += ["", "Overrides of each measure:", ""]
   lines += [f"- {r['measure']}: {r['overrides']}" for r in rows]
-  failed = sorted(k for k, v in status.items() if v.startswith("failed"))
-  if failed:
-    lines += ["", f"Failed runs (start the command again to retry): {', '.join(failed)}."]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n" + tables.markdown_unfinished(status)
 
 
 _FIGURE = (("test_accuracy", "internal test accuracy"),

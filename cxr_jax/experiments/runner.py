@@ -79,9 +79,22 @@ def is_finished(directory: Path) -> bool:
   return (directory / METRICS_FILE).is_file()
 
 
+def run_one(run: Run, directory: Path, train_fn: Callable) -> str:
+  """One run as every executor runs it: 'skipped' if finished, else trained (resumed from its
+  latest checkpoint when it has one) -> 'trained'. Refuses a directory of another config."""
+  check_config(directory, run)
+  if is_finished(directory):
+    return "skipped"
+  logging.info("experiment: run %s (%s)", run.name,
+               "resuming" if (directory / "checkpoints").is_dir() else "new")
+  train_fn(run.config, directory)
+  return "trained"
+
+
 def run_all(runs: list[Run], workdir: str | Path,
             train_fn: Callable | None = None) -> dict[str, str]:
-  """Trains every unfinished run; returns {run name: 'skipped' | 'trained' | 'failed: ...'}.
+  """Trains every unfinished run; returns {run name: 'skipped' | 'trained' | 'failed: ...'}
+  (with config.experiment.executor='slurm' also 'pending: ...'; cxr_jax/experiments/slurm.py).
 
   Every run's config is checked before the first one trains, so a mismatch stops the experiment
   before it spends hours. A run that fails (e.g. a non-finite loss) is reported and the others
@@ -91,17 +104,19 @@ def run_all(runs: list[Run], workdir: str | Path,
     from cxr_jax.train import train_and_evaluate as train_fn
   for run in runs:
     check_config(run_dir(workdir, run), run)
+  executor = runs[0].config.experiment.get("executor", "local") if runs else "local"
+  if executor == "slurm":
+    from cxr_jax.experiments import slurm
+
+    status = slurm.run_all(runs, workdir, train_fn)
+    _write_status(workdir, status, runs)
+    return status
+  if executor != "local":
+    raise ValueError(f"config.experiment.executor={executor!r}: use 'local' or 'slurm'")
   status = {}
-  for i, run in enumerate(runs):
-    directory = run_dir(workdir, run)
-    if is_finished(directory):
-      status[run.name] = "skipped"
-      continue
-    logging.info("experiment: run %d/%d %s (%s)", i + 1, len(runs), run.name,
-                 "resuming" if (directory / "checkpoints").is_dir() else "new")
+  for run in runs:
     try:
-      train_fn(run.config, directory)
-      status[run.name] = "trained"
+      status[run.name] = run_one(run, run_dir(workdir, run), train_fn)
     except Exception as e:  # one bad run must not cost the others
       logging.exception("experiment: run %s failed", run.name)
       status[run.name] = f"failed: {type(e).__name__}: {e}"

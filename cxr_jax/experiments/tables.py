@@ -153,3 +153,13 @@ def markdown_external(groups: dict[str, dict]) -> str:
 
 def _num(x) -> str:
   return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown_unfinished(status: dict) -> str:
+  """The runs the tables leave out and why: failed (its error; under SLURM its job, log and the
+  log's last line) or still pending. Start the same command again to retry or collect them."""
+  left = {name: s for name, s in status.items() if s not in ("skipped", "trained")}
+  if not left:
+    return ""
+  return ("\n## Runs not in these tables (start the same command again to retry or collect)\n\n"
+          + "".join(f"- {name}: {s}\n" for name, s in left.items()))
