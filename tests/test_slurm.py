@@ -3,6 +3,7 @@ one-node cluster on the CI machine). A 2-run smoke sweep as a job array against 
 executor's run of it; a job killed with scancel and the command started again; a failing run;
 a second start while jobs are queued."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -214,3 +215,61 @@ def test_unfinished_runs_are_named_in_the_tables():
   assert "- c: failed: slurm job 3_1 FAILED" in text and "- d: pending: slurm job 3_2" in text
   assert "- a" not in text and "- b" not in text
   assert tables.markdown_unfinished({"a": "trained"}) == ""
+
+
+def test_job_resources_come_from_the_config(tmp_path):
+  from configs import smoke
+
+  c = smoke.get_config()
+  s = c.experiment.slurm
+  s.partition, s.time, s.cpus_per_task, s.mem, s.gpus_per_node = "gpu", "2:00:00", 4, "16G", 2
+  s.nodes, s.array_parallelism, s.extra, s.setup = 2, 5, "account=lab;exclusive", "module load x"
+  text = slurm._executor(c, tmp_path, ("7_0",))._make_submission_file_text("python -m x", "0")
+  for line in ("--partition=gpu", "--time=2:00:00", "--cpus-per-task=4", "--mem=16G",
+               "--gpus-per-node=2", "--nodes=2", "--ntasks-per-node=1", "--account=lab",
+               "--exclusive", "--dependency=afterok:7_0", "--kill-on-invalid-dep=yes",
+               f"--job-name=cxr_{tmp_path.name}"):
+    assert f"#SBATCH {line}\n" in text, line
+  assert "\nmodule load x\n" in text
+
+
+def test_stage_two_waits_for_the_job_of_stage_one(monkeypatch, tmp_path):
+  """Twice transfer: stage 1 and the single-transfer run in one array, the runs starting from
+  stage 1's model in a second one that waits for stage 1's job; nothing runs here."""
+  from configs import smoke
+  from cxr_jax.experiments import twice
+
+  arrays = []
+
+  class Job:
+    def __init__(self, job_id):
+      self.job_id = job_id
+      self.paths = type("Paths", (), {"stdout": f"{job_id}.out", "stderr": f"{job_id}.err"})
+
+  class Executor:
+    def __init__(self, needs):
+      self.needs, self.cells = needs, []
+      arrays.append(self)
+
+    @contextlib.contextmanager
+    def batch(self):
+      yield
+
+    def submit(self, cell):
+      self.cells.append(cell.run.name)
+      return Job(f"{len(arrays)}_{len(self.cells) - 1}")
+
+  monkeypatch.setattr(slurm, "_executor", lambda config, workdir, needs: Executor(needs))
+  c = smoke.get_config()
+  c.experiment.variants = ("single", "twice")
+  runs = twice.plan(c, tmp_path)
+  jobs = slurm.submit(runs, tmp_path, train.train_and_evaluate, {})
+  assert [(a.needs, a.cells) for a in arrays] == [((), ["stage1_fold0", "single_fold0"]),
+                                                  (("1_0",), ["twice_fold0"])]
+  assert jobs["twice_fold0"]["after"] == ["1_0"]
+  assert jobs_of(tmp_path, "twice_fold0") == [jobs["twice_fold0"]]
+  # Started again while stage 1's job is queued: twice waits for that job.
+  arrays.clear()
+  slurm.submit(runs[2:], tmp_path, train.train_and_evaluate, {"stage1_fold0": {"job_id": "9_0"}})
+  assert [(a.needs, a.cells) for a in arrays] == [(("9_0",), ["twice_fold0"])]
+  assert len(jobs_of(tmp_path, "twice_fold0")) == 2
