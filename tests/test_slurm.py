@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from cxr_jax import checkpoint, train
+from cxr_jax import checkpoint, models, train
 from cxr_jax.experiments import ExperimentIncomplete, run_experiment, runner, slurm, tables
 from cxr_jax.train import trainer
-from tests.test_experiments import tiny_config, write_manifest
+from tests.test_experiments import fake_train, tiny_config, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = "model.trainable_blocks=1,2"
@@ -179,13 +179,20 @@ def test_cancelled_job_is_submitted_again_and_resumes(cluster, root, local_run, 
           f"(submission to collected, ft2 resumed at epoch 1)")
 
 
+def planned_fake_train(config, directory):
+  """The model's fine-tuning plan (refuses a degree the backbone lacks), then test_experiments'
+  fake trainer (the files of a finished run, no training): the failure path costs no training."""
+  models.FineTuningPlan.for_model(config.model)
+  fake_train({0: 0.8})(config, directory)
+
+
 @pytest.mark.slurm
 def test_failed_job_is_reported_with_its_log(cluster, root, tmp_path, caplog):
   workdir = tmp_path / "w"
   config = sweep_config(root, "slurm")
   config.experiment.grid = "model.trainable_blocks=2,9"      # FT9: VGG16 has five blocks
   with caplog.at_level("ERROR"), pytest.raises(ExperimentIncomplete, match="ft9_fold0"):
-    run_experiment(config, workdir, "sweep")
+    run_experiment(config, workdir, "sweep", train_fn=planned_fake_train)
   status = json.loads((workdir / "status.json").read_text())
   assert status["ft2_fold0"] == "trained"
   job = jobs_of(workdir, "ft9_fold0")[0]
@@ -196,6 +203,24 @@ def test_failed_job_is_reported_with_its_log(cluster, root, tmp_path, caplog):
   assert f"job {job['job_id']} ended FAILED" in caplog.text and "\n".join(tail) in caplog.text
   assert any("ValueError: config.model.trainable_blocks=9" in line for line in tail)
   assert f"- ft9_fold0: failed: slurm job {job['job_id']}" in (workdir / "sweep.md").read_text()
+
+
+@pytest.mark.slurm
+def test_run_on_two_tasks_initialises_jax_distributed(cluster, root, tmp_path):
+  """tasks_per_node=2: one process per task, jax.distributed from SLURM's environment (gloo on
+  CPU); both train in lockstep, process 0 evaluates and writes metrics.json."""
+  workdir = tmp_path / "w"
+  config = sweep_config(root, "slurm")
+  config.experiment.grid = "model.trainable_blocks=2"
+  config.experiment.slurm.tasks_per_node = 2
+  doc = run_experiment(config, workdir, "sweep")
+  assert doc["status"] == {"ft2_fold0": "trained"}
+  job = jobs_of(workdir, "ft2_fold0")[0]
+  for task in (0, 1):
+    log = Path(job["stderr"].replace("_0_log.err", f"_{task}_log.err")).read_text()
+    assert f"slurm job: process {task} of 2" in log
+  metrics = json.loads((workdir / "runs/ft2_fold0/metrics.json").read_text())
+  assert metrics["num_examples"] > 0 and 0 <= metrics["accuracy"] <= 1
 
 
 # ---------------------------------------------------------------- without a cluster

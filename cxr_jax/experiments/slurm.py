@@ -74,7 +74,11 @@ def _start_process(config) -> None:
     from cxr_jax.train import distributed
 
     distributed.initialize(config)
+  import jax
   import tensorflow as tf
+
+  logging.info("slurm job: process %d of %d, devices %s", jax.process_index(),
+               jax.process_count(), jax.devices())
 
   tf.config.set_visible_devices([], "GPU")
 
