@@ -182,7 +182,7 @@ def test_cancelled_job_is_submitted_again_and_resumes(cluster, root, local_run, 
 def planned_fake_train(config, directory):
   """The model's fine-tuning plan (refuses a degree the backbone lacks), then test_experiments'
   fake trainer (the files of a finished run, no training): the failure path costs no training."""
-  models.FineTuningPlan.for_model(config.model)
+  models.fine_tuning_plan(config.model)
   fake_train({0: 0.8})(config, directory)
 
 

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from cxr_jax import files
-from cxr_jax.experiments import grid, plots, runner, summary, tables
+from cxr_jax.experiments import executor, grid, plots, runner, summary, tables
 
 MODES = ("cv", "ablation", "sweep")
 
@@ -125,7 +125,7 @@ def run_experiment(config, workdir: str | Path, mode: str, train_fn=None) -> dic
   workdir = Path(workdir)
   axes, runs = plan(config, mode)
   logging.info("experiment %s: %d runs in %s", mode, len(runs), workdir / runner.RUNS_DIR)
-  status = runner.run_all(runs, workdir, train_fn)
+  status = executor.run_all(runs, workdir, train_fn)
   if jax.process_index() != 0:
     return {}
   groups = collect(workdir, runs, config)

@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from cxr_jax.experiments import grid, runner, tables
+from cxr_jax.experiments import executor, grid, runner, tables
 
 HELD_OUT = "held_out"
 
@@ -80,7 +80,7 @@ def run_loso(config, workdir, train_fn=None) -> dict:
   workdir = Path(workdir)
   runs = plan(config)
   logging.info("leave-one-source-out: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
-  status = runner.run_all(runs, workdir, train_fn or train_and_evaluate_held_out)
+  status = executor.run_all(runs, workdir, train_fn or train_and_evaluate_held_out)
   if jax.process_index() != 0:
     return {}
   finished = {(run.cell, run.fold): run for run in runs

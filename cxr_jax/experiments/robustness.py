@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from cxr_jax import files, machine
-from cxr_jax.experiments import grid, runner, tables
+from cxr_jax.experiments import executor, grid, runner, tables
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
 # cxr_jax/config.py. "combined" is config.experiment.combine's measures together.
@@ -123,7 +123,7 @@ def run_robustness(config, workdir, train_fn=None) -> dict:
   workdir = Path(workdir)
   runs = plan(config)
   logging.info("robustness ablation: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
-  status = runner.run_all(runs, workdir, train_fn or train_and_probe)
+  status = executor.run_all(runs, workdir, train_fn or train_and_probe)
   if jax.process_index() != 0:
     return {}
   return write_report(workdir, runs, status)

@@ -91,28 +91,10 @@ def run_one(run: Run, directory: Path, train_fn: Callable) -> str:
   return "trained"
 
 
-def run_all(runs: list[Run], workdir: str | Path,
-            train_fn: Callable | None = None) -> dict[str, str]:
-  """Trains every unfinished run; returns {run name: 'skipped' | 'trained' | 'failed: ...'}
-  (with config.experiment.executor='slurm' also 'pending: ...'; cxr_jax/experiments/slurm.py).
-
-  Every run's config is checked before the first one trains, so a mismatch stops the experiment
-  before it spends hours. A run that fails (e.g. a non-finite loss) is reported and the others
-  go on; KeyboardInterrupt stops everything (the next start resumes).
-  """
-  if train_fn is None:
-    from cxr_jax.train import train_and_evaluate as train_fn
-  for run in runs:
-    check_config(run_dir(workdir, run), run)
-  executor = runs[0].config.experiment.get("executor", "local") if runs else "local"
-  if executor == "slurm":
-    from cxr_jax.experiments import slurm
-
-    status = slurm.run_all(runs, workdir, train_fn)
-    _write_status(workdir, status, runs)
-    return status
-  if executor != "local":
-    raise ValueError(f"config.experiment.executor={executor!r}: use 'local' or 'slurm'")
+def run_local(runs: list[Run], workdir: str | Path, train_fn: Callable) -> dict[str, str]:
+  """The local executor: every run in turn in this process; {run name: 'skipped' | 'trained' |
+  'failed: ...'}. A run that fails (e.g. a non-finite loss) is reported and the others go on;
+  KeyboardInterrupt stops everything (the next start resumes)."""
   status = {}
   for run in runs:
     try:
@@ -120,12 +102,11 @@ def run_all(runs: list[Run], workdir: str | Path,
     except Exception as e:  # one bad run must not cost the others
       logging.exception("experiment: run %s failed", run.name)
       status[run.name] = f"failed: {type(e).__name__}: {e}"
-    _write_status(workdir, status, runs)
-  _write_status(workdir, status, runs)
+    write_status(workdir, status, runs)
   return status
 
 
-def _write_status(workdir, status: dict, runs: list[Run]) -> None:
+def write_status(workdir, status: dict, runs: list[Run]) -> None:
   files.write_json(Path(workdir) / "status.json",
                    {r.name: status.get(r.name, "pending") for r in runs})
 

@@ -242,56 +242,62 @@ def wait(runs: list[Run], workdir: Path, jobs: dict, poll_s: float) -> dict[str,
     time.sleep(poll_s)
 
 
-def run_all(runs: list[Run], workdir: str | Path, train_fn: Callable) -> dict[str, str]:
-  """The SLURM executor of runner.run_all: submits every unfinished run whose job is not pending
-  or running, waits (config.experiment.wait), and returns the status of each run: 'skipped'
-  (finished before), 'trained', 'pending: ...' (not waited for) or 'failed: ...' (job id, log,
-  last stderr line; the log's tail is logged)."""
+def _require_slurm() -> None:
   if shutil.which("sbatch") is None or shutil.which("squeue") is None:
     raise RuntimeError("config.experiment.executor='slurm' needs SLURM's sbatch and squeue on "
                        "PATH (not found): start the command on the cluster's login node, or use "
                        "--config.experiment.executor=local")
-  workdir = Path(workdir).resolve()
-  status, jobs, unfinished = {}, {}, []
-  for run in runs:
-    directory = runner.run_dir(workdir, run)
-    if runner.is_finished(directory):
-      status[run.name] = "skipped"
-      continue
-    unfinished.append(run)
-    if (job := latest_job(directory)) is not None:
-      jobs[run.name] = job
+
+
+def _to_submit(unfinished: list[Run], jobs: dict) -> list[Run]:
+  """The unfinished runs without a pending or running job (never two jobs for one run)."""
   states = job_states(j["job_id"] for j in jobs.values())
-  to_submit = []
+  out = []
   for run in unfinished:
     job = jobs.get(run.name)
-    if job is None or states[job["job_id"]] not in ACTIVE:
-      if job is not None:
-        logging.warning("slurm: run %s: job %s ended (%s) unfinished; submitting it again (it "
-                        "resumes from its latest checkpoint)", run.name, job["job_id"],
-                        states[job["job_id"]])
-      to_submit.append(run)
-  if to_submit:
-    config = to_submit[0].config
-    _build_datasets(to_submit)
-    jobs = submit(to_submit, workdir, train_fn, jobs)
-  else:
-    config = runs[0].config if runs else None
+    if job is not None and states[job["job_id"]] in ACTIVE:
+      continue
+    if job is not None:
+      logging.warning("slurm: run %s: job %s ended (%s) unfinished; submitting it again (it "
+                      "resumes from its latest checkpoint)", run.name, job["job_id"],
+                      states[job["job_id"]])
+    out.append(run)
+  return out
+
+
+def _outcome(run: Run, workdir: Path, job: dict, state: str) -> str:
+  if runner.is_finished(runner.run_dir(workdir, run)):
+    return "trained"
+  if state in ACTIVE:
+    return f"pending: slurm job {job['job_id']} {state}"
+  return failure(run.name, job, state)
+
+
+def run_slurm(runs: list[Run], workdir: str | Path, train_fn: Callable) -> dict[str, str]:
+  """The SLURM executor (executor.run_all): submits every unfinished run whose job is not pending
+  or running, waits (config.experiment.wait), and returns the status of each run: 'skipped'
+  (finished before), 'trained', 'pending: ...' (not waited for) or 'failed: ...' (job id, log,
+  last stderr line; the log's tail is logged)."""
+  _require_slurm()
+  workdir = Path(workdir).resolve()
+  status = {r.name: "skipped" for r in runs if runner.is_finished(runner.run_dir(workdir, r))}
+  unfinished = [r for r in runs if r.name not in status]
   if not unfinished:
     return status
+  jobs = {r.name: job for r in unfinished
+          if (job := latest_job(runner.run_dir(workdir, r))) is not None}
+  to_submit = _to_submit(unfinished, jobs)
+  if to_submit:
+    _build_datasets(to_submit)
+    jobs = submit(to_submit, workdir, train_fn, jobs)
   logging.info("slurm: %d runs finished before, %d submitted now, %d already queued", len(status),
                len(to_submit), len(unfinished) - len(to_submit))
+  config = unfinished[0].config
   if config.experiment.wait:
     states = wait(unfinished, workdir, jobs, float(config.experiment.slurm.poll_s))
   else:
     states = job_states(j["job_id"] for j in jobs.values())
   for run in unfinished:
-    job, directory = jobs[run.name], runner.run_dir(workdir, run)
-    state = states.get(job["job_id"], GONE)
-    if runner.is_finished(directory):
-      status[run.name] = "trained"
-    elif state in ACTIVE:
-      status[run.name] = f"pending: slurm job {job['job_id']} {state}"
-    else:
-      status[run.name] = failure(run.name, job, state)
+    job = jobs[run.name]
+    status[run.name] = _outcome(run, workdir, job, states.get(job["job_id"], GONE))
   return status

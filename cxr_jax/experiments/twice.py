@@ -23,7 +23,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cxr_jax.experiments import runner, summary, tables  # noqa: E402
+from cxr_jax.experiments import executor, runner, summary, tables  # noqa: E402
 from cxr_jax.experiments.experiment import ExperimentIncomplete, _write  # noqa: E402
 from cxr_jax.experiments.grid import Run  # noqa: E402
 
@@ -82,7 +82,7 @@ def run_twice_transfer(config, workdir: str | Path, train_fn=None) -> dict:
 
   workdir = Path(workdir)
   runs = plan(config, workdir)
-  status = runner.run_all(runs, workdir, train_fn)
+  status = executor.run_all(runs, workdir, train_fn)
   if jax.process_index() != 0:
     return {}
   doc = summarize(workdir, runs, status)
