@@ -28,8 +28,15 @@ CONFIG_FILE, VERSIONS_FILE = "config.json", "versions.json"
 METRICS_FILE, HISTORY_FILE = "metrics.json", "history.json"
 
 
-def _manager(directory: Path) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+def _manager(directory: Path, this_process_only: bool = False) -> ocp.CheckpointManager:
+  """Saving is collective (every process of a multi-process run); a reader on one process
+  (the evaluation, which process 0 does alone) must not wait for the others at orbax's barriers."""
+  here = jax.process_index()
+  multiprocessing = (ocp.options.MultiprocessingOptions(primary_host=here, active_processes={here})
+                     if this_process_only and jax.process_count() > 1 else None)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, create=not this_process_only, enable_async_checkpointing=False,
+      **({"multiprocessing_options": multiprocessing} if multiprocessing else {}))
   return ocp.CheckpointManager(directory.absolute(), options=options, item_names=("state", "meta"))
 
 
@@ -64,7 +71,7 @@ class Checkpoints:
 
 
 def _restore_variables(workdir: Path, which: str) -> dict:
-  manager = _manager(workdir / "checkpoints" / which)
+  manager = _manager(workdir / "checkpoints" / which, this_process_only=True)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(

@@ -216,6 +216,31 @@ def get_config() -> ml_collections.ConfigDict:
   # overrides for stage 1 (the NIH findings run).
   xp.variants = ("single", "twice", "twice_onk")
   xp.stage1 = ml_collections.ConfigDict()
+  # Where the runs of every experiment mode train (cxr_jax/experiments/slurm.py, README "Running
+  # on a cluster"): "local" (one after another in this process) | "slurm" (every unfinished run
+  # one job of a SLURM job array, submitted through submitit; the datasets the runs need are built
+  # here first; runs/<run>/slurm.json keeps its job ids, so a second start never submits a run
+  # whose job is pending or running and submits again the runs whose job ended unfinished, which
+  # resume from their checkpoints).
+  xp.executor = "local"
+  xp.wait = True                     # slurm: wait for the jobs (progress line), or return at once
+  xp.slurm = s = ml_collections.ConfigDict()   # per job (= per run) of the array
+  s.partition = ""                   # "" = the cluster's default partition
+  s.time = "24:00:00"                # sbatch --time; on pre-emption or the time limit the job is
+                                     # requeued (submitit, up to 3 times) and resumes
+  s.cpus_per_task = 8
+  s.mem = "32G"                      # sbatch --mem (per node)
+  s.gpus_per_node = 0
+  # Several hosts or processes per run: one task per process, jax.distributed initialised from
+  # SLURM's environment in each (README "Multi-host training").
+  s.nodes = 1
+  s.tasks_per_node = 1
+  s.array_parallelism = 64           # jobs of one array running at once (sbatch --array=...%N)
+  # Further sbatch parameters, "name=value;name=value" without the dashes, e.g.
+  # "account=lab;qos=normal;constraint=a100"; a name alone is a flag ("exclusive").
+  s.extra = ""
+  s.setup = ""                       # shell line run before each job, e.g. "module load cuda/12.4"
+  s.poll_s = 30                      # seconds between squeue checks while waiting
 
   # Multi-process training (one process per host): see README, "Multi-host training".
   c.distributed = False              # call jax.distributed.initialize() first

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from cxr_jax import files
-from cxr_jax.experiments import grid, plots, runner, summary, tables
+from cxr_jax.experiments import executor, grid, plots, runner, summary, tables
 
 MODES = ("cv", "ablation", "sweep")
 
@@ -78,7 +78,7 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
   written = []
   if mode == "cv":
     text = ("# Cross-validation\n\n" + "".join(tables.markdown_folds(n, g) for n, g in groups.items())
-            + tables.markdown_external(groups))
+            + tables.markdown_external(groups) + tables.markdown_unfinished(status))
     written += [_write(workdir / "cv.md", text)]
   else:
     stem = "table2" if mode == "ablation" else "sweep"
@@ -90,6 +90,7 @@ def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: 
             + tables.markdown_winners(groups, won)
             + tables.markdown_by_source({n: g["by_source"] for n, g in groups.items()})
             + tables.markdown_external(groups)
+            + tables.markdown_unfinished(status)
             + "\n## Folds of each group\n\n"
             + "".join(tables.markdown_folds(n, g, level=3) for n, g in groups.items()))
     written += [str(workdir / f"{stem}.csv"), _write(workdir / f"{stem}.md", text)]
@@ -124,7 +125,7 @@ def run_experiment(config, workdir: str | Path, mode: str, train_fn=None) -> dic
   workdir = Path(workdir)
   axes, runs = plan(config, mode)
   logging.info("experiment %s: %d runs in %s", mode, len(runs), workdir / runner.RUNS_DIR)
-  status = runner.run_all(runs, workdir, train_fn)
+  status = executor.run_all(runs, workdir, train_fn)
   if jax.process_index() != 0:
     return {}
   groups = collect(workdir, runs, config)

@@ -33,6 +33,7 @@ class Run:
   fold: int
   values: tuple           # ((field, value), ...) of the cell
   config: ml_collections.ConfigDict
+  needs: tuple = ()       # names of runs whose kept model this one starts from (twice transfer)
 
   @property
   def name(self) -> str:

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from cxr_jax.evaluate.report import MISSING, num
-from cxr_jax.experiments import grid, runner, tables
+from cxr_jax.experiments import executor, grid, runner, tables
 
 HELD_OUT = "held_out"
 
@@ -78,7 +78,7 @@ def run_loso(config, workdir, train_fn=None) -> dict:
   workdir = Path(workdir)
   runs = plan(config)
   logging.info("leave-one-source-out: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
-  status = runner.run_all(runs, workdir, train_fn or train_and_evaluate_held_out)
+  status = executor.run_all(runs, workdir, train_fn or train_and_evaluate_held_out)
   if jax.process_index() != 0:
     return {}
   finished = {(run.cell, run.fold): run for run in runs
@@ -182,10 +182,7 @@ def markdown(rows: list[dict], status: dict, doc: dict | None = None) -> str:
         f"{r['n_pneumonia']}) | {num(r['accuracy'])} | "
         + " | ".join(_pair(r, k) for k in FIGURES)
         + f" | {num(r['rest_test_accuracy'])} | {num(r['rest_test_covid_auc'])} |")
-  unfinished = sorted(k for k, v in status.items() if v.startswith("failed"))
-  if unfinished:
-    lines += ["", f"Failed runs (start the command again to retry): {', '.join(unfinished)}."]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n" + tables.markdown_unfinished(status)
 
 
 def write_figure(rows: list[dict], path: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cxr_jax import machine
 from cxr_jax.evaluate.report import num
-from cxr_jax.experiments import grid, runner, tables
+from cxr_jax.experiments import executor, grid, runner, tables
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
 # cxr_jax/config.py. "combined" is config.experiment.combine's measures together.
@@ -109,7 +109,7 @@ def run_robustness(config, workdir, train_fn=None) -> dict:
   workdir = Path(workdir)
   runs = plan(config)
   logging.info("robustness ablation: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
-  status = runner.run_all(runs, workdir, train_fn or train_and_probe)
+  status = executor.run_all(runs, workdir, train_fn or train_and_probe)
   if jax.process_index() != 0:
     return {}
   return write_report(workdir, runs, status)
@@ -218,10 +218,7 @@ def markdown(rows: list[dict], status: dict) -> str:
                    + " | ".join(num(r.get(k)) for k in external) + " |")
   lines += ["", "Overrides of each measure:", ""]
   lines += [f"- {r['measure']}: {r['overrides']}" for r in rows]
-  failed = sorted(k for k, v in status.items() if v.startswith("failed"))
-  if failed:
-    lines += ["", f"Failed runs (start the command again to retry): {', '.join(failed)}."]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n" + tables.markdown_unfinished(status)
 
 
 _FIGURE = (("test_accuracy", "internal test accuracy"),

@@ -23,7 +23,7 @@ RUNS_DIR = "runs"
 _IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
             "train.log_every_steps", "distributed", "coordinator_address", "num_processes",
             "process_id", "model.pool_impl", "host_memory", "eval.external",
-            "eval.temperature_scaling", "eval.loso")
+            "eval.temperature_scaling", "eval.loso", "eval.evaluators")
 
 
 class ConfigMismatch(ValueError):
@@ -79,38 +79,34 @@ def is_finished(directory: Path) -> bool:
   return (directory / METRICS_FILE).is_file()
 
 
-def run_all(runs: list[Run], workdir: str | Path,
-            train_fn: Callable | None = None) -> dict[str, str]:
-  """Trains every unfinished run; returns {run name: 'skipped' | 'trained' | 'failed: ...'}.
+def run_one(run: Run, directory: Path, train_fn: Callable) -> str:
+  """One run as every executor runs it: 'skipped' if finished, else trained (resumed from its
+  latest checkpoint when it has one) -> 'trained'. Refuses a directory of another config."""
+  check_config(directory, run)
+  if is_finished(directory):
+    return "skipped"
+  logging.info("experiment: run %s (%s)", run.name,
+               "resuming" if (directory / "checkpoints").is_dir() else "new")
+  train_fn(run.config, directory)
+  return "trained"
 
-  Every run's config is checked before the first one trains, so a mismatch stops the experiment
-  before it spends hours. A run that fails (e.g. a non-finite loss) is reported and the others
-  go on; KeyboardInterrupt stops everything (the next start resumes).
-  """
-  if train_fn is None:
-    from cxr_jax.train import train_and_evaluate as train_fn
-  for run in runs:
-    check_config(run_dir(workdir, run), run)
+
+def run_local(runs: list[Run], workdir: str | Path, train_fn: Callable) -> dict[str, str]:
+  """The local executor: every run in turn in this process; {run name: 'skipped' | 'trained' |
+  'failed: ...'}. A run that fails (e.g. a non-finite loss) is reported and the others go on;
+  KeyboardInterrupt stops everything (the next start resumes)."""
   status = {}
-  for i, run in enumerate(runs):
-    directory = run_dir(workdir, run)
-    if is_finished(directory):
-      status[run.name] = "skipped"
-      continue
-    logging.info("experiment: run %d/%d %s (%s)", i + 1, len(runs), run.name,
-                 "resuming" if (directory / "checkpoints").is_dir() else "new")
+  for run in runs:
     try:
-      train_fn(run.config, directory)
-      status[run.name] = "trained"
+      status[run.name] = run_one(run, run_dir(workdir, run), train_fn)
     except Exception as e:  # one bad run must not cost the others
       logging.exception("experiment: run %s failed", run.name)
       status[run.name] = f"failed: {type(e).__name__}: {e}"
-    _write_status(workdir, status, runs)
-  _write_status(workdir, status, runs)
+    write_status(workdir, status, runs)
   return status
 
 
-def _write_status(workdir, status: dict, runs: list[Run]) -> None:
+def write_status(workdir, status: dict, runs: list[Run]) -> None:
   files.write_json(Path(workdir) / "status.json",
                    {r.name: status.get(r.name, "pending") for r in runs})
 

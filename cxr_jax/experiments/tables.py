@@ -152,3 +152,11 @@ def markdown_external(groups: dict[str, dict]) -> str:
       "Normal-vs-pneumonia AUC |", "| --- " * 9 + "|", *rows]) + "\n"
 
 
+def markdown_unfinished(status: dict) -> str:
+  """The runs the tables leave out and why: failed (its error; under SLURM its job, log and the
+  log's last line) or still pending. Start the same command again to retry or collect them."""
+  left = {name: s for name, s in status.items() if s not in ("skipped", "trained")}
+  if not left:
+    return ""
+  return ("\n## Runs not in these tables (start the same command again to retry or collect)\n\n"
+          + "".join(f"- {name}: {s}\n" for name, s in left.items()))

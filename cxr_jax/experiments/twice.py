@@ -23,7 +23,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cxr_jax.experiments import runner, summary, tables  # noqa: E402
+from cxr_jax.experiments import executor, runner, summary, tables  # noqa: E402
 from cxr_jax.experiments.experiment import ExperimentIncomplete, _write  # noqa: E402
 from cxr_jax.experiments.grid import Run  # noqa: E402
 
@@ -72,7 +72,8 @@ def plan(config, workdir: Path) -> list[Run]:
   stage1_dir = runner.run_dir(workdir, stage1)
   needs_stage1 = any(v != "single" for v in variants)
   return ([stage1] if needs_stage1 else []) + [
-      Run(v, fold, (("variant", v),), variant_config(config, v, stage1_dir)) for v in variants]
+      Run(v, fold, (("variant", v),), variant_config(config, v, stage1_dir),
+          needs=() if v == "single" else (stage1.name,)) for v in variants]
 
 
 def run_twice_transfer(config, workdir: str | Path, train_fn=None) -> dict:
@@ -81,7 +82,7 @@ def run_twice_transfer(config, workdir: str | Path, train_fn=None) -> dict:
 
   workdir = Path(workdir)
   runs = plan(config, workdir)
-  status = runner.run_all(runs, workdir, train_fn)
+  status = executor.run_all(runs, workdir, train_fn)
   if jax.process_index() != 0:
     return {}
   doc = summarize(workdir, runs, status)
@@ -152,7 +153,8 @@ def summarize(workdir: Path, runs: list[Run], status: dict) -> dict:
           + tables.markdown_by_source({name: summary.by_source([res["metrics"]])
                                        for name, res in results.items()
                                        if res is not None and name != "stage1"})
-          + tables.markdown_external(_external(workdir, runs)))
+          + tables.markdown_external(_external(workdir, runs))
+          + tables.markdown_unfinished(status))
   doc = {"status": status, "rows": rows,
          "written": [_write(workdir / "twice_transfer.md", text),
                      str(_learning_curves(results, workdir / "learning_curves.png"))]}
