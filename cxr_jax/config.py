@@ -174,10 +174,11 @@ def get_config() -> ml_collections.ConfigDict:
   # temperature (ranking metrics and accuracy do not change; predictions.csv stays the raw model's).
   e.temperature_scaling = True
   # Out-of-distribution scores (cxr_jax/evaluate/ood.py): fitted on the training split's logits
-  # and pooled last-block features after the test evaluation, stored as workdir/ood_fit.npz
-  # (versioned by the kept parameters), reported by every evaluation (test split, external sets,
-  # held-out source, audit: AUROC against the test split, share flagged, selective prediction)
-  # and printed by python -m cxr_jax.predict per image.
+  # and pooled block features (LoadedRun.outputs, one forward pass) by the first evaluation that
+  # needs them, stored as workdir/ood_fit.npz (versioned by the kept parameters), reported in the
+  # metrics.json of every split and external evaluation (eval.evaluators "test", "val",
+  # "held_out", "external"; the audit's: AUROC against the test split, share flagged, selective
+  # prediction) and printed by python -m cxr_jax.predict per image.
   e.ood = True
   # The score that flags an image (all are reported): msp | energy | mahalanobis | knn |
   # mahalanobis_blocks. knn: on the quick start it told cxr3's test split from Kermany (AUROC 0.85)
