@@ -29,7 +29,10 @@ functions that need them, which prediction never calls).
 
 `evaluate_ood` is the evaluation of one scored set against that reference: AUROC per source,
 the share flagged at each threshold, and selective prediction (accuracy on the images kept, the
-risk-coverage curve and its area), beside the figures on all images.
+risk-coverage curve and its area), beside the figures on all images. `run_fit` and `run_section`
+are the loaded run's side (`run.LoadedRun`): the fit made once per run from its cached outputs
+(`LoadedRun.outputs`, one forward pass per split) or read from the stored one, and the section the
+split and external evaluations (`workdir.Split`, `external.External`) add to their metrics.json.
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ class Predictions:
 class LoadedRun:
   """A trained run with its data: `trained` (checkpoint.Trained), `config` (data and evaluation
   settings), `built` and `splits` (built on first use unless given), the inference variables and
-  functions, and the predictions / features per split (`predictions`, `features`)."""
+  functions, and the predictions / features / outputs per split (`predictions`, `features`,
+  `outputs`: logits and every block's pooled features in one pass, the out-of-distribution
+  scores' input)."""
 
   def __init__(self, workdir, trained: checkpoint.Trained, config=None, *, which: str = "best",
                built=None, splits: dict | None = None, segmenter=None):
