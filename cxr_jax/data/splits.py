@@ -135,6 +135,18 @@ def check_disjoint(metadata, splits: dict[str, np.ndarray]) -> None:
         raise AssertionError(f"Patient groups in both {a} and {b}: {sorted(shared)[:5]}")
 
 
+def check_within(metadata, splits: dict[str, np.ndarray], ids, split: str = "train") -> None:
+  """Raises AssertionError unless every example of `ids` is in `splits[split]` and no patient
+  group of them has an image in another split: what is fitted on the training split (the
+  out-of-distribution scores) sees nothing of validation, test or a held-out source."""
+  ids = np.asarray(ids)
+  outside = np.setdiff1d(ids, np.asarray(splits[split]))
+  if len(outside):
+    raise AssertionError(f"{len(outside)} example(s) outside the {split} split: "
+                         f"{outside[:5].tolist()}")
+  check_disjoint(metadata, {**splits, split: ids})
+
+
 def _subset_groups(ids, groups, strata, num_strata, fraction, rng):
   """Keeps `fraction` of the patient groups of `ids`, per stratum, as a nested prefix; groups
   and strata are indexed by example id."""

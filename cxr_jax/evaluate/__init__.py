@@ -19,7 +19,7 @@ _HOMES = {
     "Evaluator": "evaluator", "run_evaluators": "evaluator", "run_one": "evaluator", "from_config": "evaluators",
     "External": "external", "evaluate_external": "external", "format_headline": "external",
     "findings_metrics": "findings",
-    "make_predict_fn": "inference", "predict_arrays": "inference",
+    "make_outputs_fn": "inference", "make_predict_fn": "inference", "predict_arrays": "inference",
     "compute_metrics": "summary",
     "LoadedRun": "run", "LoadedSplit": "run", "evaluate_split": "workdir", "evaluate_workdir": "workdir",
     "Split": "workdir",

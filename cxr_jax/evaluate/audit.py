@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_jax import files, machine
-from cxr_jax.evaluate.report import _with_ci, _within_source_section, num
+from cxr_jax.evaluate.report import _ood_section, _with_ci, _within_source_section, num
 from cxr_jax.evaluate.shortcuts import LUNG_VARIANTS
 from cxr_jax.evaluate.summary import brief
 
@@ -163,6 +163,7 @@ def _summary_rows(result: dict) -> list[tuple[str, float | None, dict | None]]:
         rows.append((f"{source} COVID sensitivity", w["sensitivity"]["covid"], None))
       else:  # a source without COVID: every COVID call is a false alarm
         rows.append((f"{source} called COVID (lower is better)", w["called"].get("covid"), None))
+    rows += _ood_rows(part.get("ood") or {})
   for key, label in (("kept_model", "source probe, kept model"), ("imagenet", "source probe, ImageNet")):
     p = result["source_recognition"].get(key, {})
     if p.get("defined"):
@@ -177,6 +178,17 @@ def _summary_rows(result: dict) -> list[tuple[str, float | None, dict | None]]:
     rows.append((f"Grad-CAM lung share (chance {share['mean_chance']:.2f})", share["mean_share"],
                  None))
   return [r for r in rows if r[1] is not None]
+
+
+def _ood_rows(o: dict) -> list[tuple[str, float | None, None]]:
+  """Per source of an external set: the flagging score's AUROC against the test split and the
+  share it flags."""
+  if not o.get("defined"):
+    return []
+  score = o["fit"]["score"]
+  return [row for source in o["sources"] for row in (
+      (f"{source} told from test split ({score} AUROC)", o["auroc"][score][source], None),
+      (f"{source} flagged out of distribution ({score})", o["flagged"][score][source], None))]
 
 
 def write_figure(result: dict, path: Path) -> str:
@@ -242,14 +254,14 @@ def render_audit(result: dict) -> str:
            f"**{_with_ci(internal['accuracy'], internal['accuracy_ci'])}**; a rule that knows only "
            f"the source reaches **{num(internal.get('source_only_accuracy'))}**. ROC AUC: "
            + ", ".join(f"{c} {num(v)}" for c, v in internal["roc_auc"].items()) + ".", "",
-           *_within_source_section(internal)[2:]]
+           *_within_source_section(internal)[2:], *_ood_section(internal)[1:]]
   for name, part in result["external"].items():
     lines += [f"## External: {name} (evaluation only, never trained on)", "",
               f"{part['num_examples']} images. Accuracy "
               f"**{_with_ci(part['accuracy'], part['accuracy_ci'])}**. Sensitivity: "
               + ", ".join(f"{c} {num(v)}" for c, v in part["sensitivity"].items()
                           if v is not None) + ".", "",
-              *_within_source_section(part)[2:]]
+              *_within_source_section(part)[2:], *_ood_section(part)[1:]]
     if part.get("unreadable"):
       lines += [f"{len(part['unreadable'])} file(s) could not be read (listed in its report.md).",
                 ""]

@@ -97,6 +97,7 @@ def evaluate_external(workdir, specs, *, which: str = "best", run=None) -> dict:
 def evaluate_spec(run, spec: str, out: Path) -> dict:
   """The kept model of `run` (a LoadedRun) on every labelled image of `spec`, written to `out`."""
   from cxr_jax import data
+  from cxr_jax.evaluate import ood
   from cxr_jax.evaluate.run import LoadedSplit
   from cxr_jax.evaluate.workdir import add_calibration, eval_setting, score, write_evaluation
 
@@ -106,12 +107,16 @@ def evaluate_spec(run, spec: str, out: Path) -> dict:
   config = external_data_config(trained.config, spec)
   built = data.build_dataset(config.data, every_class=False)
   meta = built.metadata
-  pred = run.predictions(("external", spec), LoadedSplit(
-      trained, config, built, meta["id"][meta["label"] != NO_LABEL]))
+  loaded = LoadedSplit(trained, config, built, meta["id"][meta["label"] != NO_LABEL])
+  pred = run.predictions(("external", spec), loaded)
   probs, labels, ids = pred.probs, pred.labels, pred.ids
   metrics = score(config, labels, probs, meta, ids)
   if eval_setting(config, "temperature_scaling", True):
     add_calibration(metrics, run.recorded_validation_fit(), labels, probs)
+  if eval_setting(config, "ood", True):   # told apart from the run's test split
+    outputs, ood_labels, ood_ids = run.outputs(("external", spec), loaded)
+    metrics["ood"] = ood.run_section(run, outputs, ood_labels, meta["source"][ood_ids],
+                                     is_reference=False)
   metrics["unreadable"] = list(built.rejects)
   metrics["duplicates"] = list(built.duplicates)  # same bytes as a kept file: scored once
   metrics["run"] = dict(workdir=str(run.workdir), external=spec, checkpoint=run.which,

@@ -1,5 +1,6 @@
 """Inference shared by train, evaluate, explain and predict: the one forward pass at inference
-(`logits`), class probabilities and pooled features for batches of images."""
+(`logits`; `make_outputs_fn` runs it block by block), class probabilities and pooled features for
+batches of images."""
 
 from __future__ import annotations
 
@@ -35,13 +36,22 @@ def make_predict_fn(model: nn.Module):
   return predict
 
 
-def last_stage(model) -> str:
-  """The backbone's last block (VGG block5, DenseNet stage5): what the head reads."""
+def stage_names(model) -> tuple[str, ...]:
+  """The backbone's five blocks (VGG block1..5, DenseNet's stages), in forward order."""
   from cxr_jax.models.densenet import STAGE_NAMES
   from cxr_jax.models.vgg import BLOCK_NAMES
 
-  names = STAGE_NAMES if type(model).__name__.startswith("DenseNet") else BLOCK_NAMES
-  return names[-1]
+  return STAGE_NAMES if type(model).__name__.startswith("DenseNet") else BLOCK_NAMES
+
+
+def last_stage(model) -> str:
+  """The backbone's last block (VGG block5, DenseNet stage5): what the head reads."""
+  return stage_names(model)[-1]
+
+
+def _pooled(x):
+  """A block's output [N, H, W, C] averaged over space, float32 [N, C]."""
+  return jax.numpy.mean(x.astype(np.float32), axis=(1, 2))
 
 
 def make_feature_fn(model: nn.Module):
@@ -51,32 +61,55 @@ def make_feature_fn(model: nn.Module):
 
   @jax.jit
   def features(variables, images):
-    x = model.apply(variables, images, train=False, stop=stop)
-    return jax.numpy.mean(x.astype(np.float32), axis=(1, 2))
+    return _pooled(model.apply(variables, images, train=False, stop=stop))
 
   return features
+
+
+def make_outputs_fn(model: nn.Module):
+  """A jitted fn(variables, images) -> {"probs", "logits" [N, num_classes], "features" [N, C],
+  "blocks": {block: [N, C_block]}} (train=False): the forward pass of `logits` run block by block,
+  so that one pass gives what the out-of-distribution scores read (`cxr_jax.evaluate.ood`) with
+  the probabilities: "blocks" holds every block's output averaged over space, "features" the last
+  one's (`make_feature_fn`'s), which the head reads."""
+  names = stage_names(model)
+
+  @jax.jit
+  def outputs(variables, images):
+    x, start, blocks = images, "input", {}
+    for name in names:
+      x = model.apply(variables, x, train=False, start=start, stop=name)
+      blocks[name], start = _pooled(x), name
+    out = model.apply(variables, x, train=False, start=start).astype(np.float32)
+    return {"probs": jax.nn.softmax(out, axis=-1), "logits": out,
+            "features": blocks[names[-1]], "blocks": blocks}
+
+  return outputs
 
 
 def run_batches(fn, batches: Iterable[dict], *, per_device: bool = False):
   """fn's outputs over the real rows of `batches` (dicts with image, label, index, optional mask).
 
   `fn(images)` gets the batch's images flattened to [B, H, W, C], or as laid out per device
-  ([D, B/D, H, W, C], for pmapped functions) with per_device=True; its output's leading axes match.
-  Returns (outputs [N, ...], labels [N] int, ids [N] int), padding dropped, in batch order. Padded
-  batches run at full size, so there is one compilation per batch shape.
+  ([D, B/D, H, W, C], for pmapped functions) with per_device=True; its output's leading axes match
+  (an array, or a dict of arrays, each handled alike). Returns (outputs [N, ...] or a dict of them,
+  labels [N] int, ids [N] int), padding dropped, in batch order. Padded batches run at full size,
+  so there is one compilation per batch shape.
   """
   outputs, labels, ids = [], [], []
   for batch in batches:
     image = np.asarray(batch["image"])
-    out = np.asarray(fn(image if per_device else image.reshape((-1,) + image.shape[-3:])))
-    out = out.reshape((-1,) + out.shape[2 if per_device else 1:])
-    mask = np.asarray(batch.get("mask", np.ones(out.shape[0]))).reshape(-1) > 0
-    outputs.append(out[mask])
+    out = jax.tree.map(np.asarray, fn(image if per_device else
+                                      image.reshape((-1,) + image.shape[-3:])))
+    out = jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2 if per_device else 1:]), out)
+    mask = np.asarray(batch["mask"]).reshape(-1) > 0 if "mask" in batch else slice(None)
+    outputs.append(jax.tree.map(lambda o, mask=mask: o[mask], out))
     labels.append(np.asarray(batch["label"]).reshape(-1)[mask])
     ids.append(np.asarray(batch["index"]).reshape(-1)[mask])
   if not outputs:
     raise ValueError("no batches to predict on")
-  return np.concatenate(outputs), np.concatenate(labels).astype(np.int64), np.concatenate(ids)
+  return (jax.tree.map(lambda *o: np.concatenate(o), *outputs),
+          np.concatenate(labels).astype(np.int64), np.concatenate(ids))
 
 
 def predict_arrays(model: nn.Module, variables, batches: Iterable[dict], *, predict_fn=None):

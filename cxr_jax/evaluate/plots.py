@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 PLOT_FILES = dict(roc="roc.png", pr="pr.png", confusion="confusion_matrix.png",
-                  reliability="reliability.png")
+                  reliability="reliability.png", ood="ood.png")
 
 
 def _save(fig, path: Path) -> str:
@@ -87,9 +87,41 @@ def plot_reliability(metrics: dict, path: Path) -> str:
   return _save(fig, path)
 
 
+def plot_ood(metrics: dict, path: Path) -> str:
+  """Left: each score's risk-coverage curve (this set, pooled with the test split for another
+  set), a dot where its threshold cuts. Right: the share of each source each score flags."""
+  o = metrics["ood"]
+  name = "this" if o["is_reference"] else "pooled"
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  for score, sel in o["selective"][name].items():
+    rc = sel["risk_coverage"]
+    line, = left.plot(rc["coverage"], rc["risk"], lw=2, label=f"{score}: AURC {rc['aurc']:.3f}")
+    if sel["kept"]:
+      left.plot([sel["kept"]], [1 - sel["accuracy_kept"]], "o", color=line.get_color())
+  left.axhline(rc["risk_all"], color="0.7", lw=1, ls="--", label="keeping every image")
+  left.set(xlabel="coverage (share of images kept)", ylabel="error rate of kept images",
+           xlim=(0, 1), ylim=(0, None),
+           title="risk-coverage" + ("" if o["is_reference"] else ", with the test split"))
+  left.legend(loc="upper left", fontsize=8)
+  columns = ([] if o["is_reference"] else ["reference"]) + o["sources"]
+  width = 0.8 / len(o["flagged"])
+  for j, (score, flagged) in enumerate(o["flagged"].items()):
+    right.bar(np.arange(len(columns)) + j * width, [flagged[c] for c in columns], width,
+              label=score)
+  right.axhline(1 - o["fit"]["keep"], color="0.7", lw=1, ls="--", label="validation")
+  right.set_xticks(np.arange(len(columns)) + 0.4 - width / 2,
+                   ["test split" if c == "reference" else c for c in columns], fontsize=8)
+  right.set(ylabel="share flagged", ylim=(0, 1.02),
+            title=f"flagged (thresholds keep {100 * o['fit']['keep']:.0f} % of validation)")
+  right.legend(fontsize=8)
+  return _save(fig, path)
+
+
 def write_plots(metrics: dict, out_dir: Path) -> dict:
   """Writes all plots into `out_dir`; returns {kind: file name}."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   writers = dict(roc=plot_roc, pr=plot_pr, confusion=plot_confusion, reliability=plot_reliability)
+  if (metrics.get("ood") or {}).get("defined"):
+    writers["ood"] = plot_ood
   return {kind: fn(metrics, out_dir / PLOT_FILES[kind]) for kind, fn in writers.items()}

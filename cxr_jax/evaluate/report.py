@@ -147,6 +147,82 @@ def _calibration_section(metrics: dict) -> list[str]:
       f"| negative log-likelihood | {num(cal['nll_before'])} | {num(cal['nll_after'])} |", ""]
 
 
+def _pct(value) -> str:
+  return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
+def _table_head(columns) -> list[str]:
+  return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
+def _ood_section(metrics: dict) -> list[str]:
+  o = metrics.get("ood")
+  if not o:
+    return []
+  lines = ["## Out of distribution", ""]
+  if not o.get("defined"):
+    return lines + [f"Out-of-distribution scores {o['why']}.", ""]
+  fit = o["fit"]
+  return lines + [
+      f"{len(o['flagged'])} scores of how unlike the run's {fit['n_train']} training images an "
+      "image is "
+      "(higher: less like them; `cxr_jax/evaluate/ood.py`), each thresholded to keep "
+      f"{_pct(fit['keep'])} of the {fit['n_val']} validation images; images above it are "
+      f"flagged. Prediction flags with **{fit['score']}**. "
+      + ("These are the run's own test images, the reference the other sets are told apart from."
+         if o["is_reference"] else
+         "AUROC: telling this set's images from the run's own test split (1: always, 0.5: "
+         "never)."), "", *_ood_flagged_table(o), "", *_ood_selective_table(o), "",
+      *_ood_source_table(o), ""]
+
+
+def _ood_flagged_table(o: dict) -> list[str]:
+  """Per score: AUROC against the test split per source, and the share flagged per source."""
+  sources, other = o["sources"], not o["is_reference"]
+  header = [f"AUROC {s}" for s in sources] + ["flagged test split"] if other else []
+  lines = _table_head(["score", *header, *(f"flagged {s}" for s in sources)])
+  for score, flagged in o["flagged"].items():
+    cells = [num(o["auroc"][score][s]) for s in sources] + [_pct(flagged["reference"])] if (
+        other) else []
+    lines.append(f"| {score} | " + " | ".join(cells + [_pct(flagged[s]) for s in sources]) + " |")
+  return lines
+
+
+def _ood_selective_table(o: dict) -> list[str]:
+  """Per score: accuracy on all and on kept images, kept share and AURC, of this set (and pooled
+  with the test split)."""
+  sets = [("this", "these images")] + ([] if o["is_reference"] else
+                                       [("pooled", "with the test split")])
+  lines = ["Selective prediction: accuracy on every image and on those each threshold keeps; AURC, "
+           "the area under the risk-coverage curve (error rate of the images kept from the least "
+           "unusual up; lower is better; `optimal`: every error ranked last).", "",
+           *_table_head(["score"] + [f"{label}: {column}" for _, label in sets for column in
+                                     ("kept", "accuracy all", "accuracy kept", "AURC (optimal)")])]
+  for score in o["flagged"]:
+    cells = []
+    for name, _ in sets:
+      sel = o["selective"][name][score]
+      rc = sel["risk_coverage"]
+      cells += [_pct(sel["kept"]), num(sel["accuracy_all"]), num(sel["accuracy_kept"]),
+                f"{num(rc['aurc'])} ({num(rc['aurc_optimal'])})"]
+    lines.append(f"| {score} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _ood_source_table(o: dict) -> list[str]:
+  """Per source, the flagging score's selective figures and sensitivities."""
+  lines = [f"Per source, flagged by {o['fit']['score']}: sensitivity of each class it holds, all "
+           "images -> kept images.", "",
+           *_table_head(["source", "images", "kept", "accuracy all", "accuracy kept",
+                         "sensitivity"])]
+  for source, s in o["by_source"].items():
+    sens = ", ".join(f"{c} {num(v)} -> {num(s['sensitivity_kept'][c])}"
+                     for c, v in s["sensitivity_all"].items())
+    lines.append(f"| {source} | {s['images']} | {_pct(s['kept'])} | {num(s['accuracy_all'])} | "
+                 f"{num(s['accuracy_kept'])} | {sens} |")
+  return lines
+
+
 def render_report(metrics: dict, plots: dict, *, title: str) -> str:
   """Markdown text; `plots` maps kind -> file name relative to the report."""
   intervals = metrics.get("intervals")
@@ -166,10 +242,12 @@ def render_report(metrics: dict, plots: dict, *, title: str) -> str:
       *_within_source_section(metrics),
       *_calibration_section(metrics),
       *_data_section(metrics),
+      *_ood_section(metrics),
       *_rejects_section(metrics),
       "## Plots", ""]
   captions = dict(roc="ROC curves", pr="precision-recall curves", confusion="confusion matrix",
-                  reliability="reliability curve")
+                  reliability="reliability curve",
+                  ood="out of distribution: risk-coverage and share flagged per source")
   for kind, file in plots.items():
     lines += [f"![{captions.get(kind, kind)}]({file})", ""]
   lines += ["All numbers, curves included, are in `metrics.json`.", ""]

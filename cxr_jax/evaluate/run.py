@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 
 from cxr_jax import checkpoint
+from cxr_jax.checkpoint import model_digest
 from cxr_jax.data.preprocess import PreprocessConfig
 from cxr_jax.data.records import NO_LABEL
 from cxr_jax.evaluate import calibration, inference
@@ -42,6 +42,12 @@ _SPLIT_FIELDS = ("sources", "task", "split_seed", "test_fraction", "num_folds", 
                  "train_fraction")
 
 
+def eval_setting(config, key: str, default):
+  """config.eval.<key> when the config has it, else `default`."""
+  section = config.get("eval") if hasattr(config, "get") else None
+  return section.get(key, default) if section is not None else default
+
+
 @dataclasses.dataclass
 class LoadedSplit:
   """A trained model with the examples of one split of its data."""
@@ -62,7 +68,9 @@ class Predictions:
 class LoadedRun:
   """A trained run with its data: `trained` (checkpoint.Trained), `config` (data and evaluation
   settings), `built` and `splits` (built on first use unless given), the inference variables and
-  functions, and the predictions / features per split (`predictions`, `features`)."""
+  functions, and the predictions / features / outputs per split (`predictions`, `features`,
+  `outputs`: logits and every block's pooled features in one pass, the out-of-distribution
+  scores' input)."""
 
   def __init__(self, workdir, trained: checkpoint.Trained, config=None, *, which: str = "best",
                built=None, splits: dict | None = None, segmenter=None):
@@ -132,7 +140,8 @@ class LoadedRun:
       raise ValueError(f"unknown split {name!r}; known: {sorted(self.splits)}")
     return LoadedSplit(self.trained, self.config, self.built, ids)
 
-  def _cached(self, key, compute):
+  def cached(self, key, compute):
+    """compute()'s result under `key`, computed once per run (what the evaluations share)."""
     if key not in self._cache:
       self._cache[key] = compute()
     return self._cache[key]
@@ -140,7 +149,7 @@ class LoadedRun:
   def predictions(self, name: str, loaded=None) -> Predictions:
     """The kept model's class probabilities over split `name` (or over `loaded`, a LoadedSplit
     of other data, cached under `name`), predicted once per run."""
-    return self._cached(("probs", name), lambda: self._predict(loaded or self.split(name)))
+    return self.cached(("probs", name), lambda: self._predict(loaded or self.split(name)))
 
   def _predict(self, loaded) -> Predictions:
     probs, labels, ids = self._over(loaded, lambda x: self.predict_fn(self.variables, x))
@@ -158,11 +167,23 @@ class LoadedRun:
     def compute():
       out, _, ids = self._over(self.split(name), lambda x: self.logits_fn(self.variables, x))
       return out, ids
-    return self._cached(("logits", name), compute)
+    return self.cached(("logits", name), compute)
 
   def _over(self, loaded, fn):
     """fn(images)'s outputs over the evaluation batches of `loaded`: (outputs, labels, ids)."""
     return inference.run_batches(fn, data_batches(loaded, self.batch_size))
+
+  @functools.cached_property
+  def outputs_fn(self):
+    """fn(variables, images) -> {probs, logits, features, blocks} in one forward pass
+    (`inference.make_outputs_fn`): what the out-of-distribution scores read."""
+    return inference.make_outputs_fn(self.model)
+
+  def outputs(self, name, loaded=None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(outputs_fn's {probs, logits, features, blocks} [N, ...], labels [N], ids [N]) of split
+    `name` (or of `loaded`, other data, cached under `name`), once per run."""
+    return self.cached(("outputs", name), lambda: self._over(
+        loaded or self.split(name), lambda x: self.outputs_fn(self.variables, x)))
 
   @functools.cached_property
   def feature_fn(self):
@@ -176,13 +197,13 @@ class LoadedRun:
       params = self.variables if variables is None else variables
       feats, _, ids = self._over(self.split(name), lambda x: self.feature_fn(params, x))
       return feats, ids
-    return self._cached(("features", name, key), compute)
+    return self.cached(("features", name, key), compute)
 
   def cam_fn(self, layer: str, method: str = "gradcam"):
     """The jitted Grad-CAM function of `explain.gradcam.make_cam_fn`, built once per layer."""
     from cxr_jax.explain.gradcam import make_cam_fn
 
-    return self._cached(("cam", layer, method), lambda: make_cam_fn(self.model, layer, method))
+    return self.cached(("cam", layer, method), lambda: make_cam_fn(self.model, layer, method))
 
   def validation_fit(self) -> dict:
     """The temperature fitted on the run's validation split (`temperature_fit`), once."""
@@ -193,7 +214,7 @@ class LoadedRun:
                     why="not fitted: no validation split")
       val = self.predictions("val")
       return dict(temperature_fit(val.probs, val.labels), model_digest=digest)
-    return self._cached("validation_fit", compute)
+    return self.cached("validation_fit", compute)
 
   def recorded_validation_fit(self) -> dict:
     """The validation fit: the one the test evaluation recorded in metrics.json for these
@@ -214,7 +235,7 @@ class LoadedRun:
 
   def test_lungs(self) -> dict:
     """The test split's lung masks (`segment_split`), segmented once per run."""
-    return self._cached("test_lungs",
+    return self.cached("test_lungs",
                         lambda: segment_split(self.split("test"), self.segmenter()))
 
 
@@ -251,16 +272,6 @@ def _data_value(config, key):
 
 def _plain(value):
   return tuple(value) if isinstance(value, list | tuple) else value
-
-
-def model_digest(variables) -> str:
-  """Short sha256 of the variables' shapes and bytes: which parameters a temperature belongs to."""
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(variables):
-    leaf = np.asarray(leaf)
-    h.update(f"{leaf.dtype}{leaf.shape}".encode())
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()[:16]
 
 
 def temperature_fit(probs, labels) -> dict:

@@ -124,7 +124,7 @@ def compute_metrics(labels, probs, *, groups=None, sources=None, num_bootstrap: 
 def brief(metrics: dict) -> dict:
   """What an audit or an experiment keeps of one evaluation (the full set stays in its own metrics.json)."""
   keep = ("num_examples", "class_names", "label_counts", "prediction_counts", "accuracy",
-          "source_only_accuracy", "within_source", "unreadable", "written")
+          "source_only_accuracy", "within_source", "ood", "unreadable", "written")
   part = {k: metrics[k] for k in keep if k in metrics}
   part["accuracy_ci"] = (metrics.get("intervals") or {}).get("accuracy")
   part["roc_auc"] = {c: m["roc_auc"] for c, m in metrics["per_class"].items()}

@@ -11,18 +11,12 @@ import numpy as np
 
 from cxr_jax import checkpoint, files
 from cxr_jax.data.records import LABELS
-from cxr_jax.evaluate import calibration
+from cxr_jax.evaluate import calibration, ood
 from cxr_jax.evaluate.evaluator import Evaluator
 from cxr_jax.evaluate.plots import write_plots
 from cxr_jax.evaluate.report import render_report
-from cxr_jax.evaluate.run import LoadedRun
+from cxr_jax.evaluate.run import LoadedRun, eval_setting
 from cxr_jax.evaluate.summary import compute_metrics
-
-
-def eval_setting(config, key: str, default):
-  """config.eval.<key> when the config has it, else `default`."""
-  section = config.get("eval") if hasattr(config, "get") else None
-  return section.get(key, default) if section is not None else default
 
 
 def write_predictions(path: Path, ids, labels, probs, metadata, class_names=LABELS) -> None:
@@ -45,7 +39,10 @@ def evaluate_workdir(workdir, split: str = "test", config=None, *, which: str = 
   otherwise): metrics.json, roc.png, pr.png, confusion_matrix.png, reliability.png, report.md
   and predictions.csv. Returns the metrics dict (plus "written": the files). With
   eval.temperature_scaling, metrics["calibration"] also holds the temperature fitted on the run's
-  validation split and ECE / NLL of this split before and after it (`add_calibration`).
+  validation split and ECE / NLL of this split before and after it (`add_calibration`). With
+  eval.ood, metrics["ood"] holds the out-of-distribution section (`ood.run_section`; the fit is
+  made on the training split and stored as workdir/ood_fit.npz where none is stored for the kept
+  parameters).
   """
   return evaluate_split(LoadedRun.from_workdir(workdir, config, which=which), split, out_dir)
 
@@ -62,6 +59,10 @@ def evaluate_split(run: LoadedRun, split: str, out_dir=None) -> dict:
   metrics = score(config, labels, probs, meta, ids)
   if eval_setting(config, "temperature_scaling", True):
     add_calibration(metrics, run.validation_fit(), labels, probs)
+  if eval_setting(config, "ood", True):
+    outputs, ood_labels, ood_ids = run.outputs(split)
+    metrics["ood"] = ood.run_section(run, outputs, ood_labels, meta["source"][ood_ids],
+                                     is_reference=split == "test")
   metrics["run"] = dict(workdir=str(run.workdir), split=split, checkpoint=which,
                         dataset=built.version, preprocessing=run.trained.preprocessing)
   metrics["data_splits"] = data_splits(config, built)

@@ -1,0 +1,413 @@
+"""Knowing when the model does not know: out-of-distribution scores, their fit, and selective
+prediction.
+
+Every score says how unlike the run's training images an image is; higher is less familiar.
+  msp          1 - the largest class probability of softmax(logits / T) (Hendrycks & Gimpel 2017),
+               T the run's validation temperature (`calibration`; 1 where none was fitted)
+  energy       -T logsumexp(logits / T) (Liu et al. 2020), the same T
+  mahalanobis  min over classes c of (f - mu_c)' S^-1 (f - mu_c) (Lee et al. 2018), f the last
+               block's output averaged over space, mu_c the class means of the training split's
+               features and S their shared (class-centred) covariance, shrunk towards a scaled
+               identity by Ledoit-Wolf: with ~1000 training images for 512 (VGG) or 1024 (DenseNet)
+               ReLU features the sample covariance is singular or nearly so, and Ledoit-Wolf's
+               shrinkage is a closed-form estimate from the training features alone, nothing to
+               tune on held-out images (a fixed ridge would be one more choice to make somewhere)
+  knn          distance from f / |f| to its k-th nearest training feature, each scaled to unit
+               length (Sun et al. 2022)
+  mahalanobis_blocks  Lee et al.'s feature ensemble without its weights: the mean over the five
+               blocks of each block's pooled-feature Mahalanobis distance divided by its number of
+               features (a Gaussian's squared distance is chi-square with that many degrees of
+               freedom, so each term is ~1 on training-like images). Lee et al. fit the weights on
+               out-of-distribution validation images; this project has none to fit on, so all
+               blocks weigh alike. The early blocks (frozen ImageNet filters under FT2) see
+               acquisition and anatomy, the last what the head reads.
+The fit (`fit`) reads the training split only; each score's threshold keeps config.eval.ood_keep
+of the validation split's images (`threshold_keeping`); the test split's scores are stored with it
+as the reference every other set is told apart from. `OodFit.load` needs NumPy alone, so
+prediction scores images without scikit-learn or SciPy (they are imported inside the two
+functions that need them, which prediction never calls).
+
+`evaluate_ood` is the evaluation of one scored set against that reference: AUROC per source,
+the share flagged at each threshold, and selective prediction (accuracy on the images kept, the
+risk-coverage curve and its area), beside the figures on all images. `run_fit` and `run_section`
+are the loaded run's side (`run.LoadedRun`): the fit made once per run from its cached outputs
+(`LoadedRun.outputs`, one forward pass per split) or read from the stored one, and the section the
+split and external evaluations (`workdir.Split`, `external.External`) add to their metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCORES = ("msp", "energy", "mahalanobis", "knn", "mahalanobis_blocks")
+DESCRIPTIONS = dict(
+    msp="1 - maximum softmax probability (after the temperature)",
+    energy="energy -T logsumexp(logits / T)",
+    mahalanobis="Mahalanobis distance to the nearest class mean of the training features",
+    knn="distance to the k-th nearest training image's features (unit length)",
+    mahalanobis_blocks="mean over the five blocks of Mahalanobis distance / features")
+_CURVE_POINTS = 101   # risk-coverage points kept in metrics.json (the area uses every image)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+  top = x.max(axis=1, keepdims=True)
+  return (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def msp_score(logits, temperature: float = 1.0) -> np.ndarray:
+  """1 - max softmax(logits / T) [N]: 0 for a certain prediction, 1 - 1/C for a uniform one."""
+  z = np.asarray(logits, np.float64) / temperature
+  return 1.0 - np.exp(z.max(axis=1) - _logsumexp(z))
+
+
+def energy_score(logits, temperature: float = 1.0) -> np.ndarray:
+  """-T logsumexp(logits / T) [N]: low where some logit is large."""
+  return -temperature * _logsumexp(np.asarray(logits, np.float64) / temperature)
+
+
+def mahalanobis_score(features, means, precision) -> np.ndarray:
+  """min_c (f - mu_c)' P (f - mu_c) [N] for features [N, F], class means [C, F] and the shared
+  precision matrix P [F, F] (the inverse covariance)."""
+  f = np.asarray(features, np.float64)
+  d = f[:, None, :] - np.asarray(means, np.float64)[None]          # [N, C, F]
+  return np.einsum("ncf,fg,ncg->nc", d, np.asarray(precision, np.float64), d).min(axis=1)
+
+
+def unit_rows(features) -> np.ndarray:
+  """Each row scaled to unit length (a zero row stays zero)."""
+  f = np.asarray(features, np.float64)
+  norm = np.linalg.norm(f, axis=1, keepdims=True)
+  return f / np.where(norm > 0, norm, 1.0)
+
+
+def knn_score(features, bank, k: int) -> np.ndarray:
+  """Euclidean distance of each unit-length feature row to its k-th nearest row of `bank` (rows
+  already unit length: `unit_rows`) [N]."""
+  q, bank = unit_rows(features), np.asarray(bank, np.float64)
+  if not 1 <= k <= len(bank):
+    raise ValueError(f"k={k} nearest neighbours of a bank of {len(bank)} training features")
+  sq = np.maximum(2.0 - 2.0 * q @ bank.T, 0.0)   # |a - b|^2 of unit vectors
+  return np.sqrt(np.partition(sq, k - 1, axis=1)[:, k - 1])
+
+
+def shared_gaussian(features, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray, float]:
+  """(class means [C, F], precision [F, F], Ledoit-Wolf shrinkage) of the features: every class's
+  mean, and the inverse of their shared covariance (each image centred on its class mean),
+  shrunk by Ledoit-Wolf (see the module doc)."""
+  from sklearn.covariance import LedoitWolf  # fitting only; prediction loads the result
+
+  f, labels = np.asarray(features, np.float64), np.asarray(labels)
+  missing = [c for c in range(num_classes) if not np.any(labels == c)]
+  if missing:
+    raise ValueError(f"class(es) {missing} have no training image: no class mean to measure from")
+  means = np.stack([f[labels == c].mean(axis=0) for c in range(num_classes)])
+  estimate = LedoitWolf(assume_centered=True).fit(f - means[labels])
+  return means, estimate.precision_, float(estimate.shrinkage_)
+
+
+def threshold_keeping(scores, keep: float) -> float:
+  """The smallest threshold t with at least `keep` of `scores` <= t: an image is flagged when its
+  score exceeds t, so ceil(keep * N) of these images are kept (more where scores tie)."""
+  s = np.sort(np.asarray(scores, np.float64))
+  if not len(s) or not 0.0 < keep <= 1.0:
+    raise ValueError(f"a threshold keeping {keep} of {len(s)} scores")
+  return float(s[int(np.ceil(keep * len(s) - 1e-9)) - 1])
+
+
+@dataclasses.dataclass
+class OodFit:
+  """A run's fitted scores (see the module doc), versioned by the kept parameters' digest."""
+  score: str                 # the score that flags images (config.eval.ood_score)
+  keep: float                # share of validation images each threshold keeps
+  temperature: float
+  means: np.ndarray          # [C, F]
+  precision: np.ndarray      # [F, F]
+  shrinkage: float
+  bank: np.ndarray           # [N_train, F] unit-length training features
+  k: int
+  blocks: dict               # {block: (class means [C, F_b], precision [F_b, F_b])}
+  thresholds: dict           # {score: threshold}
+  model_digest: str
+  n_train: int
+  n_val: int
+  reference: dict            # the test split: {"scores": {score: [N]}, "correct", "sources"}
+
+  def scores(self, outputs: dict) -> dict[str, np.ndarray]:
+    """{score: [N]} of images given the model's outputs (`inference.make_outputs_fn`): logits
+    [N, C], the last block's pooled features [N, F] and every block's ("blocks")."""
+    logits, features = outputs["logits"], outputs["features"]
+    per_block = [mahalanobis_score(outputs["blocks"][b], means, precision) / len(precision)
+                 for b, (means, precision) in self.blocks.items()]
+    return dict(msp=msp_score(logits, self.temperature),
+                energy=energy_score(logits, self.temperature),
+                mahalanobis=mahalanobis_score(features, self.means, self.precision),
+                knn=knn_score(features, self.bank, self.k),
+                mahalanobis_blocks=np.mean(per_block, axis=0))
+
+  def describe(self) -> dict:
+    """The fit's settings for metrics.json (no arrays)."""
+    return dict(score=self.score, keep=self.keep, temperature=self.temperature,
+                shrinkage=self.shrinkage, k=self.k, thresholds=self.thresholds,
+                model_digest=self.model_digest, n_train=self.n_train, n_val=self.n_val,
+                covariance="shared, class-centred, Ledoit-Wolf shrinkage")
+
+  def to_bytes(self) -> bytes:
+    """An .npz of plain arrays (loadable without pickle)."""
+    ref = self.reference
+    meta = {k: getattr(self, k) for k in ("score", "keep", "temperature", "shrinkage", "k",
+                                          "thresholds", "model_digest", "n_train", "n_val")}
+    buffer = io.BytesIO()
+    blocks = {f"{part}@{b}": array for b, pair in self.blocks.items()
+              for part, array in zip(("means", "precision"), pair, strict=True)}
+    meta["blocks"] = list(self.blocks)
+    np.savez(buffer, meta=np.array(json.dumps(meta)), means=self.means, precision=self.precision,
+             bank=self.bank.astype(np.float32), ref_correct=np.asarray(ref["correct"], bool),
+             **blocks,
+             ref_sources=np.asarray(ref["sources"]).astype(str),
+             **{f"ref_{s}": np.asarray(v, np.float64) for s, v in ref["scores"].items()})
+    return buffer.getvalue()
+
+  @classmethod
+  def load(cls, path) -> OodFit:
+    with np.load(Path(path), allow_pickle=False) as z:
+      meta = json.loads(str(z["meta"]))
+      if set(SCORES) - {k[4:] for k in z.files if k.startswith("ref_")} - {"correct", "sources"}:
+        raise ValueError(f"{path} holds another version's scores: evaluate the run again")
+      reference = dict(scores={s: z[f"ref_{s}"] for s in SCORES}, correct=z["ref_correct"],
+                       sources=z["ref_sources"])
+      blocks = {b: (z[f"means@{b}"], z[f"precision@{b}"]) for b in meta.pop("blocks")}
+      return cls(means=z["means"], precision=z["precision"], bank=z["bank"], blocks=blocks,
+                 reference=reference, **meta)
+
+  def verdict(self, scores: dict, index: int, score: str | None = None) -> dict:
+    """The prediction's fields for image `index` of `scores` ({score: [N]}): the score, its
+    threshold, "in_distribution" and a one-line reason."""
+    score = score or self.score
+    value, threshold = float(scores[score][index]), float(self.thresholds[score])
+    inside = value <= threshold
+    reason = (f"{score} {value:.4g} {'<=' if inside else '>'} threshold {threshold:.4g}, which "
+              f"{100 * self.keep:.0f} % of the validation images stay under: "
+              + ("like the training images" if inside else
+                 "unlike the training images, the class probabilities are not to be trusted"))
+    return {"ood": {"score": score, "value": value, "threshold": threshold},
+            "in_distribution": bool(inside), "reason": reason}
+
+
+def fit(train: dict, train_labels, val: dict, *, temperature: float, keep: float, k: int,
+        score: str, model_digest: str, reference: dict) -> OodFit:
+  """Fits every score on the training split's outputs (`inference.make_outputs_fn`'s) and
+  thresholds them on the validation split's. `reference`: the test split's outputs with
+  "correct" and "sources", scored and kept (not its outputs) for every later evaluation to
+  compare against."""
+  if score not in SCORES:
+    raise ValueError(f"eval.ood_score must be one of {SCORES}, got {score!r}")
+  num_classes = np.asarray(train["logits"]).shape[1]
+  means, precision, shrinkage = shared_gaussian(train["features"], train_labels, num_classes)
+  blocks = {b: shared_gaussian(f, train_labels, num_classes)[:2]
+            for b, f in train["blocks"].items()}
+  bank = unit_rows(train["features"]).astype(np.float32)
+  partial = OodFit(score, float(keep), float(temperature), means, precision, shrinkage, bank,
+                   min(int(k), len(bank)), blocks, {}, model_digest, len(bank),
+                   len(val["logits"]), {})
+  partial.thresholds = {s: threshold_keeping(v, keep) for s, v in partial.scores(val).items()}
+  partial.reference = dict(scores=partial.scores(reference),
+                           correct=np.asarray(reference["correct"], bool),
+                           sources=np.asarray(reference["sources"]).astype(str))
+  return partial
+
+
+def risk_coverage(scores, correct) -> dict:
+  """Selective prediction's risk-coverage curve: the images kept from the lowest score up, the
+  error rate of those kept at each coverage, and its area (AURC: the mean risk over the coverages
+  1/N..N/N; Geifman et al. 2019). Tied scores are kept together, in random order: the risk inside
+  a tie is its expectation, so a constant score's area is the error rate (no information) and a
+  score ranking every error last has the smallest area the errors allow (`aurc_optimal`)."""
+  s, wrong = np.asarray(scores, np.float64), ~np.asarray(correct, bool)
+  n = len(s)
+  if not n:
+    raise ValueError("risk-coverage of no images")
+  order = np.argsort(s, kind="stable")
+  s, wrong = s[order], wrong[order].astype(np.float64)
+  errors = np.concatenate([[0.0], np.cumsum(wrong)])
+  starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))   # first index of each tie
+  ends = np.append(starts[1:], n)
+  group = np.repeat(np.arange(len(starts)), ends - starts)
+  rate = (errors[ends] - errors[starts]) / (ends - starts)             # error rate inside a tie
+  kept = np.arange(1, n + 1)
+  risk = (errors[starts][group] + (kept - starts[group]) * rate[group]) / kept
+  m = int(wrong.sum())
+  optimal = np.maximum(kept - (n - m), 0) / kept
+  at = np.unique(np.linspace(0, n - 1, min(n, _CURVE_POINTS)).round().astype(int))
+  return dict(aurc=float(risk.mean()), aurc_optimal=float(optimal.mean()),
+              risk_all=float(m / n), coverage=(kept[at] / n).tolist(), risk=risk[at].tolist())
+
+
+def auroc(inside, outside) -> float | None:
+  """Area under the ROC curve of telling `outside` scores (positives) from `inside` ones; None
+  where either side is empty."""
+  from sklearn.metrics import roc_auc_score  # evaluation only
+
+  inside, outside = np.asarray(inside, np.float64), np.asarray(outside, np.float64)
+  if not len(inside) or not len(outside):
+    return None
+  truth = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
+  return float(roc_auc_score(truth, np.concatenate([inside, outside])))
+
+
+def _selective(scores, correct, threshold) -> dict:
+  """Accuracy on every image and on those the threshold keeps; the kept share."""
+  correct = np.asarray(correct, bool)
+  kept = np.asarray(scores) <= threshold
+  return dict(images=int(len(correct)), kept=float(kept.mean()) if len(kept) else None,
+              accuracy_all=float(correct.mean()) if len(correct) else None,
+              accuracy_kept=float(correct[kept].mean()) if kept.any() else None)
+
+
+def _per_source(scores, correct, sources, labels, preds, threshold, class_names) -> dict:
+  """Per source: the selective figures and each class's sensitivity on all and on kept images."""
+  out = {}
+  for source in sorted(set(sources.tolist())):
+    sel = sources == source
+    entry = _selective(scores[sel], correct[sel], threshold)
+    kept = sel & (scores <= threshold)
+    for name, subset in (("all", sel), ("kept", kept)):
+      entry[f"sensitivity_{name}"] = {
+          c: float(np.mean(preds[subset & (labels == k)] == k)) if np.any(subset & (labels == k))
+          else None for k, c in enumerate(class_names) if np.any(sel & (labels == k))}
+    out[source] = entry
+  return out
+
+
+def evaluate_ood(fit: OodFit, outputs: dict, labels, sources, *, is_reference: bool,
+                 class_names) -> dict:
+  """The out-of-distribution section of one evaluated set (the run's outputs over it,
+  `inference.make_outputs_fn`'s, with their labels and sources): scores
+  from `fit`, compared with `fit.reference` (the run's own test split).
+
+  - auroc[score][source]: telling the test split from each source of this set (not for the test
+    split itself, `is_reference`), and "all" of it;
+  - flagged[score][source]: the share of each source's images above the threshold, the test
+    split's own sources under "reference";
+  - selective: on this set and, for another set, pooled with the test split ("pooled"): per score
+    the accuracy on all and on kept images, the kept share and the risk-coverage curve with its
+    area; per source (the flagging score) the same, with each held class's sensitivity.
+  """
+  labels, sources = np.asarray(labels), np.asarray(sources).astype(str)
+  preds = np.asarray(outputs["logits"]).argmax(axis=1)
+  correct = preds == labels
+  scores = fit.scores(outputs)
+  ref = fit.reference
+  out = dict(fit=fit.describe(), descriptions=dict(DESCRIPTIONS), is_reference=is_reference,
+             sources=sorted(set(sources.tolist())), auroc={}, flagged={}, selective={})
+  for s in SCORES:
+    t = fit.thresholds[s]
+    out["flagged"][s] = {src: float(np.mean(scores[s][sources == src] > t))
+                         for src in out["sources"]}
+    out["flagged"][s]["all"] = float(np.mean(scores[s] > t))
+    out["flagged"][s]["reference"] = float(np.mean(ref["scores"][s] > t))
+    if not is_reference:
+      out["auroc"][s] = {src: auroc(ref["scores"][s], scores[s][sources == src])
+                         for src in out["sources"]}
+      out["auroc"][s]["all"] = auroc(ref["scores"][s], scores[s])
+  sets = {"this": (scores, correct, sources)}
+  if not is_reference:
+    sets["pooled"] = ({s: np.concatenate([ref["scores"][s], scores[s]]) for s in SCORES},
+                      np.concatenate([ref["correct"], correct]),
+                      np.concatenate([ref["sources"], sources]))
+  for name, (sc, corr, _) in sets.items():
+    out["selective"][name] = {s: dict(_selective(sc[s], corr, fit.thresholds[s]),
+                                      risk_coverage=risk_coverage(sc[s], corr)) for s in SCORES}
+  out["by_source"] = _per_source(scores[fit.score], correct, sources, labels, preds,
+                                 fit.thresholds[fit.score], list(class_names))
+  return out
+
+
+# The run's side (a `run.LoadedRun`, its outputs cached per split): the fit stored beside the kept
+# checkpoint and the section every evaluation of the run writes. Imports below NumPy stay inside.
+
+def settings(config, temperature: float | None) -> dict:
+  """The settings a fit is made with (config.eval.ood_*; the temperature of the run's validation
+  split, 1 where none was fitted)."""
+  from cxr_jax.evaluate.run import eval_setting
+
+  return dict(score=str(eval_setting(config, "ood_score", "knn")),
+              keep=float(eval_setting(config, "ood_keep", 0.95)),
+              k=int(eval_setting(config, "ood_knn_k", 10)),
+              temperature=1.0 if temperature is None else float(temperature))
+
+
+def stored_fit(workdir, digest: str, wanted: dict) -> OodFit | None:
+  """The fit stored in `workdir` (checkpoint.OOD_FILE) if it was made for these parameters
+  (`digest`, `checkpoint.model_digest`) with these settings; None otherwise."""
+  from cxr_jax import checkpoint
+
+  path = Path(workdir) / checkpoint.OOD_FILE
+  if not path.is_file():
+    return None
+  try:
+    stored = OodFit.load(path)
+  except (ValueError, KeyError):   # an earlier version's fit: refitted
+    return None
+  wanted = dict(wanted, k=min(wanted["k"], stored.n_train))
+  if stored.model_digest != digest or any(getattr(stored, key) != value
+                                          for key, value in wanted.items()):
+    return None
+  return stored
+
+
+def run_temperature(run) -> float | None:
+  """The temperature the scores divide the logits by: the run's validation fit's with
+  eval.temperature_scaling, else none."""
+  from cxr_jax.evaluate.run import eval_setting
+
+  if not eval_setting(run.config, "temperature_scaling", True):
+    return None
+  return run.recorded_validation_fit()["temperature"]
+
+
+def run_fit(run) -> OodFit | str:
+  """The fit of `run`'s kept model: the one stored beside its checkpoint for these parameters and
+  settings, else fitted on the training split (asserted: `data.check_within`), thresholded on the
+  validation split, the test split as reference, and stored (process 0). A string says why there
+  is none."""
+  import jax
+
+  from cxr_jax import checkpoint, data, files
+
+  digest = checkpoint.model_digest(run.trained.variables)
+  wanted = settings(run.config, run_temperature(run))
+  stored = stored_fit(run.workdir, digest, wanted)
+  if stored is not None:
+    return stored
+  meta, splits = run.built.metadata, run.splits
+  train_ids = np.unique(np.asarray(splits.get("train", ())))
+  data.check_within(meta, splits, train_ids, "train")
+  if not len(train_ids) or not len(splits.get("val", ())):
+    return ("not fitted: no " + ("training" if not len(train_ids) else "validation") + " split "
+            "(the threshold is chosen on the validation split: data.num_folds > 1)")
+  (train, train_labels, _), (val, _, _) = run.outputs("train"), run.outputs("val")
+  outputs, labels, ids = run.outputs("test") if len(splits.get("test", ())) else (
+      jax.tree.map(lambda v: v[:0], train), train_labels[:0], np.zeros(0, int))
+  reference = dict(outputs, correct=outputs["logits"].argmax(axis=1) == labels,
+                   sources=meta["source"][ids])
+  made = fit(train, train_labels, val, reference=reference, model_digest=digest, **wanted)
+  if jax.process_index() == 0:
+    files.write_atomic(Path(run.workdir) / checkpoint.OOD_FILE, made.to_bytes())
+  return made
+
+
+def run_section(run, outputs: dict, labels, sources, *, is_reference: bool) -> dict:
+  """metrics["ood"] of a set the run evaluated (`evaluate_ood` against the run's fit), or why
+  there is none."""
+  from cxr_jax.data.records import LABELS
+
+  made = run.cached("ood_fit", lambda: run_fit(run))
+  if isinstance(made, str):
+    return dict(defined=False, why=made)
+  return dict(evaluate_ood(made, outputs, labels, sources, is_reference=is_reference,
+                           class_names=LABELS), defined=True)

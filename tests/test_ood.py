@@ -1,0 +1,213 @@
+"""Out-of-distribution scores, their fit and selective prediction (cxr_jax.evaluate.ood), against
+hand-computed values; the evaluation's section on a small saved run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr_jax import checkpoint, data
+from cxr_jax.evaluate import evaluate_workdir, external, ood
+from cxr_jax.evaluate import workdir as workdir_module
+from tests.test_evaluate_workdir import _write_source, workdir  # noqa: F401  (workdir: a fixture)
+
+
+def test_msp_and_energy_by_hand():
+  logits = np.array([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+  e = np.e
+  # T = 2: logits / T = [1, 0, 0] and [0.5, 0.5, 0.5].
+  np.testing.assert_allclose(ood.msp_score(logits, 2.0), [1 - e / (e + 2), 1 - 1 / 3], rtol=1e-12)
+  np.testing.assert_allclose(ood.energy_score(logits, 2.0),
+                             [-2 * np.log(e + 2), -2 * (np.log(3) + 0.5)], rtol=1e-12)
+  # Large logits: no overflow (logsumexp shifted by the row's maximum).
+  assert ood.energy_score(np.array([[1000.0, 0.0]]))[0] == pytest.approx(-1000.0)
+  assert ood.msp_score(np.array([[1000.0, 0.0]]))[0] == pytest.approx(0.0, abs=1e-300)
+
+
+def test_mahalanobis_with_a_known_covariance():
+  means = np.array([[0.0, 0.0], [4.0, 0.0]])
+  precision = np.linalg.inv(np.diag([4.0, 1.0]))
+  features = np.array([[1.0, 2.0], [3.0, 0.0]])
+  # [1, 2]: 1/4 + 4 = 4.25 from class 0, 9/4 + 4 = 6.25 from class 1; [3, 0]: 9/4 and 1/4.
+  np.testing.assert_allclose(ood.mahalanobis_score(features, means, precision), [4.25, 0.25],
+                             rtol=1e-12)
+
+
+def test_shared_gaussian_is_ledoit_wolf_of_the_class_centred_features():
+  rng = np.random.default_rng(0)
+  scale = np.array([1.0, 2.0, 3.0])
+  labels = np.repeat([0, 1], 4000)
+  true_means = np.array([[0.0, 0.0, 0.0], [5.0, -1.0, 2.0]])
+  features = true_means[labels] + rng.normal(size=(8000, 3)) * scale
+  means, precision, shrinkage = ood.shared_gaussian(features, labels, 2)
+  np.testing.assert_allclose(means, [features[labels == c].mean(axis=0) for c in (0, 1)],
+                             rtol=1e-12)
+  # The estimator's definition: (1 - s) S + s tr(S) / F I, S the class-centred second moment.
+  centred = features - means[labels]
+  sample = centred.T @ centred / len(centred)
+  shrunk = (1 - shrinkage) * sample + shrinkage * np.trace(sample) / 3 * np.eye(3)
+  np.testing.assert_allclose(np.linalg.inv(precision), shrunk, rtol=1e-9)
+  # With 8000 images for 3 features it is the sampling covariance: diag(1, 4, 9) to ~3 % (the
+  # standard error of a variance from n draws is sqrt(2 / n) ~ 1.6 %).
+  assert 0 <= shrinkage < 0.02
+  np.testing.assert_allclose(np.diag(np.linalg.inv(precision)), scale ** 2, rtol=0.05)
+  with pytest.raises(ValueError, match=r"class\(es\) \[2\] have no training image"):
+    ood.shared_gaussian(features, labels, 3)
+
+
+def test_knn_distance_by_hand():
+  bank = ood.unit_rows(np.array([[1.0, 0.0], [0.0, 3.0], [-2.0, 0.0]]))
+  query = np.array([[2.0, 0.0], [0.0, -1.0]])
+  np.testing.assert_allclose(ood.knn_score(query, bank, 1), [0.0, np.sqrt(2)], atol=1e-7)
+  np.testing.assert_allclose(ood.knn_score(query, bank, 2), [np.sqrt(2), np.sqrt(2)], atol=1e-7)
+  np.testing.assert_allclose(ood.knn_score(query, bank, 3), [2.0, 2.0], atol=1e-7)
+  with pytest.raises(ValueError, match="k=4 nearest"):
+    ood.knn_score(query, bank, 4)
+
+
+@pytest.mark.parametrize("n, keep, kept", [(100, 0.95, 95), (7, 0.95, 7), (40, 0.9, 36),
+                                           (10, 1.0, 10), (3, 0.01, 1)])
+def test_threshold_keeps_the_requested_share(n, keep, kept):
+  scores = np.random.default_rng(n).permutation(n).astype(float)
+  threshold = ood.threshold_keeping(scores, keep)
+  assert np.sum(scores <= threshold) == kept == int(np.ceil(keep * n))
+
+
+def test_risk_coverage_of_perfect_uninformative_and_worst_scores():
+  correct = np.array([True] * 8 + [False] * 2)
+  perfect = ood.risk_coverage(np.arange(10.0), correct)      # the two errors ranked last
+  assert perfect["aurc"] == pytest.approx((1 / 9 + 2 / 10) / 10, rel=1e-12)
+  assert perfect["aurc"] == pytest.approx(perfect["aurc_optimal"], rel=1e-12)
+  assert perfect["risk_all"] == 0.2 and perfect["coverage"][-1] == 1.0
+  constant = ood.risk_coverage(np.zeros(10), correct)        # one tie: no information
+  assert constant["aurc"] == pytest.approx(0.2, rel=1e-12)
+  assert constant["risk"] == pytest.approx([0.2] * 10, rel=1e-12)
+  worst = ood.risk_coverage(-np.arange(10.0), correct)       # the errors kept first
+  assert worst["aurc"] == pytest.approx((1 + 1 + sum(2 / k for k in range(3, 11))) / 10, rel=1e-12)
+  # A random ranking's area is the error rate on average.
+  rng = np.random.default_rng(0)
+  rand = [ood.risk_coverage(rng.random(10), correct)["aurc"] for _ in range(4000)]
+  assert np.mean(rand) == pytest.approx(0.2, abs=4 * np.std(rand) / np.sqrt(4000))
+
+
+def test_auroc_of_separated_and_identical_scores():
+  assert ood.auroc([0.0, 1.0, 2.0], [3.0, 4.0]) == 1.0
+  assert ood.auroc([0.0, 1.0], [0.0, 1.0]) == 0.5
+  assert ood.auroc([], [1.0]) is None
+
+
+def _outputs(rng, features, labels):
+  """Constructed model outputs: logits favouring the label, the features as the last block's,
+  and two blocks (the features' first and last halves)."""
+  logits = np.eye(3)[labels] * 3 + rng.normal(size=(len(labels), 3))
+  half = features.shape[1] // 2
+  return dict(logits=logits, features=features,
+              blocks={"b1": features[:, :half], "b2": features[:, half:]})
+
+
+def _synthetic_fit(rng, features_in, labels_in, keep=0.95):
+  """A fit on constructed outputs: three classes, features shifted per class; a third each for
+  training, validation and the reference (test) split."""
+  out = _outputs(rng, features_in, labels_in)
+  n = len(labels_in) // 3
+  part = lambda a, b: {"logits": out["logits"][a:b], "features": out["features"][a:b],
+                       "blocks": {k: v[a:b] for k, v in out["blocks"].items()}}
+  reference = dict(part(2 * n, None), correct=out["logits"][2 * n:].argmax(1) == labels_in[2 * n:],
+                   sources=np.array(["own"] * (len(labels_in) - 2 * n)))
+  return part, ood.fit(part(0, n), labels_in[:n], part(n, 2 * n), temperature=1.5, keep=keep,
+                       k=5, score="mahalanobis", model_digest="x", reference=reference)
+
+
+def test_far_away_images_are_flagged_and_told_apart(tmp_path):
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 900)
+  centres = rng.normal(size=(3, 16)) * 3
+  features = centres[labels] + rng.normal(size=(900, 16))
+  part, fit = _synthetic_fit(rng, features, labels)
+  assert fit.n_train == 300 and fit.n_val == 300
+  val_scores = fit.scores(part(300, 600))
+  for s in ood.SCORES:
+    assert np.mean(val_scores[s] <= fit.thresholds[s]) == pytest.approx(0.95, abs=1 / 300)
+  # The saved fit loads (NumPy only) into the same scores.
+  path = tmp_path / checkpoint.OOD_FILE
+  path.write_bytes(fit.to_bytes())
+  loaded = ood.OodFit.load(path)
+  far = _outputs(rng, rng.normal(size=(50, 16)) * 3 + 20, rng.integers(0, 3, 50))
+  for s, v in fit.scores(far).items():
+    np.testing.assert_array_equal(v, loaded.scores(far)[s])
+  assert loaded.thresholds == fit.thresholds and loaded.describe() == fit.describe()
+  for b, (means, precision) in fit.blocks.items():   # each block's Gaussian, over its 8 features
+    assert means.shape == (3, 8) and precision.shape == (8, 8)
+    np.testing.assert_array_equal(loaded.blocks[b][1], precision)
+  by_hand = np.mean([ood.mahalanobis_score(far["blocks"][b], *fit.blocks[b]) / 8
+                     for b in ("b1", "b2")], axis=0)
+  np.testing.assert_allclose(loaded.scores(far)["mahalanobis_blocks"], by_hand, rtol=1e-12)
+
+  section = ood.evaluate_ood(loaded, far, np.zeros(50, int), np.array(["far"] * 50),
+                             is_reference=False, class_names=("covid", "normal", "pneumonia"))
+  assert section["auroc"]["mahalanobis"]["far"] == 1.0 and section["auroc"]["knn"]["all"] == 1.0
+  assert section["flagged"]["mahalanobis"]["far"] == 1.0
+  assert section["flagged"]["mahalanobis"]["reference"] < 0.15   # ~5 %, as validation
+  pooled = section["selective"]["pooled"]["mahalanobis"]
+  assert pooled["images"] == 350 and pooled["accuracy_kept"] > pooled["accuracy_all"]
+  assert section["by_source"]["far"]["kept"] == 0.0
+  assert section["by_source"]["far"]["accuracy_kept"] is None
+  verdict = loaded.verdict(loaded.scores(far), 0)
+  assert verdict["in_distribution"] is False and "unlike the training images" in verdict["reason"]
+  assert verdict["ood"]["threshold"] == fit.thresholds["mahalanobis"]
+
+
+def test_check_within_refuses_a_fit_on_other_splits():
+  meta = dict(patient_group=np.array(["a", "a", "b", "c", "d"]))
+  splits = dict(train=np.array([0, 1, 2]), val=np.array([3]), test=np.array([4]))
+  data.check_within(meta, splits, np.array([0, 2]))
+  with pytest.raises(AssertionError, match="outside the train split"):
+    data.check_within(meta, splits, np.array([0, 3]))
+  leaky = dict(splits, test=np.array([1, 4]))      # a training patient's image in test
+  with pytest.raises(AssertionError, match="Patient groups in both train and test"):
+    data.check_within(meta, leaky, np.array([0, 2]))
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+  monkeypatch.setattr(workdir_module, "write_plots", lambda metrics, out: {})
+
+
+def test_evaluation_fits_on_the_training_split_and_reports(workdir, tmp_path, monkeypatch,  # noqa: F811
+                                                           no_plots):
+  fitted = []
+  real_fit = ood.fit
+  monkeypatch.setattr(ood, "fit", lambda *a, **k: fitted.append(a[1]) or real_fit(*a, **k))
+  metrics = evaluate_workdir(workdir)
+  section = metrics["ood"]
+  trained = checkpoint.load_trained(workdir)
+  built = data.build_dataset(trained.config.data)
+  splits = data.make_splits(built.metadata, trained.config.data)
+  assert section["defined"] and section["is_reference"] and not section["auroc"]
+  assert section["fit"]["n_train"] == len(np.unique(splits["train"])) == len(fitted[0])
+  assert section["fit"]["n_val"] == len(splits["val"])
+  assert section["fit"]["model_digest"] == checkpoint.model_digest(trained.variables)
+  assert json.loads((workdir / "metrics.json").read_text())["ood"]["fit"] == section["fit"]
+  assert "## Out of distribution" in (workdir / "report.md").read_text()
+  assert (workdir / checkpoint.OOD_FILE).is_file()
+
+  # External sets and other splits reuse the stored fit and tell their sources from the test split.
+  _write_source(tmp_path / "ext")
+  ext = external.evaluate_external(workdir, [f"manifest:{tmp_path / 'ext'}"])["ext"]["ood"]
+  assert len(fitted) == 1 and ext["fit"] == section["fit"]
+  assert set(ext["auroc"]["energy"]) == {"clinic", "archive", "all"}
+  assert ext["selective"]["pooled"]["msp"]["images"] == metrics["num_examples"] + 36
+  val = evaluate_workdir(workdir, "val")["ood"]
+  for s in ood.SCORES:   # the thresholds were chosen on these images
+    assert val["flagged"][s]["all"] <= 1 - section["fit"]["keep"] + 1e-9
+
+  # A training split that shares a patient with the test split is refused before any fit.
+  (workdir / checkpoint.OOD_FILE).unlink()
+  real_splits = data.make_splits
+
+  def leaky(meta, config):
+    s = real_splits(meta, config)
+    return dict(s, train=np.append(s["train"], s["test"][:1]))
+  monkeypatch.setattr(data, "make_splits", leaky)
+  with pytest.raises(AssertionError, match="Patient groups in both train and test"):
+    evaluate_workdir(workdir)
