@@ -210,7 +210,7 @@ def test_in_lungs_maps_from_the_lung_pixels_or_falls_back_to_the_whole_image(
 
 
 def test_workdir_identity_check_covers_the_intensity_fields():
-  from cxr_jax.evaluate.workdir import check_compatible
+  from cxr_jax.evaluate.run import check_compatible
 
   run = get_config()
   given = get_config()
