@@ -65,7 +65,7 @@ def evaluate_split(run: LoadedRun, split: str, out_dir=None) -> dict:
                                      is_reference=split == "test")
   metrics["run"] = dict(workdir=str(run.workdir), split=split, checkpoint=which,
                         dataset=built.version, preprocessing=run.trained.preprocessing)
-  metrics["data_splits"] = data_splits(config, built)
+  metrics["data_splits"] = data_splits(config, built.metadata, run.splits)
   out = (Path(out_dir) if out_dir else
          run.workdir / ("" if split == "test" else f"eval_{split}"))
   title = f"Evaluation of {run.workdir.name} on the {split} split ({which} checkpoint)"
@@ -75,16 +75,15 @@ def evaluate_split(run: LoadedRun, split: str, out_dir=None) -> dict:
   return metrics
 
 
-def data_splits(config, built) -> dict:
+def data_splits(config, metadata, splits: dict) -> dict:
   """What the run's splits hold: images per (source, label) cell of each split, and the cells some
   split lacks (a reader of any figure sees which collections and labels it rests on)."""
   from cxr_jax import data
 
-  splits = data.make_splits(built.metadata, config.data)
   return dict(stratify=str(config.data.get("stratify", "label")),
-              cells={name: data.cell_table(built.metadata, np.unique(ids))
+              cells={name: data.cell_table(metadata, np.unique(ids))
                      for name, ids in splits.items()},
-              missing_cells=data.missing_cells(built.metadata, splits))
+              missing_cells=data.missing_cells(metadata, splits))
 
 
 def score(config, labels, probs, meta, ids) -> dict:
