@@ -9,7 +9,6 @@ a tuple field also as a comma-separated list: --config.data.sources=manifest:/a,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -63,13 +62,7 @@ def main(argv):
                jax.process_count())
   result = mode.run(config, FLAGS.workdir, FLAGS)
   if jax.process_index() == 0:
-    summary = result if isinstance(result, dict) else {"result": str(result)}
-    print(json.dumps(mode.headline(summary), indent=2), file=sys.stdout)
-    if mode.prints_external:  # the gap, under the internal figures
-      from cxr_jax.evaluate.external import format_headline
-
-      for name, headline in summary.get("external", {}).items():
-        print(format_headline(name, headline), file=sys.stdout)
+    print(mode.printed(result), file=sys.stdout)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ at the end (the full set is in the workdir).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -66,9 +67,7 @@ def _experiment(name: str) -> Callable:
   def run(config, workdir, options):
     from cxr_jax import experiments
 
-    if name in ("cv", "ablation", "sweep"):
-      return experiments.run_experiment(config, workdir, name)
-    return getattr(experiments, f"run_{name}")(config, workdir)
+    return experiments.run_study(experiments.STUDIES[name], config, workdir)
   return run
 
 
@@ -79,6 +78,17 @@ class Mode:
   headline: Callable[[dict], dict] = metrics_headline
   external: bool = False         # takes --external (config.eval.external)
   prints_external: bool = False  # prints each external set's headline under the internal one
+
+  def printed(self, result) -> str:
+    """What launch.py prints at the end: the headline as JSON, then (prints_external) each
+    external set's headline line, the gap under the internal figures."""
+    summary = result if isinstance(result, dict) else {"result": str(result)}
+    lines = [json.dumps(self.headline(summary), indent=2)]
+    if self.prints_external:
+      from cxr_jax.evaluate.external import format_headline
+
+      lines += [format_headline(name, h) for name, h in summary.get("external", {}).items()]
+    return "\n".join(lines)
 
 
 MODES = {

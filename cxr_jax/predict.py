@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from cxr_jax.data.records import LABELS  # noqa: E402
-from cxr_jax.evaluate.ood import SCORES, OodFit  # noqa: E402  (NumPy only)
+from cxr_jax.evaluate.ood import SCORES, OodFit, load_stored  # noqa: E402  (NumPy only)
 
 
 def _parse(argv):
@@ -126,21 +126,12 @@ def predict_files(workdir, files, **kwargs) -> list[dict]:
 
 
 def stored_fit(workdir, trained) -> tuple[OodFit | None, str]:
-  """The out-of-distribution fit the run's evaluation stored for these parameters, or None and
-  why there is none (the "reason" of every prediction then)."""
+  """The out-of-distribution fit the run's evaluation stored for these parameters
+  (`ood.load_stored`), or None and why there is none (the "reason" of every prediction then)."""
   from cxr_jax import checkpoint
 
-  path = Path(workdir) / checkpoint.OOD_FILE
-  rerun = f"python launch.py --mode=evaluate --workdir={workdir} fits and stores it"
-  if not path.is_file():
-    return None, f"no out-of-distribution fit in {workdir} ({checkpoint.OOD_FILE}): {rerun}"
-  try:
-    fit = OodFit.load(path)
-  except ValueError as e:   # an earlier version's fit
-    return None, f"{e}: {rerun}"
-  if fit.model_digest != checkpoint.model_digest(trained.variables):
-    return None, (f"{path} was fitted for other parameters than this checkpoint's: {rerun}")
-  return fit, ""
+  fit, why = load_stored(workdir, checkpoint.model_digest(trained.variables))
+  return fit, why and f"{why}: python launch.py --mode=evaluate --workdir={workdir} fits and stores it"
 
 
 def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=None, which="best",

@@ -181,3 +181,20 @@ def test_launch_modes_come_from_one_table_and_external_is_refused_where_unused(t
                        cwd=repo, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "--external serves --mode=train/evaluate/audit/loso/robustness, not --mode=cv" in out.stderr
+
+
+def test_launch_prints_the_headline_then_each_external_sets_gap():
+  from cxr_jax import modes
+
+  result = {"num_examples": 10, "accuracy": 0.8, "per_class": {"covid": {"roc_auc": 0.9}},
+            "external": {"kids": {"images": 4, "accuracy": 0.25, "by_source": {"kermany": {
+                "images": 4, "called": {"covid": 0.75, "normal": 0.25},
+                "sensitivity": {"normal": 0.25}, "covid_auc": None,
+                "normal_vs_pneumonia_auc": None}}}}}
+  head, *external = modes.MODES["train"].printed(result).split("\n}\n")
+  assert json.loads(head + "}") == {"num_examples": 10, "accuracy": 0.8,
+                                    "roc_auc": {"covid": 0.9}}
+  assert external == ["external kids: 4 images, accuracy 0.250\n"
+                      "  kermany (4): called 75 % covid, 25 % normal; sensitivity normal 0.25"]
+  # A mode that does not print external sets (cv) prints its headline alone.
+  assert "external kids" not in modes.MODES["cv"].printed(result)

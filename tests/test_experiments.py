@@ -284,6 +284,45 @@ def test_changed_config_is_refused_before_anything_trains(tmp_path):
     run_experiment(c, tmp_path, "cv", train_fn=fake_train({0: 0.6, 1: 0.7}))
 
 
+def test_every_study_has_one_failure_policy_and_reports_without_training(tmp_path):
+  """A failed run does not stop the others; the outputs cover the finished runs; then
+  ExperimentIncomplete names it. report_study writes the same outputs and trains nothing."""
+  from cxr_jax.experiments.study import Study, report_study, run_study
+
+  c = smoke.get_config()
+  c.experiment.num_folds = 1
+  runs = grid.expand(c, grid.parse_grid("data.train_fraction=0.25,0.5,1.0", c))
+  written, trained = [], []
+
+  def train_fn(config, directory):
+    trained.append(directory.name)
+    fake_train({0: 0.8}, fail={"frac0.5_fold0"})(config, directory)
+
+  def row(run, directory, results):
+    assert set(results) == {"metrics.json"}   # the config's evaluators: test, no external set
+    return {"run": run.name, "accuracy": results["metrics.json"]["accuracy"]}
+
+  def write(workdir, runs_, rows, status, config):
+    written.append((list(rows), dict(status)))
+    return {"rows": rows, "status": status}
+
+  study = Study("toy", lambda config, workdir: runs, row, write)
+  with pytest.raises(ExperimentIncomplete, match="toy: 1 of 3 runs failed.*frac0.5_fold0"):
+    run_study(study, c, tmp_path, train_fn)
+  assert trained == ["frac0.25_fold0", "frac0.5_fold0", "frac1.0_fold0"]
+  assert written == [(["frac0.25_fold0", "frac1.0_fold0"],
+                      {"frac0.25_fold0": "trained", "frac0.5_fold0": "failed: FloatingPointError: "
+                       "loss is nan", "frac1.0_fold0": "trained"})]
+  doc = report_study(study, c, tmp_path)   # the status as the workdir's status.json has it
+  assert trained == ["frac0.25_fold0", "frac0.5_fold0", "frac1.0_fold0"]
+  assert (list(doc["rows"]), doc["status"]) == written[0]
+  # A run that finished elsewhere since (another process, a cluster job) is in the table.
+  fake_train({0: 0.8})(c, runner.run_dir(tmp_path, runs[1]))
+  doc = report_study(study, c, tmp_path)
+  assert list(doc["rows"]) == [r.name for r in runs]
+  assert doc["status"]["frac0.5_fold0"] == "skipped"
+
+
 # ---------------------------------------------------------------- grids and configs
 
 

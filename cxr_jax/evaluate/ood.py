@@ -341,21 +341,30 @@ def settings(config, temperature: float | None) -> dict:
               temperature=1.0 if temperature is None else float(temperature))
 
 
-def stored_fit(workdir, digest: str, wanted: dict) -> OodFit | None:
+def load_stored(workdir, digest: str) -> tuple[OodFit | None, str]:
   """The fit stored in `workdir` (checkpoint.OOD_FILE) if it was made for these parameters
-  (`digest`, `checkpoint.model_digest`) with these settings; None otherwise."""
+  (`digest`, `checkpoint.model_digest`); else None and why not."""
   from cxr_jax import checkpoint
 
   path = Path(workdir) / checkpoint.OOD_FILE
   if not path.is_file():
-    return None
+    return None, f"no out-of-distribution fit in {workdir} ({checkpoint.OOD_FILE})"
   try:
     stored = OodFit.load(path)
-  except (ValueError, KeyError):   # an earlier version's fit: refitted
+  except (ValueError, KeyError) as e:   # an earlier version's fit
+    return None, str(e)
+  if stored.model_digest != digest:
+    return None, f"{path} was fitted for other parameters than this checkpoint's"
+  return stored, ""
+
+
+def stored_fit(workdir, digest: str, wanted: dict) -> OodFit | None:
+  """The stored fit (`load_stored`) if it was also made with these settings; None otherwise."""
+  stored, _ = load_stored(workdir, digest)
+  if stored is None:
     return None
   wanted = dict(wanted, k=min(wanted["k"], stored.n_train))
-  if stored.model_digest != digest or any(getattr(stored, key) != value
-                                          for key, value in wanted.items()):
+  if any(getattr(stored, key) != value for key, value in wanted.items()):
     return None
   return stored
 

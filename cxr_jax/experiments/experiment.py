@@ -10,18 +10,16 @@ Started again on the same workdir it skips finished runs and resumes the unfinis
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
 
 from cxr_jax import files
-from cxr_jax.experiments import executor, grid, plots, runner, summary, tables
+from cxr_jax.experiments import grid, plots, runner, summary, tables
+from cxr_jax.experiments.study import Study, run_study
 
 MODES = ("cv", "ablation", "sweep")
-
-
-class ExperimentIncomplete(RuntimeError):
-  """Some runs failed; the outputs cover the finished ones."""
 
 
 def plan(config, mode: str) -> tuple[list[grid.Axis], list[grid.Run]]:
@@ -43,18 +41,18 @@ def plan(config, mode: str) -> tuple[list[grid.Axis], list[grid.Run]]:
   return axes, grid.expand(config, axes)
 
 
-def collect(workdir: Path, runs: list[grid.Run], config) -> dict[str, dict]:
-  """Group summaries (cells in grid order) of the finished runs."""
+def row(run: grid.Run, directory: Path, results: dict) -> dict:
+  """A finished run's test metrics, kept epoch's validation loss and external headlines."""
+  return runner.load_result(directory)
+
+
+def collect(runs: list[grid.Run], rows: dict, config) -> dict[str, dict]:
+  """Group summaries (cells in grid order) of the finished runs' rows."""
   cells: dict[str, dict] = {}
   for run in runs:
     cell = cells.setdefault(run.cell, {"values": dict(run.values), "results": {}, "missing": []})
-    directory = runner.run_dir(workdir, run)
-    if runner.is_finished(directory):
-      if run.config.eval.get("external"):  # added after the run trained: evaluate it now
-        from cxr_jax.evaluate.external import evaluate_missing
-
-        evaluate_missing(directory, run.config.eval.external)
-      cell["results"][run.fold] = runner.load_result(directory)
+    if run.name in rows:
+      cell["results"][run.fold] = rows[run.name]
     else:
       cell["missing"].append(run.fold)
   groups = {}
@@ -66,6 +64,18 @@ def collect(workdir: Path, runs: list[grid.Run], config) -> dict[str, dict]:
         **summary.summarize_group(cell["results"], float(config.eval.ci),
                                   config.experiment.select_metric))
   return groups
+
+
+def write(mode: str, workdir: Path, runs: list[grid.Run], rows: dict, status: dict,
+          config) -> dict:
+  axes, _ = plan(config, mode)
+  return write_outputs(workdir, mode, axes, collect(runs, rows, config), config, status)
+
+
+def study(mode: str) -> Study:
+  """cv, ablation or sweep as a study: the grid's runs, one row each, grouped by cell."""
+  return Study(mode, lambda config, workdir: plan(config, mode)[1], row,
+               functools.partial(write, mode))
 
 
 def write_outputs(workdir: Path, mode: str, axes, groups: dict, config, status: dict) -> dict:
@@ -120,19 +130,4 @@ def run_experiment(config, workdir: str | Path, mode: str, train_fn=None) -> dic
 
   Raises ExperimentIncomplete after writing the outputs if a run failed.
   """
-  import jax
-
-  workdir = Path(workdir)
-  axes, runs = plan(config, mode)
-  logging.info("experiment %s: %d runs in %s", mode, len(runs), workdir / runner.RUNS_DIR)
-  status = executor.run_all(runs, workdir, train_fn)
-  if jax.process_index() != 0:
-    return {}
-  groups = collect(workdir, runs, config)
-  doc = write_outputs(workdir, mode, axes, groups, config, status)
-  failed = {k: v for k, v in status.items() if v.startswith("failed")}
-  if failed:
-    raise ExperimentIncomplete(
-        f"{len(failed)} of {len(runs)} runs failed ({failed}); the outputs in {workdir} cover "
-        "the others. Fix the cause and start the same command again: finished runs are skipped.")
-  return doc
+  return run_study(study(mode), config, workdir, train_fn)

@@ -5,20 +5,20 @@
 
 One run per held-out source (x folds, as the other experiments), through the same resumable
 runner (`runs/without_<source>_fold<k>/`): `data.held_out_source` moves that source's patient
-groups out of train / val / test (`cxr_jax.data.splits.hold_out_source`, which asserts it), the
-trainer evaluates the rest's test split as usual, and the "held_out" split, every labelled image
-of the source, is evaluated into the run's `eval_held_out/`. Tables: loso.md, loso.csv, loso.json.
+groups out of train / val / test (`cxr_jax.data.splits.hold_out_source`, which asserts it); the
+trainer evaluates the rest's test split as usual and, named in the run's config.eval.evaluators,
+the "held_out" split, every labelled image of the source, into the run's `eval_held_out/`.
+Tables: loso.md, loso.csv, loso.json; figure loso.png.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 from pathlib import Path
 
 from cxr_jax.evaluate.report import MISSING, num
-from cxr_jax.experiments import executor, grid, runner, tables
+from cxr_jax.experiments import grid, tables
+from cxr_jax.experiments.study import Study, run_study, with_evaluators
 
 HELD_OUT = "held_out"
 
@@ -38,66 +38,54 @@ def sources_to_hold_out(config) -> list[str]:
 REFERENCE = "all_sources"
 
 
-def plan(config) -> list[grid.Run]:
-  """One run per (held-out source, fold); unknown sources fail in the splits before training.
-  With experiment.loso_reference, also the run on every source (cell "all_sources"): the same
-  source's figures when it is a seen collection (its test-split patients) stand beside the
-  held-out ones."""
+def plan(config, workdir=None) -> list[grid.Run]:
+  """One run per (held-out source, fold), each evaluating its held-out source; unknown sources
+  fail in the splits before training. With experiment.loso_reference, also the run on every
+  source (cell "all_sources"): the same source's figures when it is a seen collection (its
+  test-split patients) stand beside the held-out ones."""
   if config.data.get("held_out_source"):
     raise ValueError("--mode=loso sets data.held_out_source per run; leave it empty")
   spec = "data.held_out_source=" + ",".join(sources_to_hold_out(config))
   runs = grid.expand(config, grid.parse_grid(spec, config))
+  for run in runs:
+    with_evaluators(run.config, HELD_OUT)
   if config.experiment.get("loso_reference", True):
     runs += [dataclasses.replace(run, cell=REFERENCE) for run in grid.expand(config, [])]
   return runs
 
 
-def train_and_evaluate_held_out(config, workdir) -> dict:
-  """The trainer's run, then the held-out source's evaluation (also redone if it is missing)."""
-  from cxr_jax import train
-
-  metrics = train.train_and_evaluate(config, workdir)
-  held_out_metrics(config, Path(workdir))
-  return metrics
-
-
-def _load(path: Path) -> dict:
-  return json.loads(path.read_text())
-
-
-def held_out_metrics(config, directory: Path) -> dict:
+def row(run: grid.Run, directory: Path, results: dict) -> dict:
+  """A held-out run's row (table_row); the reference run's figures of every source."""
   from cxr_jax import evaluate
 
-  return evaluate.run_one(directory, evaluate.Split(HELD_OUT), config)
+  internal = results[evaluate.Split("test").key]
+  if run.cell == REFERENCE:
+    return {REFERENCE: True, "fold": run.fold, **_reference_summary(internal),
+            "within_source": internal.get("within_source") or {}}
+  return table_row(run, results[evaluate.Split(HELD_OUT).key], internal)
+
+
+def write(workdir: Path, runs: list[grid.Run], rows: dict, status: dict, config) -> dict:
+  """loso.md / .csv / .json and loso.png: the held-out rows, each beside its source's figures as a
+  seen collection from the reference run of its fold."""
+  reference = {r["fold"]: r for r in rows.values() if r.get(REFERENCE)}
+  table = [with_seen(r, reference.get(r["fold"])) for r in rows.values() if not r.get(REFERENCE)]
+  doc = dict(mode="loso", status=status, rows=table,
+             reference={fold: {k: r[k] for k in ("test_images", "test_accuracy", "low", "high")}
+                        for fold, r in reference.items()})
+  doc["written"] = tables.write_table(workdir, "loso", doc, table, markdown(table, status, doc))
+  if table:
+    doc["written"].append(write_figure(table, workdir / "loso.png"))
+  return doc
+
+
+STUDY = Study("leave-one-source-out", plan, row, write)
 
 
 def run_loso(config, workdir, train_fn=None) -> dict:
-  """Trains the unfinished runs, evaluates each held-out source, writes the tables and figure."""
-  import jax
-
-  workdir = Path(workdir)
-  runs = plan(config)
-  logging.info("leave-one-source-out: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
-  status = executor.run_all(runs, workdir, train_fn or train_and_evaluate_held_out)
-  if jax.process_index() != 0:
-    return {}
-  finished = {(run.cell, run.fold): run for run in runs
-              if runner.is_finished(runner.run_dir(workdir, run))}
-  rows, reference = [], {}
-  for (cell, fold), run in finished.items():
-    if cell == REFERENCE:
-      reference[fold] = _load(runner.run_dir(workdir, run) / runner.METRICS_FILE)
-  for (cell, fold), run in finished.items():
-    if cell != REFERENCE:
-      directory = runner.run_dir(workdir, run)
-      rows.append(table_row(run, held_out_metrics(run.config, directory),
-                            _load(directory / runner.METRICS_FILE), reference.get(fold)))
-  doc = dict(mode="loso", status=status, rows=rows,
-             reference={fold: _reference_summary(m) for fold, m in reference.items()})
-  doc["written"] = tables.write_table(workdir, "loso", doc, rows, markdown(rows, status, doc))
-  if rows:
-    doc["written"].append(write_figure(rows, workdir / "loso.png"))
-  return doc
+  """Trains the unfinished runs (each evaluating its held-out source), writes the tables and
+  figure."""
+  return run_study(STUDY, config, workdir, train_fn)
 
 
 def defined_figures(entry: dict) -> dict:
@@ -128,10 +116,9 @@ FIGURES = {"covid_auc": "COVID AUC", "covid_sensitivity": "COVID sens.",
            "normal_vs_pneumonia_auc": "normal-vs-pneumonia AUC"}
 
 
-def table_row(run: grid.Run, held: dict, internal: dict, reference: dict | None = None) -> dict:
-  """Held-out source: its label mix, accuracy and the figures it defines (held_*); the same
-  figures of the source as a seen collection, on the all-sources run's test split (seen_*; absent
-  without that run); and the rest's internal test accuracy and COVID AUC."""
+def table_row(run: grid.Run, held: dict, internal: dict) -> dict:
+  """Held-out source: its label mix, accuracy and the figures it defines (held_*), and the rest's
+  internal test accuracy and COVID AUC."""
   source = run.config.data.held_out_source
   names = held["class_names"]
   row = {"held_out_source": source, "fold": run.fold, "images": held["num_examples"],
@@ -139,14 +126,23 @@ def table_row(run: grid.Run, held: dict, internal: dict, reference: dict | None 
          "accuracy": held["accuracy"]}
   row.update({f"held_{k}": v for k, v in
               defined_figures(held.get("within_source", {})[source]).items()})
-  seen = ((reference or {}).get("within_source") or {}).get(source)
-  if seen:
-    row["seen_images"] = seen["num_examples"]
-    row.update({f"seen_{k}": v for k, v in defined_figures(seen).items()})
   row["rest_test_images"] = internal.get("num_examples")
   row["rest_test_accuracy"] = internal.get("accuracy")
   row["rest_test_covid_auc"] = (internal.get("per_class", {}).get("covid") or {}).get("roc_auc")
   return row
+
+
+def with_seen(row: dict, reference: dict | None) -> dict:
+  """`row` with the same figures of its source as a seen collection, on the all-sources run's
+  test split (seen_*), placed after the held-out ones; unchanged without that run."""
+  seen = ((reference or {}).get("within_source") or {}).get(row["held_out_source"])
+  if not seen:
+    return row
+  keys = list(row)
+  at = keys.index("rest_test_images")
+  figures = {"seen_images": seen["num_examples"],
+             **{f"seen_{k}": v for k, v in defined_figures(seen).items()}}
+  return {**{k: row[k] for k in keys[:at]}, **figures, **{k: row[k] for k in keys[at:]}}
 
 
 def _reference_summary(metrics: dict) -> dict:

@@ -6,9 +6,11 @@ audited the same way.
 
 One run per measure (x folds) through the resumable runner (`runs/<measure>_fold<k>/`). Each run
 is the trainer's (test split with patient-group CIs, within-source AUCs, calibration, external
-sets of config.eval.external), then the audit's probes on its kept model: source recognition from
-its features and the lungs-blanked / outside-blanked probes (`robustness_probes.json`). Tables:
-robustness.md, robustness.csv, robustness.json, and robustness.png.
+sets of config.eval.external) with two more evaluators named in its config.eval.evaluators: the
+validation split (`eval_val/`, what chooses) and the audit's probes on its kept model, source
+recognition from its features and the lungs-blanked / outside-blanked probes
+(`robustness_probes.json`). Tables: robustness.md, robustness.csv, robustness.json, and
+robustness.png.
 
 Choose by the cxr3 validation split and leave-one-source-out; the external columns are for
 reporting (they are never trained on, and must never pick the recipe).
@@ -16,12 +18,15 @@ reporting (they are never trained on, and must never pick the recipe).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from cxr_jax import machine
 from cxr_jax.evaluate.report import num
-from cxr_jax.experiments import executor, grid, runner, tables
+from cxr_jax.experiments import grid, runner, tables
+from cxr_jax.experiments.study import Study, run_study, with_evaluators
+
+# What each run evaluates beyond the trainer's test split and external sets (evaluators.REGISTRY).
+EVALUATORS = ("val", "robustness_probes")
 
 # Each measure as config overrides (dotted field -> value); the fields are documented in
 # cxr_jax/config.py. "combined" is config.experiment.combine's measures together.
@@ -54,7 +59,7 @@ def measure_overrides(config, name: str) -> dict:
   return MEASURES[name]
 
 
-def plan(config) -> list[grid.Run]:
+def plan(config, workdir=None) -> list[grid.Run]:
   """One run per (measure, fold) of config.experiment.measures, configs checked before training."""
   names = [n.strip() for n in str(config.experiment.measures).split(",") if n.strip()]
   if len(set(names)) != len(names) or not names:
@@ -63,7 +68,7 @@ def plan(config) -> list[grid.Run]:
   runs = []
   for name in names:
     overrides = measure_overrides(config, name)
-    base = config.copy_and_resolve_references()
+    base = with_evaluators(config.copy_and_resolve_references(), *EVALUATORS)
     for field, value in overrides.items():
       grid.get_field(base, field)   # unknown fields fail here, before anything trains
       grid.set_field(base, field, value)
@@ -74,62 +79,31 @@ def plan(config) -> list[grid.Run]:
   return runs
 
 
-def train_and_probe(config, workdir) -> dict:
-  """The trainer's run, then its validation split's evaluation and the probes of its kept model."""
-  from cxr_jax import train
-
-  metrics = train.train_and_evaluate(config, workdir)
-  validation_metrics(config, Path(workdir))
-  run_probes(Path(workdir))
-  return metrics
-
-
-def validation_metrics(config, directory: Path) -> dict:
-  """The kept model on its validation split (eval_val/, written once): what chooses a measure,
-  including the within-source figures the pooled validation loss cannot show."""
-  from cxr_jax import evaluate
-
-  return evaluate.run_one(directory, evaluate.Split("val"), config)
-
-
-def run_probes(directory: Path, segmenter=None) -> dict:
-  """Source recognition (kept model's features; ImageNet's reference is the baseline audit's) and
-  the lung probes (masks from `segmenter`, default the stored one), written once to
-  robustness_probes.json."""
+def row(run: grid.Run, directory: Path, results: dict) -> dict:
   from cxr_jax import evaluate
 
   (probes,) = evaluate.from_config(None, ["robustness_probes"])
-  return evaluate.run_one(directory, probes, segmenter=segmenter)
+  return table_row(run, runner.load_result(directory), results[probes.key],
+                   results[evaluate.Split("val").key])
+
+
+def write(workdir: Path, runs: list[grid.Run], rows: dict, status: dict, config) -> dict:
+  """The tables and the figure over the finished runs' rows."""
+  table = list(rows.values())
+  doc = dict(mode="robustness", machine=machine.describe(), status=status, rows=table)
+  written = tables.write_table(workdir, "robustness", doc, table, markdown(table, status))
+  if table:
+    written.append(write_figure(table, workdir / "robustness.png"))
+  doc["written"] = written
+  return doc
+
+
+STUDY = Study("robustness ablation", plan, row, write)
 
 
 def run_robustness(config, workdir, train_fn=None) -> dict:
-  """Trains and probes the unfinished runs, then writes the tables and the figure."""
-  import jax
-
-  workdir = Path(workdir)
-  runs = plan(config)
-  logging.info("robustness ablation: %d runs in %s", len(runs), workdir / runner.RUNS_DIR)
-  status = executor.run_all(runs, workdir, train_fn or train_and_probe)
-  if jax.process_index() != 0:
-    return {}
-  return write_report(workdir, runs, status)
-
-
-def write_report(workdir: Path, runs: list[grid.Run], status: dict) -> dict:
-  """The tables and the figure over the finished runs of `runs` (the others are left out; a run
-  still training elsewhere can be reported on this way without waiting for it)."""
-  rows = []
-  for run in runs:
-    directory = runner.run_dir(workdir, run)
-    if runner.is_finished(directory):
-      rows.append(table_row(run, runner.load_result(directory), run_probes(directory),
-                            validation_metrics(run.config, directory)))
-  doc = dict(mode="robustness", machine=machine.describe(), status=status, rows=rows)
-  written = tables.write_table(workdir, "robustness", doc, rows, markdown(rows, status))
-  if rows:
-    written.append(write_figure(rows, workdir / "robustness.png"))
-  doc["written"] = written
-  return doc
+  """Trains (and probes) the unfinished runs, then writes the tables and the figure."""
+  return run_study(STUDY, config, workdir, train_fn)
 
 
 def _get(tree, *keys):

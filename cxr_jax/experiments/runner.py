@@ -111,11 +111,17 @@ def write_status(workdir, status: dict, runs: list[Run]) -> None:
                    {r.name: status.get(r.name, "pending") for r in runs})
 
 
+def load_history(directory: Path) -> list[dict]:
+  """A run's per-epoch history (history.json; [] before its first epoch ends)."""
+  path = directory / HISTORY_FILE
+  return json.loads(path.read_text()) if path.is_file() else []
+
+
 def load_result(directory: Path) -> dict:
-  """A finished run's test metrics and the validation loss of its kept (best) epoch."""
+  """A finished run's test metrics, the validation loss of its kept (best) epoch, its number of
+  epochs and its external sets' headlines."""
   metrics = json.loads((directory / METRICS_FILE).read_text())
-  history_path = directory / HISTORY_FILE
-  history = json.loads(history_path.read_text()) if history_path.is_file() else []
+  history = load_history(directory)
   losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
   from cxr_jax.evaluate.external import load_headlines
 

@@ -8,7 +8,7 @@
   <workdir>/twice_transfer.md|json, learning_curves.png
 
 Stage 2 starts from stage 1's best (lowest validation loss) checkpoint. Like the other
-experiments, a restart skips finished runs and resumes the unfinished one.
+experiments (a `study.Study`), a restart skips finished runs and resumes the unfinished one.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cxr_jax.experiments import executor, runner, summary, tables  # noqa: E402
-from cxr_jax.experiments.experiment import ExperimentIncomplete, _write  # noqa: E402
+from cxr_jax import files  # noqa: E402
+from cxr_jax.evaluate.report import num  # noqa: E402
+from cxr_jax.experiments import runner, summary, tables  # noqa: E402
 from cxr_jax.experiments.grid import Run  # noqa: E402
+from cxr_jax.experiments.study import Study, run_study  # noqa: E402
 
 VARIANTS = ("single", "twice", "twice_onk")
 _DESCRIPTION = {"single": "ImageNet -> COVID", "twice": "ImageNet -> NIH -> COVID, new head",
@@ -42,6 +44,7 @@ def stage1_config(config):
   c.data.balance = False        # balance samples the three classes; stage 1 has no such classes
   c.model.num_classes = len(FINDINGS)
   c.model.init_from, c.model.keep_neurons = "", ()
+  c.eval.evaluators = ("findings",)   # per-finding AUCs; no COVID classes to score
   for key, value in config.experiment.get("stage1", {}).items():
     if key not in c.train:
       raise ValueError(f"config.experiment.stage1.{key}: not a train.* field")
@@ -76,34 +79,23 @@ def plan(config, workdir: Path) -> list[Run]:
           needs=() if v == "single" else (stage1.name,)) for v in variants]
 
 
+def row(run: Run, directory: Path, results: dict) -> dict:
+  """The run's table row, with what the comparison's other parts read: its history (learning
+  curves), its per-source figures and its external sets' headlines (stage 2 only)."""
+  result, history = runner.load_result(directory), runner.load_history(directory)
+  out = {**_row(run.cell, result["metrics"], history), "history": history}
+  if run.cell != "stage1":
+    out["by_source"] = summary.by_source([result["metrics"]])
+    out["external"] = {str(run.fold): result["external"]}
+  return out
+
+
 def run_twice_transfer(config, workdir: str | Path, train_fn=None) -> dict:
   """Trains stage 1 and the stage-2 variants (skipping finished runs), writes the comparison."""
-  import jax
-
-  workdir = Path(workdir)
-  runs = plan(config, workdir)
-  status = executor.run_all(runs, workdir, train_fn)
-  if jax.process_index() != 0:
-    return {}
-  doc = summarize(workdir, runs, status)
-  failed = {k: v for k, v in status.items() if v.startswith("failed")}
-  if failed:
-    raise ExperimentIncomplete(f"{len(failed)} twice-transfer runs failed ({failed}); start the "
-                               "same command again after fixing the cause")
-  return doc
+  return run_study(STUDY, config, workdir, train_fn)
 
 
-def _run_summary(directory: Path) -> dict | None:
-  if not runner.is_finished(directory):
-    return None
-  metrics = json.loads((directory / runner.METRICS_FILE).read_text())
-  history_path = directory / runner.HISTORY_FILE
-  history = json.loads(history_path.read_text()) if history_path.is_file() else []
-  return {"metrics": metrics, "history": history}
-
-
-def _row(name: str, result: dict) -> dict:
-  m, history = result["metrics"], result["history"]
+def _row(name: str, m: dict, history: list[dict]) -> dict:
   first = history[0] if history else {}
   row = {"run": name, "epochs": len(history),
          "epoch1_val_loss": first.get("val_loss"), "epoch1_val_accuracy": first.get("val_accuracy"),
@@ -128,44 +120,30 @@ def _interval(entry) -> tuple | None:
   return (entry["low"], entry["high"])
 
 
-def _external(workdir: Path, runs: list[Run]) -> dict:
-  """{variant: {"external": {fold: {set: headline}}}} of the finished stage-2 runs, for
-  tables.markdown_external; a set of config.eval.external added after a run trained is scored
-  now (stage 1, the NIH findings task, has no COVID classes to score)."""
-  from cxr_jax.evaluate.external import evaluate_missing, load_headlines
-
-  out = {}
-  for r in runs:
-    directory = runner.run_dir(workdir, r)
-    if r.cell == "stage1" or not runner.is_finished(directory):
-      continue
-    specs = tuple(r.config.eval.get("external", ()))
-    if specs:
-      evaluate_missing(directory, specs)
-    out[r.cell] = {"external": {str(r.fold): load_headlines(directory)}}
-  return out
-
-
-def summarize(workdir: Path, runs: list[Run], status: dict) -> dict:
-  results = {r.cell: _run_summary(runner.run_dir(workdir, r)) for r in runs}
-  rows = [_row(name, res) for name, res in results.items() if res is not None]
-  text = (_markdown(rows)
-          + tables.markdown_by_source({name: summary.by_source([res["metrics"]])
-                                       for name, res in results.items()
-                                       if res is not None and name != "stage1"})
-          + tables.markdown_external(_external(workdir, runs))
+def write(workdir: Path, runs: list[Run], rows: dict, status: dict, config) -> dict:
+  """twice_transfer.md / .json and learning_curves.png over the finished runs' rows."""
+  extras = ("history", "by_source", "external")
+  table = [{k: v for k, v in r.items() if k not in extras} for r in rows.values()]
+  stage2 = {r["run"]: r for r in rows.values() if r["run"] != "stage1"}
+  text = (_markdown(table)
+          + tables.markdown_by_source({name: r["by_source"] for name, r in stage2.items()})
+          + tables.markdown_external({name: {"external": r["external"]}
+                                      for name, r in stage2.items()})
           + tables.markdown_unfinished(status))
-  doc = {"status": status, "rows": rows,
-         "written": [_write(workdir / "twice_transfer.md", text),
-                     str(_learning_curves(results, workdir / "learning_curves.png"))]}
-  _write(workdir / "twice_transfer.json", json.dumps(doc, indent=1, default=str))
+  doc = {"status": status, "rows": table,
+         "written": [str(files.write_atomic(workdir / "twice_transfer.md", text)),
+                     str(_learning_curves(stage2, workdir / "learning_curves.png"))]}
+  files.write_json(workdir / "twice_transfer.json", doc)
   doc["written"].append(str(workdir / "twice_transfer.json"))
-  logging.info("twice transfer: %s", json.dumps(rows, default=str)[:600])
+  logging.info("twice transfer: %s", json.dumps(table, default=str)[:600])
   return doc
 
 
+STUDY = Study("twice transfer", plan, row, write)
+
+
 def _fmt(x, interval=None) -> str:
-  text = "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+  text = num(x) if x is None or isinstance(x, float) else str(x)
   return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
@@ -189,10 +167,10 @@ def _markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def _learning_curves(results: dict, path: Path) -> Path:
+def _learning_curves(stage2: dict, path: Path) -> Path:
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for name, res in results.items():
-    if res is None or name == "stage1" or not res["history"]:
+  for name, res in stage2.items():
+    if not res["history"]:
       continue
     epochs = [h["epoch"] + 1 for h in res["history"]]
     for ax, key in zip(axes, ("val_loss", "val_accuracy"), strict=True):
