@@ -125,6 +125,20 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
       "wino2_c2", "wino4_c2")
 
 
+def test_amx_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypatch):
+  """On AMX (bf16 products 3-5x float32's) bfloat16 layers at 28-56 px take F(2x2)'s bf16 products
+  and the 3-channel first conv the transposed im2col; float32 and CPUs without AMX keep their
+  rules, so no float32 figure moves with this."""
+  monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
+  mid = ((8, 28, 28, 512), (3, 3, 512, 512))
+  first = ((8, 224, 224, 3), (3, 3, 3, 64))
+  for level, bf16_choice in (("avx512_bf16", ("wino4", "band4")), ("amx", ("wino2", "im2col_t"))):
+    monkeypatch.setattr("cxr_jax.machine.isa_level", lambda level=level: level)
+    assert winograd.amx_units() == (level == "amx")
+    assert (fwd.rule(*mid, jnp.bfloat16), wgrad.rule(*first, jnp.bfloat16)) == bf16_choice
+    assert (fwd.rule(*mid, jnp.float32), wgrad.rule(*first, jnp.float32)) == ("wino4", "band4")
+
+
 # ------------------------------------------------------------------ the real VGG16 on real images
 
 SIZE = 224

@@ -59,10 +59,13 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   """Fixed choice when measuring is off: Winograd for 3x3 layers with 128+ input channels on maps
   of 14 x 14 to 56 x 56 (float32: 1.4-2x XLA's conv on VGG16's blocks 3-5 at 224 px, 2-core AMD
   EPYC; bfloat16 on AVX512-BF16: F(2x2)'s bf16 products 2x float32's at 14 px, F(4x4) as fast at
-  28-56 px; and F(2x2) in chunks of 2 images on larger maps, `winograd.pays_large_bf16`);
+  28-56 px; and F(2x2) in chunks of 2 images on larger maps, `winograd.pays_large_bf16`; on AMX,
+  whose bf16 products run 3-5x float32's, F(2x2) also at 28-56 px, `winograd.amx_units`);
   "rows" for other bfloat16 layers with wide channels where the CPU has bf16 units
   (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv."""
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
+    if jnp.dtype(dtype) == jnp.bfloat16 and winograd.amx_units():
+      return "wino2"   # bf16 products: 1.5-2.2x F(4x4) at 28-56 px, AMX Xeon (benchmarks/results/bf16_layers_224_xeon_amx.md)
     return "wino4" if x_shape[1] * x_shape[2] >= 28 * 28 else "wino2"
   if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
     return "wino2_c2"

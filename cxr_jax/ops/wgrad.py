@@ -119,12 +119,16 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   forms on blocks 1-3); else the transposed im2col, except for very wide layers where the
   [KH*KW*C, M] buffer gets large relative to the work and the dy^T form did better in probes.
   bfloat16 (`winograd.product_dtype`): the same, and F(4x4) also on larger maps from 64 channels
-  where the CPU has bf16 units (`winograd.pays_large_bf16`)."""
+  where the CPU has bf16 units (`winograd.pays_large_bf16`); on AMX, the transposed im2col for
+  layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
+  conv at 224 px, batch 8)."""
   hw = x_shape[1] * x_shape[2]
   if winograd.pays(x_shape, kernel_shape, dtype, largest=112):
     return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"
   if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
     return "wino4_c2"
+  if (kernel_shape[2] < 64 and jnp.dtype(dtype) == jnp.bfloat16 and winograd.amx_units()):
+    return "im2col_t"   # VGG16's first conv (3 channels) on AMX in bf16: 2.6x band4
   if hw >= 56 * 56:
     return "band4"
   return "im2col" if kernel_shape[2] >= 512 else "im2col_t"
