@@ -134,8 +134,8 @@ def test_evaluators_skip_what_is_written_and_load_the_run_only_for_what_is_missi
   monkeypatch.setattr(checkpoint, "load_trained",
                       lambda *a, **k: reads.append(a) or real_load(*a, **k))
   monkeypatch.setattr(LoadedRun, "_predict",
-                      lambda self, loaded: predicted.append(len(loaded.ids)) or
-                      real_predict(self, loaded))
+                      lambda self, loaded, name: predicted.append(len(loaded.ids)) or
+                      real_predict(self, loaded, name))
   val, fit = evaluate.from_config(None, ["val", "temperature"])
   results = evaluate.run_evaluators(lambda: LoadedRun.from_workdir(run_dir), [val, fit], run_dir)
   # One read; the validation split predicted once for its evaluation and the temperature fit.
@@ -152,3 +152,25 @@ def test_evaluators_skip_what_is_written_and_load_the_run_only_for_what_is_missi
   assert redone["temperature"] == results[fit.key]["temperature"] and len(reads) == 2
   with pytest.raises(ValueError, match="unknown \\['tset'\\]; known: .*'test'"):
     evaluate.from_config(None, ["tset"])
+
+
+def test_with_ood_one_forward_pass_per_split_gives_the_predicted_probabilities(workdir):
+  """With config.eval.ood on, an evaluated split's probabilities are its outputs' (one forward
+  pass per split, not two), and they are what the plain predict function gives: the same
+  forward pass run block by block, equal to float32 rounding."""
+  from cxr_jax.evaluate.run import LoadedRun
+
+  run = LoadedRun.from_workdir(workdir)
+  calls = []
+  run.predict_fn = lambda variables, x: calls.append(len(x)) or pytest.fail("second pass")
+  pred = run.predictions("test")
+  out, labels, ids = run.outputs("test")
+  assert calls == [] and pred.probs is not None
+  np.testing.assert_array_equal(pred.ids, ids)
+  np.testing.assert_array_equal(pred.probs, out["probs"])
+  plain = LoadedRun.from_workdir(workdir)
+  plain.config.eval.ood = False
+  reference = plain.predictions("test")
+  np.testing.assert_array_equal(reference.ids, ids)
+  # One ulp of the largest probability per operation of the softmax and the head at most.
+  np.testing.assert_allclose(pred.probs, reference.probs, rtol=0, atol=8 * np.finfo(np.float32).eps)

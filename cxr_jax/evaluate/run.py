@@ -148,11 +148,17 @@ class LoadedRun:
 
   def predictions(self, name: str, loaded=None) -> Predictions:
     """The kept model's class probabilities over split `name` (or over `loaded`, a LoadedSplit
-    of other data, cached under `name`), predicted once per run."""
-    return self.cached(("probs", name), lambda: self._predict(loaded or self.split(name)))
+    of other data, cached under `name`), predicted once per run. Where the evaluation also scores
+    out-of-distribution (config.eval.ood), they are `outputs`' probabilities: one forward pass
+    per split gives both (the same function of the same images; a test checks them equal)."""
+    return self.cached(("probs", name), lambda: self._predict(loaded or self.split(name), name))
 
-  def _predict(self, loaded) -> Predictions:
-    probs, labels, ids = self._over(loaded, lambda x: self.predict_fn(self.variables, x))
+  def _predict(self, loaded, name) -> Predictions:
+    if eval_setting(self.config, "ood", True):
+      out, labels, ids = self.outputs(name, loaded)
+      probs = out["probs"]
+    else:
+      probs, labels, ids = self._over(loaded, lambda x: self.predict_fn(self.variables, x))
     if not np.array_equal(loaded.built.metadata["id"][ids], ids):
       raise RuntimeError("dataset metadata is not indexed by example id")
     return Predictions(probs.astype(np.float32), labels, ids)
