@@ -12,8 +12,9 @@ recognition from its features and the lungs-blanked / outside-blanked probes
 (`robustness_probes.json`). Tables: robustness.md, robustness.csv, robustness.json, and
 robustness.png.
 
-Choose by the cxr3 validation split and leave-one-source-out; the external columns are for
-reporting (they are never trained on, and must never pick the recipe).
+Choose by the validation split (of the data trained on: cxr3, or cxr3 + cxr-plus) and
+leave-one-source-out; the external columns are for reporting (they are never trained on, and
+must never pick the recipe).
 """
 
 from __future__ import annotations
@@ -169,10 +170,10 @@ _MAIN_COLUMNS = (
 def markdown(rows: list[dict], status: dict) -> str:
   lines = ["# Source-robustness ablation", "",
            f"Machine: {machine.summary()}. One row per measure (fold in brackets); `-`: "
-           "undefined or not measured. The cxr3 validation split (loss, accuracy, COVID AUC "
-           "inside ieee8023) and leave-one-source-out are what choose; test and external "
-           "columns report.", "",
-           "## cxr3: validation, internal test, within-source, probes", "",
+           "undefined or not measured. The validation split of the data trained on (loss, "
+           "accuracy, COVID AUC inside ieee8023) and leave-one-source-out are what choose; test "
+           "and external columns report.", "",
+           "## The data trained on: validation, internal test, within-source, probes", "",
            "| measure | " + " | ".join(h for _, h in _MAIN_COLUMNS) + " |",
            "| --- |" + " --- |" * len(_MAIN_COLUMNS)]
   for r in rows:
