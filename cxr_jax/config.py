@@ -184,9 +184,9 @@ def get_config() -> ml_collections.ConfigDict:
   # mahalanobis_blocks. knn, chosen by leave-one-source-out on cxr3 + cxr-plus (never by
   # cxr-external): over seven held-out collections it told them from the rest's test split best on
   # average (AUROC 0.75) and in the worst case (0.59), best alone on Kermany, SIIM, ieee8023,
-  # Actualmed and Figure1 (results/ood_loso_multisource_128px/); the logit scores (msp, energy) rank errors
-  # inside seen data best but find some unseen collections *more* familiar than the test split
-  # (results/ood_quickstart_128px/).
+  # Actualmed and Figure1 (results/ood_loso_multisource_128px/); the logit scores (msp, energy)
+  # rank errors inside seen data best but find some unseen collections *more* familiar than the
+  # test split (results/ood_quickstart_128px/).
   e.ood_score = "knn"
   # Share of the validation split's images each score's threshold keeps (the rest is flagged).
   e.ood_keep = 0.95

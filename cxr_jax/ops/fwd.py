@@ -65,7 +65,8 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv."""
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
     if jnp.dtype(dtype) == jnp.bfloat16 and winograd.amx_units():
-      return "wino2"   # bf16 products: 1.5-2.2x F(4x4) at 28-56 px, AMX Xeon (benchmarks/results/bf16_layers_224_xeon_amx.md)
+      # bf16 products: 1.5-2.2x F(4x4) at 28-56 px (benchmarks/results/bf16_layers_224_xeon_amx.md)
+      return "wino2"
     return "wino4" if x_shape[1] * x_shape[2] >= 28 * 28 else "wino2"
   if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
     return "wino2_c2"
