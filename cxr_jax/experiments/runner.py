@@ -19,6 +19,7 @@ from cxr_jax.checkpoint import CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 from cxr_jax.experiments.grid import Run
 
 RUNS_DIR = "runs"
+STATUS_FILE = "status.json"   # each run's state after the last start (write_status)
 # Fields that do not change what a run computes: they may differ between a run and its restart.
 _IGNORED = ("experiment", "train.feature_cache", "train.feature_cache_max_gb",
             "train.log_every_steps", "distributed", "coordinator_address", "num_processes",
@@ -107,8 +108,14 @@ def run_local(runs: list[Run], workdir: str | Path, train_fn: Callable) -> dict[
 
 
 def write_status(workdir, status: dict, runs: list[Run]) -> None:
-  files.write_json(Path(workdir) / "status.json",
+  files.write_json(Path(workdir) / STATUS_FILE,
                    {r.name: status.get(r.name, "pending") for r in runs})
+
+
+def load_status(workdir) -> dict:
+  """What `write_status` wrote ({} before the first run_local)."""
+  path = Path(workdir) / STATUS_FILE
+  return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_history(directory: Path) -> list[dict]:

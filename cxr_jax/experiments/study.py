@@ -24,7 +24,6 @@ still trains elsewhere).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +78,7 @@ def report_study(study: Study, config, workdir, status: dict | None = None,
   workdir's status.json)."""
   workdir = Path(workdir)
   runs = study.plan(config, workdir) if runs is None else runs
-  if status is None:
-    path = workdir / "status.json"
-    status = json.loads(path.read_text()) if path.is_file() else {}
-  rows, status = {}, dict(status)
+  rows, status = {}, dict(runner.load_status(workdir) if status is None else status)
   for run in runs:
     directory = runner.run_dir(workdir, run)
     if runner.is_finished(directory):
