@@ -125,12 +125,12 @@ def load_history(directory: Path) -> list[dict]:
 
 
 def load_result(directory: Path) -> dict:
-  """A finished run's test metrics, the validation loss of its kept (best) epoch, its number of
-  epochs and its external sets' headlines."""
+  """A finished run's test metrics, its per-epoch history, the validation loss of its kept (best)
+  epoch, its number of epochs and its external sets' headlines."""
   metrics = json.loads((directory / METRICS_FILE).read_text())
   history = load_history(directory)
   losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
   from cxr_jax.evaluate.external import load_headlines
 
-  return dict(metrics=metrics, val_loss=min(losses) if losses else None, epochs=len(history),
-              external=load_headlines(directory))
+  return dict(metrics=metrics, history=history, val_loss=min(losses) if losses else None,
+              epochs=len(history), external=load_headlines(directory))

@@ -82,8 +82,8 @@ def plan(config, workdir: Path) -> list[Run]:
 def row(run: Run, directory: Path, results: dict) -> dict:
   """The run's table row, with what the comparison's other parts read: its history (learning
   curves), its per-source figures and its external sets' headlines (stage 2 only)."""
-  result, history = runner.load_result(directory), runner.load_history(directory)
-  out = {**_row(run.cell, result["metrics"], history), "history": history}
+  result = runner.load_result(directory)
+  out = {**_row(run.cell, result["metrics"], result["history"]), "history": result["history"]}
   if run.cell != "stage1":
     out["by_source"] = summary.by_source([result["metrics"]])
     out["external"] = {str(run.fold): result["external"]}
