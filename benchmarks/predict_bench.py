@@ -76,10 +76,12 @@ def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
   empty = dict(scores={s: np.zeros(0) for s in ood.SCORES}, correct=np.zeros(0, bool),
                sources=np.zeros(0, str))
   variables = checkpoint.load_trained(workdir).variables
-  blocks = {f"block{i + 1}": (features[:3, :w], np.eye(w))
-            for i, w in enumerate((64, 128, 256, 512, 512))}
+  widths = {f"block{i + 1}": w for i, w in enumerate((64, 128, 256, 512, 512))}
+  blocks = {b: (features[:3, :w], np.eye(w)) for b, w in widths.items()}
+  bank_blocks = ood.block_rows({b: features[:, :w] for b, w in widths.items()}, widths)
   fit = ood.OodFit("mahalanobis", 0.95, 1.0, features[:3], np.eye(512), 0.1,
-                   ood.unit_rows(features).astype(np.float32), 10, blocks,
+                   ood.unit_rows(features).astype(np.float32), bank_blocks.astype(np.float32), 10,
+                   blocks,
                    {s: 0.0 for s in ood.SCORES}, checkpoint.model_digest(variables), n_train, 240,
                    empty)
   (workdir / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())

@@ -65,6 +65,23 @@ def test_knn_distance_by_hand():
     ood.knn_score(query, bank, 4)
 
 
+def test_knn_over_blocks_weighs_each_block_alike_by_hand():
+  # Two training images; block "b" has more channels and larger values than "a", and still
+  # each block's unit row is half of the concatenation's length.
+  train = {"a": np.array([[1.0, 0.0], [0.0, 1.0]]),
+           "b": np.array([[5.0, 0.0, 0.0], [0.0, 0.0, 9.0]])}
+  bank = ood.block_rows(train, ("a", "b"))
+  np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0)
+  np.testing.assert_allclose(bank[0], np.array([1, 0, 1, 0, 0]) / np.sqrt(2))
+  query = {"a": np.array([[3.0, 0.0], [2.0, 0.0]]),
+           "b": np.array([[7.0, 0.0, 0.0], [0.0, 0.0, 1.0]])}
+  rows = ood.block_rows(query, ("a", "b"))
+  # Query 0 is training image 0's direction in both blocks; query 1 agrees with image 0 in block
+  # a and with image 1 in block b: |(0, 0, 1, 0, -1)| / sqrt(2) = 1 from either.
+  np.testing.assert_allclose(ood.knn_score(rows, bank, 1), [0.0, 1.0], atol=1e-7)
+  np.testing.assert_allclose(ood.knn_score(rows, bank, 2), [np.sqrt(2), 1.0], atol=1e-7)
+
+
 @pytest.mark.parametrize("n, keep, kept", [(100, 0.95, 95), (7, 0.95, 7), (40, 0.9, 36),
                                            (10, 1.0, 10), (3, 0.01, 1)])
 def test_threshold_keeps_the_requested_share(n, keep, kept):

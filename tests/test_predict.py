@@ -190,8 +190,9 @@ def _stored_fit(run, images, flagged: int):
   ranked = np.sort(distance)[::-1]   # the cut halfway between the last flagged and the next
   cut = (ranked[flagged - 1] + ranked[flagged]) / 2
   thresholds = {s: np.inf for s in ood.SCORES} | {"mahalanobis": float(cut)}
-  fit = ood.OodFit("mahalanobis", 0.95, 1.0, means, precision, 0.0, ood.unit_rows(f), 1,
-                   {b: (means, precision) for b in ("block5",)}, thresholds, checkpoint.model_digest(trained.variables), len(f), len(f),
+  fit = ood.OodFit("mahalanobis", 0.95, 1.0, means, precision, 0.0, ood.unit_rows(f),
+                   ood.unit_rows(f), 1, {"block5": (means, precision)}, thresholds,
+                   checkpoint.model_digest(trained.variables), len(f), len(f),
                    dict(scores={s: np.zeros(0) for s in ood.SCORES}, correct=np.zeros(0, bool),
                         sources=np.zeros(0, str)))
   (run / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
