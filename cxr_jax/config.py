@@ -186,10 +186,10 @@ def get_config() -> ml_collections.ConfigDict:
   # on average (AUROC 0.75) and in the worst case (0.59), best alone on Kermany, SIIM, ieee8023,
   # Actualmed and Figure1 (results/ood_loso_multisource_128px/); the logit scores (msp, energy) rank
   # errors inside seen data best but find some unseen collections *more* familiar than the test
-  # split (results/ood_quickstart_128px/). knn_blocks (knn over every block) was added after that
-  # comparison: better than knn on the collections a cxr3-only model never saw (cxr-plus), flags no
-  # seen collection of the multi-source model above 9 %; it becomes the default only if
-  # leave-one-source-out says so too.
+  # split (results/ood_quickstart_128px/). knn_blocks (knn over an input thumbnail and every
+  # block) was added after that comparison: better than knn on the collections a cxr3-only model
+  # never saw (cxr-plus), flags no seen collection of the multi-source model above 6 %; it becomes
+  # the default only if leave-one-source-out says so too.
   e.ood_score = "knn"
   # Share of the validation split's images each score's threshold keeps (the rest is flagged).
   e.ood_keep = 0.95

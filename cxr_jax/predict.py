@@ -205,7 +205,7 @@ class Flags:
     fit, why = self.fit()
     if fit is None:
       return [{"in_distribution": None, "reason": why}] * len(out["probs"])
-    scores = fit.scores({k: out[k] for k in ("logits", "features", "blocks")})
+    scores = fit.scores({k: out[k] for k in ("logits", "features", "blocks", "input")})
     return [fit.verdict(scores, k, self.score) for k in range(len(out["probs"]))]
 
 

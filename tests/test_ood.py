@@ -80,6 +80,12 @@ def test_knn_over_blocks_weighs_each_block_alike_by_hand():
   # a and with image 1 in block b: |(0, 0, 1, 0, -1)| / sqrt(2) = 1 from either.
   np.testing.assert_allclose(ood.knn_score(rows, bank, 1), [0.0, 1.0], atol=1e-7)
   np.testing.assert_allclose(ood.knn_score(rows, bank, 2), [np.sqrt(2), 1.0], atol=1e-7)
+  # knn_blocks' rows put the input first, centred: a thumbnail equal to the centre is a zero
+  # part (unit_rows leaves it zero), so only the blocks' parts remain.
+  outputs = {"input": np.array([[4.0, 6.0], [5.0, 6.0]]), "blocks": query}
+  parts = ood.input_and_blocks(outputs, np.array([4.0, 6.0]), ("a", "b"))
+  np.testing.assert_allclose(parts[0], np.r_[0.0, 0.0, rows[0] * np.sqrt(2)] / np.sqrt(3))
+  np.testing.assert_allclose(parts[1, :2], np.array([1.0, 0.0]) / np.sqrt(3))
 
 
 @pytest.mark.parametrize("n, keep, kept", [(100, 0.95, 95), (7, 0.95, 7), (40, 0.9, 36),
@@ -115,10 +121,11 @@ def test_auroc_of_separated_and_identical_scores():
 
 def _outputs(rng, features, labels):
   """Constructed model outputs: logits favouring the label, the features as the last block's,
-  and two blocks (the features' first and last halves)."""
+  two blocks (the features' first and last halves) and an input thumbnail (the features again,
+  doubled)."""
   logits = np.eye(3)[labels] * 3 + rng.normal(size=(len(labels), 3))
   half = features.shape[1] // 2
-  return dict(logits=logits, features=features,
+  return dict(logits=logits, features=features, input=2 * features,
               blocks={"b1": features[:, :half], "b2": features[:, half:]})
 
 
@@ -128,6 +135,7 @@ def _synthetic_fit(rng, features_in, labels_in, keep=0.95):
   out = _outputs(rng, features_in, labels_in)
   n = len(labels_in) // 3
   part = lambda a, b: {"logits": out["logits"][a:b], "features": out["features"][a:b],
+                       "input": out["input"][a:b],
                        "blocks": {k: v[a:b] for k, v in out["blocks"].items()}}
   reference = dict(part(2 * n, None), correct=out["logits"][2 * n:].argmax(1) == labels_in[2 * n:],
                    sources=np.array(["own"] * (len(labels_in) - 2 * n)))

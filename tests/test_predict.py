@@ -190,8 +190,10 @@ def _stored_fit(run, images, flagged: int):
   ranked = np.sort(distance)[::-1]   # the cut halfway between the last flagged and the next
   cut = (ranked[flagged - 1] + ranked[flagged]) / 2
   thresholds = {s: np.inf for s in ood.SCORES} | {"mahalanobis": float(cut)}
+  centre = out["input"].mean(axis=0)
+  bank_blocks = ood.input_and_blocks(dict(out, blocks={"block5": f}), centre, ["block5"])
   fit = ood.OodFit("mahalanobis", 0.95, 1.0, means, precision, 0.0, ood.unit_rows(f),
-                   ood.unit_rows(f), 1, {"block5": (means, precision)}, thresholds,
+                   bank_blocks, centre, 1, {"block5": (means, precision)}, thresholds,
                    checkpoint.model_digest(trained.variables), len(f), len(f),
                    dict(scores={s: np.zeros(0) for s in ood.SCORES}, correct=np.zeros(0, bool),
                         sources=np.zeros(0, str)))

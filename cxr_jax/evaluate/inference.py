@@ -54,6 +54,20 @@ def _pooled(x):
   return jax.numpy.mean(x.astype(np.float32), axis=(1, 2))
 
 
+THUMBNAIL = 16   # side of the input thumbnail the out-of-distribution scores read
+
+
+def thumbnail(images):
+  """The images' first channel (the grey film; the others repeat it) averaged over a THUMBNAIL x
+  THUMBNAIL grid of equal cells, float32 [N, THUMBNAIL**2]: the input as acquisition and
+  anatomy shape it, before any learnt filter. Sizes that are not a multiple of THUMBNAIL lose
+  their last rows and columns (fewer than THUMBNAIL pixels)."""
+  n, h, w = images.shape[:3]
+  cell_h, cell_w = h // THUMBNAIL, w // THUMBNAIL
+  x = images[:, :cell_h * THUMBNAIL, :cell_w * THUMBNAIL, 0].astype(np.float32)
+  return x.reshape(n, THUMBNAIL, cell_h, THUMBNAIL, cell_w).mean(axis=(2, 4)).reshape(n, -1)
+
+
 def make_feature_fn(model: nn.Module):
   """A jitted fn(variables, images) -> [N, C] float32: the last block's output, averaged over
   space (the representation every head starts from, whatever its kind)."""
@@ -68,10 +82,11 @@ def make_feature_fn(model: nn.Module):
 
 def make_outputs_fn(model: nn.Module):
   """A jitted fn(variables, images) -> {"probs", "logits" [N, num_classes], "features" [N, C],
-  "blocks": {block: [N, C_block]}} (train=False): the forward pass of `logits` run block by block,
-  so that one pass gives what the out-of-distribution scores read (`cxr_jax.evaluate.ood`) with
-  the probabilities: "blocks" holds every block's output averaged over space, "features" the last
-  one's (`make_feature_fn`'s), which the head reads."""
+  "blocks": {block: [N, C_block]}, "input": [N, THUMBNAIL**2]} (train=False): the forward pass of
+  `logits` run block by block, so that one pass gives what the out-of-distribution scores read
+  (`cxr_jax.evaluate.ood`) with the probabilities: "blocks" holds every block's output averaged
+  over space, "features" the last one's (`make_feature_fn`'s), which the head reads, "input" the
+  input's `thumbnail`."""
   names = stage_names(model)
 
   @jax.jit
@@ -82,7 +97,7 @@ def make_outputs_fn(model: nn.Module):
       blocks[name], start = _pooled(x), name
     out = model.apply(variables, x, train=False, start=start).astype(np.float32)
     return {"probs": jax.nn.softmax(out, axis=-1), "logits": out,
-            "features": blocks[names[-1]], "blocks": blocks}
+            "features": blocks[names[-1]], "blocks": blocks, "input": thumbnail(images)}
 
   return outputs
 

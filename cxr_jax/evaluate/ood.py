@@ -14,16 +14,18 @@ Every score says how unlike the run's training images an image is; higher is les
                tune on held-out images (a fixed ridge would be one more choice to make somewhere)
   knn          distance from f / |f| to its k-th nearest training feature, each scaled to unit
                length (Sun et al. 2022)
-  knn_blocks   the same over every block: each block's pooled output scaled to unit length, the
-               five concatenated (`block_rows`), so that each block weighs alike whatever its
-               number of channels. The early blocks see acquisition (film, exposure, a child's
-               anatomy) that the last block, trained to separate the classes, averages away: on
-               the quick-start model it told cxr3's test split from cxr-plus's collections, which
-               that model never saw, better than knn on both (Kermany 0.940 against 0.873, SIIM
-               0.752 against 0.739; results/ood_quickstart_128px/). Second moments of the block
-               outputs (per-channel spatial standard deviation, alone or beside the means; Sastry &
-               Oore's idea without the higher orders) and thresholds per predicted class did not
-               improve on it there.
+  knn_blocks   the same over the input and every block: a 16 x 16 thumbnail of the input
+               (`inference.thumbnail`, centred on the training split's mean thumbnail) and each
+               block's pooled output, each scaled to unit length and concatenated (`block_rows`),
+               so that each part weighs alike whatever its size. The input and the early blocks
+               see acquisition (film, exposure, field of view, a child's anatomy) that the last
+               block, trained to separate the classes, averages away: on the quick-start model it
+               told cxr3's test split from cxr-plus's collections, which that model never saw,
+               better than knn (Kermany 0.973 against 0.873, SIIM 0.746 against 0.739; the blocks
+               without the input 0.940 and 0.752; results/ood_quickstart_128px/). Second moments
+               of the block outputs (per-channel spatial standard deviation, alone or beside the
+               means; Sastry & Oore's idea without the higher orders) and thresholds per predicted
+               class did not improve on it there.
   mahalanobis_blocks  Lee et al.'s feature ensemble without its weights: the mean over the five
                blocks of each block's pooled-feature Mahalanobis distance divided by its number of
                features (a Gaussian's squared distance is chi-square with that many degrees of
@@ -61,8 +63,8 @@ DESCRIPTIONS = dict(
     mahalanobis="Mahalanobis distance to the nearest class mean of the training features",
     knn="distance to the k-th nearest training image's features (unit length)",
     mahalanobis_blocks="mean over the five blocks of Mahalanobis distance / features",
-    knn_blocks="distance to the k-th nearest training image's features of every block (each unit "
-               "length)")
+    knn_blocks="distance to the k-th nearest training image over the input thumbnail and every "
+               "block's features (each unit length)")
 _CURVE_POINTS = 101   # risk-coverage points kept in metrics.json (the area uses every image)
 
 
@@ -98,10 +100,18 @@ def unit_rows(features) -> np.ndarray:
 
 
 def block_rows(blocks: dict, names) -> np.ndarray:
-  """The pooled outputs of blocks `names` (of `blocks`, {block: [N, F_b]}), each row scaled to unit
-  length, concatenated and divided by sqrt(number of blocks): unit rows in which every block
-  weighs alike [N, sum F_b]."""
+  """The features of parts `names` (of `blocks`, {part: [N, F_b]}), each row scaled to unit
+  length, concatenated and divided by sqrt(number of parts): unit rows in which every part weighs
+  alike [N, sum F_b]."""
   return np.concatenate([unit_rows(blocks[b]) for b in names], axis=1) / np.sqrt(len(names))
+
+
+def input_and_blocks(outputs: dict, centre, blocks) -> np.ndarray:
+  """knn_blocks' rows: `block_rows` of the input thumbnail minus `centre` (the training split's
+  mean thumbnail; uncentred, every chest film's thumbnail points the same way) and of the pooled
+  outputs of `blocks`, in that order."""
+  parts = {"input": np.asarray(outputs["input"], np.float64) - centre, **outputs["blocks"]}
+  return block_rows(parts, ["input", *blocks])
 
 
 def knn_score(features, bank, k: int) -> np.ndarray:
@@ -148,7 +158,8 @@ class OodFit:
   precision: np.ndarray      # [F, F]
   shrinkage: float
   bank: np.ndarray           # [N_train, F] unit-length training features
-  bank_blocks: np.ndarray    # [N_train, sum F_b] the training split's block_rows (knn_blocks)
+  bank_blocks: np.ndarray    # [N_train, 256 + sum F_b] the training split's input_and_blocks
+  input_centre: np.ndarray   # [256] the training split's mean input thumbnail
   k: int
   blocks: dict               # {block: (class means [C, F_b], precision [F_b, F_b])}
   thresholds: dict           # {score: threshold}
@@ -159,7 +170,8 @@ class OodFit:
 
   def scores(self, outputs: dict) -> dict[str, np.ndarray]:
     """{score: [N]} of images given the model's outputs (`inference.make_outputs_fn`): logits
-    [N, C], the last block's pooled features [N, F] and every block's ("blocks")."""
+    [N, C], the last block's pooled features [N, F], every block's ("blocks") and the input
+    thumbnail ("input")."""
     logits, features = outputs["logits"], outputs["features"]
     per_block = [mahalanobis_score(outputs["blocks"][b], means, precision) / len(precision)
                  for b, (means, precision) in self.blocks.items()]
@@ -168,7 +180,7 @@ class OodFit:
                 mahalanobis=mahalanobis_score(features, self.means, self.precision),
                 knn=knn_score(features, self.bank, self.k),
                 mahalanobis_blocks=np.mean(per_block, axis=0),
-                knn_blocks=knn_score(block_rows(outputs["blocks"], self.blocks),
+                knn_blocks=knn_score(input_and_blocks(outputs, self.input_centre, self.blocks),
                                      self.bank_blocks, self.k))
 
   def describe(self) -> dict:
@@ -189,7 +201,7 @@ class OodFit:
     meta["blocks"] = list(self.blocks)
     np.savez(buffer, meta=np.array(json.dumps(meta)), means=self.means, precision=self.precision,
              bank=self.bank.astype(np.float32),
-             bank_blocks=self.bank_blocks.astype(np.float32),
+             bank_blocks=self.bank_blocks.astype(np.float32), input_centre=self.input_centre,
              ref_correct=np.asarray(ref["correct"], bool),
              **blocks,
              ref_sources=np.asarray(ref["sources"]).astype(str),
@@ -206,7 +218,7 @@ class OodFit:
                        sources=z["ref_sources"])
       blocks = {b: (z[f"means@{b}"], z[f"precision@{b}"]) for b in meta.pop("blocks")}
       return cls(means=z["means"], precision=z["precision"], bank=z["bank"],
-                 bank_blocks=z["bank_blocks"], blocks=blocks,
+                 bank_blocks=z["bank_blocks"], input_centre=z["input_centre"], blocks=blocks,
                  reference=reference, **meta)
 
   def verdict(self, scores: dict, index: int, score: str | None = None) -> dict:
@@ -236,10 +248,11 @@ def fit(train: dict, train_labels, val: dict, *, temperature: float, keep: float
   blocks = {b: shared_gaussian(f, train_labels, num_classes)[:2]
             for b, f in train["blocks"].items()}
   bank = unit_rows(train["features"]).astype(np.float32)
-  bank_blocks = block_rows(train["blocks"], blocks).astype(np.float32)
+  centre = np.asarray(train["input"], np.float64).mean(axis=0)
+  bank_blocks = input_and_blocks(train, centre, blocks).astype(np.float32)
   partial = OodFit(score, float(keep), float(temperature), means, precision, shrinkage, bank,
-                   bank_blocks, min(int(k), len(bank)), blocks, {}, model_digest, len(bank),
-                   len(val["logits"]), {})
+                   bank_blocks, centre, min(int(k), len(bank)), blocks, {}, model_digest,
+                   len(bank), len(val["logits"]), {})
   partial.thresholds = {s: threshold_keeping(v, keep) for s, v in partial.scores(val).items()}
   partial.reference = dict(scores=partial.scores(reference),
                            correct=np.asarray(reference["correct"], bool),

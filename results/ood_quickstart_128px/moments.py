@@ -1,5 +1,5 @@
 """Every block's pooled output (per-channel spatial mean) and its second moment (per-channel
-spatial standard deviation), and the logits, of a run's train / val / test splits and of other
+spatial standard deviation), a 16 x 16 thumbnail of the input, and the logits, of a run's train / val / test splits and of other
 collections (reader specs), in one .npz for variants.py:
 
   PYTHONPATH=$PWD .venv/bin/python results/ood_quickstart_128px/moments.py WORKDIR CACHE.npz \
@@ -25,6 +25,11 @@ model, names = run.model, inference.stage_names(run.model)
 @jax.jit
 def moments(variables, images):
   x, start, res = images, "input", {}
+  # The input as the model gets it (after the run's preprocessing and normalisation), its first
+  # channel averaged to 16 x 16: what acquisition alone looks like, before any learnt filter.
+  n, h, w, _ = images.shape
+  res["thumbnail"] = images[..., 0].astype(jnp.float32).reshape(
+      n, 16, h // 16, 16, w // 16).mean(axis=(2, 4)).reshape(n, 256)
   for name in names:
     x = model.apply(variables, x, train=False, start=start, stop=name)
     xf = x.astype(jnp.float32)

@@ -57,6 +57,18 @@ for kind in ("mean", "both"):
       row(f"knn {kind}, blocks {''.join(map(str, blocks))}, k={k}",
           {t: ood.knn_score(block_rows(t, kind, blocks), bank, k) for t in tags})
 
+if "train/thumbnail" in z.files:   # the input itself, before any learnt filter
+  thumbs = {t: get(t, "thumbnail") for t in tags + ["train"]}
+  centre = thumbs["train"].mean(axis=0)
+  for k in (1, 10):
+    row(f"knn, input 16 x 16 thumbnail (centred), k={k}",
+        {t: ood.knn_score(thumbs[t] - centre, ood.unit_rows(thumbs["train"] - centre), k)
+         for t in tags})
+  parts = lambda t: {**{b: features(t, "mean", b) for b in BLOCKS}, 0: thumbs[t] - centre}
+  bank = ood.block_rows(parts("train"), (0,) + BLOCKS)
+  row("knn, thumbnail and 5 blocks, k=10",
+      {t: ood.knn_score(ood.block_rows(parts(t), (0,) + BLOCKS), bank, 10) for t in tags})
+
 print("\nknn over every block (k=10), one threshold or one per predicted class (each keeping 95 % "
       "of the validation images predicted that class): share flagged\n")
 bank = block_rows("train", "mean", BLOCKS)
