@@ -215,16 +215,16 @@ def write_figure(rows: list[dict], path: Path) -> str:
   series = list(_FIGURE) + [(k, k) for k in external]
   x = np.arange(len(rows))
   width = 0.8 / len(series)
-  fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
+  fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(rows)), 4.5))
   for i, (key, label) in enumerate(series):
     values = [np.nan if r.get(key) is None else r[key] for r in rows]
     ax.bar(x + (i - len(series) / 2 + 0.5) * width, values, width, label=label)
   ax.set_xticks(x, [f"{r['measure']}" for r in rows], rotation=20)
   ax.set_ylim(0, 1)
   ax.set_title("Source-robustness ablation (external: evaluation only)")
-  ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
-  fig.tight_layout()
+  # Below the axes: beside them, a long series name squeezed the bars and clipped the title.
+  ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
   return str(path)
