@@ -43,3 +43,15 @@ def test_multisource_is_the_quick_start_on_cxr3_and_cxr_plus(monkeypatch, tmp_pa
   r = _flat(robustness_multisource.get_config("measures=baseline+dann"))
   assert r["experiment.measures"] == "baseline,dann"
   assert {k for k in c if r[k] != c[k]} == {"experiment.num_folds", "experiment.measures"}
+
+
+def test_multisource_robust_is_multisource_plus_the_measures_the_ablation_names():
+  # The recipe must train exactly what the ablation and leave-one-source-out measured: the same
+  # overrides as its measures, nothing else moved.
+  from configs import multisource, multisource_robust
+  from cxr_jax.experiments import robustness
+
+  c, m = _flat(multisource_robust.get_config()), _flat(multisource.get_config())
+  measured = {**robustness.MEASURES["lung_crop"], **robustness.MEASURES["group_dro"]}
+  assert {k for k in m if c[k] != m[k]} == set(measured)
+  assert {k: c[k] for k in measured} == measured
