@@ -69,7 +69,7 @@ def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
   import numpy as np
 
   from cxr_jax import checkpoint
-  from cxr_jax.evaluate import ood
+  from cxr_jax.evaluate import inference, ood
 
   rng = np.random.default_rng(0)
   features = np.abs(rng.normal(size=(n_train, 512)))
@@ -78,13 +78,14 @@ def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
   variables = checkpoint.load_trained(workdir).variables
   widths = {f"block{i + 1}": w for i, w in enumerate((64, 128, 256, 512, 512))}
   blocks = {b: (features[:3, :w], np.eye(w)) for b, w in widths.items()}
-  thumbnails = rng.normal(size=(n_train, 256))
+  thumbnails = rng.normal(size=(n_train, inference.THUMBNAIL ** 2))
+  centre = thumbnails.mean(axis=0)
   bank_blocks = ood.input_and_blocks(
       {"input": thumbnails, "blocks": {b: features[:, :w] for b, w in widths.items()}},
-      np.zeros(256), widths)
+      centre, widths)
   fit = ood.OodFit("mahalanobis", 0.95, 1.0, features[:3], np.eye(512), 0.1,
                    ood.unit_rows(features).astype(np.float32), bank_blocks.astype(np.float32),
-                   np.zeros(256), 10, blocks,
+                   centre, 10, blocks,
                    {s: 0.0 for s in ood.SCORES}, checkpoint.model_digest(variables), n_train, 240,
                    empty)
   (workdir / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
