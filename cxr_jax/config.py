@@ -156,6 +156,10 @@ def get_config() -> ml_collections.ConfigDict:
   # classifier is not part of the kept model.
   t.dann_weight = 0.0
   t.dann_hidden = 256                # width of the source classifier's hidden layer
+  # What the backbone is trained against: "reversal" (Ganin et al.: it maximises the source
+  # classifier's loss; unbounded, diverged on cxr3 + cxr-plus at 0.1 and 0.3) or "confusion" (it
+  # makes the fixed classifier read every source alike; bounded; cxr_jax/train/robust.py).
+  t.dann_loss = "reversal"
   t.steps_per_epoch = -1             # -1 = one pass over the training split
   t.max_steps = -1                   # stop after this many steps (smoke runs); -1 = no limit
   t.log_every_steps = 10

@@ -28,6 +28,54 @@ def test_dann_schedule_rises_from_zero_to_the_weight():
   np.testing.assert_allclose(values[-1], 0.5 * (2 / (1 + np.exp(-10)) - 1), rtol=1e-6)
 
 
+def _source_case():
+  feats = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2, 2, 5)), jnp.float32)
+  head = robust.init_source_head(jax.random.PRNGKey(0), 3, 5, 8)
+  return feats, head, jnp.array([0, 1, 2, 1])
+
+
+def test_dann_confusion_trains_the_classifier_on_the_source_and_the_features_toward_uniform():
+  """The bounded adversary: value = CE(source) + scale * CE(uniform) computed by hand; the source
+  classifier's gradient is CE(source)'s alone, the features' is scale x CE(uniform)'s through the
+  fixed classifier; and the term the backbone minimises is never below log(#sources)."""
+  feats, head, sources = _source_case()
+  pooled = jnp.mean(feats, axis=(1, 2))
+  logits = lambda p, f: robust.SourceHead(3, 8).apply({"params": p}, f)
+  ce = lambda p, f: jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits(p, f)), sources[:, None], 1))
+  uniform = lambda p, f: -jnp.mean(jax.nn.log_softmax(logits(p, f)))
+  value, src, _ = robust.source_loss(head, feats, sources, 0.3, 8, "confusion")
+  np.testing.assert_allclose(src, ce(head, pooled), rtol=1e-6)
+  np.testing.assert_allclose(value, ce(head, pooled) + 0.3 * uniform(head, pooled), rtol=1e-6)
+  assert float(uniform(head, pooled)) >= np.log(3) - 1e-6
+  g_head, g_feats = jax.grad(lambda p, f: robust.source_loss(p, f, sources, 0.3, 8, "confusion")[0],
+                             argnums=(0, 1))(head, feats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_head,
+               jax.grad(ce)(head, pooled))
+  expected = jax.grad(lambda f: 0.3 * uniform(head, jnp.mean(f, axis=(1, 2))))(feats)
+  np.testing.assert_allclose(g_feats, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_dann_reversal_gives_the_features_minus_scale_times_the_classifier_gradient():
+  feats, head, sources = _source_case()
+  value, src, _ = robust.source_loss(head, feats, sources, 0.3, 8, "reversal")
+  assert value == src
+  g = jax.grad(lambda f: robust.source_loss(head, f, sources, 0.3, 8, "reversal")[0])(feats)
+  ref = jax.grad(lambda f: jnp.mean(_source_ce(head, f, sources)))(feats)
+  np.testing.assert_allclose(g, -0.3 * ref, rtol=1e-5, atol=1e-8)
+
+
+def _source_ce(head, f, sources):
+  logits = robust.SourceHead(3, 8).apply({"params": head}, jnp.mean(f, axis=(1, 2)))
+  return -jnp.take_along_axis(jax.nn.log_softmax(logits), sources[:, None], 1)
+
+
+def test_dann_loss_is_checked():
+  c = smoke.get_config()
+  c.train.dann_weight, c.train.dann_loss = 0.3, "confuse"
+  with pytest.raises(ValueError, match="dann_loss='confuse'"):
+    robust.Options.from_config(c.train, 10)
+
+
 def _dro(losses, groups, weights, step_size):
   f = jax.pmap(lambda x, g: robust.dro_loss(x, g, weights, step_size=step_size, axis_name=AXIS),
                axis_name=AXIS)

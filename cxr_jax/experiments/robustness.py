@@ -43,6 +43,8 @@ MEASURES = {
     # once the schedule passed ~0.2; results/robustness_multisource_128px/dann_diverged.txt): the
     # same adversary a third as strong, to tell "DANN fails here" from "0.3 is too strong here".
     "dann_0.1": {"train.dann_weight": 0.1},
+    # ... which diverged too: the bounded adversary (train.dann_loss, cxr_jax/train/robust.py).
+    "dann_confusion": {"train.dann_weight": 0.3, "train.dann_loss": "confusion"},
 }
 COMBINED = "combined"
 

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 SOURCE_HEAD = "source_head"           # its top-level name in the params; never in a kept model
+DANN_LOSSES = ("reversal", "confusion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Options:
   group_dro_step: float = 0.0
   dann_weight: float = 0.0
   dann_hidden: int = 256
+  dann_loss: str = "reversal"       # or "confusion" (`source_loss`)
   total_steps: int = 1              # of the run, for the DANN schedule
   last_block: str = ""              # the backbone's last block (FineTuningPlan.block_names[-1])
 
@@ -37,7 +39,11 @@ class Options:
     if dro < 0 or dann < 0:
       raise ValueError(f"config.train.group_dro_step={dro} and config.train.dann_weight={dann} "
                        "must be >= 0 (0 = off)")
-    return cls(dro, dann, int(train_config.get("dann_hidden", 256)), int(total_steps), last_block)
+    mode = str(train_config.get("dann_loss", "reversal"))
+    if mode not in DANN_LOSSES:
+      raise ValueError(f"config.train.dann_loss={mode!r}: use one of {DANN_LOSSES}")
+    return cls(dro, dann, int(train_config.get("dann_hidden", 256)), mode, int(total_steps),
+               last_block)
 
   @property
   def dro(self) -> bool:
@@ -147,13 +153,28 @@ def captured_features(intermediates, name: str) -> jax.Array:
   return intermediates[name]["__call__"][0]
 
 
-def source_loss(params, features, sources, scale, hidden: int):
-  """Mean cross-entropy of the source classifier on reversed, average-pooled features."""
-  pooled = grad_reverse(jnp.mean(features.astype(jnp.float32), axis=(1, 2)), scale)
+def source_loss(params, features, sources, scale, hidden: int, mode: str = "reversal"):
+  """(loss to add, the source classifier's cross-entropy, its accuracy) on average-pooled features.
+
+  "reversal" (Ganin et al.): the classifier's cross-entropy through the gradient reversal, so the
+  backbone maximises what the classifier minimises; unbounded above, it diverged on cxr3 + cxr-plus
+  (results/robustness_multisource_128px/dann_*diverged.txt). "confusion" (Tzeng et al. 2015,
+  Alvi et al. 2018): the classifier learns the source on detached features, and the backbone is
+  moved, with the classifier held fixed, toward features it reads as every source alike (scale x
+  the cross-entropy to the uniform distribution): bounded below by log(#sources), so the backbone
+  cannot win by pushing the classifier's loss to infinity."""
+  pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
   num_sources = params["logits"]["bias"].shape[0]
-  logits = SourceHead(num_sources, hidden).apply({"params": params}, pooled)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, sources)
-  return jnp.mean(loss), jnp.mean(jnp.argmax(logits, -1) == sources)
+  head = SourceHead(num_sources, hidden)
+  if mode == "reversal":
+    logits = head.apply({"params": params}, grad_reverse(pooled, scale))
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, sources))
+    return ce, ce, jnp.mean(jnp.argmax(logits, -1) == sources)
+  logits = head.apply({"params": params}, jax.lax.stop_gradient(pooled))
+  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, sources))
+  fooled = head.apply({"params": jax.lax.stop_gradient(params)}, pooled)
+  confusion = -jnp.mean(jax.nn.log_softmax(fooled, axis=-1))
+  return ce + scale * confusion, ce, jnp.mean(jnp.argmax(logits, -1) == sources)
 
 
 def init_source_head(rng, num_sources: int, width: int, hidden: int) -> dict:

@@ -77,10 +77,10 @@ def _robust_loss(params, logits, targets, inter, state, batch, opts: robust.Opti
     value = cross_entropy(logits, targets, batch["weight"])
   if opts.dann:
     scale = robust.dann_scale(state.step, opts.total_steps, opts.dann_weight)
-    src_loss, metrics["source_accuracy"] = robust.source_loss(
+    added, src_loss, metrics["source_accuracy"] = robust.source_loss(
         params[robust.SOURCE_HEAD], robust.captured_features(inter, opts.last_block),
-        batch["source"], scale, opts.dann_hidden)
-    value = value + src_loss
+        batch["source"], scale, opts.dann_hidden, opts.dann_loss)
+    value = value + added
     metrics["source_loss"], metrics["dann_scale"] = src_loss, scale
   return value, new_robust, metrics
 
