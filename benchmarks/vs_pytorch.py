@@ -12,7 +12,8 @@ speed and per-layer weight-gradient GFLOP/s.
 
 Variants (--variants): jax:<conv_impl>[:bf16][:pool=<pool_impl>] (cxr_jax.train.step's pmapped
 step with config.model.conv_impl, `jax:auto` being the default config, optionally bfloat16
-compute with float32 parameters, and config.model.pool_impl, default the config's;
+compute with float32 parameters, and config.model.pool_impl, default the config's; `:amx=off`
+leaves out the AMX convolution, cxr_jax/ops/amx.py, as before it existed;
 `jax:xla:pool=xla` is plain flax), torch:nchw,
 torch:cl (channels_last), torch:bf16 (channels_last + bfloat16 autocast), keras (tf.keras, optional).
 Any variant takes :malloc=keep|system|auto (cxr_jax.host_memory, applied in its worker before the
@@ -82,6 +83,8 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
   for option in options:
     if option.startswith("pool="):
       config.model.pool_impl = option.removeprefix("pool=")
+    elif option == "amx=off":
+      os.environ["CXR_JAX_AMX"] = "0"   # the formulations without the AMX convolution (before it)
     elif option != "bf16":
       raise ValueError(f"unknown option {option!r} in variant {spec!r}")
   dtype = jnp.bfloat16 if "bf16" in options else jnp.float32

@@ -106,7 +106,9 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
   float32 products in Winograd, the rules never pick the bf16 "rows" product, and building a
   bfloat16 model says so in the log."""
   from configs import default
+  from cxr_jax.ops import amx
 
+  monkeypatch.setattr(amx, "_load", lambda: "no amx_bf16 (as on such a CPU)")
   monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: False)
   assert not ops.bf16_units()
   assert winograd.product_dtype(jnp.bfloat16, 2) == jnp.float32
@@ -128,7 +130,11 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
 def test_amx_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypatch):
   """On AMX (bf16 products 3-5x float32's) bfloat16 layers at 28-56 px take F(2x2)'s bf16 products
   and the 3-channel first conv the transposed im2col; float32 and CPUs without AMX keep their
-  rules, so no float32 figure moves with this."""
+  rules, so no float32 figure moves with this. (Where the AMX convolution is built, it comes
+  first: `test_amx_rules_take_the_tiles_where_they_cover`.)"""
+  from cxr_jax.ops import amx
+
+  monkeypatch.setattr(amx, "_load", lambda: "not built (the rules without it)")
   monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
   mid = ((8, 28, 28, 512), (3, 3, 512, 512))
   first = ((8, 224, 224, 3), (3, 3, 3, 64))
@@ -213,3 +219,92 @@ def test_vgg16_bfloat16_logits_and_probabilities_within_the_derived_tolerance(vg
 def test_predict_dtype_flag_overrides_the_runs_dtype(vgg16_run):
   assert checkpoint.load_trained(vgg16_run).model.dtype == jnp.float32
   assert checkpoint.load_trained(vgg16_run, dtype="bfloat16").model.dtype == jnp.bfloat16
+
+
+def test_amx_rules_take_the_tiles_where_they_cover(monkeypatch):
+  """Where the AMX convolution is built, every bfloat16 layer it covers takes it for the forward
+  pass, the input gradient and the weight gradient; the 3-channel first conv and float32 keep
+  their rules."""
+  from cxr_jax.ops import amx
+
+  monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
+  monkeypatch.setattr("cxr_jax.machine.isa_level", lambda: "amx")
+  monkeypatch.setattr(amx, "_load", lambda: None)
+  for x_shape, k_shape in (((8, 224, 224, 64), (3, 3, 64, 64)), ((8, 28, 28, 512), (3, 3, 512, 512)),
+                           ((8, 112, 112, 128), (3, 3, 128, 64))):
+    assert fwd.rule(x_shape, k_shape, jnp.bfloat16) == wgrad.rule(x_shape, k_shape, jnp.bfloat16) == "amx"
+    assert "amx" not in (fwd.rule(x_shape, k_shape, jnp.float32), wgrad.rule(x_shape, k_shape, jnp.float32))
+  first = ((8, 224, 224, 3), (3, 3, 3, 64))
+  assert (fwd.rule(*first, jnp.bfloat16), wgrad.rule(*first, jnp.bfloat16)) == ("xla", "im2col_t")
+
+
+AMX_CASES = [  # (x shape, kernel shape, padding): flat rows not a multiple of 32, non-square,
+    ((2, 9, 10, 32), (3, 3, 32, 64), PADS),  # asymmetric padding, 1x1 and 3x1 kernels, VALID
+    ((1, 7, 5, 64), (3, 3, 64, 32), ((0, 2), (1, 0))),
+    ((3, 6, 6, 32), (1, 1, 32, 32), ((0, 0), (0, 0))),
+    ((2, 8, 11, 64), (3, 1, 64, 96), ((1, 1), (0, 0))),
+]
+
+
+def _amx_or_skip():
+  from cxr_jax.ops import amx
+
+  if not amx.available():
+    pytest.skip(f"AMX convolution not available here: {amx.unavailable_reason()}")
+  return amx
+
+
+@pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
+def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_shape, pads):
+  """Forward, input gradient (the forward applied to dy and the flipped kernel, as conv.py does)
+  and weight gradient on AMX tiles against float32's lax convolution of the same bfloat16-exact
+  data: bf16 operands are exact, so only the float32 accumulation (K terms: K 2^-24 of the
+  absolute-value sum S) and, for bf16 outputs, the output's rounding (u |ref|) remain."""
+  amx = _amx_or_skip()
+  x, w = _random(x_shape, 11, relu=True), _random(k_shape, 12)
+  y, vjp = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, pads), x, w)
+  dy = _random(y.shape, 13)
+  dx_ref, dw_ref = vjp(dy)
+  s_y = fwd.xla(abs(x), abs(w), pads)
+  _, vjp_abs = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, pads), abs(x), abs(w))
+  s_dx, s_dw = vjp_abs(abs(dy))
+  bf = lambda a: a.astype(jnp.bfloat16)
+  tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, pads)
+  kh, kw, c, o = k_shape
+  got_y = amx.forward(bf(x), bf(w), pads)
+  got_dx = amx.forward(bf(dy), bf(tw), tpads)
+  got_dw = amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32)
+  assert got_y.dtype == got_dx.dtype == jnp.bfloat16 and got_dw.dtype == jnp.float32
+  checks = {"y": (got_y, y, s_y, kh * kw * c, U_BF16), "dx": (got_dx, dx_ref, s_dx, kh * kw * o, U_BF16),
+            "dw": (got_dw, dw_ref, s_dw, int(np.prod(dy.shape[:3])), 0.0)}
+  for key, (got, ref, s, k, u_out) in checks.items():
+    assert got.shape == ref.shape, key
+    err = jnp.abs(got.astype(jnp.float32) - ref)
+    bound = u_out * jnp.abs(ref) + k * U_F32 * s
+    assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
+
+
+def test_amx_formulation_only_where_it_covers(monkeypatch):
+  """bfloat16 with 32-channel multiples only; float32 data or 3-channel first convs keep the other
+  formulations; a direct call outside that is refused (the native code would misread it); and
+  CXR_JAX_AMX=0 turns it off with the reason."""
+  from cxr_jax.ops import amx, tuning
+
+  monkeypatch.setattr(amx, "_load", lambda: None)  # as where the tiles are usable
+  assert "amx" in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
+  assert "amx" in tuning.applicable("wgrad", (3, 3, 64, 32), jnp.bfloat16)
+  for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 3, 64), jnp.bfloat16),
+                         ((3, 3, 64, 48), jnp.bfloat16)):
+    assert "amx" not in tuning.applicable("fwd", k_shape, dtype)
+    assert "amx" not in tuning.applicable("wgrad", k_shape, dtype)
+  with pytest.raises(ValueError, match="does not cover"):
+    amx.forward(jnp.zeros((1, 4, 4, 64)), jnp.zeros((3, 3, 64, 32)), PADS)
+  monkeypatch.undo()
+  monkeypatch.setenv("CXR_JAX_AMX", "0")
+  amx._load.cache_clear()
+  try:
+    assert amx.unavailable_reason() == "CXR_JAX_AMX=0"
+    assert "amx" not in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
+  finally:
+    monkeypatch.delenv("CXR_JAX_AMX")
+    amx._load.cache_clear()

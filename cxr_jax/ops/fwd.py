@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from cxr_jax.ops import winograd
+from cxr_jax.ops import amx, winograd
 
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Sequence[tuple[int, int]]
@@ -52,6 +52,7 @@ FORMULATIONS: dict[str, Callable] = {
     "xla": xla,
     "rows": rows,
     **winograd.formulations(winograd.forward),
+    amx.NAME: amx.forward,   # bfloat16 on AMX tiles, where `amx.covers`
 }
 
 
@@ -62,7 +63,10 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   28-56 px; and F(2x2) in chunks of 2 images on larger maps, `winograd.pays_large_bf16`; on AMX,
   whose bf16 products run 3-5x float32's, F(2x2) also at 28-56 px, `winograd.amx_units`);
   "rows" for other bfloat16 layers with wide channels where the CPU has bf16 units
-  (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv."""
+  (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before all of these,
+  bfloat16 layers the AMX tiles cover (`amx.covers`: 32-channel multiples) take them."""
+  if amx.covers(amx.NAME, kernel_shape, dtype):
+    return amx.NAME
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
     if jnp.dtype(dtype) == jnp.bfloat16 and winograd.amx_units():
       # bf16 products: 1.5-2.2x F(4x4) at 28-56 px (benchmarks/results/bf16_layers_224_xeon_amx.md)

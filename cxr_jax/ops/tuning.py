@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import files, machine, paths
-from cxr_jax.ops import fwd, wgrad, winograd
+from cxr_jax.ops import amx, fwd, wgrad, winograd
 
 OPS = {"wgrad": wgrad.FORMULATIONS, "fwd": fwd.FORMULATIONS}
 _LOCK = threading.Lock()
@@ -70,7 +70,8 @@ def _runner(op, name, kernel_shape, padding, dtype):
 
 def applicable(op, kernel_shape, dtype) -> tuple[str, ...]:
   """The formulations of `op` that compute a convolution with this kernel shape and dtype."""
-  return tuple(n for n in OPS[op] if winograd.covers(n, kernel_shape, dtype))
+  return tuple(n for n in OPS[op]
+               if winograd.covers(n, kernel_shape, dtype) and amx.covers(n, kernel_shape, dtype))
 
 
 def measure(x_shape, kernel_shape, padding, dtype, candidates=None, op="wgrad") -> dict[str, float]:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cxr_jax.ops import winograd
+from cxr_jax.ops import amx, winograd
 
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = Sequence[tuple[int, int]]
@@ -109,6 +109,7 @@ FORMULATIONS: dict[str, Callable] = {
     **{f"band{r}": functools.partial(band, rows=r) for r in (2, 4, 8)},
     # Winograd's adjoint: 2.25x / 4x fewer multiplications, 3x3 float32 only (`winograd`).
     **winograd.formulations(winograd.weight_grad),
+    amx.NAME: amx.weight_grad,   # bfloat16 on AMX tiles, where `amx.covers`
 }
 
 
@@ -121,7 +122,10 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   bfloat16 (`winograd.product_dtype`): the same, and F(4x4) also on larger maps from 64 channels
   where the CPU has bf16 units (`winograd.pays_large_bf16`); on AMX, the transposed im2col for
   layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
-  conv at 224 px, batch 8)."""
+  conv at 224 px, batch 8). Before all of these, bfloat16 layers the AMX tiles cover
+  (`amx.covers`) take them."""
+  if amx.covers(amx.NAME, kernel_shape, dtype):
+    return amx.NAME
   hw = x_shape[1] * x_shape[2]
   if winograd.pays(x_shape, kernel_shape, dtype, largest=112):
     return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"
