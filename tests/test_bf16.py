@@ -308,3 +308,27 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
   finally:
     monkeypatch.delenv("CXR_JAX_AMX")
     amx._load.cache_clear()
+
+
+def test_amx_library_builds_and_exports_its_handlers(tmp_path, monkeypatch):
+  """The native source compiles with this machine's compiler against jaxlib's FFI headers (any
+  x86 CPU: compiling does not run AMX code) and exports what amx.py registers; the library path
+  changes with the source."""
+  import ctypes
+
+  from cxr_jax.ops import amx
+
+  compiler = amx._compiler()
+  if compiler is None:
+    pytest.skip("no C++ compiler here: the AMX convolution is then never built (amx.covers)")
+  target = tmp_path / "amx_conv.so"
+  amx._build(compiler, target)
+  lib = ctypes.cdll.LoadLibrary(str(target))
+  for _, symbol in amx.TARGETS.values():
+    assert getattr(lib, symbol) is not None
+  assert lib.cxr_amx_enable is not None
+  edited = tmp_path / "amx_conv.cc"
+  edited.write_text(amx.SOURCE.read_text() + "\n// edited\n")
+  before = amx.library_path(compiler)
+  monkeypatch.setattr(amx, "SOURCE", edited)
+  assert amx.library_path(compiler) != before  # an edited source is built anew, never a stale .so
