@@ -6,6 +6,9 @@ name=$1 workdir=$2 here=$(dirname "$0")/$1
 mkdir -p "$here"
 cp "$workdir"/loso.{md,csv,json,png} "$here"/
 for run in "$workdir"/runs/without_*_fold0; do
+  if [ ! -f "$run/eval_held_out/metrics.json" ]; then
+    echo "skipped $run: not finished (no eval_held_out/metrics.json)" >&2; continue
+  fi
   out="$here/$(basename "$run" _fold0)"
   mkdir -p "$out"
   cp "$run/eval_held_out/metrics.json" "$out/held_out_metrics.json"
