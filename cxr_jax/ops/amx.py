@@ -117,6 +117,11 @@ def covers(name: str, kernel_shape, dtype) -> bool:
           and kernel_shape[3] % 32 == 0 and available())
 
 
+def _up32(n: int) -> int:
+  """n rounded up to the tiles' 32 rows."""
+  return -(-n // 32) * 32
+
+
 def _geometry(x_shape, kernel_shape, padding):
   """Padded size (hp, wp), output size (ho, wo), flat rows (r0, rounded up to 32: r) and the tap
   offsets in flat rows."""
@@ -126,7 +131,7 @@ def _geometry(x_shape, kernel_shape, padding):
   hp, wp = h + top + bottom, w + left + right
   r0 = n * hp * wp
   offsets = np.array([i * wp + j for i in range(kh) for j in range(kw)], np.int64)
-  return hp, wp, hp - kh + 1, wp - kw + 1, r0, -(-r0 // 32) * 32, offsets
+  return hp, wp, hp - kh + 1, wp - kw + 1, r0, _up32(r0), offsets
 
 
 def _flat(x, padding, rows: int):
@@ -155,7 +160,7 @@ def forward(x, w, padding):
   packed = w.reshape(kh * kw, c // 32, 16, 2, o // 16, 16).transpose(0, 4, 1, 2, 5, 3)
   # At least one panel per core, so small maps (batch 1 at 14-28 px) still use every core.
   per_core = -(-r // (os.cpu_count() or 1))
-  panel = max(32, min(FORWARD_PANEL_BYTES // (2 * c), -(-per_core // 32) * 32) // 32 * 32)
+  panel = max(32, min(FORWARD_PANEL_BYTES // (2 * c), _up32(per_core)) // 32 * 32)
   call = jax.ffi.ffi_call(TARGETS["forward"][0], jax.ShapeDtypeStruct((r, o), x.dtype),
                           vmap_method="sequential")
   y = call(xf, packed.astype(x.dtype), offsets=offsets, panel=np.int64(panel))
@@ -167,7 +172,7 @@ def weight_grad(x, dy, kernel_shape, padding, dtype):
   _check(kernel_shape, x.dtype)
   c, o = kernel_shape[2:]
   hp, wp, ho, wo, r0, _, offsets = _geometry(x.shape, kernel_shape, padding)
-  halo = -(-int(offsets[-1]) // 32) * 32
+  halo = _up32(int(offsets[-1]))
   # Panels of flat rows sized so a panel's operands (channels x (panel + halo), panel x outputs)
   # fill about WGRAD_PANEL_BYTES, at least the halo (else the halo copy outweighs the panel).
   panel = max(halo, 32, WGRAD_PANEL_BYTES // (2 * (c + o)) - halo * c // (c + o)) // 32 * 32

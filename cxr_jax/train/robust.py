@@ -166,15 +166,16 @@ def source_loss(params, features, sources, scale, hidden: int, mode: str = "reve
   pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
   num_sources = params["logits"]["bias"].shape[0]
   head = SourceHead(num_sources, hidden)
-  if mode == "reversal":
-    logits = head.apply({"params": params}, grad_reverse(pooled, scale))
-    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, sources))
-    return ce, ce, jnp.mean(jnp.argmax(logits, -1) == sources)
-  logits = head.apply({"params": params}, jax.lax.stop_gradient(pooled))
+  reversal = mode == "reversal"
+  seen = grad_reverse(pooled, scale) if reversal else jax.lax.stop_gradient(pooled)
+  logits = head.apply({"params": params}, seen)
   ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, sources))
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == sources)
+  if reversal:
+    return ce, ce, accuracy
   fooled = head.apply({"params": jax.lax.stop_gradient(params)}, pooled)
   confusion = -jnp.mean(jax.nn.log_softmax(fooled, axis=-1))
-  return ce + scale * confusion, ce, jnp.mean(jnp.argmax(logits, -1) == sources)
+  return ce + scale * confusion, ce, accuracy
 
 
 def init_source_head(rng, num_sources: int, width: int, hidden: int) -> dict:

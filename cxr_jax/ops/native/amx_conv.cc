@@ -9,7 +9,8 @@
 // Rows whose window crosses an image's padded edge are junk; the caller crops them. The weight
 // gradient is the same sum read the other way,
 //     dw[t, c, o] = sum_r xf[r + off[t], c] * dy[r, o],
-// with xf transposed ([C, R]) and dy in the tiles' pair-interleaved layout ([R/2, O, 2]).
+// with xf cut into panels of rows (plus a halo) and transposed per panel ([panels, C, P + halo])
+// and dy in the tiles' pair-interleaved layout ([R/2, O, 2]).
 //
 // Tiles: 4 accumulators (a 32 x 32 block of the output), 2 A tiles and 2 B tiles (16 x 32 bf16).
 // Work is split over XLA's intra-op thread pool; the caller's thread takes a share too.
