@@ -254,13 +254,21 @@ def _amx_or_skip():
   return amx
 
 
+@pytest.mark.parametrize("small_units", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
-def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_shape, pads):
-  """Forward, input gradient (the forward applied to dy and the flipped kernel, as conv.py does)
-  and weight gradient on AMX tiles against float32's lax convolution of the same bfloat16-exact
-  data: bf16 operands are exact, so only the float32 accumulation (K terms: K 2^-24 of the
-  absolute-value sum S) and, for bf16 outputs, the output's rounding (u |ref|) remain."""
+def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_shape, pads,
+                                                                   small_units, monkeypatch):
+  """Forward, input gradient (the forward applied to dy and the flipped kernel, as conv.py does),
+  weight and bias gradients on AMX tiles against float32's lax convolution of the same
+  bfloat16-exact data: bf16 operands are exact, so only the float32 accumulation (K terms: K 2^-24
+  of the absolute-value sum S) and, for bf16 outputs, the output's rounding (u |ref|) remain.
+  small_units: 32-64-row work units, so panels meet image edges and padding mid-unit, the halo
+  spans units and every worker adds its own weight-gradient sums (the default units hold these
+  small problems whole)."""
   amx = _amx_or_skip()
+  if small_units:
+    monkeypatch.setattr(amx, "FORWARD_PANEL_BYTES", 1)
+    monkeypatch.setattr(amx, "WGRAD_PANEL_BYTES", 1)
   x, w = _random(x_shape, 11, relu=True), _random(k_shape, 12)
   y, vjp = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, pads), x, w)
   dy = _random(y.shape, 13)
@@ -273,15 +281,58 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
   kh, kw, c, o = k_shape
   got_y = amx.forward(bf(x), bf(w), pads)
   got_dx = amx.forward(bf(dy), bf(tw), tpads)
-  got_dw = amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32)
-  assert got_y.dtype == got_dx.dtype == jnp.bfloat16 and got_dw.dtype == jnp.float32
+  got_dw, got_db = amx.weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, jnp.float32)
+  assert got_y.dtype == got_dx.dtype == jnp.bfloat16 and got_dw.dtype == got_db.dtype == jnp.float32
+  np.testing.assert_array_equal(amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32), got_dw)
+  rows = int(np.prod(dy.shape[:3]))
   checks = {"y": (got_y, y, s_y, kh * kw * c, U_BF16), "dx": (got_dx, dx_ref, s_dx, kh * kw * o, U_BF16),
-            "dw": (got_dw, dw_ref, s_dw, int(np.prod(dy.shape[:3])), 0.0)}
+            "dw": (got_dw, dw_ref, s_dw, rows, 0.0),
+            "db": (got_db, dy.sum((0, 1, 2)), abs(dy).sum((0, 1, 2)), rows, 0.0)}
   for key, (got, ref, s, k, u_out) in checks.items():
     assert got.shape == ref.shape, key
     err = jnp.abs(got.astype(jnp.float32) - ref)
     bound = u_out * jnp.abs(ref) + k * U_F32 * s
     assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
+
+
+def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):
+  """Units are whole tiles of at most the cache bound, and the busiest core (units taken in turn)
+  does at most its share of the rows plus one tile per unit it takes: 5 units of 416 rows on 2
+  cores (2,048 rows, the 512-channel layers at 14 px) would leave one core idle for a third of the
+  time."""
+  from cxr_jax.ops import amx
+
+  for cores in (1, 2, 3, 8):
+    monkeypatch.setattr(amx.os, "cpu_count", lambda cores=cores: cores)
+    for rows in (1, 31, 33, 100, 330, 2048, 408_608):
+      for most in (1, 32, 100, 480, 4096, 10**6):
+        panel = int(amx._panel(rows, most))
+        units = -(-rows // panel)
+        per_core = -(-units // cores)
+        assert panel % 32 == 0 and panel <= max(32, -(-most // 32) * 32), (cores, rows, most)
+        assert per_core * panel <= rows / cores + 32 * (per_core + 1), (cores, rows, most, panel)
+
+
+def test_bias_gradient_comes_with_the_weight_gradient_for_every_formulation(monkeypatch):
+  """conv2d's bias: the forward adds it as nn.Conv does; db = the sum of dy in float32 whichever
+  weight-gradient formulation runs (the AMX one sums it in its own pass: same within float32
+  accumulation), and dw is the formulation's own."""
+  from cxr_jax.ops import amx, conv
+
+  x, w, b = _random((2, 9, 10, 32), 21, relu=True), _random((3, 3, 32, 64), 22), _random((64,), 23)
+  dy = _random((2, 9, 10, 64), 24)
+  bf = lambda a: a.astype(jnp.bfloat16)
+  names = ["xla", "im2col_t"] + (["amx"] if amx.available() else [])
+  for name in names:
+    y, vjp = jax.vjp(lambda x_, w_, b_, name=name: conv.conv2d(x_, w_, PADS, name, "xla", bias=b_),
+                     bf(x), bf(w), bf(b))
+    np.testing.assert_array_equal(y, fwd.xla(bf(x), bf(w), PADS) + bf(b))
+    _, dw, db = vjp(bf(dy))
+    assert db.dtype == jnp.bfloat16
+    ref = dy.sum((0, 1, 2))
+    bound = U_BF16 * abs(ref) + dy[..., 0].size * U_F32 * abs(dy).sum((0, 1, 2))
+    assert float(jnp.max(jnp.abs(db.astype(jnp.float32) - ref) - bound)) <= 0, name
+    np.testing.assert_array_equal(dw, wgrad.FORMULATIONS[name](bf(x), bf(dy), w.shape, PADS, jnp.bfloat16))
 
 
 def test_amx_formulation_only_where_it_covers(monkeypatch):

@@ -122,23 +122,27 @@ def _up32(n: int) -> int:
   return -(-n // 32) * 32
 
 
-def _geometry(x_shape, kernel_shape, padding):
-  """Padded size (hp, wp), output size (ho, wo), flat rows (r0, rounded up to 32: r) and the tap
-  offsets in flat rows."""
+def _geometry(x_shape, kernel_shape, padding) -> dict:
+  """The flat padded grid the native code walks (its `Grid`): padding (top, left), padded size
+  (hp, wp), and the tap offsets in flat rows; also the flat row count and the output size."""
   n, h, w = x_shape[:3]
   kh, kw = kernel_shape[:2]
   (top, bottom), (left, right) = padding
   hp, wp = h + top + bottom, w + left + right
-  r0 = n * hp * wp
   offsets = np.array([i * wp + j for i in range(kh) for j in range(kw)], np.int64)
-  return hp, wp, hp - kh + 1, wp - kw + 1, r0, _up32(r0), offsets
+  attrs = {"offsets": offsets, "top": np.int64(top), "left": np.int64(left), "hp": np.int64(hp),
+           "wp": np.int64(wp)}
+  return attrs, n * hp * wp, (hp - kh + 1, wp - kw + 1)
 
 
-def _flat(x, padding, rows: int):
-  """x padded spatially and flattened to [rows, C] (zero rows appended: windows past the last
-  image read zeros, and only feed rows that are cropped)."""
-  xf = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),)).reshape(-1, x.shape[-1])
-  return jnp.pad(xf, ((0, rows - xf.shape[0]), (0, 0)))
+def _panel(rows: int, most: int) -> np.int64:
+  """Rows per work unit: at most `most` (what fits the cache), in a count of units that is a
+  multiple of the cores (an odd count left one core idle for the last unit: 3 units on 2 cores
+  run at 2/3 speed), and never fewer units than cores while each can hold 32 rows."""
+  cores = os.cpu_count() or 1
+  units = -(-rows // max(32, most))
+  units = min(-(-units // cores) * cores, -(-rows // 32))
+  return np.int64(_up32(-(-rows // units)))
 
 
 def _check(kernel_shape, dtype) -> None:
@@ -154,40 +158,33 @@ def forward(x, w, padding):
   _check(w.shape, x.dtype)
   n, _, _, c = x.shape
   kh, kw, _, o = w.shape
-  hp, wp, ho, wo, r0, r, offsets = _geometry(x.shape, w.shape, padding)
-  xf = _flat(x, padding, r + int(offsets[-1]))
+  attrs, rows, (ho, wo) = _geometry(x.shape, w.shape, padding)
   # B tiles: per tap, 16 output channels x 32 input channels as 16 rows of (channel pairs x 16).
   packed = w.reshape(kh * kw, c // 32, 16, 2, o // 16, 16).transpose(0, 4, 1, 2, 5, 3)
-  # At least one panel per core, so small maps (batch 1 at 14-28 px) still use every core.
-  per_core = -(-r // (os.cpu_count() or 1))
-  panel = max(32, min(FORWARD_PANEL_BYTES // (2 * c), _up32(per_core)) // 32 * 32)
-  call = jax.ffi.ffi_call(TARGETS["forward"][0], jax.ShapeDtypeStruct((r, o), x.dtype),
+  call = jax.ffi.ffi_call(TARGETS["forward"][0], jax.ShapeDtypeStruct((n, ho, wo, o), x.dtype),
                           vmap_method="sequential")
-  y = call(xf, packed.astype(x.dtype), offsets=offsets, panel=np.int64(panel))
-  return y[:r0].reshape(n, hp, wp, o)[:, :ho, :wo]
+  return call(x, packed.astype(x.dtype), panel=_panel(rows, FORWARD_PANEL_BYTES // (2 * c)), **attrs)
+
+
+def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):
+  """(dw, db) of `forward` plus a bias for output gradient dy: float32 sums cast to `dtype` and
+  `bias_dtype` (db is summed on the pass that lays dy out for the tiles, so it costs no pass of
+  its own)."""
+  _check(kernel_shape, x.dtype)
+  c, o = kernel_shape[2:]
+  attrs, rows, _ = _geometry(x.shape, kernel_shape, padding)
+  halo = _up32(int(attrs["offsets"][-1]))
+  # A unit's operands (channels x (panel + halo), panel x outputs) fill about WGRAD_PANEL_BYTES;
+  # at least the halo (else gathering the halo outweighs the panel).
+  panel = _panel(rows, max(halo, WGRAD_PANEL_BYTES // (2 * (c + o)) - halo * c // (c + o)))
+  call = jax.ffi.ffi_call(TARGETS["weight_grad"][0],
+                          (jax.ShapeDtypeStruct((len(attrs["offsets"]), c, o), jnp.float32),
+                           jax.ShapeDtypeStruct((o,), jnp.float32)),
+                          vmap_method="sequential")
+  dw, db = call(x, dy.astype(x.dtype), panel=panel, **attrs)
+  return dw.reshape(kernel_shape).astype(dtype), db.astype(bias_dtype)
 
 
 def weight_grad(x, dy, kernel_shape, padding, dtype):
   """dw of `forward` for output gradient dy, float32 sums cast to `dtype`."""
-  _check(kernel_shape, x.dtype)
-  c, o = kernel_shape[2:]
-  hp, wp, ho, wo, r0, _, offsets = _geometry(x.shape, kernel_shape, padding)
-  halo = _up32(int(offsets[-1]))
-  # Panels of flat rows sized so a panel's operands (channels x (panel + halo), panel x outputs)
-  # fill about WGRAD_PANEL_BYTES, at least the halo (else the halo copy outweighs the panel).
-  panel = max(halo, 32, WGRAD_PANEL_BYTES // (2 * (c + o)) - halo * c // (c + o)) // 32 * 32
-  panels = -(-r0 // panel)
-  xf = _flat(x, padding, (panels + 1) * panel)
-  # A tiles: per panel, its rows and the next `halo`, channels first ([panels, C, panel + halo]).
-  rows = xf[:panels * panel].reshape(panels, panel, c)
-  after = xf[panel:].reshape(panels, panel, c)[:, :halo]
-  xb = jnp.concatenate([rows, after], axis=1).transpose(0, 2, 1)
-  # B tiles: dy on the same flat grid (zero where rows are cropped), row pairs interleaved.
-  d = jnp.pad(dy.astype(x.dtype), ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(r0, o)
-  r = panels * panel
-  dyv = jnp.pad(d, ((0, r - r0), (0, 0))).reshape(r // 2, 2, o).transpose(0, 2, 1)
-  call = jax.ffi.ffi_call(TARGETS["weight_grad"][0],
-                          jax.ShapeDtypeStruct((len(offsets), c, o), jnp.float32),
-                          vmap_method="sequential")
-  g = call(xb, dyv, offsets=offsets)
-  return g.reshape(kernel_shape).astype(dtype)
+  return weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, dtype)[0]

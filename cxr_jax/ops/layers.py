@@ -1,53 +1,64 @@
 """Linen convolution layers that are `flax.linen.Conv` with a faster backward pass.
 
-They subclass `nn.Conv` and only swap its `conv_general_dilated`, so construction, parameter
-names and shapes (`kernel` HWIO, `bias`), initialisers, dtype promotion and the forward result are
-Conv's own; ported weights load unchanged.
+They subclass `nn.Conv`: construction, parameter names and shapes (`kernel` HWIO, `bias`),
+initialisers, dtype promotion and the forward result are Conv's own; ported weights load
+unchanged. The convolutions `conv.conv2d` covers (2-D, stride 1, no dilation, one group, shared
+weights, no mask, default precision, zero padding) go through it with the bias inside, so the bias
+gradient comes with the weight gradient; every other configuration is Conv's own code.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from typing import ClassVar
 
 import flax.linen as nn
-from jax import lax
+from flax.linen.linear import canonicalize_padding
 
 from cxr_jax.ops import conv, fwd, wgrad
-
-_NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
 def _all_ones(v) -> bool:
   return v is None or all(int(s) == 1 for s in (v if isinstance(v, tuple | list) else (v,)))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, *, wgrad_impl: str, fwd_impl: str,
-                         lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs):
-  """`lax.conv_general_dilated` that routes the case `conv.conv2d` covers (2-D NHWC/HWIO, stride 1,
-  no dilation, one group, default precision) to it and everything else to lax unchanged."""
-  dn = (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        if dimension_numbers is not None else None)
-  covered = (lhs.ndim == 4 and dn == _NHWC and _all_ones(window_strides)
-             and _all_ones(lhs_dilation) and _all_ones(rhs_dilation) and feature_group_count == 1
-             and precision is None and not kwargs and lhs.dtype == rhs.dtype)
-  if not covered:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision, **kwargs)
-  pads = conv.explicit_padding(lhs.shape, rhs.shape, padding)
-  return conv.conv2d(lhs, rhs, pads, wgrad_impl, fwd_impl)
+class _FastConv(nn.Conv):
+  """nn.Conv through `conv.conv2d` where it covers the configuration (module doc)."""
+  impls: ClassVar[tuple[str, str]] = ("xla", "auto")  # (forward/input gradient, weight gradient)
+
+  def _padding(self, inputs):
+    """The explicit padding of a covered call, or None (then nn.Conv's own code runs)."""
+    kernel_size = ((self.kernel_size,) * 2 if isinstance(self.kernel_size, int)
+                   else tuple(self.kernel_size))
+    padding = canonicalize_padding(self.padding, len(kernel_size))
+    covered = (inputs.ndim == 4 and len(kernel_size) == 2 and self.feature_group_count == 1
+               and all(_all_ones(v) for v in (self.strides, self.input_dilation, self.kernel_dilation))
+               and self.shared_weights and self.mask is None and self.precision is None
+               and self.conv_general_dilated is None and self.conv_general_dilated_cls is None
+               and padding not in ("CIRCULAR", "REFLECT", "CAUSAL"))
+    if not covered:
+      return None
+    return kernel_size, conv.explicit_padding(inputs.shape, kernel_size, padding)
+
+  @nn.compact
+  def __call__(self, inputs):
+    covered = self._padding(inputs)
+    if covered is None:
+      return super().__call__(inputs)
+    kernel_size, pads = covered
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    fwd_impl, wgrad_impl = self.impls
+    return conv.conv2d(inputs, kernel, pads, wgrad_impl, fwd_impl, bias=bias)
 
 
 @functools.cache
 def _conv_class(fwd_impl: str, wgrad_impl: str) -> type[nn.Module]:
-  fn = functools.partial(conv_general_dilated, wgrad_impl=wgrad_impl, fwd_impl=fwd_impl)
-  return type(f"FastConv_{fwd_impl}_{wgrad_impl}", (nn.Conv,), {
-      "__annotations__": {"conv_general_dilated": Callable},
-      "conv_general_dilated": fn,
+  return type(f"FastConv_{fwd_impl}_{wgrad_impl}", (_FastConv,), {
+      "impls": (fwd_impl, wgrad_impl),
       "__doc__": (f"nn.Conv with forward/input-gradient formulation {fwd_impl!r} and weight-gradient "
                   f"formulation {wgrad_impl!r} (cxr_jax.ops)."),
       "__module__": __name__,

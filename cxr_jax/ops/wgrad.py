@@ -113,6 +113,17 @@ FORMULATIONS: dict[str, Callable] = {
 }
 
 
+def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype, bias_dtype=None):
+  """(dw by formulation `name`, db = the sum of dy over (N, H, W) in float32, cast to `bias_dtype`;
+  None without a bias). The AMX formulation sums db on its own pass over dy."""
+  if bias_dtype is None:
+    return FORMULATIONS[name](x, dy, kernel_shape, padding, dtype), None
+  if name == amx.NAME:
+    return amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype)
+  db = jnp.sum(dy, axis=(0, 1, 2), dtype=jnp.float32).astype(bias_dtype)
+  return FORMULATIONS[name](x, dy, kernel_shape, padding, dtype), db
+
+
 def rule(x_shape, kernel_shape, dtype) -> str:
   """A fixed choice when measuring is off. float32 3x3 layers with 128+ input channels on maps of
   14 x 14 to 112 x 112: Winograd (1.5-2.8x the best other form on VGG16's blocks 2-5 at 224 px, batch 8,

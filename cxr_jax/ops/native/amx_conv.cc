@@ -6,11 +6,15 @@
 // and flattened to rows r = (n, y, x) of a [R, C] matrix (padded width Wp), the output at row r is
 //     y[r, o] = sum_t sum_c xf[r + off[t], c] * w[t, c, o],   off[t] = i * Wp + j for tap (i, j),
 // so every tap's operand is a contiguous row range of xf: an AMX tile loads it in place (no im2col).
-// Rows whose window crosses an image's padded edge are junk; the caller crops them. The weight
-// gradient is the same sum read the other way,
-//     dw[t, c, o] = sum_r xf[r + off[t], c] * dy[r, o],
-// with xf cut into panels of rows (plus a halo) and transposed per panel ([panels, C, P + halo])
-// and dy in the tiles' pair-interleaved layout ([R/2, O, 2]).
+// Rows whose window crosses an image's padded edge are junk and never stored. The weight gradient
+// is the same sum read the other way,
+//     dw[t, c, o] = sum_r xf[r + off[t], c] * dy[r, o],   db[o] = sum_r dy[r, o].
+// Neither the padded input nor any other layout exists in memory: each worker gathers a panel of
+// flat rows (and the `halo` rows its taps reach past it) from the unpadded NHWC input into its own
+// buffer, zeros where the row is padding, and writes only the output's valid rows. The weight
+// gradient's panel is transposed on the way (channels first, [C, panel + halo], so an A tile of
+// 16 channels x 32 rows is 16 short rows) and dy interleaved in row pairs ([panel/2, O, 2], the
+// B tile's layout): XLA's own transposes of these operands took longer than the products.
 //
 // Tiles: 4 accumulators (a 32 x 32 block of the output), 2 A tiles and 2 B tiles (16 x 32 bf16).
 // Work is split over XLA's intra-op thread pool; the caller's thread takes a share too.
@@ -25,7 +29,9 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -61,12 +67,19 @@ void ConfigureTiles() {
 // thread, and waiting for the other's queued task would deadlock. A task that starts late finds
 // no unit left and ends (its counters live on the heap: it may outlive this call); the caller
 // waits only for tasks that hold a unit. Each worker sets up the tiles before its first unit.
+// Which thread runs a unit varies from call to call, so no result may depend on it.
 struct Shared {
   std::atomic<int64_t> next{0};
   std::atomic<int> active{0};
 };
 
-void Work(Shared& s, int64_t units, const std::function<void(int64_t)>& fn) {
+using UnitFn = std::function<void(int64_t)>;
+
+int64_t Workers(ffi::ThreadPool& pool, int64_t units) {
+  return std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), units);
+}
+
+void Work(Shared& s, int64_t units, const UnitFn& fn) {
   bool tiles = false;
   for (int64_t u; (u = s.next.fetch_add(1)) < units;) {
     if (!tiles) {
@@ -78,10 +91,9 @@ void Work(Shared& s, int64_t units, const std::function<void(int64_t)>& fn) {
   if (tiles) _tile_release();
 }
 
-void Parallel(ffi::ThreadPool& pool, int64_t units, const std::function<void(int64_t)>& fn) {
+void Parallel(ffi::ThreadPool& pool, int64_t units, const UnitFn& fn) {
   auto shared = std::make_shared<Shared>();
-  const int64_t workers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), units);
-  for (int64_t k = 1; k < workers; ++k) {
+  for (int64_t k = 1; k < Workers(pool, units); ++k) {
     pool.Schedule([shared, units, &fn] {
       // Counted before taking a unit: the caller returns only when every unit is taken and no
       // task holds one, so fn is alive whenever a task calls it.
@@ -94,40 +106,80 @@ void Parallel(ffi::ThreadPool& pool, int64_t units, const std::function<void(int
   while (shared->active.load() > 0) std::this_thread::yield();
 }
 
-// 32 x 32 float32 block -> bfloat16 rows of y (row stride o_total).
-void StoreBf16(const float* block, uint16_t* y, int64_t o_total) {
-  for (int r = 0; r < 32; ++r) {
-    __m512 lo = _mm512_loadu_ps(block + r * 32);
-    __m512 hi = _mm512_loadu_ps(block + r * 32 + 16);
-    __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
-    _mm512_storeu_si512(reinterpret_cast<void*>(y + r * o_total), (__m512i)packed);
+// The flat padded grid of a convolution: input [n, h, w, c] padded by (top, left) to hp x wp,
+// output [n, ho, wo, *] at the grid's first ho rows and wo columns of each image.
+struct Grid {
+  int64_t n, h, w, c, top, left, hp, wp, ho, wo;
+  int64_t Rows() const { return n * hp * wp; }
+  // The input row at flat row g (c values), or nullptr where g is padding.
+  const uint16_t* Input(const uint16_t* x, int64_t g) const {
+    if (g >= Rows()) return nullptr;
+    const int64_t rem = g % (hp * wp), yy = rem / wp - top, xx = rem % wp - left;
+    if (yy < 0 || yy >= h || xx < 0 || xx >= w) return nullptr;
+    return x + ((g / (hp * wp) * h + yy) * w + xx) * c;
   }
+  // The output row index (n, y, x) -> (n * ho + y) * wo + x of flat row g, or -1 where its window
+  // crosses the padded edge (a junk row of the implicit product).
+  int64_t Output(int64_t g) const {
+    if (g >= Rows()) return -1;
+    const int64_t rem = g % (hp * wp), yy = rem / wp, xx = rem % wp;
+    if (yy >= ho || xx >= wo) return -1;
+    return (g / (hp * wp) * ho + yy) * wo + xx;
+  }
+};
+
+ffi::Error CheckGrid(const Grid& g, ffi::Span<const int64_t> offsets, int64_t panel,
+                     const char* what) {
+  bool ok = g.c % 32 == 0 && panel % 32 == 0 && panel > 0 && g.ho <= g.hp && g.wo <= g.wp &&
+            g.top >= 0 && g.left >= 0 && g.h + g.top <= g.hp && g.w + g.left <= g.wp;
+  for (int64_t off : offsets) ok = ok && off >= 0 && off < g.hp * g.wp;
+  if (!ok) return ffi::Error::InvalidArgument(std::string(what) + ": inconsistent geometry");
+  return ffi::Error::Success();
 }
 
-// y [R, O] (R % 32 == 0) from xf [rows >= R + max(off), C] and packed w [T, O/16, C/32, 16, 32].
-// Units: panels of `panel` output rows; in a panel, each 32-wide slice of the kernel passes over
-// every 32-row block (the panel's input rows and the slice stay in L2).
-ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xf, ffi::AnyBuffer wp,
-                   ffi::Span<const int64_t> offsets, int64_t panel,
-                   ffi::Result<ffi::AnyBuffer> y) {
-  const int64_t c = xf.dimensions()[1];
-  const int64_t r_total = y->dimensions()[0], o = y->dimensions()[1];
-  const int64_t taps = static_cast<int64_t>(offsets.size());
-  if (c % 32 || o % 32 || r_total % 32 || panel % 32 || panel <= 0)
-    return ffi::Error::InvalidArgument("amx_conv_forward: C, O, R and panel must be multiples of 32");
-  const uint16_t* x = reinterpret_cast<const uint16_t*>(xf.untyped_data());
-  const uint16_t* w = reinterpret_cast<const uint16_t*>(wp.untyped_data());
+// Rows of the halo: the largest tap offset rounded up to the tiles' 32 rows.
+int64_t Halo(ffi::Span<const int64_t> offsets) {
+  int64_t m = 0;
+  for (int64_t off : offsets) m = std::max(m, off);
+  return (m + 31) / 32 * 32;
+}
+
+template <typename T>
+std::unique_ptr<T[]> Uninitialised(int64_t n) {
+  return std::unique_ptr<T[]>(new T[n]);
+}
+
+// y [N, Ho, Wo, O] from x [N, H, W, C] and packed w [T, O/16, C/32, 16, 32]. Units: panels of
+// `panel` flat rows; a worker gathers its panel's input rows (and the halo) into a buffer that
+// stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
+                   ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
+                   int64_t hp, int64_t wp, ffi::Result<ffi::AnyBuffer> y) {
+  const auto xd = xb.dimensions(), yd = y->dimensions();
+  const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, yd[1], yd[2]};
+  const int64_t o = yd[3], taps = static_cast<int64_t>(offsets.size());
+  if (o % 32) return ffi::Error::InvalidArgument("amx_conv_forward: O must be a multiple of 32");
+  if (auto e = CheckGrid(g, offsets, panel, "amx_conv_forward"); e.failure()) return e;
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
+  const uint16_t* w = reinterpret_cast<const uint16_t*>(wb.untyped_data());
   uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
-  const int64_t cc = c / 32, panels = (r_total + panel - 1) / panel;
+  const int64_t c = g.c, cc = c / 32, halo = Halo(offsets);
+  const int64_t rows = (g.Rows() + 31) / 32 * 32, panels = (rows + panel - 1) / panel;
   const int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
   Parallel(pool, panels, [&](int64_t p) {
+    const int64_t r0 = p * panel, n_rows = std::min(panel, rows - r0);
+    auto xl = Uninitialised<uint16_t>((n_rows + halo) * c);
+    for (int64_t q = 0; q < n_rows + halo; ++q) {
+      const uint16_t* src = g.Input(x, r0 + q);
+      if (src) std::memcpy(xl.get() + q * c, src, 2 * c);
+      else std::memset(xl.get() + q * c, 0, 2 * c);
+    }
     alignas(64) float block[32 * 32];
-    const int64_t r0 = p * panel, r1 = std::min(r_total, r0 + panel);
     for (int64_t ob = 0; ob < o / 32; ++ob) {
-      for (int64_t r = r0; r < r1; r += 32) {
+      for (int64_t r = 0; r < n_rows; r += 32) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int64_t t = 0; t < taps; ++t) {
-          const uint16_t* a = x + (r + offsets[t]) * c;
+          const uint16_t* a = xl.get() + (r + offsets[t]) * c;
           const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
           for (int64_t k = 0; k < cc; ++k) {
             _tile_loadd(4, a + k * 32, c * 2);
@@ -144,69 +196,168 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xf, ffi::AnyBuffer wp,
         _tile_stored(1, block + 16, 128);
         _tile_stored(2, block + 16 * 32, 128);
         _tile_stored(3, block + 16 * 32 + 16, 128);
-        StoreBf16(block, out + r * o + ob * 32, o);
+        for (int i = 0; i < 32; ++i) {  // bf16 rounding of the valid rows only
+          const int64_t dst = g.Output(r0 + r + i);
+          if (dst < 0) continue;
+          __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(block + i * 32 + 16),
+                                                _mm512_loadu_ps(block + i * 32));
+          _mm512_storeu_si512(reinterpret_cast<void*>(out + dst * o + ob * 32), (__m512i)packed);
+        }
       }
     }
   });
   return ffi::Error::Success();
 }
 
-// dw [T, C, O] (float32) from xb [panels, C, P + halo] and dyv [R/2, O, 2] (R = panels * P).
-// xb holds, per panel of P flat rows, those rows and the next `halo` (>= every tap offset) with
-// channels first: an A tile (16 channels x 32 rows) then spans 16 rows (P + halo) apart, not the
-// whole input apart, and a panel's operands stay in L2 while every item passes over them. Work
-// items: (tap, 32-channel block, 32-output block), cut into one contiguous group per pool thread
-// (the units); each item owns its blocks of dw, so no sums across workers (accumulators reloaded
-// from dw per panel).
-ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyv,
-                      ffi::Span<const int64_t> offsets, ffi::Result<ffi::AnyBuffer> dw) {
-  const int64_t panels = xb.dimensions()[0], c = xb.dimensions()[1], width = xb.dimensions()[2];
-  const int64_t r_total = 2 * dyv.dimensions()[0], o = dyv.dimensions()[1];
-  const int64_t taps = static_cast<int64_t>(offsets.size());
-  const int64_t panel = r_total / std::max<int64_t>(1, panels);
-  if (c % 32 || o % 32 || panel % 32 || panel * panels != r_total || width < panel)
-    return ffi::Error::InvalidArgument(
-        "amx_conv_weight_grad: C, O and the panel must be multiples of 32, R = panels x panel");
-  for (int64_t t = 0; t < taps; ++t)
-    if (offsets[t] < 0 || panel + offsets[t] > width)
-      return ffi::Error::InvalidArgument("amx_conv_weight_grad: a tap offset exceeds the halo");
+// Index vectors of _mm512_permutex2var_epi16 (a: 0-31, b: 32-63).
+struct Permutes {
+  // Transposing 32 x 32: at level s (16, 8, 4, 2, 1), rows i and i + s (i & s == 0) swap the
+  // off-diagonal s x s blocks of every 2s x 2s block: lo[s] makes row i, hi[s] row i + s.
+  __m512i lo[5], hi[5];
+  // Interleaving rows a, b into pairs: (a0 b0 a1 b1 ... a15 b15), (a16 b16 ... a31 b31).
+  __m512i pair0, pair1;
+  Permutes() {
+    alignas(64) uint16_t l[32], h[32], p0[32], p1[32];
+    for (int level = 0; level < 5; ++level) {
+      const int s = 16 >> level;
+      for (int col = 0; col < 32; ++col) {
+        l[col] = (col & s) ? 32 + col - s : col;
+        h[col] = (col & s) ? 32 + col : col + s;
+      }
+      lo[level] = _mm512_load_si512(l);
+      hi[level] = _mm512_load_si512(h);
+    }
+    for (int k = 0; k < 32; ++k) {
+      p0[k] = (k & 1 ? 32 : 0) + k / 2;
+      p1[k] = p0[k] + 16;
+    }
+    pair0 = _mm512_load_si512(p0);
+    pair1 = _mm512_load_si512(p1);
+  }
+};
+
+// dst[i][j] = src[j][i] for a 32 x 32 bf16 block given by its 32 source rows (nullptr: zeros),
+// destination rows `stride` apart.
+void Transpose32(const Permutes& pm, const uint16_t* const* src, uint16_t* dst, int64_t stride) {
+  __m512i r[32];
+  for (int i = 0; i < 32; ++i)
+    r[i] = src[i] ? _mm512_loadu_si512(reinterpret_cast<const void*>(src[i]))
+                  : _mm512_setzero_si512();
+  for (int level = 0; level < 5; ++level) {
+    const int s = 16 >> level;
+    for (int i = 0; i < 32; ++i) {
+      if (i & s) continue;
+      const __m512i a = r[i], b = r[i + s];
+      r[i] = _mm512_permutex2var_epi16(a, pm.lo[level], b);
+      r[i + s] = _mm512_permutex2var_epi16(a, pm.hi[level], b);
+    }
+  }
+  for (int i = 0; i < 32; ++i) _mm512_storeu_si512(reinterpret_cast<void*>(dst + i * stride), r[i]);
+}
+
+// bf16 lanes -> float32 (a bfloat16 is the top half of a float32).
+__m512 Widen(__m256i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// dw [T, C, O] and db [O] (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O]. Panels of `panel`
+// flat rows, in one contiguous group per pool thread (the units); per panel, the group gathers the
+// input rows and halo transposed ([C, panel + halo]) and the dy rows pair-interleaved ([panel/2,
+// O, 2], summing db on the way), then every item (tap, 32-channel block, 32-output block) passes
+// over them, adding into the group's own sums (group 0's are dw itself). The groups' sums are
+// added in group order at the end: the same sums in the same order whichever thread ran a group,
+// so the result is the same on every call.
+ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
+                      ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
+                      int64_t hp, int64_t wp, ffi::Result<ffi::AnyBuffer> dw,
+                      ffi::Result<ffi::AnyBuffer> db) {
+  const auto xd = xb.dimensions(), dd = dyb.dimensions();
+  const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, dd[1], dd[2]};
+  const int64_t c = g.c, o = dd[3], taps = static_cast<int64_t>(offsets.size());
+  if (o % 32 || dd[0] != g.n)
+    return ffi::Error::InvalidArgument("amx_conv_weight_grad: O must be a multiple of 32, N as x's");
+  if (auto e = CheckGrid(g, offsets, panel, "amx_conv_weight_grad"); e.failure()) return e;
   const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
-  const uint16_t* d = reinterpret_cast<const uint16_t*>(dyv.untyped_data());
-  float* g = reinterpret_cast<float*>(dw->untyped_data());
-  std::memset(g, 0, sizeof(float) * taps * c * o);
-  const int64_t cb = c / 32, obs = o / 32, items = taps * cb * obs;
-  const int64_t groups = std::min<int64_t>(items, std::max<int64_t>(1, pool.num_threads()));
+  const uint16_t* d = reinterpret_cast<const uint16_t*>(dyb.untyped_data());
+  const int64_t halo = Halo(offsets), width = panel + halo, size = taps * c * o;
+  const int64_t panels = (g.Rows() + panel - 1) / panel, groups = Workers(pool, panels);
+  const int64_t cb = c / 32, obs = o / 32;
+  float* out = reinterpret_cast<float*>(dw->untyped_data());
+  std::memset(out, 0, sizeof(float) * size);
+  std::vector<std::unique_ptr<float[]>> sums(groups), bias(groups);
+  const Permutes pm;
   Parallel(pool, groups, [&](int64_t grp) {
-    const int64_t first = grp * items / groups, last = (grp + 1) * items / groups;
-    for (int64_t p = 0; p < panels; ++p) {
-      const uint16_t* xp = x + p * c * width;
-      const uint16_t* dp = d + p * (panel / 2) * o * 2;
-      for (int64_t it = first; it < last; ++it) {
-        const int64_t t = it / (cb * obs), ci = (it / obs) % cb, ob = it % obs;
-        float* gb = g + (t * c + ci * 32) * o + ob * 32;
-        _tile_loadd(0, gb, o * 4);
-        _tile_loadd(1, gb + 16, o * 4);
-        _tile_loadd(2, gb + 16 * o, o * 4);
-        _tile_loadd(3, gb + 16 * o + 16, o * 4);
-        const uint16_t* a = xp + ci * 32 * width + offsets[t];
-        for (int64_t r = 0; r < panel; r += 32) {
-          _tile_loadd(4, a + r, width * 2);
-          _tile_loadd(5, a + 16 * width + r, width * 2);
-          const uint16_t* b = dp + (r / 2) * o * 2 + ob * 64;
-          _tile_loadd(6, b, o * 4);
-          _tile_loadd(7, b + 32, o * 4);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+    auto xt = Uninitialised<uint16_t>(c * width);
+    auto dyv = Uninitialised<uint16_t>(panel * o);
+    bias[grp] = std::make_unique<float[]>(o);  // zeroed
+    if (grp > 0) sums[grp] = std::make_unique<float[]>(size);
+    float* acc = grp == 0 ? out : sums[grp].get();
+    uint16_t* xp = xt.get();
+    uint16_t* dp = dyv.get();
+    for (int64_t p = grp * panels / groups; p < (grp + 1) * panels / groups; ++p) {
+      const int64_t r0 = p * panel;
+      const uint16_t* src[32];
+      for (int64_t q = 0; q < width; q += 32) {
+        for (int i = 0; i < 32; ++i) src[i] = g.Input(x, r0 + q + i);
+        const uint16_t* rows[32];
+        for (int64_t ci = 0; ci < cb; ++ci) {
+          for (int i = 0; i < 32; ++i) rows[i] = src[i] ? src[i] + ci * 32 : nullptr;
+          Transpose32(pm, rows, xp + ci * 32 * width + q, width);
         }
-        _tile_stored(0, gb, o * 4);
-        _tile_stored(1, gb + 16, o * 4);
-        _tile_stored(2, gb + 16 * o, o * 4);
-        _tile_stored(3, gb + 16 * o + 16, o * 4);
+      }
+      float* bsum = bias[grp].get();
+      for (int64_t q = 0; q < panel; q += 2) {
+        const int64_t ia = g.Output(r0 + q), ib = g.Output(r0 + q + 1);
+        for (int64_t ob = 0; ob < obs; ++ob) {
+          const __m512i a = ia < 0 ? _mm512_setzero_si512()
+                                   : _mm512_loadu_si512(reinterpret_cast<const void*>(d + ia * o + ob * 32));
+          const __m512i b = ib < 0 ? _mm512_setzero_si512()
+                                   : _mm512_loadu_si512(reinterpret_cast<const void*>(d + ib * o + ob * 32));
+          uint16_t* pair = dp + ((q / 2) * o + ob * 32) * 2;
+          _mm512_storeu_si512(reinterpret_cast<void*>(pair), _mm512_permutex2var_epi16(a, pm.pair0, b));
+          _mm512_storeu_si512(reinterpret_cast<void*>(pair + 32), _mm512_permutex2var_epi16(a, pm.pair1, b));
+          __m512 lo = _mm512_add_ps(Widen(_mm512_castsi512_si256(a)), Widen(_mm512_castsi512_si256(b)));
+          __m512 hi = _mm512_add_ps(Widen(_mm512_extracti64x4_epi64(a, 1)),
+                                    Widen(_mm512_extracti64x4_epi64(b, 1)));
+          _mm512_storeu_ps(bsum + ob * 32, _mm512_add_ps(_mm512_loadu_ps(bsum + ob * 32), lo));
+          _mm512_storeu_ps(bsum + ob * 32 + 16, _mm512_add_ps(_mm512_loadu_ps(bsum + ob * 32 + 16), hi));
+        }
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t ci = 0; ci < cb; ++ci) {
+          const uint16_t* a = xp + ci * 32 * width + offsets[t];
+          for (int64_t ob = 0; ob < obs; ++ob) {
+            float* gb = acc + (t * c + ci * 32) * o + ob * 32;
+            _tile_loadd(0, gb, o * 4);
+            _tile_loadd(1, gb + 16, o * 4);
+            _tile_loadd(2, gb + 16 * o, o * 4);
+            _tile_loadd(3, gb + 16 * o + 16, o * 4);
+            for (int64_t r = 0; r < panel; r += 32) {
+              _tile_loadd(4, a + r, width * 2);
+              _tile_loadd(5, a + 16 * width + r, width * 2);
+              const uint16_t* b = dp + (r / 2) * o * 2 + ob * 64;
+              _tile_loadd(6, b, o * 4);
+              _tile_loadd(7, b + 32, o * 4);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, gb, o * 4);
+            _tile_stored(1, gb + 16, o * 4);
+            _tile_stored(2, gb + 16 * o, o * 4);
+            _tile_stored(3, gb + 16 * o + 16, o * 4);
+          }
+        }
       }
     }
   });
+  for (int64_t k = 1; k < groups; ++k)
+    for (int64_t i = 0; i < size; ++i) out[i] += sums[k][i];
+  float* bout = reinterpret_cast<float*>(db->untyped_data());
+  std::memset(bout, 0, sizeof(float) * o);
+  for (int64_t k = 0; k < groups; ++k)
+    for (int64_t i = 0; i < o; ++i) bout[i] += bias[k][i];
   return ffi::Error::Success();
 }
 
@@ -224,6 +375,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("offsets")
                                   .Attr<int64_t>("panel")
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("left")
+                                  .Attr<int64_t>("hp")
+                                  .Attr<int64_t>("wp")
                                   .Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
@@ -232,4 +387,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<int64_t>("panel")
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("left")
+                                  .Attr<int64_t>("hp")
+                                  .Attr<int64_t>("wp")
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
