@@ -223,8 +223,8 @@ def test_predict_dtype_flag_overrides_the_runs_dtype(vgg16_run):
 
 def test_amx_rules_take_the_tiles_where_they_cover(monkeypatch):
   """Where the AMX convolution is built, every bfloat16 layer it covers takes it for the forward
-  pass, the input gradient and the weight gradient; the 3-channel first conv and float32 keep
-  their rules."""
+  pass, the input gradient and the weight gradient (the 3-channel first conv on im2col rows);
+  float32 and a bfloat16 layer too wide for im2col rows keep their rules."""
   from cxr_jax.ops import amx
 
   monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
@@ -235,7 +235,9 @@ def test_amx_rules_take_the_tiles_where_they_cover(monkeypatch):
     assert fwd.rule(x_shape, k_shape, jnp.bfloat16) == wgrad.rule(x_shape, k_shape, jnp.bfloat16) == "amx"
     assert "amx" not in (fwd.rule(x_shape, k_shape, jnp.float32), wgrad.rule(x_shape, k_shape, jnp.float32))
   first = ((8, 224, 224, 3), (3, 3, 3, 64))
-  assert (fwd.rule(*first, jnp.bfloat16), wgrad.rule(*first, jnp.bfloat16)) == ("xla", "im2col_t")
+  assert (fwd.rule(*first, jnp.bfloat16), wgrad.rule(*first, jnp.bfloat16)) == ("amx", "amx")
+  wide = ((8, 56, 56, 16), (3, 3, 16, 64))  # 144 im2col columns
+  assert (fwd.rule(*wide, jnp.bfloat16), wgrad.rule(*wide, jnp.bfloat16)) == ("xla", "im2col_t")
 
 
 AMX_CASES = [  # (x shape, kernel shape, padding): flat rows not a multiple of 32, non-square,
@@ -243,6 +245,8 @@ AMX_CASES = [  # (x shape, kernel shape, padding): flat rows not a multiple of 3
     ((1, 7, 5, 64), (3, 3, 64, 32), ((0, 2), (1, 0))),
     ((3, 6, 6, 32), (1, 1, 32, 32), ((0, 0), (0, 0))),
     ((2, 8, 11, 64), (3, 1, 64, 96), ((1, 1), (0, 0))),
+    ((2, 9, 10, 3), (3, 3, 3, 32), PADS),  # an image's 3 channels: im2col rows (27 of 32 columns)
+    ((1, 7, 5, 5), (2, 3, 5, 64), ((0, 2), (1, 0))),
 ]
 
 
@@ -280,7 +284,10 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
   tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, pads)
   kh, kw, c, o = k_shape
   got_y = amx.forward(bf(x), bf(w), pads)
-  got_dx = amx.forward(bf(dy), bf(tw), tpads)
+  # The input gradient of a few-channel layer has too few outputs for the tiles (nor does the
+  # image's need computing): the other formulations take it.
+  dx_covered = amx.covers(amx.NAME, tw.shape, jnp.bfloat16)
+  got_dx = amx.forward(bf(dy), bf(tw), tpads) if dx_covered else dx_ref.astype(jnp.bfloat16)
   got_dw, got_db = amx.weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, jnp.float32)
   assert got_y.dtype == got_dx.dtype == jnp.bfloat16 and got_dw.dtype == got_db.dtype == jnp.float32
   np.testing.assert_array_equal(amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32), got_dw)
@@ -336,15 +343,16 @@ def test_bias_gradient_comes_with_the_weight_gradient_for_every_formulation(monk
 
 
 def test_amx_formulation_only_where_it_covers(monkeypatch):
-  """bfloat16 with 32-channel multiples only; float32 data or 3-channel first convs keep the other
-  formulations; a direct call outside that is refused (the native code would misread it); and
-  CXR_JAX_AMX=0 turns it off with the reason."""
+  """bfloat16 with 32-channel multiples (or few enough for im2col rows) only; float32 data or wide
+  non-multiples keep the other formulations; a direct call outside that is refused (the native
+  code would misread it); and CXR_JAX_AMX=0 turns it off with the reason."""
   from cxr_jax.ops import amx, tuning
 
   monkeypatch.setattr(amx, "_load", lambda: None)  # as where the tiles are usable
   assert "amx" in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
   assert "amx" in tuning.applicable("wgrad", (3, 3, 64, 32), jnp.bfloat16)
-  for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 3, 64), jnp.bfloat16),
+  assert "amx" in tuning.applicable("fwd", (3, 3, 3, 64), jnp.bfloat16)  # im2col rows, 27 columns
+  for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 16, 64), jnp.bfloat16),
                          ((3, 3, 64, 48), jnp.bfloat16)):
     assert "amx" not in tuning.applicable("fwd", k_shape, dtype)
     assert "amx" not in tuning.applicable("wgrad", k_shape, dtype)

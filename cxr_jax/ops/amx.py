@@ -11,8 +11,9 @@ place, no im2col), bfloat16 products with float32 accumulation as every bf16 pro
                (`fwd.FORMULATIONS["amx"]`; conv.py applies it to dy and the flipped kernel)
   weight_grad  dw [KH, KW, C, O] from x and dy, float32 sums (`wgrad.FORMULATIONS["amx"]`)
 
-Covered: bfloat16, C and O multiples of 32 (VGG16's layers but the first, DenseNet121's 3x3
-convolutions), on a CPU with amx_bf16 whose kernel lets the process use the tiles. The library is
+Covered: bfloat16, O a multiple of 32, and C a multiple of 32 (VGG16's layers but the first,
+DenseNet121's 3x3 convolutions) or so few channels that every tap's fit 64 columns (VGG16's first
+layer, 27: it runs as a 1x1 convolution on its im2col rows, built in the kernel), on a CPU with amx_bf16 whose kernel lets the process use the tiles. The library is
 compiled on first use with the system's C++ compiler (`$CXX`, else c++ / g++) against jaxlib's FFI
 headers into `<cache>/native/`, keyed by the source, flags and jaxlib version. Anywhere that fails
 (no AMX, no compiler, another backend, CXR_JAX_AMX=0) the formulation is simply not applicable
@@ -108,13 +109,28 @@ def available() -> bool:
   return _load() is None
 
 
+IM2COL_COLUMNS = 64  # the most im2col columns (taps x channels) of a layer with C % 32 != 0
+
+
+def _im2col(kernel_shape) -> bool:
+  """Whether the layer runs on im2col rows (channels not a multiple of the tiles' 32)."""
+  return kernel_shape[2] % 32 != 0
+
+
+def _columns(kernel_shape) -> int:
+  """Operand columns per flat row: C, or every tap's channels rounded up to 32 (`_im2col`)."""
+  kh, kw, c = kernel_shape[:3]
+  return _up32(kh * kw * c) if _im2col(kernel_shape) else c
+
+
 def covers(name: str, kernel_shape, dtype) -> bool:
   """Whether formulation `name` computes this convolution here: every non-AMX one always; "amx"
-  for bfloat16 with input and output channels in multiples of 32 where the tiles are usable."""
+  for bfloat16 with output channels in multiples of 32 and input channels too, or few enough for
+  im2col rows of at most IM2COL_COLUMNS, where the tiles are usable."""
   if name != NAME:
     return True
-  return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[2] % 32 == 0
-          and kernel_shape[3] % 32 == 0 and available())
+  return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[3] % 32 == 0
+          and _columns(kernel_shape) <= max(IM2COL_COLUMNS, kernel_shape[2]) and available())
 
 
 def _up32(n: int) -> int:
@@ -124,14 +140,15 @@ def _up32(n: int) -> int:
 
 def _geometry(x_shape, kernel_shape, padding) -> dict:
   """The flat padded grid the native code walks (its `Grid`): padding (top, left), padded size
-  (hp, wp), and the tap offsets in flat rows; also the flat row count and the output size."""
+  (hp, wp), the tap offsets in flat rows and whether rows are im2col'd; also the flat row count
+  and the output size."""
   n, h, w = x_shape[:3]
   kh, kw = kernel_shape[:2]
   (top, bottom), (left, right) = padding
   hp, wp = h + top + bottom, w + left + right
   offsets = np.array([i * wp + j for i in range(kh) for j in range(kw)], np.int64)
   attrs = {"offsets": offsets, "top": np.int64(top), "left": np.int64(left), "hp": np.int64(hp),
-           "wp": np.int64(wp)}
+           "wp": np.int64(wp), "im2col": np.int64(_im2col(kernel_shape))}
   return attrs, n * hp * wp, (hp - kh + 1, wp - kw + 1)
 
 
@@ -159,11 +176,15 @@ def forward(x, w, padding):
   n, _, _, c = x.shape
   kh, kw, _, o = w.shape
   attrs, rows, (ho, wo) = _geometry(x.shape, w.shape, padding)
+  k = _columns(w.shape)
+  if _im2col(w.shape):  # one 1x1 tap over the im2col columns (zero rows past the taps')
+    kh = kw = 1
+    w = jnp.pad(w.reshape(-1, o), ((0, k - w.shape[0] * w.shape[1] * c), (0, 0)))
   # B tiles: per tap, 16 output channels x 32 input channels as 16 rows of (channel pairs x 16).
-  packed = w.reshape(kh * kw, c // 32, 16, 2, o // 16, 16).transpose(0, 4, 1, 2, 5, 3)
+  packed = w.reshape(kh * kw, k // 32, 16, 2, o // 16, 16).transpose(0, 4, 1, 2, 5, 3)
   call = jax.ffi.ffi_call(TARGETS["forward"][0], jax.ShapeDtypeStruct((n, ho, wo, o), x.dtype),
                           vmap_method="sequential")
-  return call(x, packed.astype(x.dtype), panel=_panel(rows, FORWARD_PANEL_BYTES // (2 * c)), **attrs)
+  return call(x, packed.astype(x.dtype), panel=_panel(rows, FORWARD_PANEL_BYTES // (2 * k)), **attrs)
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):
@@ -171,17 +192,20 @@ def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):
   `bias_dtype` (db is summed on the pass that lays dy out for the tiles, so it costs no pass of
   its own)."""
   _check(kernel_shape, x.dtype)
-  c, o = kernel_shape[2:]
+  o = kernel_shape[3]
+  c = _columns(kernel_shape)
   attrs, rows, _ = _geometry(x.shape, kernel_shape, padding)
-  halo = _up32(int(attrs["offsets"][-1]))
+  taps = 1 if _im2col(kernel_shape) else len(attrs["offsets"])
+  halo = 0 if _im2col(kernel_shape) else _up32(int(attrs["offsets"][-1]))
   # A unit's operands (channels x (panel + halo), panel x outputs) fill about WGRAD_PANEL_BYTES;
   # at least the halo (else gathering the halo outweighs the panel).
   panel = _panel(rows, max(halo, WGRAD_PANEL_BYTES // (2 * (c + o)) - halo * c // (c + o)))
   call = jax.ffi.ffi_call(TARGETS["weight_grad"][0],
-                          (jax.ShapeDtypeStruct((len(attrs["offsets"]), c, o), jnp.float32),
+                          (jax.ShapeDtypeStruct((taps, c, o), jnp.float32),
                            jax.ShapeDtypeStruct((o,), jnp.float32)),
                           vmap_method="sequential")
   dw, db = call(x, dy.astype(x.dtype), panel=panel, **attrs)
+  dw = dw.reshape(-1, o)[:int(np.prod(kernel_shape[:3]))]  # im2col: the taps' rows only
   return dw.reshape(kernel_shape).astype(dtype), db.astype(bias_dtype)
 
 

@@ -6,6 +6,8 @@
 // and flattened to rows r = (n, y, x) of a [R, C] matrix (padded width Wp), the output at row r is
 //     y[r, o] = sum_t sum_c xf[r + off[t], c] * w[t, c, o],   off[t] = i * Wp + j for tap (i, j),
 // so every tap's operand is a contiguous row range of xf: an AMX tile loads it in place (no im2col).
+// A layer with too few input channels for a tile (the image's 3) runs as a 1 x 1 convolution on
+// its im2col rows instead (`Columns`).
 // Rows whose window crosses an image's padded edge are junk and never stored. The weight gradient
 // is the same sum read the other way,
 //     dw[t, c, o] = sum_r xf[r + off[t], c] * dy[r, o],   db[o] = sum_r dy[r, o].
@@ -31,6 +33,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -111,26 +114,42 @@ void Parallel(ffi::ThreadPool& pool, int64_t units, const UnitFn& fn) {
 struct Grid {
   int64_t n, h, w, c, top, left, hp, wp, ho, wo;
   int64_t Rows() const { return n * hp * wp; }
-  // The input row at flat row g (c values), or nullptr where g is padding.
-  const uint16_t* Input(const uint16_t* x, int64_t g) const {
-    if (g >= Rows()) return nullptr;
-    const int64_t rem = g % (hp * wp), yy = rem / wp - top, xx = rem % wp - left;
-    if (yy < 0 || yy >= h || xx < 0 || xx >= w) return nullptr;
-    return x + ((g / (hp * wp) * h + yy) * w + xx) * c;
+};
+
+// A walk over consecutive flat rows that keeps (image, y, x) as it goes: one division to start,
+// none per row (dividing per row and tap cost more than the first layer's products).
+struct Cursor {
+  const Grid& g;
+  int64_t n, y, x;
+  Cursor(const Grid& grid, int64_t row)
+      : g(grid), n(row / (grid.hp * grid.wp)), y(row % (grid.hp * grid.wp) / grid.wp),
+        x(row % grid.wp) {}
+  void Next() {
+    if (++x == g.wp) {
+      x = 0;
+      if (++y == g.hp) {
+        y = 0;
+        ++n;
+      }
+    }
   }
-  // The output row index (n, y, x) -> (n * ho + y) * wo + x of flat row g, or -1 where its window
-  // crosses the padded edge (a junk row of the implicit product).
-  int64_t Output(int64_t g) const {
-    if (g >= Rows()) return -1;
-    const int64_t rem = g % (hp * wp), yy = rem / wp, xx = rem % wp;
-    if (yy >= ho || xx >= wo) return -1;
-    return (g / (hp * wp) * ho + yy) * wo + xx;
+  // The input row (c values) at tap (di, dj) of this row, or nullptr where that is padding. For a
+  // row whose window fits the grid (every stored output) this is the flat row + di * wp + dj.
+  const uint16_t* Input(const uint16_t* in, int64_t di = 0, int64_t dj = 0) const {
+    const int64_t yy = y + di - g.top, xx = x + dj - g.left;
+    if (n >= g.n || yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) return nullptr;
+    return in + ((n * g.h + yy) * g.w + xx) * g.c;
+  }
+  // The output row index (n * ho + y) * wo + x, or -1 where the window crosses the padded edge
+  // (a junk row of the implicit product) or the row is past the grid.
+  int64_t Output() const {
+    return n < g.n && y < g.ho && x < g.wo ? (n * g.ho + y) * g.wo + x : -1;
   }
 };
 
 ffi::Error CheckGrid(const Grid& g, ffi::Span<const int64_t> offsets, int64_t panel,
-                     const char* what) {
-  bool ok = g.c % 32 == 0 && panel % 32 == 0 && panel > 0 && g.ho <= g.hp && g.wo <= g.wp &&
+                     int64_t k_cols, const char* what) {
+  bool ok = k_cols % 32 == 0 && panel % 32 == 0 && panel > 0 && g.ho <= g.hp && g.wo <= g.wp &&
             g.top >= 0 && g.left >= 0 && g.h + g.top <= g.hp && g.w + g.left <= g.wp;
   for (int64_t off : offsets) ok = ok && off >= 0 && off < g.hp * g.wp;
   if (!ok) return ffi::Error::InvalidArgument(std::string(what) + ": inconsistent geometry");
@@ -144,42 +163,87 @@ int64_t Halo(ffi::Span<const int64_t> offsets) {
   return (m + 31) / 32 * 32;
 }
 
+// Buffer `slot` of this thread, at least n long, kept between calls: a fresh allocation's pages
+// fault on first touch (costly in a VM), which cost the 224 px layers more than their products.
+// A worker uses its own thread's buffers within a unit; buffers the workers share belong to the
+// calling thread, which does nothing else until the call returns.
 template <typename T>
-std::unique_ptr<T[]> Uninitialised(int64_t n) {
-  return std::unique_ptr<T[]>(new T[n]);
+T* Scratch(int slot, int64_t n) {
+  thread_local std::vector<T> buffers[3];
+  std::vector<T>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
 }
 
-// y [N, Ho, Wo, O] from x [N, H, W, C] and packed w [T, O/16, C/32, 16, 32]. Units: panels of
-// `panel` flat rows; a worker gathers its panel's input rows (and the halo) into a buffer that
-// stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
+// The operand's columns per flat row: the input's channels, or with `im2col` every tap's channels
+// side by side, zero-filled to the tiles' 32 (a layer with few input channels, the image's 3,
+// becomes a 1 x 1 convolution over 32 columns: XLA built these rows slower than the product).
+int64_t Columns(const Grid& g, ffi::Span<const int64_t> offsets, bool im2col) {
+  return im2col ? (static_cast<int64_t>(offsets.size()) * g.c + 31) / 32 * 32 : g.c;
+}
+
+// The taps (di, dj) of the offsets di * wp + dj (dj < wp).
+std::vector<std::pair<int64_t, int64_t>> Taps(const Grid& g, ffi::Span<const int64_t> offsets) {
+  std::vector<std::pair<int64_t, int64_t>> taps;
+  for (int64_t off : offsets) taps.emplace_back(off / g.wp, off % g.wp);
+  return taps;
+}
+
+// Writes the cursor's row's operand columns (`Columns`) to dst.
+void GatherRow(const Cursor& cur, const uint16_t* x,
+               const std::vector<std::pair<int64_t, int64_t>>& taps, bool im2col, int64_t k_cols,
+               uint16_t* dst) {
+  const int64_t c = cur.g.c;
+  if (!im2col) {
+    const uint16_t* src = cur.Input(x);
+    if (src) std::memcpy(dst, src, 2 * c);
+    else std::memset(dst, 0, 2 * c);
+    return;
+  }
+  int64_t k = 0;
+  for (const auto& [di, dj] : taps) {
+    const uint16_t* src = cur.Input(x, di, dj);
+    for (int64_t i = 0; i < c; ++i) dst[k + i] = src ? src[i] : 0;
+    k += c;
+  }
+  std::memset(dst + k, 0, 2 * (k_cols - k));
+}
+
+// y [N, Ho, Wo, O] from x [N, H, W, C] and packed w [T, O/16, K/32, 16, 32] (K = C; with
+// `im2col`, T = 1 and K = `Columns`). Units: panels of `panel` flat rows; a worker gathers its
+// panel's operand rows (and the halo) into a buffer that stays in L2 while each 32-wide slice of
+// the kernel passes over every 32-row block.
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
                    ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
-                   int64_t hp, int64_t wp, ffi::Result<ffi::AnyBuffer> y) {
+                   int64_t hp, int64_t wp, int64_t im2col, ffi::Result<ffi::AnyBuffer> y) {
   const auto xd = xb.dimensions(), yd = y->dimensions();
   const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, yd[1], yd[2]};
-  const int64_t o = yd[3], taps = static_cast<int64_t>(offsets.size());
+  const int64_t o = yd[3], c = Columns(g, offsets, im2col);
   if (o % 32) return ffi::Error::InvalidArgument("amx_conv_forward: O must be a multiple of 32");
-  if (auto e = CheckGrid(g, offsets, panel, "amx_conv_forward"); e.failure()) return e;
+  if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
+  // The taps the tiles walk: each offset, or with im2col the one 1 x 1 tap.
+  const int64_t taps = im2col ? 1 : static_cast<int64_t>(offsets.size());
+  const int64_t zero = 0;
+  const int64_t* tap_offsets = im2col ? &zero : offsets.begin();
+  const auto tap_ij = Taps(g, offsets);
   const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
   const uint16_t* w = reinterpret_cast<const uint16_t*>(wb.untyped_data());
   uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
-  const int64_t c = g.c, cc = c / 32, halo = Halo(offsets);
+  const int64_t cc = c / 32, halo = im2col ? 0 : Halo(offsets);
   const int64_t rows = (g.Rows() + 31) / 32 * 32, panels = (rows + panel - 1) / panel;
   const int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
   Parallel(pool, panels, [&](int64_t p) {
     const int64_t r0 = p * panel, n_rows = std::min(panel, rows - r0);
-    auto xl = Uninitialised<uint16_t>((n_rows + halo) * c);
-    for (int64_t q = 0; q < n_rows + halo; ++q) {
-      const uint16_t* src = g.Input(x, r0 + q);
-      if (src) std::memcpy(xl.get() + q * c, src, 2 * c);
-      else std::memset(xl.get() + q * c, 0, 2 * c);
-    }
+    uint16_t* xl = Scratch<uint16_t>(0, (n_rows + halo) * c);
+    Cursor cur(g, r0);
+    for (int64_t q = 0; q < n_rows + halo; ++q, cur.Next())
+      GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
     alignas(64) float block[32 * 32];
     for (int64_t ob = 0; ob < o / 32; ++ob) {
       for (int64_t r = 0; r < n_rows; r += 32) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int64_t t = 0; t < taps; ++t) {
-          const uint16_t* a = xl.get() + (r + offsets[t]) * c;
+          const uint16_t* a = xl + (r + tap_offsets[t]) * c;
           const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
           for (int64_t k = 0; k < cc; ++k) {
             _tile_loadd(4, a + k * 32, c * 2);
@@ -196,8 +260,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
         _tile_stored(1, block + 16, 128);
         _tile_stored(2, block + 16 * 32, 128);
         _tile_stored(3, block + 16 * 32 + 16, 128);
-        for (int i = 0; i < 32; ++i) {  // bf16 rounding of the valid rows only
-          const int64_t dst = g.Output(r0 + r + i);
+        Cursor cur(g, r0 + r);
+        for (int i = 0; i < 32; ++i, cur.Next()) {  // bf16 rounding of the valid rows only
+          const int64_t dst = cur.Output();
           if (dst < 0) continue;
           __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(block + i * 32 + 16),
                                                 _mm512_loadu_ps(block + i * 32));
@@ -269,45 +334,61 @@ __m512 Widen(__m256i v) {
 // so the result is the same on every call.
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
                       ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
-                      int64_t hp, int64_t wp, ffi::Result<ffi::AnyBuffer> dw,
+                      int64_t hp, int64_t wp, int64_t im2col, ffi::Result<ffi::AnyBuffer> dw,
                       ffi::Result<ffi::AnyBuffer> db) {
   const auto xd = xb.dimensions(), dd = dyb.dimensions();
   const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, dd[1], dd[2]};
-  const int64_t c = g.c, o = dd[3], taps = static_cast<int64_t>(offsets.size());
+  const int64_t c = Columns(g, offsets, im2col), o = dd[3];
   if (o % 32 || dd[0] != g.n)
     return ffi::Error::InvalidArgument("amx_conv_weight_grad: O must be a multiple of 32, N as x's");
-  if (auto e = CheckGrid(g, offsets, panel, "amx_conv_weight_grad"); e.failure()) return e;
+  if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_weight_grad"); e.failure()) return e;
+  const int64_t taps = im2col ? 1 : static_cast<int64_t>(offsets.size());
+  const int64_t zero = 0;
+  const int64_t* tap_offsets = im2col ? &zero : offsets.begin();
+  const auto tap_ij = Taps(g, offsets);
   const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
   const uint16_t* d = reinterpret_cast<const uint16_t*>(dyb.untyped_data());
-  const int64_t halo = Halo(offsets), width = panel + halo, size = taps * c * o;
+  const int64_t halo = im2col ? 0 : Halo(offsets), width = panel + halo, size = taps * c * o;
   const int64_t panels = (g.Rows() + panel - 1) / panel, groups = Workers(pool, panels);
   const int64_t cb = c / 32, obs = o / 32;
   float* out = reinterpret_cast<float*>(dw->untyped_data());
   std::memset(out, 0, sizeof(float) * size);
-  std::vector<std::unique_ptr<float[]>> sums(groups), bias(groups);
+  // Groups 1.. add into their own sums, every group into its own bias sums (the caller's buffer).
+  float* sums = Scratch<float>(0, (groups - 1) * size + groups * o);
+  float* bias = sums + (groups - 1) * size;
+  std::memset(sums, 0, sizeof(float) * ((groups - 1) * size + groups * o));
   const Permutes pm;
   Parallel(pool, groups, [&](int64_t grp) {
-    auto xt = Uninitialised<uint16_t>(c * width);
-    auto dyv = Uninitialised<uint16_t>(panel * o);
-    bias[grp] = std::make_unique<float[]>(o);  // zeroed
-    if (grp > 0) sums[grp] = std::make_unique<float[]>(size);
-    float* acc = grp == 0 ? out : sums[grp].get();
-    uint16_t* xp = xt.get();
-    uint16_t* dp = dyv.get();
+    uint16_t* xp = Scratch<uint16_t>(0, c * width);
+    uint16_t* dp = Scratch<uint16_t>(1, panel * o);
+    uint16_t* cols = Scratch<uint16_t>(2, im2col ? 32 * c : 0);  // 32 im2col rows
+    float* acc = grp == 0 ? out : sums + (grp - 1) * size;
     for (int64_t p = grp * panels / groups; p < (grp + 1) * panels / groups; ++p) {
       const int64_t r0 = p * panel;
       const uint16_t* src[32];
       for (int64_t q = 0; q < width; q += 32) {
-        for (int i = 0; i < 32; ++i) src[i] = g.Input(x, r0 + q + i);
+        Cursor cur(g, r0 + q);
+        for (int i = 0; i < 32; ++i, cur.Next()) {
+          if (im2col) {
+            GatherRow(cur, x, tap_ij, true, c, cols + i * c);
+            src[i] = cols + i * c;
+          } else {
+            src[i] = cur.Input(x);
+          }
+        }
         const uint16_t* rows[32];
         for (int64_t ci = 0; ci < cb; ++ci) {
           for (int i = 0; i < 32; ++i) rows[i] = src[i] ? src[i] + ci * 32 : nullptr;
           Transpose32(pm, rows, xp + ci * 32 * width + q, width);
         }
       }
-      float* bsum = bias[grp].get();
+      float* bsum = bias + grp * o;
+      Cursor cur(g, r0);
       for (int64_t q = 0; q < panel; q += 2) {
-        const int64_t ia = g.Output(r0 + q), ib = g.Output(r0 + q + 1);
+        const int64_t ia = cur.Output();
+        cur.Next();
+        const int64_t ib = cur.Output();
+        cur.Next();
         for (int64_t ob = 0; ob < obs; ++ob) {
           const __m512i a = ia < 0 ? _mm512_setzero_si512()
                                    : _mm512_loadu_si512(reinterpret_cast<const void*>(d + ia * o + ob * 32));
@@ -323,10 +404,12 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
           _mm512_storeu_ps(bsum + ob * 32 + 16, _mm512_add_ps(_mm512_loadu_ps(bsum + ob * 32 + 16), hi));
         }
       }
-      for (int64_t t = 0; t < taps; ++t) {
-        for (int64_t ci = 0; ci < cb; ++ci) {
-          const uint16_t* a = xp + ci * 32 * width + offsets[t];
-          for (int64_t ob = 0; ob < obs; ++ob) {
+      // Channel block, output block, then tap: a channel block's rows (32 x (panel + halo)) and an
+      // output block's (panel x 32) stay in L2 while every tap passes over them.
+      for (int64_t ci = 0; ci < cb; ++ci) {
+        for (int64_t ob = 0; ob < obs; ++ob) {
+          for (int64_t t = 0; t < taps; ++t) {
+            const uint16_t* a = xp + ci * 32 * width + tap_offsets[t];
             float* gb = acc + (t * c + ci * 32) * o + ob * 32;
             _tile_loadd(0, gb, o * 4);
             _tile_loadd(1, gb + 16, o * 4);
@@ -353,11 +436,11 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
     }
   });
   for (int64_t k = 1; k < groups; ++k)
-    for (int64_t i = 0; i < size; ++i) out[i] += sums[k][i];
+    for (int64_t i = 0; i < size; ++i) out[i] += sums[(k - 1) * size + i];
   float* bout = reinterpret_cast<float*>(db->untyped_data());
   std::memset(bout, 0, sizeof(float) * o);
   for (int64_t k = 0; k < groups; ++k)
-    for (int64_t i = 0; i < o; ++i) bout[i] += bias[k][i];
+    for (int64_t i = 0; i < o; ++i) bout[i] += bias[k * o + i];
   return ffi::Error::Success();
 }
 
@@ -379,6 +462,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Attr<int64_t>("left")
                                   .Attr<int64_t>("hp")
                                   .Attr<int64_t>("wp")
+                                  .Attr<int64_t>("im2col")
                                   .Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
@@ -392,5 +476,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
                                   .Attr<int64_t>("left")
                                   .Attr<int64_t>("hp")
                                   .Attr<int64_t>("wp")
+                                  .Attr<int64_t>("im2col")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
