@@ -288,6 +288,8 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
   # image's need computing): the other formulations take it.
   dx_covered = amx.covers(amx.NAME, tw.shape, jnp.bfloat16)
   got_dx = amx.forward(bf(dy), bf(tw), tpads) if dx_covered else dx_ref.astype(jnp.bfloat16)
+  if dx_covered:  # the kernel's own flip and swap of w: the same products in the same order
+    np.testing.assert_array_equal(fwd.on_transposed_kernel("amx", bf(dy), bf(w), tpads), got_dx)
   got_dw, got_db = amx.weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, jnp.float32)
   assert got_y.dtype == got_dx.dtype == jnp.bfloat16 and got_dw.dtype == got_db.dtype == jnp.float32
   np.testing.assert_array_equal(amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32), got_dw)

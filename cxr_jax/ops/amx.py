@@ -170,21 +170,23 @@ def _check(kernel_shape, dtype) -> None:
                      f"{unavailable_reason() or 'AMX available'})")
 
 
-def forward(x, w, padding):
-  """The convolution (module doc), bf16 products, float32 sums, output in x.dtype."""
-  _check(w.shape, x.dtype)
-  n, _, _, c = x.shape
-  kh, kw, _, o = w.shape
-  attrs, rows, (ho, wo) = _geometry(x.shape, w.shape, padding)
-  k = _columns(w.shape)
-  if _im2col(w.shape):  # one 1x1 tap over the im2col columns (zero rows past the taps')
-    kh = kw = 1
-    w = jnp.pad(w.reshape(-1, o), ((0, k - w.shape[0] * w.shape[1] * c), (0, 0)))
-  # B tiles: per tap, 16 output channels x 32 input channels as 16 rows of (channel pairs x 16).
-  packed = w.reshape(kh * kw, k // 32, 16, 2, o // 16, 16).transpose(0, 4, 1, 2, 5, 3)
-  call = jax.ffi.ffi_call(TARGETS["forward"][0], jax.ShapeDtypeStruct((n, ho, wo, o), x.dtype),
+def forward(x, w, padding, flip: bool = False):
+  """The convolution (module doc), bf16 products, float32 sums, output in x.dtype. With `flip`, w
+  is a forward kernel [KH, KW, O, C] and the convolution is the input gradient's: taps reversed,
+  input and output swapped (`fwd.transposed_kernel(w)`, which the kernel applies as it packs w
+  instead of XLA transposing it first)."""
+  kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
+  _check(kernel_shape, x.dtype)
+  if flip and _im2col(kernel_shape):  # the native flip reads whole 32-channel blocks
+    from cxr_jax.ops import fwd
+
+    return forward(x, fwd.transposed_kernel(w), padding)
+  attrs, rows, (ho, wo) = _geometry(x.shape, kernel_shape, padding)
+  call = jax.ffi.ffi_call(TARGETS["forward"][0],
+                          jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel_shape[3]), x.dtype),
                           vmap_method="sequential")
-  return call(x, packed.astype(x.dtype), panel=_panel(rows, FORWARD_PANEL_BYTES // (2 * k)), **attrs)
+  panel = _panel(rows, FORWARD_PANEL_BYTES // (2 * _columns(kernel_shape)))
+  return call(x, w.astype(x.dtype), panel=panel, flip=np.int64(flip), **attrs)
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):

@@ -89,7 +89,7 @@ def _input_grad(x, w, dy, padding, fwd_impl):
     # XLA's own transposed convolution: as fast as its forward pass.
     _, vjp_x = jax.vjp(lambda x_: fwd.xla(x_, w, padding), x)
     return vjp_x(dy)[0]
-  return fwd.FORMULATIONS[name](dy, fwd.transposed_kernel(w), t_pads)
+  return fwd.on_transposed_kernel(name, dy, w, t_pads)
 
 
 def _bwd(padding, wgrad_impl, fwd_impl, res, dy):

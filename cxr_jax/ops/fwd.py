@@ -87,3 +87,11 @@ def transposed_padding(kernel_shape, padding: Padding):
 
 def transposed_kernel(w):
   return jnp.flip(w, (0, 1)).swapaxes(2, 3)
+
+
+def on_transposed_kernel(name: str, dy, w, padding: Padding):
+  """Formulation `name` applied to dy and `transposed_kernel(w)` (the input gradient); the AMX
+  kernel flips and swaps w as it packs it, so XLA never transposes it."""
+  if name == amx.NAME:
+    return amx.forward(dy, w, padding, flip=True)
+  return FORMULATIONS[name](dy, transposed_kernel(w), padding)

@@ -169,7 +169,7 @@ int64_t Halo(ffi::Span<const int64_t> offsets) {
 // calling thread, which does nothing else until the call returns.
 template <typename T>
 T* Scratch(int slot, int64_t n) {
-  thread_local std::vector<T> buffers[3];
+  thread_local std::vector<T> buffers[4];
   std::vector<T>& b = buffers[slot];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
@@ -207,71 +207,6 @@ void GatherRow(const Cursor& cur, const uint16_t* x,
     k += c;
   }
   std::memset(dst + k, 0, 2 * (k_cols - k));
-}
-
-// y [N, Ho, Wo, O] from x [N, H, W, C] and packed w [T, O/16, K/32, 16, 32] (K = C; with
-// `im2col`, T = 1 and K = `Columns`). Units: panels of `panel` flat rows; a worker gathers its
-// panel's operand rows (and the halo) into a buffer that stays in L2 while each 32-wide slice of
-// the kernel passes over every 32-row block.
-ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
-                   ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
-                   int64_t hp, int64_t wp, int64_t im2col, ffi::Result<ffi::AnyBuffer> y) {
-  const auto xd = xb.dimensions(), yd = y->dimensions();
-  const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, yd[1], yd[2]};
-  const int64_t o = yd[3], c = Columns(g, offsets, im2col);
-  if (o % 32) return ffi::Error::InvalidArgument("amx_conv_forward: O must be a multiple of 32");
-  if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
-  // The taps the tiles walk: each offset, or with im2col the one 1 x 1 tap.
-  const int64_t taps = im2col ? 1 : static_cast<int64_t>(offsets.size());
-  const int64_t zero = 0;
-  const int64_t* tap_offsets = im2col ? &zero : offsets.begin();
-  const auto tap_ij = Taps(g, offsets);
-  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
-  const uint16_t* w = reinterpret_cast<const uint16_t*>(wb.untyped_data());
-  uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
-  const int64_t cc = c / 32, halo = im2col ? 0 : Halo(offsets);
-  const int64_t rows = (g.Rows() + 31) / 32 * 32, panels = (rows + panel - 1) / panel;
-  const int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
-  Parallel(pool, panels, [&](int64_t p) {
-    const int64_t r0 = p * panel, n_rows = std::min(panel, rows - r0);
-    uint16_t* xl = Scratch<uint16_t>(0, (n_rows + halo) * c);
-    Cursor cur(g, r0);
-    for (int64_t q = 0; q < n_rows + halo; ++q, cur.Next())
-      GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
-    alignas(64) float block[32 * 32];
-    for (int64_t ob = 0; ob < o / 32; ++ob) {
-      for (int64_t r = 0; r < n_rows; r += 32) {
-        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        for (int64_t t = 0; t < taps; ++t) {
-          const uint16_t* a = xl + (r + tap_offsets[t]) * c;
-          const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
-          for (int64_t k = 0; k < cc; ++k) {
-            _tile_loadd(4, a + k * 32, c * 2);
-            _tile_loadd(5, a + 16 * c + k * 32, c * 2);
-            _tile_loadd(6, b + k * tile_w, 64);
-            _tile_loadd(7, b + (cc + k) * tile_w, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-          }
-        }
-        _tile_stored(0, block, 128);
-        _tile_stored(1, block + 16, 128);
-        _tile_stored(2, block + 16 * 32, 128);
-        _tile_stored(3, block + 16 * 32 + 16, 128);
-        Cursor cur(g, r0 + r);
-        for (int i = 0; i < 32; ++i, cur.Next()) {  // bf16 rounding of the valid rows only
-          const int64_t dst = cur.Output();
-          if (dst < 0) continue;
-          __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(block + i * 32 + 16),
-                                                _mm512_loadu_ps(block + i * 32));
-          _mm512_storeu_si512(reinterpret_cast<void*>(out + dst * o + ob * 32), (__m512i)packed);
-        }
-      }
-    }
-  });
-  return ffi::Error::Success();
 }
 
 // Index vectors of _mm512_permutex2var_epi16 (a: 0-31, b: 32-63).
@@ -323,6 +258,121 @@ void Transpose32(const Permutes& pm, const uint16_t* const* src, uint16_t* dst, 
 // bf16 lanes -> float32 (a bfloat16 is the top half of a float32).
 __m512 Widen(__m256i v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// The convolution's kernel W(t, c, o) as B tiles, [T', O/16, K/32, 16, 32]: element
+// [t, j16, kb, r, 2 j + i] is W(t, 32 kb + 2 r + i, 16 j16 + j). W is w [T, C, O] as given, or
+// with `flip` w [T, O, C], the forward kernel of which the input gradient's convolution takes the
+// taps reversed and input and output swapped: W(t, c, o) = w[T-1-t, o, c]. With im2col, T' = 1 and
+// column k is (tap k / C, channel k % C), zero past T C. Packing here, once per call, replaces
+// XLA's transposes of every kernel (~10 % of a bfloat16 forward pass).
+const uint16_t* Pack(const Permutes& pm, const uint16_t* w, int64_t taps, int64_t c, int64_t o,
+                     bool flip, bool im2col, int64_t k_cols) {
+  const int64_t t_out = im2col ? 1 : taps, kc = im2col ? k_cols : c;
+  uint16_t* packed = Scratch<uint16_t>(3, t_out * kc * o + (flip ? taps * c * o : 0));
+  const uint16_t* rows = w;  // [T', K, O] row-major (im2col: [T C, O], zero rows past it)
+  if (flip) {
+    uint16_t* t_rows = packed + t_out * kc * o;
+    const uint16_t* src[32];
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t o0 = 0; o0 < o; o0 += 32)
+        for (int64_t c0 = 0; c0 < c; c0 += 32) {
+          for (int i = 0; i < 32; ++i) src[i] = w + ((taps - 1 - t) * o + o0 + i) * c + c0;
+          Transpose32(pm, src, t_rows + (t * c + c0) * o + o0, o);
+        }
+    rows = t_rows;
+  }
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t t = 0; t < t_out; ++t)
+    for (int64_t kb = 0; kb < kc / 32; ++kb)
+      for (int64_t r = 0; r < 16; ++r) {
+        const int64_t k = (t * kc + kb * 32 + 2 * r);  // rows k, k + 1 of [T', K, O]
+        const int64_t valid = im2col ? taps * c : t_out * kc;
+        const uint16_t* ra = k < valid ? rows + k * o : nullptr;
+        const uint16_t* rb = k + 1 < valid ? rows + (k + 1) * o : nullptr;
+        for (int64_t ob = 0; ob < o / 32; ++ob) {
+          const __m512i a = ra ? _mm512_loadu_si512(reinterpret_cast<const void*>(ra + ob * 32)) : zero;
+          const __m512i b = rb ? _mm512_loadu_si512(reinterpret_cast<const void*>(rb + ob * 32)) : zero;
+          for (int half = 0; half < 2; ++half) {
+            const int64_t j16 = 2 * ob + half;
+            uint16_t* dst = packed + (((t * (o / 16) + j16) * (kc / 32) + kb) * 16 + r) * 32;
+            _mm512_storeu_si512(reinterpret_cast<void*>(dst),
+                                _mm512_permutex2var_epi16(a, half ? pm.pair1 : pm.pair0, b));
+          }
+        }
+      }
+  return packed;
+}
+
+// y [N, Ho, Wo, O] from x [N, H, W, C] and the kernel w [KH, KW, C, O] (with `flip`, the forward
+// kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`). Units: panels of `panel` flat rows; a worker gathers its
+// panel's operand rows (and the halo) into a buffer that stays in L2 while each 32-wide slice of
+// the kernel passes over every 32-row block.
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
+                   ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
+                   int64_t hp, int64_t wp, int64_t im2col, int64_t flip,
+                   ffi::Result<ffi::AnyBuffer> y) {
+  const auto xd = xb.dimensions(), yd = y->dimensions();
+  const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, yd[1], yd[2]};
+  const int64_t o = yd[3], c = Columns(g, offsets, im2col);
+  if (o % 32 || wb.element_count() != static_cast<int64_t>(offsets.size()) * g.c * o ||
+      (flip && (im2col || g.c % 32)))
+    return ffi::Error::InvalidArgument(
+        "amx_conv_forward: O must be a multiple of 32, the kernel T x C x O (flip: C too, no im2col)");
+  if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
+  // The taps the tiles walk: each offset, or with im2col the one 1 x 1 tap.
+  const int64_t taps = im2col ? 1 : static_cast<int64_t>(offsets.size());
+  const int64_t zero = 0;
+  const int64_t* tap_offsets = im2col ? &zero : offsets.begin();
+  const auto tap_ij = Taps(g, offsets);
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
+  const Permutes pm;
+  const uint16_t* w = Pack(pm, reinterpret_cast<const uint16_t*>(wb.untyped_data()),
+                           static_cast<int64_t>(offsets.size()), g.c, o, flip, im2col, c);
+  uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
+  const int64_t cc = c / 32, halo = im2col ? 0 : Halo(offsets);
+  const int64_t rows = (g.Rows() + 31) / 32 * 32, panels = (rows + panel - 1) / panel;
+  const int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
+  Parallel(pool, panels, [&](int64_t p) {
+    const int64_t r0 = p * panel, n_rows = std::min(panel, rows - r0);
+    uint16_t* xl = Scratch<uint16_t>(0, (n_rows + halo) * c);
+    Cursor cur(g, r0);
+    for (int64_t q = 0; q < n_rows + halo; ++q, cur.Next())
+      GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
+    alignas(64) float block[32 * 32];
+    for (int64_t ob = 0; ob < o / 32; ++ob) {
+      for (int64_t r = 0; r < n_rows; r += 32) {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int64_t t = 0; t < taps; ++t) {
+          const uint16_t* a = xl + (r + tap_offsets[t]) * c;
+          const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
+          for (int64_t k = 0; k < cc; ++k) {
+            _tile_loadd(4, a + k * 32, c * 2);
+            _tile_loadd(5, a + 16 * c + k * 32, c * 2);
+            _tile_loadd(6, b + k * tile_w, 64);
+            _tile_loadd(7, b + (cc + k) * tile_w, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+        }
+        _tile_stored(0, block, 128);
+        _tile_stored(1, block + 16, 128);
+        _tile_stored(2, block + 16 * 32, 128);
+        _tile_stored(3, block + 16 * 32 + 16, 128);
+        Cursor cur(g, r0 + r);
+        for (int i = 0; i < 32; ++i, cur.Next()) {  // bf16 rounding of the valid rows only
+          const int64_t dst = cur.Output();
+          if (dst < 0) continue;
+          __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(block + i * 32 + 16),
+                                                _mm512_loadu_ps(block + i * 32));
+          _mm512_storeu_si512(reinterpret_cast<void*>(out + dst * o + ob * 32), (__m512i)packed);
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
 }
 
 // dw [T, C, O] and db [O] (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O]. Panels of `panel`
@@ -463,6 +513,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Attr<int64_t>("hp")
                                   .Attr<int64_t>("wp")
                                   .Attr<int64_t>("im2col")
+                                  .Attr<int64_t>("flip")
                                   .Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
