@@ -201,10 +201,26 @@ void GatherRow(const Cursor& cur, const uint16_t* x,
     return;
   }
   int64_t k = 0;
-  for (const auto& [di, dj] : taps) {
-    const uint16_t* src = cur.Input(x, di, dj);
-    for (int64_t i = 0; i < c; ++i) dst[k + i] = src ? src[i] : 0;
-    k += c;
+  for (size_t t = 0; t < taps.size();) {
+    // A run of taps along a row (same di, consecutive dj) inside the image is one contiguous
+    // stretch of the input row: one copy instead of one per tap.
+    size_t run = 1;
+    while (t + run < taps.size() && taps[t + run].first == taps[t].first &&
+           taps[t + run].second == taps[t].second + static_cast<int64_t>(run))
+      ++run;
+    const uint16_t* first = cur.Input(x, taps[t].first, taps[t].second);
+    const uint16_t* last = cur.Input(x, taps[t].first, taps[t].second + run - 1);
+    if (first && last) {
+      std::memcpy(dst + k, first, 2 * c * run);
+      k += c * run;
+      t += run;
+      continue;
+    }
+    for (size_t end = t + run; t < end; ++t, k += c) {  // at the image's edge: tap by tap
+      const uint16_t* src = cur.Input(x, taps[t].first, taps[t].second);
+      if (src) std::memcpy(dst + k, src, 2 * c);
+      else std::memset(dst + k, 0, 2 * c);
+    }
   }
   std::memset(dst + k, 0, 2 * (k_cols - k));
 }
