@@ -167,12 +167,15 @@ int64_t Halo(ffi::Span<const int64_t> offsets) {
 // fault on first touch (costly in a VM), which cost the 224 px layers more than their products.
 // A worker uses its own thread's buffers within a unit; buffers the workers share belong to the
 // calling thread, which does nothing else until the call returns.
+// Aligned to 64 bytes, a cache line: a tile row (64 bytes) that straddles two lines costs two.
 template <typename T>
 T* Scratch(int slot, int64_t n) {
   thread_local std::vector<T> buffers[4];
   std::vector<T>& b = buffers[slot];
-  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
-  return b.data();
+  const int64_t pad = 64 / sizeof(T);
+  if (static_cast<int64_t>(b.size()) < n + pad) b.resize(n + pad);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<T*>((at + 63) / 64 * 64);
 }
 
 // The operand's columns per flat row: the input's channels, or with `im2col` every tap's channels
