@@ -311,6 +311,20 @@ def alternate(workers: dict, what: str, rounds: int, steps: int) -> dict:
           "all_s": {n: [round(v, 4) for v in t] for n, t in times.items()}, "loadavg": loads}
 
 
+def round_ratios(res: dict, reference: str) -> dict:
+  """Ratios to the reference that hold up on a machine whose speed swings within a run (a shared
+  2-core VM: the same step 2-3x apart minutes apart): "paired", the median over rounds of each
+  round's reference time / variant time (the two ran seconds apart); "best", best time against
+  best time. The median-time ratio (`ratio_vs_reference`) stays the headline where the machine
+  is steady."""
+  times = res["all_s"]
+  if reference not in times:
+    return {}
+  return {"paired": {v: round(statistics.median(r / t for r, t in zip(times[reference], ts, strict=True)), 3)
+                     for v, ts in times.items()},
+          "best": {v: round(min(times[reference]) / min(ts), 3) for v, ts in times.items()}}
+
+
 def weight_grad_table(size: int, batch: int, rounds: int) -> list[dict]:
   """GFLOP/s of each VGG16 layer's weight gradient: every cxr_jax formulation and PyTorch's."""
   import torch
@@ -382,20 +396,27 @@ def markdown(result: dict) -> str:
   m = result["machine"]
   lines = [f"VGG16 + head, {result['image_size']} px, batch {result['batch']}, {m['cpu']}, "
            f"{m['cores']} cores ({m.get('isa_level', '?')}: {' '.join(m['isa'])}); medians of "
-           f"{result['rounds']} alternating rounds, {result['started']}."
+           f"{result['rounds']} alternating rounds (paired: median of the rounds' own ratios; "
+           f"best: best time against best time), {result['started']}."
            + (f" Context: {result['context']}." if result.get("context") else ""), "",
            f"Large-matmul ceiling (2048^3): {json.dumps(result['sgemm_gflops_per_s'])} GFLOP/s.", ""]
   for k, res in result["train"].items():
     lines += [f"Training step, {k.replace('_', ' ')} (load average {min(res['loadavg'])}-"
               f"{max(res['loadavg'])} on {m['cores']} cores):", "",
-              "| variant | images/s | conv GFLOP/s | vs reference |", "|---|---|---|---|"]
+              "| variant | images/s | conv GFLOP/s | vs reference | paired | best |",
+              "|---|---|---|---|---|---|"]
+    rr = res.get("round_ratios", {})
     for v, ips in res["images_per_s"].items():
       lines.append(f"| {v} | {ips} | {res['conv_gflops_per_s'][v]} | "
-                   f"{res['ratio_vs_reference'].get(v, '')} |")
+                   f"{res['ratio_vs_reference'].get(v, '')} | {rr.get('paired', {}).get(v, '')} | "
+                   f"{rr.get('best', {}).get(v, '')} |")
     lines.append("")
   if result.get("forward"):
+    rr = result["forward"].get("round_ratios", {})
     lines += ["Forward only (inference), images/s: " + ", ".join(
-        f"{v} {ips}" for v, ips in result["forward"]["images_per_s"].items()), ""]
+        f"{v} {ips}" for v, ips in result["forward"]["images_per_s"].items())
+        + ("; vs reference paired / best: " + ", ".join(
+            f"{v} {rr['paired'][v]} / {rr['best'][v]}" for v in rr["paired"]) if rr else ""), ""]
   if result.get("weight_grad_layers"):
     names = list(result["weight_grad_layers"][0]["gflops_per_s"])
     lines += ["Weight gradient per layer shape, GFLOP/s (best of 3):", "",
@@ -446,6 +467,7 @@ def main(argv=None):
     res["conv_gflops_per_s"] = {v: round(flops["total"] / s / 1e9, 1) for v, s in med.items()}
     res["ratio_vs_reference"] = {v: round(med[args.reference] / s, 3) for v, s in med.items()} if (
         args.reference in med) else {}
+    res["round_ratios"] = round_ratios(res, args.reference)
     res["conv_flops"] = flops
     result["train"][f"trainable_blocks_{k}"] = res
     print(json.dumps({"trainable_blocks": k, "images_per_s": res["images_per_s"],
@@ -455,6 +477,7 @@ def main(argv=None):
         worker("eval", 1)  # compiles the forward pass
       fwd = alternate(made, "eval", args.rounds, args.steps)
       fwd["images_per_s"] = {v: round(args.batch / s, 3) for v, s in fwd["median_s"].items()}
+      fwd["round_ratios"] = round_ratios(fwd, args.reference)
       result["forward"] = fwd
       print(json.dumps({"forward_images_per_s": fwd["images_per_s"]}), flush=True)
     for worker in made.values():
