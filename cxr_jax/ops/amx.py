@@ -5,19 +5,25 @@ XLA:CPU in jaxlib 0.10.2 runs a bfloat16 convolution at its float32 speed (120-2
 convolution ~1 TFLOP/s), and no XLA flag routes it to the AMX units (benchmarks/results/
 bf16_step_profile_xeon_amx.md). `native/amx_conv.cc` runs the same sums on the tiles: an implicit
 matrix product over the flat padded input (each tap's operand is a contiguous row range, loaded in
-place, no im2col), bfloat16 products with float32 accumulation as every bf16 product in cxr_jax.
+place), bfloat16 products with float32 accumulation as every bf16 product in cxr_jax. The kernel
+pads, crops, lays out and packs its operands itself, per L2-sized panel of rows: left to XLA,
+those passes and the bias gradient's reductions took more of a step than the products
+(bf16_step_profile_xeon_amx_after.md has the step since).
 
-  forward      x [N, H, W, C] * w [KH, KW, C, O] -> [N, H', W', O] (x.dtype), also the input gradient
-               (`fwd.FORMULATIONS["amx"]`; conv.py applies it to dy and the flipped kernel)
-  weight_grad  dw [KH, KW, C, O] from x and dy, float32 sums (`wgrad.FORMULATIONS["amx"]`)
+  forward      x [N, H, W, C] * w [KH, KW, C, O] -> [N, H', W', O] (x.dtype), also the input
+               gradient (`fwd.on_transposed_kernel`: dy and the forward kernel, flipped and
+               swapped as the kernel packs it)
+  weight_and_bias_grad  dw [KH, KW, C, O] and db [O] from x and dy, float32 sums
+               (`wgrad.FORMULATIONS["amx"]` without db; `wgrad.weight_and_bias_grad` with it)
 
 Covered: bfloat16, O a multiple of 32, and C a multiple of 32 (VGG16's layers but the first,
-DenseNet121's 3x3 convolutions) or so few channels that every tap's fit 64 columns (VGG16's first
-layer, 27: it runs as a 1x1 convolution on its im2col rows, built in the kernel), on a CPU with amx_bf16 whose kernel lets the process use the tiles. The library is
-compiled on first use with the system's C++ compiler (`$CXX`, else c++ / g++) against jaxlib's FFI
-headers into `<cache>/native/`, keyed by the source, flags and jaxlib version. Anywhere that fails
-(no AMX, no compiler, another backend, CXR_JAX_AMX=0) the formulation is simply not applicable
-(`covers`) and the other formulations run; `unavailable_reason()` says why.
+DenseNet121's 3x3 convolutions) or so few channels that every tap's fit 64 columns (VGG16's
+first layer, 27: a 1x1 convolution over its im2col rows, built in the kernel), on a CPU with
+amx_bf16 whose kernel lets the process use the tiles. The library is compiled on first use with
+the system's C++ compiler (`$CXX`, else c++ / g++) against jaxlib's FFI headers into
+`<cache>/native/`, keyed by the source, flags and jaxlib version. Anywhere that fails (no AMX, no
+compiler, another backend, CXR_JAX_AMX=0) the formulation is simply not applicable (`covers`)
+and the other formulations run; `unavailable_reason()` says why.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   whose bf16 products run 3-5x float32's, F(2x2) also at 28-56 px, `winograd.amx_units`);
   "rows" for other bfloat16 layers with wide channels where the CPU has bf16 units
   (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before all of these,
-  bfloat16 layers the AMX tiles cover (`amx.covers`: 32-channel multiples) take them."""
+  bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
