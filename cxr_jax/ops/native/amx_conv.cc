@@ -156,12 +156,18 @@ ffi::Error CheckGrid(const Grid& g, ffi::Span<const int64_t> offsets, int64_t pa
   return ffi::Error::Success();
 }
 
-// Rows of the halo: the largest tap offset rounded up to the tiles' 32 rows.
-int64_t Halo(ffi::Span<const int64_t> offsets) {
-  int64_t m = 0;
-  for (int64_t off : offsets) m = std::max(m, off);
-  return (m + 31) / 32 * 32;
-}
+// The taps the tiles walk: every offset, or with im2col the one 1 x 1 tap over the im2col
+// columns; and the halo, the rows past a panel they reach (the largest offset rounded up to the
+// tiles' 32 rows).
+struct TileTaps {
+  std::vector<int64_t> offsets;
+  int64_t halo = 0;
+  TileTaps(ffi::Span<const int64_t> all, bool im2col)
+      : offsets(im2col ? std::vector<int64_t>{0} : std::vector<int64_t>(all.begin(), all.end())) {
+    for (int64_t off : offsets) halo = std::max(halo, (off + 31) / 32 * 32);
+  }
+  int64_t count() const { return static_cast<int64_t>(offsets.size()); }
+};
 
 // Buffer `slot` of this thread, at least n long, kept between calls: a fresh allocation's pages
 // fault on first touch (costly in a VM), which cost the 224 px layers more than their products.
@@ -323,6 +329,22 @@ const uint16_t* Pack(const Permutes& pm, const uint16_t* w, int64_t taps, int64_
   return packed;
 }
 
+// What both calls derive from x [N, H, W, C], the attributes and the output's spatial size: the
+// grid, the operand's columns per row, the taps the tiles walk and each offset's (di, dj).
+struct Problem {
+  Grid g;
+  int64_t c;  // `Columns`
+  TileTaps walk;
+  std::vector<std::pair<int64_t, int64_t>> tap_ij;
+  const uint16_t* x;
+  Problem(ffi::AnyBuffer xb, int64_t ho, int64_t wo, ffi::Span<const int64_t> offsets, int64_t top,
+          int64_t left, int64_t hp, int64_t wp, bool im2col)
+      : g{xb.dimensions()[0], xb.dimensions()[1], xb.dimensions()[2], xb.dimensions()[3], top, left,
+          hp, wp, ho, wo},
+        c(Columns(g, offsets, im2col)), walk(offsets, im2col), tap_ij(Taps(g, offsets)),
+        x(reinterpret_cast<const uint16_t*>(xb.untyped_data())) {}
+};
+
 // y [N, Ho, Wo, O] from x [N, H, W, C] and the kernel w [KH, KW, C, O] (with `flip`, the forward
 // kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`). Units: panels of `panel` flat rows; a worker gathers its
 // panel's operand rows (and the halo) into a buffer that stays in L2 while each 32-wide slice of
@@ -331,25 +353,24 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
                    ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
                    int64_t hp, int64_t wp, int64_t im2col, int64_t flip,
                    ffi::Result<ffi::AnyBuffer> y) {
-  const auto xd = xb.dimensions(), yd = y->dimensions();
-  const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, yd[1], yd[2]};
-  const int64_t o = yd[3], c = Columns(g, offsets, im2col);
+  const auto yd = y->dimensions();
+  const Problem pr(xb, yd[1], yd[2], offsets, top, left, hp, wp, im2col);
+  const Grid& g = pr.g;
+  const int64_t o = yd[3], c = pr.c;
   if (o % 32 || wb.element_count() != static_cast<int64_t>(offsets.size()) * g.c * o ||
       (flip && (im2col || g.c % 32)))
     return ffi::Error::InvalidArgument(
         "amx_conv_forward: O must be a multiple of 32, the kernel T x C x O (flip: C too, no im2col)");
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
-  // The taps the tiles walk: each offset, or with im2col the one 1 x 1 tap.
-  const int64_t taps = im2col ? 1 : static_cast<int64_t>(offsets.size());
-  const int64_t zero = 0;
-  const int64_t* tap_offsets = im2col ? &zero : offsets.begin();
-  const auto tap_ij = Taps(g, offsets);
-  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
+  const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
+  const int64_t* tap_offsets = pr.walk.offsets.data();
+  const auto& tap_ij = pr.tap_ij;
+  const uint16_t* x = pr.x;
   const Permutes pm;
   const uint16_t* w = Pack(pm, reinterpret_cast<const uint16_t*>(wb.untyped_data()),
                            static_cast<int64_t>(offsets.size()), g.c, o, flip, im2col, c);
   uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
-  const int64_t cc = c / 32, halo = im2col ? 0 : Halo(offsets);
+  const int64_t cc = c / 32;
   const int64_t rows = (g.Rows() + 31) / 32 * 32, panels = (rows + panel - 1) / panel;
   const int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
   Parallel(pool, panels, [&](int64_t p) {
@@ -405,19 +426,19 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
                       ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
                       int64_t hp, int64_t wp, int64_t im2col, ffi::Result<ffi::AnyBuffer> dw,
                       ffi::Result<ffi::AnyBuffer> db) {
-  const auto xd = xb.dimensions(), dd = dyb.dimensions();
-  const Grid g{xd[0], xd[1], xd[2], xd[3], top, left, hp, wp, dd[1], dd[2]};
-  const int64_t c = Columns(g, offsets, im2col), o = dd[3];
+  const auto dd = dyb.dimensions();
+  const Problem pr(xb, dd[1], dd[2], offsets, top, left, hp, wp, im2col);
+  const Grid& g = pr.g;
+  const int64_t c = pr.c, o = dd[3];
   if (o % 32 || dd[0] != g.n)
     return ffi::Error::InvalidArgument("amx_conv_weight_grad: O must be a multiple of 32, N as x's");
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_weight_grad"); e.failure()) return e;
-  const int64_t taps = im2col ? 1 : static_cast<int64_t>(offsets.size());
-  const int64_t zero = 0;
-  const int64_t* tap_offsets = im2col ? &zero : offsets.begin();
-  const auto tap_ij = Taps(g, offsets);
-  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
+  const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
+  const int64_t* tap_offsets = pr.walk.offsets.data();
+  const auto& tap_ij = pr.tap_ij;
+  const uint16_t* x = pr.x;
   const uint16_t* d = reinterpret_cast<const uint16_t*>(dyb.untyped_data());
-  const int64_t halo = im2col ? 0 : Halo(offsets), width = panel + halo, size = taps * c * o;
+  const int64_t width = panel + halo, size = taps * c * o;
   const int64_t panels = (g.Rows() + panel - 1) / panel, groups = Workers(pool, panels);
   const int64_t cb = c / 32, obs = o / 32;
   float* out = reinterpret_cast<float*>(dw->untyped_data());
