@@ -144,7 +144,7 @@ def _up32(n: int) -> int:
   return -(-n // 32) * 32
 
 
-def _geometry(x_shape, kernel_shape, padding) -> dict:
+def _geometry(x_shape, kernel_shape, padding) -> tuple[dict, int, tuple[int, int]]:
   """The flat padded grid the native code walks (its `Grid`): padding (top, left), padded size
   (hp, wp), the tap offsets in flat rows and whether rows are im2col'd; also the flat row count
   and the output size."""
@@ -172,7 +172,8 @@ def _check(kernel_shape, dtype) -> None:
   """The native code reads bfloat16 in 32-channel blocks: anything else would be read wrong."""
   if not covers(NAME, kernel_shape, dtype):
     raise ValueError(f"the AMX convolution does not cover kernel {tuple(kernel_shape)} in "
-                     f"{jnp.dtype(dtype).name} here (bfloat16, channels in multiples of 32, and "
+                     f"{jnp.dtype(dtype).name} here (bfloat16, output channels in multiples of 32, input "
+                     f"channels too or at most {IM2COL_COLUMNS} im2col columns, and "
                      f"{unavailable_reason() or 'AMX available'})")
 
 
