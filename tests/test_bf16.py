@@ -360,6 +360,12 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
     assert "amx" not in tuning.applicable("wgrad", k_shape, dtype)
   with pytest.raises(ValueError, match="does not cover"):
     amx.forward(jnp.zeros((1, 4, 4, 64)), jnp.zeros((3, 3, 64, 32)), PADS)
+  # The input gradient of a 3-channel layer (its kernel 3x3x32x3 flipped): im2col rows, which the
+  # native flip does not read; fwd.on_transposed_kernel transposes it first instead.
+  assert not amx.flips((3, 3, 32, 3)) and amx.flips((3, 3, 3, 64))
+  with pytest.raises(ValueError, match="flips whole"):
+    amx.forward(jnp.zeros((1, 4, 4, 3), jnp.bfloat16), jnp.zeros((3, 3, 32, 3), jnp.bfloat16), PADS,
+                flip=True)
   monkeypatch.undo()
   monkeypatch.setenv("CXR_JAX_AMX", "0")
   amx._load.cache_clear()

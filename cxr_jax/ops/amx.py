@@ -168,6 +168,12 @@ def _panel(rows: int, most: int) -> np.int64:
   return np.int64(_up32(-(-rows // units)))
 
 
+def flips(kernel_shape) -> bool:
+  """Whether `forward(..., flip=True)` takes the forward kernel of this shape: the input gradient's
+  input channels (its O) in whole 32-channel blocks, not on im2col rows."""
+  return not _im2col(kernel_shape[:2] + (kernel_shape[3], kernel_shape[2]))
+
+
 def _check(kernel_shape, dtype) -> None:
   """The native code reads bfloat16 in 32-channel blocks: anything else would be read wrong."""
   if not covers(NAME, kernel_shape, dtype):
@@ -184,10 +190,8 @@ def forward(x, w, padding, flip: bool = False):
   instead of XLA transposing it first)."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
   _check(kernel_shape, x.dtype)
-  if flip and _im2col(kernel_shape):  # the native flip reads whole 32-channel blocks
-    from cxr_jax.ops import fwd
-
-    return forward(x, fwd.transposed_kernel(w), padding)
+  if flip and not flips(w.shape):
+    raise ValueError(f"the AMX kernel flips whole 32-channel blocks: not kernel {tuple(w.shape)}")
   attrs, rows, (ho, wo) = _geometry(x.shape, kernel_shape, padding)
   call = jax.ffi.ffi_call(TARGETS["forward"][0],
                           jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel_shape[3]), x.dtype),

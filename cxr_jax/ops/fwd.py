@@ -92,6 +92,6 @@ def transposed_kernel(w):
 def on_transposed_kernel(name: str, dy, w, padding: Padding):
   """Formulation `name` applied to dy and `transposed_kernel(w)` (the input gradient); the AMX
   kernel flips and swaps w as it packs it, so XLA never transposes it."""
-  if name == amx.NAME:
+  if name == amx.NAME and amx.flips(w.shape):
     return amx.forward(dy, w, padding, flip=True)
   return FORMULATIONS[name](dy, transposed_kernel(w), padding)
