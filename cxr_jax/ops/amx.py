@@ -55,6 +55,7 @@ NAME = "amx"  # the formulation's name in fwd.FORMULATIONS and wgrad.FORMULATION
 # fewer times: VGG16's 512-channel kernels are 2.4-4.7 MB); weight gradient, both operands.
 FORWARD_PANEL_BYTES = 1 << 19
 WGRAD_PANEL_BYTES = 1 << 20
+IM2COL_COLUMNS = 64  # the most im2col columns (taps x channels) of a layer with C % 32 != 0
 
 
 def _compiler() -> str | None:
@@ -113,9 +114,6 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
   return _load() is None
-
-
-IM2COL_COLUMNS = 64  # the most im2col columns (taps x channels) of a layer with C % 32 != 0
 
 
 def _im2col(kernel_shape) -> bool:

@@ -26,8 +26,9 @@ class _FastConv(nn.Conv):
   """nn.Conv through `conv.conv2d` where it covers the configuration (module doc)."""
   impls: ClassVar[tuple[str, str]] = ("xla", "auto")  # (forward/input gradient, weight gradient)
 
-  def _padding(self, inputs):
-    """The explicit padding of a covered call, or None (then nn.Conv's own code runs)."""
+  def _covered(self, inputs):
+    """(kernel size, explicit padding) of a call `conv.conv2d` covers, or None (then nn.Conv's
+    own code runs)."""
     kernel_size = ((self.kernel_size,) * 2 if isinstance(self.kernel_size, int)
                    else tuple(self.kernel_size))
     padding = canonicalize_padding(self.padding, len(kernel_size))
@@ -42,7 +43,7 @@ class _FastConv(nn.Conv):
 
   @nn.compact
   def __call__(self, inputs):
-    covered = self._padding(inputs)
+    covered = self._covered(inputs)
     if covered is None:
       return super().__call__(inputs)
     kernel_size, pads = covered

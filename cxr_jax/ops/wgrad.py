@@ -116,12 +116,12 @@ FORMULATIONS: dict[str, Callable] = {
 def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype, bias_dtype=None):
   """(dw by formulation `name`, db = the sum of dy over (N, H, W) in float32, cast to `bias_dtype`;
   None without a bias). The AMX formulation sums db on its own pass over dy."""
-  if bias_dtype is None:
-    return FORMULATIONS[name](x, dy, kernel_shape, padding, dtype), None
-  if name == amx.NAME:
+  if bias_dtype is not None and name == amx.NAME:
     return amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype)
-  db = jnp.sum(dy, axis=(0, 1, 2), dtype=jnp.float32).astype(bias_dtype)
-  return FORMULATIONS[name](x, dy, kernel_shape, padding, dtype), db
+  dw = FORMULATIONS[name](x, dy, kernel_shape, padding, dtype)
+  if bias_dtype is None:
+    return dw, None
+  return dw, jnp.sum(dy, axis=(0, 1, 2), dtype=jnp.float32).astype(bias_dtype)
 
 
 def rule(x_shape, kernel_shape, dtype) -> str:

@@ -218,7 +218,8 @@ void GatherRow(const Cursor& cur, const uint16_t* x,
            taps[t + run].second == taps[t].second + static_cast<int64_t>(run))
       ++run;
     const uint16_t* first = cur.Input(x, taps[t].first, taps[t].second);
-    const uint16_t* last = cur.Input(x, taps[t].first, taps[t].second + run - 1);
+    const uint16_t* last =
+        cur.Input(x, taps[t].first, taps[t].second + static_cast<int64_t>(run) - 1);
     if (first && last) {
       std::memcpy(dst + k, first, 2 * c * run);
       k += c * run;
@@ -308,11 +309,11 @@ const uint16_t* Pack(const Permutes& pm, const uint16_t* w, int64_t taps, int64_
     rows = t_rows;
   }
   const __m512i zero = _mm512_setzero_si512();
+  const int64_t valid = im2col ? taps * c : t_out * kc;  // rows of [T', K, O] that hold w
   for (int64_t t = 0; t < t_out; ++t)
     for (int64_t kb = 0; kb < kc / 32; ++kb)
       for (int64_t r = 0; r < 16; ++r) {
-        const int64_t k = (t * kc + kb * 32 + 2 * r);  // rows k, k + 1 of [T', K, O]
-        const int64_t valid = im2col ? taps * c : t_out * kc;
+        const int64_t k = t * kc + kb * 32 + 2 * r;  // rows k, k + 1 of [T', K, O]
         const uint16_t* ra = k < valid ? rows + k * o : nullptr;
         const uint16_t* rb = k + 1 < valid ? rows + (k + 1) * o : nullptr;
         for (int64_t ob = 0; ob < o / 32; ++ob) {
@@ -346,9 +347,9 @@ struct Problem {
 };
 
 // y [N, Ho, Wo, O] from x [N, H, W, C] and the kernel w [KH, KW, C, O] (with `flip`, the forward
-// kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`). Units: panels of `panel` flat rows; a worker gathers its
-// panel's operand rows (and the halo) into a buffer that stays in L2 while each 32-wide slice of
-// the kernel passes over every 32-row block.
+// kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`). Units:
+// panels of `panel` flat rows; a worker gathers its panel's operand rows (and the halo) into a
+// buffer that stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
                    ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
                    int64_t hp, int64_t wp, int64_t im2col, int64_t flip,
