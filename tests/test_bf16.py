@@ -304,6 +304,32 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
     assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
 
 
+@pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
+def test_amx_forward_adds_bias_and_relu_to_its_float32_sums(x_shape, k_shape, pads):
+  """The fused epilogue: the bias added to the float32 sums, max(0, .) taken, then the one rounding
+  to bfloat16: within u |ref| + (K + 1) 2^-24 (S + |b|) of float32's max(0, conv + b) (one more
+  float32 addition; the ReLU is exact and 1-Lipschitz), negative outputs kept without `relu`; a
+  NaN in the input stays NaN through the ReLU wherever its window reaches (never a silent 0)."""
+  amx = _amx_or_skip()
+  x, w, b = _random(x_shape, 31, relu=True), _random(k_shape, 32), _random(k_shape[3:], 33)
+  bf = lambda a: a.astype(jnp.bfloat16)
+  linear = fwd.xla(x, w, pads) + b
+  s = fwd.xla(abs(x), abs(w), pads) + abs(b)
+  k = int(np.prod(k_shape[:3])) + 1
+  for relu, ref in ((True, jnp.maximum(linear, 0)), (False, linear)):
+    got = amx.forward(bf(x), bf(w), pads, bias=b, relu=relu)
+    assert got.dtype == jnp.bfloat16
+    err = jnp.abs(got.astype(jnp.float32) - ref)
+    bound = U_BF16 * jnp.abs(ref) + k * U_F32 * s
+    assert float(jnp.max(err - bound)) <= 0, (relu, float(jnp.max(err / (bound + 1e-30))))
+    assert bool(jnp.any(got < 0)) != relu
+  x_nan = x.at[0, x_shape[1] // 2, x_shape[2] // 2, 0].set(jnp.nan)
+  reached = jnp.isnan(fwd.xla(x_nan, w, pads))
+  got = amx.forward(bf(x_nan), bf(w), pads, bias=b, relu=True)
+  assert bool(reached.any())
+  np.testing.assert_array_equal(jnp.isnan(got), reached)
+
+
 def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):
   """Units are whole tiles of at most the cache bound, and the busiest core (units taken in turn)
   does at most its share of the rows plus one tile per unit it takes: 5 units of 416 rows on 2

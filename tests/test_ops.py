@@ -146,6 +146,28 @@ def test_conv_module_is_drop_in_nn_conv(impl):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol), g, g_ref)
 
 
+@pytest.mark.parametrize("impl", sorted(set(ops.CONV_IMPLS) - {"xla"}))
+def test_fused_relu_is_the_conv_then_nn_relu(impl):
+  """`relu=True` (VGG's conv + ReLU in one call, `conv.conv2d`'s epilogue) gives nn.relu of the
+  layer's output and the same gradients, bit for bit in float32 (the same operations; the ReLU's
+  gradient is 0 where the output is 0, as nn.relu's), for covered and uncovered (strided)
+  configurations alike; flax's own Conv has no such field."""
+  cls = ops.conv_module(impl)
+  assert ops.fuses_relu(cls) and not ops.fuses_relu(nn.Conv)
+  x = _random((2, 9, 7, 5), 4)
+  for kw in (dict(features=6, kernel_size=(3, 3), padding="SAME"),
+             dict(features=6, kernel_size=(3, 3), strides=2, padding="SAME")):  # nn.Conv's code
+    fused, plain = cls(relu=True, **kw), cls(**kw)
+    params = plain.init(jax.random.PRNGKey(0), x)
+    loss_fused = lambda p, x_, m=fused: jnp.sum(jnp.tanh(m.apply(p, x_)) ** 2)
+    loss_plain = lambda p, x_, m=plain: jnp.sum(jnp.tanh(nn.relu(m.apply(p, x_))) ** 2)
+    y = fused.apply(params, x)
+    assert float(jnp.mean(y == 0)) > 0.2  # the ReLU cuts a good share: its gradient is exercised
+    np.testing.assert_array_equal(y, nn.relu(plain.apply(params, x)))
+    jax.tree.map(np.testing.assert_array_equal, jax.grad(loss_fused, (0, 1))(params, x),
+                 jax.grad(loss_plain, (0, 1))(params, x))
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 4), (1, 5, 5, 2)])
 def test_fast_max_pool_is_bit_identical_to_flax_with_ties(shape):
   """Small integers make most windows tie: the gradient must go to the first maximum in row-major

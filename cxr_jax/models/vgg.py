@@ -66,8 +66,12 @@ class VGGBlock(nn.Module):
     conv = conv_class(self.conv_impl)
     for j in range(self.num_convs):
       name = f"conv{j + 1}"
-      x = conv(self.features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, name=name)(x)
-      x = nn.relu(x)
+      if ops.fuses_relu(conv):  # the ReLU in the convolution's epilogue (ops.conv.conv2d)
+        x = conv(self.features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, relu=True,
+                 name=name)(x)
+      else:
+        x = nn.relu(conv(self.features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype,
+                         name=name)(x))
       # Grad-CAM differentiates w.r.t. this zero perturbation (linen forbids reusing the
       # param name): perturbations[block][f"{conv}_out"].
       x = self.perturb(f"{name}_out", x)

@@ -28,8 +28,8 @@ CXR_JAX_WGRAD_TUNE=0 turns measuring off everywhere (rules instead). Pre-measure
 """
 
 from cxr_jax.ops.conv import conv2d, explicit_padding
-from cxr_jax.ops.layers import CONV_IMPLS, FastConv, conv_module, resolve
+from cxr_jax.ops.layers import CONV_IMPLS, FastConv, conv_module, fuses_relu, resolve
 from cxr_jax.ops.winograd import bf16_units
 
 __all__ = ["CONV_IMPLS", "FastConv", "bf16_units", "conv2d", "conv_module", "explicit_padding",
-           "resolve"]
+           "fuses_relu", "resolve"]

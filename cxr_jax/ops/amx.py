@@ -181,11 +181,12 @@ def _check(kernel_shape, dtype) -> None:
                      f"{unavailable_reason() or 'AMX available'})")
 
 
-def forward(x, w, padding, flip: bool = False):
+def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False):
   """The convolution (module doc), bf16 products, float32 sums, output in x.dtype. With `flip`, w
   is a forward kernel [KH, KW, O, C] and the convolution is the input gradient's: taps reversed,
   input and output swapped (`fwd.transposed_kernel(w)`, which the kernel applies as it packs w
-  instead of XLA transposing it first)."""
+  instead of XLA transposing it first). `bias` [O] is added to the float32 sums, and with `relu`
+  max(0, .) taken, before the output's one rounding (`conv.conv2d`'s fused bias and ReLU)."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
   _check(kernel_shape, x.dtype)
   if flip and not flips(w.shape):
@@ -195,7 +196,9 @@ def forward(x, w, padding, flip: bool = False):
                           jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel_shape[3]), x.dtype),
                           vmap_method="sequential")
   panel = _panel(rows, FORWARD_PANEL_BYTES // (2 * _columns(kernel_shape)))
-  return call(x, w.astype(x.dtype), panel=panel, flip=np.int64(flip), **attrs)
+  bias = jnp.zeros((kernel_shape[3],), jnp.float32) if bias is None else bias.astype(jnp.float32)
+  return call(x, w.astype(x.dtype), bias, panel=panel, flip=np.int64(flip), relu=np.int64(relu),
+              **attrs)
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):

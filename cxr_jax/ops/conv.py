@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from cxr_jax.ops import fwd, tuning, wgrad
@@ -40,14 +41,15 @@ def resolve(op: str, impl: str, x_shape, kernel_shape, padding, dtype) -> str:
   return impl
 
 
-def _forward(x, w, padding, fwd_impl):
+def _forward(x, w, bias, padding, fwd_impl, relu):
   name = resolve("fwd", fwd_impl, x.shape, w.shape, padding, x.dtype)
-  return fwd.FORMULATIONS[name](x, w, padding)
+  return fwd.with_epilogue(name, x, w, padding, bias, relu)
 
 
 def conv2d(x, w, padding: tuple[tuple[int, int], ...], wgrad_impl: str = "auto",
-           fwd_impl: str = "xla", bias=None):
-  """Stride-1 NHWC x HWIO convolution with selectable formulations, plus `bias` if given.
+           fwd_impl: str = "xla", bias=None, relu: bool = False):
+  """Stride-1 NHWC x HWIO convolution with selectable formulations, plus `bias` if given, then
+  the ReLU with `relu`.
 
   Args:
     x: [N, H, W, C].
@@ -61,22 +63,23 @@ def conv2d(x, w, padding: tuple[tuple[int, int], ...], wgrad_impl: str = "auto",
     bias: [O] in x's dtype, added as flax's Conv adds it; its gradient comes with the weight
       gradient (`wgrad.weight_and_bias_grad`): left to XLA, the sum of dy fused with dy's producers
       into a reduce-window that took 9-20 % of a bfloat16 training step.
+    relu: max(0, .) of the result, the layer's activation: the AMX formulation applies bias and
+      ReLU to its float32 sums (`fwd.with_epilogue`), where XLA's passes over the output took
+      7-14 % of a bfloat16 forward pass; its gradient (0 where the output is 0, as nn.relu's) is
+      applied to dy here.
   """
   _check("wgrad", wgrad_impl)
-  return _conv2d(x, w, bias, padding, wgrad_impl, fwd_impl)
+  return _conv2d(x, w, bias, padding, wgrad_impl, fwd_impl, relu)
 
 
-def _with_bias(y, bias):
-  return y if bias is None else y + bias.reshape((1, 1, 1, -1))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _conv2d(x, w, bias, padding, wgrad_impl, fwd_impl, relu):
+  return _forward(x, w, bias, padding, fwd_impl, relu)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _conv2d(x, w, bias, padding, wgrad_impl, fwd_impl):
-  return _with_bias(_forward(x, w, padding, fwd_impl), bias)
-
-
-def _fwd(x, w, bias, padding, wgrad_impl, fwd_impl):
-  return _with_bias(_forward(x, w, padding, fwd_impl), bias), (x, w, bias)
+def _fwd(x, w, bias, padding, wgrad_impl, fwd_impl, relu):
+  y = _forward(x, w, bias, padding, fwd_impl, relu)
+  return y, (x, w, bias, y if relu else None)
 
 
 def _input_grad(x, w, dy, padding, fwd_impl):
@@ -92,8 +95,10 @@ def _input_grad(x, w, dy, padding, fwd_impl):
   return fwd.on_transposed_kernel(name, dy, w, t_pads)
 
 
-def _bwd(padding, wgrad_impl, fwd_impl, res, dy):
-  x, w, bias = res
+def _bwd(padding, wgrad_impl, fwd_impl, relu, res, dy):
+  x, w, bias, y = res
+  if relu:
+    dy = jnp.where(y > 0, dy, jnp.zeros_like(dy))
   dx = _input_grad(x, w, dy, padding, fwd_impl)
   name = resolve("wgrad", wgrad_impl, x.shape, w.shape, padding, x.dtype)
   dw, db = wgrad.weight_and_bias_grad(name, x, dy, w.shape, padding, w.dtype,

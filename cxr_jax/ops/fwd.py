@@ -56,6 +56,18 @@ FORMULATIONS: dict[str, Callable] = {
 }
 
 
+def with_epilogue(name: str, x, w, padding: Padding, bias=None, relu: bool = False):
+  """Formulation `name`, plus `bias` [O], then max(0, .) with `relu`: the AMX kernel adds them to
+  its float32 sums before rounding; the others' outputs get them from XLA, as flax's Conv and
+  nn.relu would."""
+  if name == amx.NAME:
+    return amx.forward(x, w, padding, bias=bias, relu=relu)
+  y = FORMULATIONS[name](x, w, padding)
+  if bias is not None:
+    y = y + bias.reshape((1, 1, 1, -1))
+  return jnp.maximum(y, 0) if relu else y
+
+
 def rule(x_shape, kernel_shape, dtype) -> str:
   """Fixed choice when measuring is off: Winograd for 3x3 layers with 128+ input channels on maps
   of 14 x 14 to 56 x 56 (float32: 1.4-2x XLA's conv on VGG16's blocks 3-5 at 224 px, 2-core AMD

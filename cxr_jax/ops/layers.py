@@ -23,8 +23,10 @@ def _all_ones(v) -> bool:
 
 
 class _FastConv(nn.Conv):
-  """nn.Conv through `conv.conv2d` where it covers the configuration (module doc)."""
+  """nn.Conv through `conv.conv2d` where it covers the configuration (module doc); with `relu`,
+  the layer's ReLU too (`fuses_relu`)."""
   impls: ClassVar[tuple[str, str]] = ("xla", "auto")  # (forward/input gradient, weight gradient)
+  relu: bool = False  # nn.relu of the output, in the convolution's own epilogue where it has one
 
   def _covered(self, inputs):
     """(kernel size, explicit padding) of a call `conv.conv2d` covers, or None (then nn.Conv's
@@ -45,7 +47,8 @@ class _FastConv(nn.Conv):
   def __call__(self, inputs):
     covered = self._covered(inputs)
     if covered is None:
-      return super().__call__(inputs)
+      y = super().__call__(inputs)
+      return nn.relu(y) if self.relu else y
     kernel_size, pads = covered
     kernel = self.param("kernel", self.kernel_init, kernel_size + (inputs.shape[-1], self.features),
                         self.param_dtype)
@@ -53,7 +56,13 @@ class _FastConv(nn.Conv):
             if self.use_bias else None)
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     fwd_impl, wgrad_impl = self.impls
-    return conv.conv2d(inputs, kernel, pads, wgrad_impl, fwd_impl, bias=bias)
+    return conv.conv2d(inputs, kernel, pads, wgrad_impl, fwd_impl, bias=bias, relu=self.relu)
+
+
+def fuses_relu(conv_cls: type[nn.Module]) -> bool:
+  """Whether `conv_cls(..., relu=True)` is the conv followed by nn.relu (flax's nn.Conv has no
+  such field: apply nn.relu to its output)."""
+  return issubclass(conv_cls, _FastConv)
 
 
 @functools.cache

@@ -347,21 +347,25 @@ struct Problem {
 };
 
 // y [N, Ho, Wo, O] from x [N, H, W, C] and the kernel w [KH, KW, C, O] (with `flip`, the forward
-// kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`). Units:
+// kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`), plus the
+// float32 bias [O], then with `relu` max(0, .), before the one rounding to bfloat16: left to XLA,
+// the bias and the ReLU were passes over every output (7-14 % of a bfloat16 forward pass). Units:
 // panels of `panel` flat rows; a worker gathers its panel's operand rows (and the halo) into a
 // buffer that stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
-                   ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
-                   int64_t hp, int64_t wp, int64_t im2col, int64_t flip,
-                   ffi::Result<ffi::AnyBuffer> y) {
+                   ffi::Buffer<ffi::F32> bias, ffi::Span<const int64_t> offsets, int64_t panel,
+                   int64_t top, int64_t left, int64_t hp, int64_t wp, int64_t im2col,
+                   int64_t flip, int64_t relu, ffi::Result<ffi::AnyBuffer> y) {
   const auto yd = y->dimensions();
   const Problem pr(xb, yd[1], yd[2], offsets, top, left, hp, wp, im2col);
   const Grid& g = pr.g;
   const int64_t o = yd[3], c = pr.c;
   if (o % 32 || wb.element_count() != static_cast<int64_t>(offsets.size()) * g.c * o ||
-      (flip && (im2col || g.c % 32)))
+      bias.element_count() != o || (flip && (im2col || g.c % 32)))
     return ffi::Error::InvalidArgument(
-        "amx_conv_forward: O must be a multiple of 32, the kernel T x C x O (flip: C too, no im2col)");
+        "amx_conv_forward: O must be a multiple of 32, the kernel T x C x O, the bias O (flip: C "
+        "too, no im2col)");
+  const float* b_o = bias.typed_data();
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
   const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
   const int64_t* tap_offsets = pr.walk.offsets.data();
@@ -382,6 +386,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
       GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
     alignas(64) float block[32 * 32];
     for (int64_t ob = 0; ob < o / 32; ++ob) {
+      const __m512 b_lo = _mm512_loadu_ps(b_o + ob * 32), b_hi = _mm512_loadu_ps(b_o + ob * 32 + 16);
       for (int64_t r = 0; r < n_rows; r += 32) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int64_t t = 0; t < taps; ++t) {
@@ -406,8 +411,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
         for (int i = 0; i < 32; ++i, cur.Next()) {  // bf16 rounding of the valid rows only
           const int64_t dst = cur.Output();
           if (dst < 0) continue;
-          __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(block + i * 32 + 16),
-                                                _mm512_loadu_ps(block + i * 32));
+          __m512 lo = _mm512_add_ps(_mm512_loadu_ps(block + i * 32), b_lo);
+          __m512 hi = _mm512_add_ps(_mm512_loadu_ps(block + i * 32 + 16), b_hi);
+          if (relu) {  // max(0, v) returns v where v is NaN (the second operand): NaN stays NaN
+            lo = _mm512_max_ps(_mm512_setzero_ps(), lo);
+            hi = _mm512_max_ps(_mm512_setzero_ps(), hi);
+          }
+          __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
           _mm512_storeu_si512(reinterpret_cast<void*>(out + dst * o + ob * 32), (__m512i)packed);
         }
       }
@@ -547,6 +557,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("offsets")
                                   .Attr<int64_t>("panel")
                                   .Attr<int64_t>("top")
@@ -555,6 +566,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Attr<int64_t>("wp")
                                   .Attr<int64_t>("im2col")
                                   .Attr<int64_t>("flip")
+                                  .Attr<int64_t>("relu")
                                   .Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
