@@ -122,13 +122,14 @@ def forward_rate(workdir: Path, batch_size: int, dtype: str, repeats: int = 8) -
   import numpy as np
 
   from cxr_jax import checkpoint
-  from cxr_jax.evaluate import make_predict_fn
+  from cxr_jax.evaluate import compute_variables, make_predict_fn
 
   trained = checkpoint.load_trained(workdir, dtype=dtype)
   size = int(trained.config.data.image_size)
   fn = make_predict_fn(trained.model)
+  variables = compute_variables(trained.model, trained.variables)  # as predict: once per run
   x = np.zeros((batch_size, size, size, 3), np.float32)
-  step = lambda: jax.block_until_ready(fn(trained.variables, x))
+  step = lambda: jax.block_until_ready(fn(variables, x))
   step()   # compiles
   return batch_size / vs_pytorch.timed(step, repeats)
 

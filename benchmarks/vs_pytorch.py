@@ -74,6 +74,7 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
 
   from configs import default
   from cxr_jax import models
+  from cxr_jax.evaluate.inference import compute_variables
   from cxr_jax.train import optim, step
 
   _, conv_impl, *options = spec.split(":")
@@ -108,7 +109,11 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
     jax.block_until_ready(metrics)
 
   def eval_fn():
-    jax.block_until_ready(p_eval({"params": holder["state"].params}, batch_))
+    # As the trainer's evaluation: the parameters rounded to the computation dtype once per pass
+    # over the split (`compute_variables`), not per batch.
+    if "eval" not in holder:
+      holder["eval"] = compute_variables(model, {"params": holder["state"].params})
+    jax.block_until_ready(p_eval(holder["eval"], batch_))
 
   return train_fn, eval_fn
 

@@ -143,7 +143,7 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
   fit); `ood_score`: the score that flags (default: the fit's)."""
   from cxr_jax import checkpoint
   from cxr_jax.data.preprocess import normalise_images
-  from cxr_jax.evaluate import make_outputs_fn
+  from cxr_jax.evaluate import compute_variables, make_outputs_fn
   from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
   trained = checkpoint.load_trained(workdir, which=which, dtype=dtype)
@@ -153,13 +153,14 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
   # a batch get the next power of two instead, so one image runs a forward pass of one, not of 16.
   batch_size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())
   outputs_fn = make_outputs_fn(trained.model)
-  run = lambda x: outputs_fn(trained.variables, x)
+  variables = compute_variables(trained.model, trained.variables)  # rounded once, not per batch
+  run = lambda x: outputs_fn(variables, x)
   if cam_dir:
     layer = layer or (trained.config.get("explain") or {}).get("layer", DEFAULT_LAYER)
     cam_fn = make_cam_fn(trained.model, layer, method)
     Path(cam_dir).mkdir(parents=True, exist_ok=True)
-    run = lambda x: {**outputs_fn(trained.variables, x),
-                     "cam": cam_fn(trained.variables, x, np.full(batch_size, -1, np.int32))["cam"]}
+    run = lambda x: {**outputs_fn(variables, x),
+                     "cam": cam_fn(variables, x, np.full(batch_size, -1, np.int32))["cam"]}
   pending, used = None, set()
   for start in range(0, len(files), batch_size):
     names = [str(f) for f in files[start:start + batch_size]]

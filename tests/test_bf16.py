@@ -216,6 +216,26 @@ def test_vgg16_bfloat16_logits_and_probabilities_within_the_derived_tolerance(vg
   assert np.abs(probs["bfloat16"] - probs["float32"]).max() <= 0.5 * logit_tolerance() * scale
 
 
+def test_inference_rounds_vgg_parameters_once_for_the_same_logits(vgg16_run):
+  """VGG rounds every parameter to its computation dtype on each call: rounding them once before
+  a pass over many batches (`compute_variables`) gives the same logits bit for bit; float32
+  models and DenseNet (BatchNorm keeps float32 parameters) are left as they are."""
+  from cxr_jax.evaluate.inference import compute_variables
+  from cxr_jax.models.densenet import DenseNet
+
+  t = checkpoint.load_trained(vgg16_run, dtype="bfloat16")
+  once = compute_variables(t.model, t.variables)
+  assert {p.dtype for p in jax.tree.leaves(once["params"])} == {jnp.dtype(jnp.bfloat16)}
+  assert {p.dtype for p in jax.tree.leaves(t.variables["params"])} == {jnp.dtype(jnp.float32)}
+  x = jax.random.normal(jax.random.key(1), (2, SIZE, SIZE, 3), jnp.float32)
+  apply = jax.jit(t.model.apply)
+  np.testing.assert_array_equal(apply(once, x), apply(t.variables, x))
+  f32 = checkpoint.load_trained(vgg16_run)
+  assert compute_variables(f32.model, f32.variables) is f32.variables
+  densenet = DenseNet(dtype=jnp.bfloat16)
+  assert compute_variables(densenet, t.variables) is t.variables
+
+
 def test_predict_dtype_flag_overrides_the_runs_dtype(vgg16_run):
   assert checkpoint.load_trained(vgg16_run).model.dtype == jnp.float32
   assert checkpoint.load_trained(vgg16_run, dtype="bfloat16").model.dtype == jnp.bfloat16

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Variable collections that explanation adds (zero perturbations, sown activations): never inputs
@@ -18,6 +19,19 @@ EXPLANATION_COLLECTIONS = ("perturbations", "intermediates")
 def inference_variables(variables: dict) -> dict:
   """`variables` without the explanation collections: what every inference applies."""
   return {k: v for k, v in variables.items() if k not in EXPLANATION_COLLECTIONS}
+
+
+def compute_variables(model: nn.Module, variables: dict) -> dict:
+  """`variables` with the parameters already in the model's computation dtype, where the model
+  rounds every parameter to that dtype on each call anyway (`PARAMS_IN_COMPUTE_DTYPE`: VGG, whose
+  Conv and Dense layers promote kernel and bias; not DenseNet, whose BatchNorm keeps float32):
+  the same outputs bit for bit, without converting ~15 M parameters on every batch (8 % of a
+  bfloat16 forward pass on an AMX Xeon). For a pass over many batches: cast once, outside."""
+  dtype = jnp.dtype(getattr(model, "dtype", None) or jnp.float32)
+  if dtype == jnp.float32 or not getattr(model, "PARAMS_IN_COMPUTE_DTYPE", False):
+    return variables
+  cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
+  return {**variables, "params": jax.tree.map(cast, variables["params"])}
 
 
 def logits(model: nn.Module, variables, images):
@@ -131,6 +145,6 @@ def predict_arrays(model: nn.Module, variables, batches: Iterable[dict], *, pred
   """Class probabilities of the model over `batches`: (probs [N, C] float32, labels [N], ids [N])
   over the real rows, in batch order (see `run_batches`)."""
   predict_fn = predict_fn or make_predict_fn(model)
-  variables = inference_variables(variables)
+  variables = compute_variables(model, inference_variables(variables))
   probs, labels, ids = run_batches(lambda images: predict_fn(variables, images), batches)
   return probs.astype(np.float32), labels, ids

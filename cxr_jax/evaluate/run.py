@@ -77,7 +77,8 @@ class LoadedRun:
     self.workdir, self.trained, self.which = Path(workdir), trained, which
     self.config = trained.config if config is None else config
     self.model = trained.model
-    self.variables = inference.inference_variables(trained.variables)
+    self.variables = inference.compute_variables(trained.model,
+                                                 inference.inference_variables(trained.variables))
     self.predict_fn = inference.make_predict_fn(trained.model)
     self._built, self._splits, self._segmenter = built, splits, segmenter
     self._cache: dict = {}

@@ -16,6 +16,7 @@ Collections besides 'params' (take `variables["params"]` from `init`):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -126,6 +127,10 @@ class VGG(nn.Module):
       bit for bit, the gradient 8x faster on CPU).
     dtype: computation dtype (params stay float32; logits are returned as float32).
   """
+  # Every parameter is a Conv or Dense kernel or bias, which flax rounds to `dtype` on each call:
+  # inference may round them once instead (`evaluate.inference.compute_variables`).
+  PARAMS_IN_COMPUTE_DTYPE: ClassVar[bool] = True
+
   depth: int = 16
   num_classes: int = 3
   head: str = "flatten"

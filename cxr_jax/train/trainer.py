@@ -17,7 +17,7 @@ from clu import metric_writers, periodic_actions
 from flax import jax_utils
 
 from cxr_jax import checkpoint, data, evaluate, files, models, weights
-from cxr_jax.evaluate.inference import run_batches
+from cxr_jax.evaluate.inference import compute_variables, run_batches
 from cxr_jax.train import feature_cache, optim, overview, robust, transfer
 from cxr_jax.train.step import (
   LOSSES,
@@ -224,6 +224,7 @@ def predict_split(s: Setup, p_eval, variables, split: str):
       s.built, s.split_ids[split], batch_size=s.config.train.eval_batch_size,
       num_devices=jax.local_device_count(), preprocessing=s.preprocessing, train=False,
       seed=s.config.seed, epoch=0, data_config=s.config.data)
+  variables = compute_variables(s.model, variables)  # rounded once for the pass, not per batch
   return run_batches(lambda images: p_eval(variables, {"image": images}),
                      s.features.swap(batches) if s.features else batches, per_device=True)
 
