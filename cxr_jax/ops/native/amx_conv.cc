@@ -124,6 +124,17 @@ struct Cursor {
   Cursor(const Grid& grid, int64_t row)
       : g(grid), n(row / (grid.hp * grid.wp)), y(row % (grid.hp * grid.wp) / grid.wp),
         x(row % grid.wp) {}
+  // Moves k rows on, k <= wp - x (to the end of this grid row at most).
+  void Advance(int64_t k) {
+    x += k;
+    if (x == g.wp) {
+      x = 0;
+      if (++y == g.hp) {
+        y = 0;
+        ++n;
+      }
+    }
+  }
   void Next() {
     if (++x == g.wp) {
       x = 0;
@@ -196,6 +207,31 @@ std::vector<std::pair<int64_t, int64_t>> Taps(const Grid& g, ffi::Span<const int
   std::vector<std::pair<int64_t, int64_t>> taps;
   for (int64_t off : offsets) taps.emplace_back(off / g.wp, off % g.wp);
   return taps;
+}
+
+// Writes `count` consecutive flat rows' input channels from the cursor's row on to dst (c per
+// row), moving the cursor past them: a grid row at a time, its image part one copy, the padding
+// zeros (row by row, the cursor and copy cost more than the 64-channel layers' products).
+void GatherRows(Cursor& cur, const uint16_t* x, int64_t count, uint16_t* dst) {
+  const Grid& g = cur.g;
+  const int64_t c = g.c;
+  while (count > 0) {
+    const int64_t span = std::min(count, g.wp - cur.x), yy = cur.y - g.top;
+    if (cur.n >= g.n || yy < 0 || yy >= g.h) {
+      std::memset(dst, 0, 2 * c * span);
+    } else {
+      const int64_t a = cur.x, b = cur.x + span;
+      const int64_t lo = std::clamp(g.left, a, b), hi = std::clamp(g.left + g.w, a, b);
+      std::memset(dst, 0, 2 * c * (lo - a));
+      if (hi > lo)
+        std::memcpy(dst + (lo - a) * c, x + ((cur.n * g.h + yy) * g.w + (lo - g.left)) * c,
+                    2 * c * (hi - lo));
+      std::memset(dst + (hi - a) * c, 0, 2 * c * (b - hi));
+    }
+    dst += span * c;
+    count -= span;
+    cur.Advance(span);
+  }
 }
 
 // Writes the cursor's row's operand columns (`Columns`) to dst.
@@ -382,12 +418,42 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
     const int64_t r0 = p * panel, n_rows = std::min(panel, rows - r0);
     uint16_t* xl = Scratch<uint16_t>(0, (n_rows + halo) * c);
     Cursor cur(g, r0);
-    for (int64_t q = 0; q < n_rows + halo; ++q, cur.Next())
-      GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
-    alignas(64) float block[32 * 32];
-    for (int64_t ob = 0; ob < o / 32; ++ob) {
+    if (im2col) {
+      for (int64_t q = 0; q < n_rows + halo; ++q, cur.Next())
+        GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
+    } else {
+      GatherRows(cur, x, n_rows + halo, xl);
+    }
+    // Two blocks of sums: a block's epilogue (bias, ReLU, rounding, store) runs on the vector
+    // units after the next block's tile products are issued, so the two overlap.
+    alignas(64) float blocks[2][32 * 32];
+    int64_t pending_ob = -1, pending_r = 0;
+    const auto epilogue = [&](int64_t ob, int64_t r, const float* block) {
       const __m512 b_lo = _mm512_loadu_ps(b_o + ob * 32), b_hi = _mm512_loadu_ps(b_o + ob * 32 + 16);
-      for (int64_t r = 0; r < n_rows; r += 32) {
+      Cursor cur(g, r0 + r);
+      // The valid rows only (a run of consecutive outputs along each grid row), rounded to bf16.
+      for (int64_t i = 0; i < 32;) {
+        const int64_t span = std::min<int64_t>(32 - i, g.wp - cur.x);
+        const int64_t valid = cur.n < g.n && cur.y < g.ho ? std::min(span, g.wo - cur.x) : 0;
+        uint16_t* dst = out + ((cur.n * g.ho + cur.y) * g.wo + cur.x) * o + ob * 32;
+        for (int64_t j = 0; j < valid; ++j) {
+          const float* sums = block + (i + j) * 32;
+          __m512 lo = _mm512_add_ps(_mm512_load_ps(sums), b_lo);
+          __m512 hi = _mm512_add_ps(_mm512_load_ps(sums + 16), b_hi);
+          if (relu) {  // max(0, v) returns v where v is NaN (the second operand): NaN stays NaN
+            lo = _mm512_max_ps(_mm512_setzero_ps(), lo);
+            hi = _mm512_max_ps(_mm512_setzero_ps(), hi);
+          }
+          _mm512_storeu_si512(reinterpret_cast<void*>(dst + j * o),
+                              (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+        i += span;
+        cur.Advance(span);
+      }
+    };
+    int64_t k_block = 0;
+    for (int64_t ob = 0; ob < o / 32; ++ob) {
+      for (int64_t r = 0; r < n_rows; r += 32, ++k_block) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int64_t t = 0; t < taps; ++t) {
           const uint16_t* a = xl + (r + tap_offsets[t]) * c;
@@ -403,25 +469,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
             _tile_dpbf16ps(3, 5, 7);
           }
         }
+        if (pending_ob >= 0) epilogue(pending_ob, pending_r, blocks[(k_block - 1) & 1]);
+        float* block = blocks[k_block & 1];
         _tile_stored(0, block, 128);
         _tile_stored(1, block + 16, 128);
         _tile_stored(2, block + 16 * 32, 128);
         _tile_stored(3, block + 16 * 32 + 16, 128);
-        Cursor cur(g, r0 + r);
-        for (int i = 0; i < 32; ++i, cur.Next()) {  // bf16 rounding of the valid rows only
-          const int64_t dst = cur.Output();
-          if (dst < 0) continue;
-          __m512 lo = _mm512_add_ps(_mm512_loadu_ps(block + i * 32), b_lo);
-          __m512 hi = _mm512_add_ps(_mm512_loadu_ps(block + i * 32 + 16), b_hi);
-          if (relu) {  // max(0, v) returns v where v is NaN (the second operand): NaN stays NaN
-            lo = _mm512_max_ps(_mm512_setzero_ps(), lo);
-            hi = _mm512_max_ps(_mm512_setzero_ps(), hi);
-          }
-          __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
-          _mm512_storeu_si512(reinterpret_cast<void*>(out + dst * o + ob * 32), (__m512i)packed);
-        }
+        pending_ob = ob;
+        pending_r = r;
       }
     }
+    if (pending_ob >= 0) epilogue(pending_ob, pending_r, blocks[(k_block - 1) & 1]);
   });
   return ffi::Error::Success();
 }
