@@ -31,6 +31,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -424,33 +425,31 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
     } else {
       GatherRows(cur, x, n_rows + halo, xl);
     }
-    // Two blocks of sums: a block's epilogue (bias, ReLU, rounding, store) runs on the vector
-    // units after the next block's tile products are issued, so the two overlap.
+    // Two blocks of sums: a block's epilogue (bias, ReLU, rounding, store of its valid rows) runs
+    // on the vector units a few rows after each tap of the next block's tile products, so the two
+    // overlap (run after them, it cost the 64-channel layers 30 % more time).
     alignas(64) float blocks[2][32 * 32];
-    int64_t pending_ob = -1, pending_r = 0;
-    const auto epilogue = [&](int64_t ob, int64_t r, const float* block) {
-      const __m512 b_lo = _mm512_loadu_ps(b_o + ob * 32), b_hi = _mm512_loadu_ps(b_o + ob * 32 + 16);
-      Cursor cur(g, r0 + r);
-      // The valid rows only (a run of consecutive outputs along each grid row), rounded to bf16.
-      for (int64_t i = 0; i < 32;) {
-        const int64_t span = std::min<int64_t>(32 - i, g.wp - cur.x);
-        const int64_t valid = cur.n < g.n && cur.y < g.ho ? std::min(span, g.wo - cur.x) : 0;
-        uint16_t* dst = out + ((cur.n * g.ho + cur.y) * g.wo + cur.x) * o + ob * 32;
-        for (int64_t j = 0; j < valid; ++j) {
-          const float* sums = block + (i + j) * 32;
-          __m512 lo = _mm512_add_ps(_mm512_load_ps(sums), b_lo);
-          __m512 hi = _mm512_add_ps(_mm512_load_ps(sums + 16), b_hi);
-          if (relu) {  // max(0, v) returns v where v is NaN (the second operand): NaN stays NaN
-            lo = _mm512_max_ps(_mm512_setzero_ps(), lo);
-            hi = _mm512_max_ps(_mm512_setzero_ps(), hi);
-          }
-          _mm512_storeu_si512(reinterpret_cast<void*>(dst + j * o),
-                              (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    int64_t pending_ob = -1, done = 32;
+    const float* pending = nullptr;
+    std::optional<Cursor> rows_at;
+    const auto drain = [&](int64_t upto) {
+      if (pending_ob < 0) return;
+      const __m512 b_lo = _mm512_loadu_ps(b_o + pending_ob * 32);
+      const __m512 b_hi = _mm512_loadu_ps(b_o + pending_ob * 32 + 16);
+      for (; done < upto; ++done, rows_at->Next()) {
+        const int64_t dst = rows_at->Output();
+        if (dst < 0) continue;
+        __m512 lo = _mm512_add_ps(_mm512_load_ps(pending + done * 32), b_lo);
+        __m512 hi = _mm512_add_ps(_mm512_load_ps(pending + done * 32 + 16), b_hi);
+        if (relu) {  // max(0, v) returns v where v is NaN (the second operand): NaN stays NaN
+          lo = _mm512_max_ps(_mm512_setzero_ps(), lo);
+          hi = _mm512_max_ps(_mm512_setzero_ps(), hi);
         }
-        i += span;
-        cur.Advance(span);
+        _mm512_storeu_si512(reinterpret_cast<void*>(out + dst * o + pending_ob * 32),
+                            (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       }
     };
+    const int64_t per_tap = (32 + taps - 1) / taps;
     int64_t k_block = 0;
     for (int64_t ob = 0; ob < o / 32; ++ob) {
       for (int64_t r = 0; r < n_rows; r += 32, ++k_block) {
@@ -468,18 +467,21 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
           }
+          drain(std::min<int64_t>(32, (t + 1) * per_tap));
         }
-        if (pending_ob >= 0) epilogue(pending_ob, pending_r, blocks[(k_block - 1) & 1]);
+        drain(32);
         float* block = blocks[k_block & 1];
         _tile_stored(0, block, 128);
         _tile_stored(1, block + 16, 128);
         _tile_stored(2, block + 16 * 32, 128);
         _tile_stored(3, block + 16 * 32 + 16, 128);
         pending_ob = ob;
-        pending_r = r;
+        pending = block;
+        done = 0;
+        rows_at.emplace(g, r0 + r);
       }
     }
-    if (pending_ob >= 0) epilogue(pending_ob, pending_r, blocks[(k_block - 1) & 1]);
+    drain(32);
   });
   return ffi::Error::Success();
 }
