@@ -386,7 +386,7 @@ struct Problem {
 // y [N, Ho, Wo, O] from x [N, H, W, C] and the kernel w [KH, KW, C, O] (with `flip`, the forward
 // kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`), plus the
 // float32 bias [O], then with `relu` max(0, .), before the one rounding to bfloat16: left to XLA,
-// the bias and the ReLU were passes over every output (7-14 % of a bfloat16 forward pass). Units:
+// the bias and the ReLU were passes over every output (a quarter of a bf16 forward pass). Units:
 // panels of `panel` flat rows; a worker gathers its panel's operand rows (and the halo) into a
 // buffer that stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
