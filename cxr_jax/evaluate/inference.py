@@ -4,6 +4,7 @@ batches of images."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import flax.linen as nn
@@ -30,8 +31,15 @@ def compute_variables(model: nn.Module, variables: dict) -> dict:
   dtype = jnp.dtype(getattr(model, "dtype", None) or jnp.float32)
   if dtype == jnp.float32 or not getattr(model, "PARAMS_IN_COMPUTE_DTYPE", False):
     return variables
-  cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
-  return {**variables, "params": jax.tree.map(cast, variables["params"])}
+  return {**variables, "params": _cast_floats(variables["params"], dtype)}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _cast_floats(tree, dtype):
+  """Every floating leaf of `tree` cast to `dtype`, in one compiled program (cast one by one,
+  each array shape compiled its own convert: ~0.8 s of predict's cold start)."""
+  return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+                      tree)
 
 
 def logits(model: nn.Module, variables, images):
