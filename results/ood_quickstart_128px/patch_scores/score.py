@@ -98,9 +98,9 @@ def grid(t, key):
   return np.concatenate(parts, axis=-1)   # [N, G, G, D]
 
 
-def posknn(key, r=1):
-  """Position-aware patch kNN: each patch against the train patches at the same grid cell and
-  its (2r+1)^2 neighbours only (the films are roughly aligned). Maps [N, G*G]."""
+def per_cell(key, fit):
+  """Maps [N, G*G]: every grid cell's patches scored by fit(train patches [N, G, G, D], i, j),
+  which returns the cell's scorer (patches [n, D] -> [n]); and the time per image."""
   tr = grid("train", key)
   g = tr.shape[1]
   xs = {t: grid(t, key) for t in TAGS}
@@ -108,33 +108,36 @@ def posknn(key, r=1):
   t0 = time.time()
   for i in range(g):
     for j in range(g):
-      bank = tr[:, max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1].reshape(-1, tr.shape[-1])
+      score = fit(tr, i, j)
       for t in TAGS:
-        maps[t][:, i, j] = nn_dist(xs[t][:, i, j], bank)
+        maps[t][:, i, j] = score(xs[t][:, i, j])
   n = sum(len(x) for x in xs.values())
-  return {t: m.reshape(len(m), -1) for t, m in maps.items()}, len(tr) * (2 * r + 1) ** 2, 0.0, \
-      (time.time() - t0) / n
+  return {t: m.reshape(len(m), -1) for t, m in maps.items()}, (time.time() - t0) / n
+
+
+def posknn(key, r=1):
+  """Position-aware patch kNN: each patch against the train patches at the same grid cell and
+  its (2r+1)^2 neighbours only (the films are roughly aligned). Maps [N, G*G]."""
+  def fit(tr, i, j):
+    bank = tr[:, max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1].reshape(-1, tr.shape[-1])
+    return lambda x: nn_dist(x, bank)
+  maps, per_image = per_cell(key, fit)
+  return maps, len(grid("train", key)) * (2 * r + 1) ** 2, 0.0, per_image
 
 
 def padim(key):
   """PaDiM-style: a Gaussian per grid cell (train mean, Ledoit-Wolf covariance); per-patch
   Mahalanobis distance. Maps [N, G*G]."""
   from sklearn.covariance import LedoitWolf
-  tr = grid("train", key)
-  g = tr.shape[1]
-  xs = {t: grid(t, key) for t in TAGS}
-  maps = {t: np.zeros((len(xs[t]), g, g), np.float32) for t in TAGS}
-  t0 = time.time()
-  for i in range(g):
-    for j in range(g):
-      f = tr[:, i, j].astype(np.float64)
-      mu = f.mean(0)
-      prec = np.linalg.inv(LedoitWolf().fit(f - mu).covariance_)
-      for t in TAGS:
-        c = xs[t][:, i, j] - mu
-        maps[t][:, i, j] = np.sqrt(np.einsum("nd,de,ne->n", c, prec, c))
-  n = sum(len(x) for x in xs.values())
-  return {t: m.reshape(len(m), -1) for t, m in maps.items()}, g * g, 0.0, (time.time() - t0) / n
+
+  def fit(tr, i, j):
+    f = tr[:, i, j].astype(np.float64)
+    mu = f.mean(0)
+    prec = np.linalg.inv(LedoitWolf().fit(f - mu).covariance_)
+    return lambda x: np.sqrt(np.einsum("nd,de,ne->n", x - mu, prec, x - mu))
+  maps, per_image = per_cell(key, fit)
+  g = grid("train", key).shape[1]
+  return maps, g * g, 0.0, per_image
 
 
 def aggregate(m, how):
