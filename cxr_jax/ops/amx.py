@@ -10,7 +10,8 @@ pads, crops, lays out and packs its operands itself, per L2-sized panel of rows:
 those passes and the bias gradient's reductions took more of a step than the products
 (bf16_step_profile_xeon_amx_after.md has the step since).
 
-  forward      x [N, H, W, C] * w [KH, KW, C, O] -> [N, H', W', O] (x.dtype), also the input
+  forward      x [N, H, W, C] * w [KH, KW, C, O] (+ bias, then the ReLU, on the float32 sums)
+               -> [N, H', W', O] (x.dtype), also the input
                gradient (`fwd.on_transposed_kernel`: dy and the forward kernel, flipped and
                swapped as the kernel packs it)
   weight_and_bias_grad  dw [KH, KW, C, O] and db [O] from x and dy, float32 sums

@@ -427,7 +427,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
     }
     // Two blocks of sums: a block's epilogue (bias, ReLU, rounding, store of its valid rows) runs
     // on the vector units a few rows after each tap of the next block's tile products, so the two
-    // overlap (run after them, it cost the 64-channel layers 30 % more time).
+    // overlap (the epilogue is up to 30 % of a 64-channel layer's time; overlapped, the forward
+    // pass ran 4-10 % faster than with each epilogue after its block).
     alignas(64) float blocks[2][32 * 32];
     int64_t pending_ob = -1, done = 32;
     const float* pending = nullptr;
