@@ -36,8 +36,8 @@ def compute_variables(model: nn.Module, variables: dict) -> dict:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _cast_floats(tree, dtype):
-  """Every floating leaf of `tree` cast to `dtype`, in one compiled program (cast one by one,
-  each array shape compiled its own convert: ~0.8 s of predict's cold start)."""
+  """Every floating leaf of `tree` cast to `dtype`, in one compiled program (not one per array
+  shape: a cold start compiles it once, or reads it from the compilation cache)."""
   return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
                       tree)
 
