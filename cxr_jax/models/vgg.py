@@ -65,14 +65,14 @@ class VGGBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = conv_class(self.conv_impl)
+    # The ReLU in the convolution's own epilogue where the class has one (ops.conv.conv2d).
+    fused = {"relu": True} if ops.fuses_relu(conv) else {}
     for j in range(self.num_convs):
       name = f"conv{j + 1}"
-      if ops.fuses_relu(conv):  # the ReLU in the convolution's epilogue (ops.conv.conv2d)
-        x = conv(self.features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, relu=True,
-                 name=name)(x)
-      else:
-        x = nn.relu(conv(self.features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype,
-                         name=name)(x))
+      x = conv(self.features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, name=name,
+               **fused)(x)
+      if not fused:
+        x = nn.relu(x)
       # Grad-CAM differentiates w.r.t. this zero perturbation (linen forbids reusing the
       # param name): perturbations[block][f"{conv}_out"].
       x = self.perturb(f"{name}_out", x)
