@@ -136,15 +136,7 @@ struct Cursor {
       }
     }
   }
-  void Next() {
-    if (++x == g.wp) {
-      x = 0;
-      if (++y == g.hp) {
-        y = 0;
-        ++n;
-      }
-    }
-  }
+  void Next() { Advance(1); }
   // The input row (c values) at tap (di, dj) of this row, or nullptr where that is padding. For a
   // row whose window fits the grid (every stored output) this is the flat row + di * wp + dj.
   const uint16_t* Input(const uint16_t* in, int64_t di = 0, int64_t dj = 0) const {
