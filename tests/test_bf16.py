@@ -350,6 +350,51 @@ def test_amx_forward_adds_bias_and_relu_to_its_float32_sums(x_shape, k_shape, pa
   np.testing.assert_array_equal(jnp.isnan(got), reached)
 
 
+@pytest.mark.parametrize("small_units", [False, True])
+@pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
+def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads, small_units,
+                                                          monkeypatch):
+  """The ReLU's gradient applied by the kernels as they read dy (`mask`, the layer's output) gives
+  bit for bit what they give on jnp.where(y > 0, dy, 0): the same values reach the same products in
+  the same order. The mask holds positives, negatives, +0, -0, +inf, -inf and NaN (only the
+  positives and +inf keep dy: NaN > 0 is false); so does conv2d(relu=True)'s backward pass, on
+  bfloat16 through the AMX formulations, against the masked dy's formulations called by hand."""
+  from cxr_jax.ops import amx, conv
+
+  amx = _amx_or_skip()
+  if small_units:
+    monkeypatch.setattr(amx, "FORWARD_PANEL_BYTES", 1)
+    monkeypatch.setattr(amx, "WGRAD_PANEL_BYTES", 1)
+  bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+  x, w, b = bf(_random(x_shape, 41, relu=True)), bf(_random(k_shape, 42)), bf(_random(k_shape[3:], 43))
+  y_shape = fwd.xla(x, w, pads).shape
+  dy = bf(_random(y_shape, 44))
+  specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 2.0], np.float32)
+  y = np.random.default_rng(45).standard_normal(y_shape).astype(np.float32)
+  picks = np.random.default_rng(46).integers(0, 2 * len(specials), y_shape)  # ~half special
+  y = bf(np.where(picks < len(specials), specials[np.minimum(picks, len(specials) - 1)], y))
+  masked = amx.relu_masked(dy, y)
+  assert 0.2 < float(jnp.mean(masked == 0)) < 0.9
+  got = amx.weight_and_bias_grad(x, dy, k_shape, pads, jnp.float32, jnp.float32, mask=y)
+  want = amx.weight_and_bias_grad(x, masked, k_shape, pads, jnp.float32, jnp.float32)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  tpads = fwd.transposed_padding(k_shape, pads)
+  dx_covered = tpads is not None and amx.covers(amx.NAME, fwd.transposed_kernel(w).shape, jnp.bfloat16)
+  if dx_covered:
+    np.testing.assert_array_equal(amx.forward(dy, w, tpads, flip=True, mask=y),
+                                  amx.forward(masked, w, tpads, flip=True))
+  # conv2d's backward with the fused ReLU: its y is the layer's (nonnegative) output.
+  y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, "amx", "amx", b_, relu=True),
+                       x, w, b)
+  dx, dw, db = vjp(dy)
+  keep = amx.relu_masked(dy, y_out)
+  want_dw, want_db = amx.weight_and_bias_grad(x, keep, k_shape, pads, w.dtype, b.dtype)
+  np.testing.assert_array_equal(dw, want_dw)
+  np.testing.assert_array_equal(db, want_db)
+  if dx_covered:
+    np.testing.assert_array_equal(dx, amx.forward(keep, w, tpads, flip=True))
+
+
 def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):
   """Units are whole tiles of at most the cache bound, and the busiest core (units taken in turn)
   does at most its share of the rows plus one tile per unit it takes: 5 units of 416 rows on 2

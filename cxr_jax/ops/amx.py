@@ -182,30 +182,50 @@ def _check(kernel_shape, dtype) -> None:
                      f"{unavailable_reason() or 'AMX available'})")
 
 
-def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False):
+def relu_masked(v, mask):
+  """v where mask > 0, else 0 (v itself without a mask): the ReLU's gradient applied to dy, in XLA,
+  what `forward` and `weight_and_bias_grad` do to it in the kernel (for the other formulations)."""
+  return v if mask is None else jnp.where(mask > 0, v, jnp.zeros_like(v))
+
+
+def _mask_of(mask, like) -> tuple:
+  """(the mask operand, its `masked` attribute): `like` itself, unread, where there is none."""
+  if mask is None:
+    return like, np.int64(0)
+  if mask.shape != like.shape:
+    raise ValueError(f"the ReLU mask {mask.shape} must have the masked operand's shape {like.shape}")
+  return mask.astype(like.dtype), np.int64(1)
+
+
+def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, mask=None):
   """The convolution (module doc), bf16 products, float32 sums, output in x.dtype. With `flip`, w
   is a forward kernel [KH, KW, O, C] and the convolution is the input gradient's: taps reversed,
   input and output swapped (`fwd.transposed_kernel(w)`, which the kernel applies as it packs w
   instead of XLA transposing it first). `bias` [O] is added to the float32 sums, and with `relu`
-  max(0, .) taken, before the output's one rounding (`conv.conv2d`'s fused bias and ReLU)."""
+  max(0, .) taken, before the output's one rounding (`conv.conv2d`'s fused bias and ReLU). With
+  `mask` (x's shape), x counts only where mask > 0: the input gradient of a layer whose ReLU output
+  is `mask`, its dy masked as the kernel gathers it (`jnp.where(mask > 0, x, 0)`, exactly)."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
   _check(kernel_shape, x.dtype)
   if flip and not flips(w.shape):
     raise ValueError(f"the AMX kernel flips whole 32-channel blocks: not kernel {tuple(w.shape)}")
+  if mask is not None and _im2col(kernel_shape):
+    raise ValueError(f"the AMX kernel masks whole 32-channel blocks: not kernel {tuple(kernel_shape)}")
+  keep, masked = _mask_of(mask, x)
   attrs, rows, (ho, wo) = _geometry(x.shape, kernel_shape, padding)
   call = jax.ffi.ffi_call(TARGETS["forward"][0],
                           jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel_shape[3]), x.dtype),
                           vmap_method="sequential")
   panel = _panel(rows, FORWARD_PANEL_BYTES // (2 * _columns(kernel_shape)))
   bias = jnp.zeros((kernel_shape[3],), jnp.float32) if bias is None else bias.astype(jnp.float32)
-  return call(x, w.astype(x.dtype), bias, panel=panel, flip=np.int64(flip), relu=np.int64(relu),
-              **attrs)
+  return call(x, w.astype(x.dtype), bias, keep, panel=panel, flip=np.int64(flip),
+              relu=np.int64(relu), masked=masked, **attrs)
 
 
-def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):
+def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None):
   """(dw, db) of `forward` plus a bias for output gradient dy: float32 sums cast to `dtype` and
   `bias_dtype` (db is summed on the pass that lays dy out for the tiles, so it costs no pass of
-  its own)."""
+  its own). With `mask` (dy's shape, the layer's ReLU output), dy counts only where mask > 0."""
   _check(kernel_shape, x.dtype)
   o = kernel_shape[3]
   c = _columns(kernel_shape)
@@ -219,7 +239,9 @@ def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype):
                           (jax.ShapeDtypeStruct((taps, c, o), jnp.float32),
                            jax.ShapeDtypeStruct((o,), jnp.float32)),
                           vmap_method="sequential")
-  dw, db = call(x, dy.astype(x.dtype), panel=panel, **attrs)
+  dy = dy.astype(x.dtype)
+  keep, masked = _mask_of(mask, dy)
+  dw, db = call(x, dy, keep, panel=panel, masked=masked, **attrs)
   dw = dw.reshape(-1, o)[:int(np.prod(kernel_shape[:3]))]  # im2col: the taps' rows only
   return dw.reshape(kernel_shape).astype(dtype), db.astype(bias_dtype)
 

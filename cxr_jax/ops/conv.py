@@ -6,10 +6,9 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
-from cxr_jax.ops import fwd, tuning, wgrad
+from cxr_jax.ops import amx, fwd, tuning, wgrad
 
 CHOICES = ("auto", "rule")  # besides the formulation names themselves
 
@@ -66,7 +65,8 @@ def conv2d(x, w, padding: tuple[tuple[int, int], ...], wgrad_impl: str = "auto",
     relu: max(0, .) of the result, the layer's activation: the AMX formulation applies bias and
       ReLU to its float32 sums (`fwd.with_epilogue`), where XLA's bias and ReLU passes (alone or
       fused into the pooling) took a quarter of a bfloat16 forward pass's op time; its gradient
-      (0 where the output is 0, as nn.relu's) is applied to dy here.
+      (0 where the output is 0, as nn.relu's) is applied to dy in the backward pass, by the AMX
+      kernels as they read dy (left to XLA, a pass over each layer's dy: 5 % of a bf16 step).
   """
   _check("wgrad", wgrad_impl)
   return _conv2d(x, w, bias, padding, wgrad_impl, fwd_impl, relu)
@@ -82,27 +82,28 @@ def _fwd(x, w, bias, padding, wgrad_impl, fwd_impl, relu):
   return y, (x, w, bias, y if relu else None)
 
 
-def _input_grad(x, w, dy, padding, fwd_impl):
-  """dx is the convolution of dy with the flipped, in/out-swapped kernel: the forward problem of
-  other shapes, so it gets its own choice of formulation."""
+def _input_grad(x, w, dy, padding, fwd_impl, mask):
+  """dx is the convolution of dy (where mask > 0, with a mask) with the flipped, in/out-swapped
+  kernel: the forward problem of other shapes, so it gets its own choice of formulation."""
   t_pads = fwd.transposed_padding(w.shape, padding)
   t_shape = w.shape[:2] + (w.shape[3], w.shape[2])
   name = "xla" if t_pads is None else resolve("fwd", fwd_impl, dy.shape, t_shape, t_pads, dy.dtype)
   if name == "xla":
     # XLA's own transposed convolution: as fast as its forward pass.
     _, vjp_x = jax.vjp(lambda x_: fwd.xla(x_, w, padding), x)
-    return vjp_x(dy)[0]
-  return fwd.on_transposed_kernel(name, dy, w, t_pads)
+    return vjp_x(amx.relu_masked(dy, mask))[0]
+  return fwd.on_transposed_kernel(name, dy, w, t_pads, mask=mask)
 
 
 def _bwd(padding, wgrad_impl, fwd_impl, relu, res, dy):
+  # With relu, y is the ReLU's output and dy counts where y > 0 (nn.relu's gradient): each
+  # formulation masks it as it reads it (the AMX kernels) or XLA does first (the others; one
+  # jnp.where for both, which XLA drops where dx is not needed).
   x, w, bias, y = res
-  if relu:
-    dy = jnp.where(y > 0, dy, jnp.zeros_like(dy))
-  dx = _input_grad(x, w, dy, padding, fwd_impl)
+  dx = _input_grad(x, w, dy, padding, fwd_impl, y)
   name = resolve("wgrad", wgrad_impl, x.shape, w.shape, padding, x.dtype)
   dw, db = wgrad.weight_and_bias_grad(name, x, dy, w.shape, padding, w.dtype,
-                                      None if bias is None else bias.dtype)
+                                      None if bias is None else bias.dtype, mask=y)
   return dx, dw, db
 
 

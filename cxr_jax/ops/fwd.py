@@ -101,9 +101,10 @@ def transposed_kernel(w):
   return jnp.flip(w, (0, 1)).swapaxes(2, 3)
 
 
-def on_transposed_kernel(name: str, dy, w, padding: Padding):
+def on_transposed_kernel(name: str, dy, w, padding: Padding, mask=None):
   """Formulation `name` applied to dy and `transposed_kernel(w)` (the input gradient); the AMX
-  kernel flips and swaps w as it packs it, so XLA never transposes it."""
+  kernel flips and swaps w as it packs it, so XLA never transposes it. With `mask` (the layer's
+  ReLU output), dy counts only where mask > 0 (`amx.relu_masked`; the AMX kernel as it reads dy)."""
   if name == amx.NAME and amx.flips(w.shape):
-    return amx.forward(dy, w, padding, flip=True)
-  return FORMULATIONS[name](dy, transposed_kernel(w), padding)
+    return amx.forward(dy, w, padding, flip=True, mask=mask)
+  return FORMULATIONS[name](amx.relu_masked(dy, mask), transposed_kernel(w), padding)

@@ -113,11 +113,17 @@ FORMULATIONS: dict[str, Callable] = {
 }
 
 
-def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype, bias_dtype=None):
+def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype, bias_dtype=None,
+                         mask=None):
   """(dw by formulation `name`, db = the sum of dy over (N, H, W) in float32, cast to `bias_dtype`;
-  None without a bias). The AMX formulation sums db on its own pass over dy."""
-  if bias_dtype is not None and name == amx.NAME:
-    return amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype)
+  None without a bias). The AMX formulation sums db on its own pass over dy. With `mask` (the
+  layer's ReLU output), dy counts only where mask > 0: the AMX kernel masks dy as it reads it, the
+  others get `jnp.where(mask > 0, dy, 0)` first."""
+  if name == amx.NAME:
+    dw, db = amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype,
+                                      bias_dtype or dtype, mask=mask)
+    return dw, None if bias_dtype is None else db
+  dy = amx.relu_masked(dy, mask)
   dw = FORMULATIONS[name](x, dy, kernel_shape, padding, dtype)
   if bias_dtype is None:
     return dw, None

@@ -202,10 +202,30 @@ std::vector<std::pair<int64_t, int64_t>> Taps(const Grid& g, ffi::Span<const int
   return taps;
 }
 
+// Whether each of 32 bfloat16 values is a positive number (> 0, NaN not): as int16, 1..0x7f80
+// (+inf); -0, the negatives (sign bit set) and NaN (0x7f81..) fail, as `y > 0` does.
+__mmask32 Positive(const uint16_t* v) {
+  const __m512i bits = _mm512_loadu_si512(reinterpret_cast<const void*>(v));
+  return _mm512_cmpgt_epi16_mask(bits, _mm512_setzero_si512()) &
+         _mm512_cmple_epi16_mask(bits, _mm512_set1_epi16(0x7f80));
+}
+
+// dst = src where `keep` is positive, else 0 (n a multiple of 32): the ReLU's gradient,
+// jnp.where(y > 0, dy, 0), applied as the kernel reads dy (left to XLA it was a pass of its own
+// over every layer's dy, 5 % of a bf16 training step).
+void CopyWherePositive(uint16_t* dst, const uint16_t* src, const uint16_t* keep, int64_t n) {
+  for (int64_t i = 0; i < n; i += 32)
+    _mm512_storeu_si512(reinterpret_cast<void*>(dst + i),
+                        _mm512_maskz_mov_epi16(Positive(keep + i), _mm512_loadu_si512(
+                                                   reinterpret_cast<const void*>(src + i))));
+}
+
 // Writes `count` consecutive flat rows' input channels from the cursor's row on to dst (c per
 // row), moving the cursor past them: a grid row at a time, its image part one copy, the padding
-// zeros (row by row, the cursor and copy cost more than the 64-channel layers' products).
-void GatherRows(Cursor& cur, const uint16_t* x, int64_t count, uint16_t* dst) {
+// zeros (row by row, the cursor and copy cost more than the 64-channel layers' products). With
+// `keep` (x's shape, c a multiple of 32), each value only where keep's is positive.
+void GatherRows(Cursor& cur, const uint16_t* x, int64_t count, uint16_t* dst,
+                const uint16_t* keep = nullptr) {
   const Grid& g = cur.g;
   const int64_t c = g.c;
   while (count > 0) {
@@ -216,9 +236,11 @@ void GatherRows(Cursor& cur, const uint16_t* x, int64_t count, uint16_t* dst) {
       const int64_t a = cur.x, b = cur.x + span;
       const int64_t lo = std::clamp(g.left, a, b), hi = std::clamp(g.left + g.w, a, b);
       std::memset(dst, 0, 2 * c * (lo - a));
-      if (hi > lo)
-        std::memcpy(dst + (lo - a) * c, x + ((cur.n * g.h + yy) * g.w + (lo - g.left)) * c,
-                    2 * c * (hi - lo));
+      const int64_t from = ((cur.n * g.h + yy) * g.w + (lo - g.left)) * c;
+      if (hi > lo && keep)
+        CopyWherePositive(dst + (lo - a) * c, x + from, keep + from, c * (hi - lo));
+      else if (hi > lo)
+        std::memcpy(dst + (lo - a) * c, x + from, 2 * c * (hi - lo));
       std::memset(dst + (hi - a) * c, 0, 2 * c * (b - hi));
     }
     dst += span * c;
@@ -378,13 +400,16 @@ struct Problem {
 // y [N, Ho, Wo, O] from x [N, H, W, C] and the kernel w [KH, KW, C, O] (with `flip`, the forward
 // kernel [KH, KW, O, C] of which this is the input gradient's convolution, `Pack`), plus the
 // float32 bias [O], then with `relu` max(0, .), before the one rounding to bfloat16: left to XLA,
-// the bias and the ReLU were passes over every output (a quarter of a bf16 forward pass). Units:
+// the bias and the ReLU were passes over every output (a quarter of a bf16 forward pass). With
+// `masked`, x counts only where `keep` (x's shape) is positive: the input gradient of a conv whose
+// ReLU output is `keep`, its dy masked as it is gathered (`CopyWherePositive`). Units:
 // panels of `panel` flat rows; a worker gathers its panel's operand rows (and the halo) into a
 // buffer that stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
-                   ffi::Buffer<ffi::F32> bias, ffi::Span<const int64_t> offsets, int64_t panel,
-                   int64_t top, int64_t left, int64_t hp, int64_t wp, int64_t im2col,
-                   int64_t flip, int64_t relu, ffi::Result<ffi::AnyBuffer> y) {
+                   ffi::Buffer<ffi::F32> bias, ffi::AnyBuffer keepb,
+                   ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
+                   int64_t hp, int64_t wp, int64_t im2col, int64_t flip, int64_t relu,
+                   int64_t masked, ffi::Result<ffi::AnyBuffer> y) {
   const auto yd = y->dimensions();
   const Problem pr(xb, yd[1], yd[2], offsets, top, left, hp, wp, im2col);
   const Grid& g = pr.g;
@@ -394,7 +419,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
     return ffi::Error::InvalidArgument(
         "amx_conv_forward: O must be a multiple of 32, the kernel T x C x O, the bias O (flip: C "
         "too, no im2col)");
+  if (masked && (im2col || g.c % 32 || keepb.element_count() != xb.element_count()))
+    return ffi::Error::InvalidArgument(
+        "amx_conv_forward: the mask must have x's shape, C a multiple of 32, no im2col");
   const float* b_o = bias.typed_data();
+  const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
   const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
   const int64_t* tap_offsets = pr.walk.offsets.data();
@@ -415,7 +444,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
       for (int64_t q = 0; q < n_rows + halo; ++q, cur.Next())
         GatherRow(cur, x, tap_ij, im2col, c, xl + q * c);
     } else {
-      GatherRows(cur, x, n_rows + halo, xl);
+      GatherRows(cur, x, n_rows + halo, xl, keep);
     }
     // Two blocks of sums: a block's epilogue (bias, ReLU, rounding, store of its valid rows) runs
     // on the vector units a few rows after each tap of the next block's tile products, so the two
@@ -479,7 +508,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
   return ffi::Error::Success();
 }
 
-// dw [T, C, O] and db [O] (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O]. Panels of `panel`
+// dw [T, C, O] and db [O] (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O] (with `masked`, dy
+// only where `keep`, the layer's ReLU output, is positive: `CopyWherePositive`). Panels of `panel`
 // flat rows, in one contiguous group per pool thread (the units); per panel, the group gathers the
 // input rows and halo transposed ([C, panel + halo]) and the dy rows pair-interleaved ([panel/2,
 // O, 2], summing db on the way), then every item (tap, 32-channel block, 32-output block) passes
@@ -487,15 +517,18 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
 // added in group order at the end: the same sums in the same order whichever thread ran a group,
 // so the result is the same on every call.
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
-                      ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
-                      int64_t hp, int64_t wp, int64_t im2col, ffi::Result<ffi::AnyBuffer> dw,
+                      ffi::AnyBuffer keepb, ffi::Span<const int64_t> offsets, int64_t panel,
+                      int64_t top, int64_t left, int64_t hp, int64_t wp, int64_t im2col,
+                      int64_t masked, ffi::Result<ffi::AnyBuffer> dw,
                       ffi::Result<ffi::AnyBuffer> db) {
   const auto dd = dyb.dimensions();
   const Problem pr(xb, dd[1], dd[2], offsets, top, left, hp, wp, im2col);
   const Grid& g = pr.g;
   const int64_t c = pr.c, o = dd[3];
-  if (o % 32 || dd[0] != g.n)
-    return ffi::Error::InvalidArgument("amx_conv_weight_grad: O must be a multiple of 32, N as x's");
+  if (o % 32 || dd[0] != g.n || (masked && keepb.element_count() != dyb.element_count()))
+    return ffi::Error::InvalidArgument(
+        "amx_conv_weight_grad: O must be a multiple of 32, N as x's, the mask dy's shape");
+  const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_weight_grad"); e.failure()) return e;
   const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
   const int64_t* tap_offsets = pr.walk.offsets.data();
@@ -544,10 +577,12 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
         const int64_t ib = cur.Output();
         cur.Next();
         for (int64_t ob = 0; ob < obs; ++ob) {
-          const __m512i a = ia < 0 ? _mm512_setzero_si512()
-                                   : _mm512_loadu_si512(reinterpret_cast<const void*>(d + ia * o + ob * 32));
-          const __m512i b = ib < 0 ? _mm512_setzero_si512()
-                                   : _mm512_loadu_si512(reinterpret_cast<const void*>(d + ib * o + ob * 32));
+          const auto row = [&](int64_t i) {  // dy's 32 values (where keep's are positive)
+            if (i < 0) return _mm512_setzero_si512();
+            const __m512i v = _mm512_loadu_si512(reinterpret_cast<const void*>(d + i * o + ob * 32));
+            return keep ? _mm512_maskz_mov_epi16(Positive(keep + i * o + ob * 32), v) : v;
+          };
+          const __m512i a = row(ia), b = row(ib);
           uint16_t* pair = dp + ((q / 2) * o + ob * 32) * 2;
           _mm512_storeu_si512(reinterpret_cast<void*>(pair), _mm512_permutex2var_epi16(a, pm.pair0, b));
           _mm512_storeu_si512(reinterpret_cast<void*>(pair + 32), _mm512_permutex2var_epi16(a, pm.pair1, b));
@@ -611,6 +646,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("offsets")
                                   .Attr<int64_t>("panel")
                                   .Attr<int64_t>("top")
@@ -620,11 +656,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
                                   .Attr<int64_t>("im2col")
                                   .Attr<int64_t>("flip")
                                   .Attr<int64_t>("relu")
+                                  .Attr<int64_t>("masked")
                                   .Ret<ffi::AnyBuffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("offsets")
@@ -634,5 +672,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
                                   .Attr<int64_t>("hp")
                                   .Attr<int64_t>("wp")
                                   .Attr<int64_t>("im2col")
+                                  .Attr<int64_t>("masked")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
