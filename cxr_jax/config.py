@@ -113,7 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
   # with 128+ input channels on 14-56 px maps, equal to XLA's convolution to ~1e-5 of each layer's
   # output scale; elsewhere XLA's own. VGG16 at 224 px, batch 8, vs PyTorch fp32 channels_last:
   # 1.8x on a 2-core AVX2-only EPYC, 1.0x on a 2-core AMX Xeon, where xla is 0.44x / 0.45x
-  # (benchmarks/results/vs_pytorch*.md). Set xla for flax's exact convolution.
+  # (benchmarks/results/vs_pytorch*.md). Set xla for flax's exact convolution. avx512bf16: with
+  # dtype=bfloat16, every covered layer on AVX512-BF16's vector units (cxr_jax.ops.amx; for CPUs
+  # with avx512_bf16 and no AMX, not yet measured on one: not in the rules).
   m.conv_impl = "auto"
   # VGG's max-pool: fast (cxr_jax.ops.pool: bit-identical to flax's, gradient ~8x faster on CPU) | xla
   m.pool_impl = "fast"

@@ -270,26 +270,31 @@ AMX_CASES = [  # (x shape, kernel shape, padding): flat rows not a multiple of 3
 ]
 
 
-def _amx_or_skip():
+UNITS = ["amx", "avx512bf16"]  # amx.NAMES: the kernel's products on the tiles / the vector units
+
+
+def _amx_or_skip(units="amx"):
   from cxr_jax.ops import amx
 
-  if not amx.available():
-    pytest.skip(f"AMX convolution not available here: {amx.unavailable_reason()}")
+  if not amx.available(units):
+    pytest.skip(f"the {units} convolution is not available here: {amx.unavailable_reason(units)}")
   return amx
 
 
+@pytest.mark.parametrize("units", UNITS)
 @pytest.mark.parametrize("small_units", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
 def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_shape, pads,
-                                                                   small_units, monkeypatch):
+                                                                   small_units, units, monkeypatch):
   """Forward, input gradient (the forward applied to dy and the flipped kernel, as conv.py does),
   weight and bias gradients on AMX tiles against float32's lax convolution of the same
   bfloat16-exact data: bf16 operands are exact, so only the float32 accumulation (K terms: K 2^-24
   of the absolute-value sum S) and, for bf16 outputs, the output's rounding (u |ref|) remain.
   small_units: 32-64-row work units, so panels meet image edges and padding mid-unit, the halo
   spans units and every worker adds its own weight-gradient sums (the default units hold these
-  small problems whole)."""
-  amx = _amx_or_skip()
+  small problems whole). units: on the AMX tiles and on AVX512-BF16's vector units (the same
+  bound: any order of the float32 sums)."""
+  amx = _amx_or_skip(units)
   if small_units:
     monkeypatch.setattr(amx, "FORWARD_PANEL_BYTES", 1)
     monkeypatch.setattr(amx, "WGRAD_PANEL_BYTES", 1)
@@ -303,16 +308,18 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
   bf = lambda a: a.astype(jnp.bfloat16)
   tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, pads)
   kh, kw, c, o = k_shape
-  got_y = amx.forward(bf(x), bf(w), pads)
+  got_y = amx.forward(bf(x), bf(w), pads, units=units)
   # The input gradient of a few-channel layer has too few outputs for the tiles (nor does the
   # image's need computing): the other formulations take it.
-  dx_covered = amx.covers(amx.NAME, tw.shape, jnp.bfloat16)
-  got_dx = amx.forward(bf(dy), bf(tw), tpads) if dx_covered else dx_ref.astype(jnp.bfloat16)
+  dx_covered = amx.covers(units, tw.shape, jnp.bfloat16)
+  got_dx = amx.forward(bf(dy), bf(tw), tpads, units=units) if dx_covered else dx_ref.astype(jnp.bfloat16)
   if dx_covered:  # the kernel's own flip and swap of w: the same products in the same order
-    np.testing.assert_array_equal(fwd.on_transposed_kernel("amx", bf(dy), bf(w), tpads), got_dx)
-  got_dw, got_db = amx.weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, jnp.float32)
+    np.testing.assert_array_equal(fwd.on_transposed_kernel(units, bf(dy), bf(w), tpads), got_dx)
+  got_dw, got_db = amx.weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, jnp.float32,
+                                            units=units)
   assert got_y.dtype == got_dx.dtype == jnp.bfloat16 and got_dw.dtype == got_db.dtype == jnp.float32
-  np.testing.assert_array_equal(amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32), got_dw)
+  np.testing.assert_array_equal(amx.weight_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, units=units),
+                                got_dw)
   rows = int(np.prod(dy.shape[:3]))
   checks = {"y": (got_y, y, s_y, kh * kw * c, U_BF16), "dx": (got_dx, dx_ref, s_dx, kh * kw * o, U_BF16),
             "dw": (got_dw, dw_ref, s_dw, rows, 0.0),
@@ -324,20 +331,21 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
     assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
 
 
+@pytest.mark.parametrize("units", UNITS)
 @pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
-def test_amx_forward_adds_bias_and_relu_to_its_float32_sums(x_shape, k_shape, pads):
+def test_amx_forward_adds_bias_and_relu_to_its_float32_sums(x_shape, k_shape, pads, units):
   """The fused epilogue: the bias added to the float32 sums, max(0, .) taken, then the one rounding
   to bfloat16: within u |ref| + (K + 1) 2^-24 (S + |b|) of float32's max(0, conv + b) (one more
   float32 addition; the ReLU is exact and 1-Lipschitz), negative outputs kept without `relu`; a
   NaN in the input stays NaN through the ReLU wherever its window reaches (never a silent 0)."""
-  amx = _amx_or_skip()
+  amx = _amx_or_skip(units)
   x, w, b = _random(x_shape, 31, relu=True), _random(k_shape, 32), _random(k_shape[3:], 33)
   bf = lambda a: a.astype(jnp.bfloat16)
   linear = fwd.xla(x, w, pads) + b
   s = fwd.xla(abs(x), abs(w), pads) + abs(b)
   k = int(np.prod(k_shape[:3])) + 1
   for relu, ref in ((True, jnp.maximum(linear, 0)), (False, linear)):
-    got = amx.forward(bf(x), bf(w), pads, bias=b, relu=relu)
+    got = amx.forward(bf(x), bf(w), pads, bias=b, relu=relu, units=units)
     assert got.dtype == jnp.bfloat16
     err = jnp.abs(got.astype(jnp.float32) - ref)
     bound = U_BF16 * jnp.abs(ref) + k * U_F32 * s
@@ -345,23 +353,24 @@ def test_amx_forward_adds_bias_and_relu_to_its_float32_sums(x_shape, k_shape, pa
     assert bool(jnp.any(got < 0)) != relu
   x_nan = x.at[0, x_shape[1] // 2, x_shape[2] // 2, 0].set(jnp.nan)
   reached = jnp.isnan(fwd.xla(x_nan, w, pads))
-  got = amx.forward(bf(x_nan), bf(w), pads, bias=b, relu=True)
+  got = amx.forward(bf(x_nan), bf(w), pads, bias=b, relu=True, units=units)
   assert bool(reached.any())
   np.testing.assert_array_equal(jnp.isnan(got), reached)
 
 
+@pytest.mark.parametrize("units", UNITS)
 @pytest.mark.parametrize("small_units", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
 def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads, small_units,
-                                                          monkeypatch):
+                                                          units, monkeypatch):
   """The ReLU's gradient applied by the kernels as they read dy (`mask`, the layer's output) gives
   bit for bit what they give on jnp.where(y > 0, dy, 0): the same values reach the same products in
   the same order. The mask holds positives, negatives, +0, -0, +inf, -inf and NaN (only the
   positives and +inf keep dy: NaN > 0 is false); so does conv2d(relu=True)'s backward pass, on
   bfloat16 through the AMX formulations, against the masked dy's formulations called by hand."""
-  from cxr_jax.ops import amx, conv
+  from cxr_jax.ops import conv
 
-  amx = _amx_or_skip()
+  amx = _amx_or_skip(units)
   if small_units:
     monkeypatch.setattr(amx, "FORWARD_PANEL_BYTES", 1)
     monkeypatch.setattr(amx, "WGRAD_PANEL_BYTES", 1)
@@ -375,24 +384,24 @@ def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads
   y = bf(np.where(picks < len(specials), specials[np.minimum(picks, len(specials) - 1)], y))
   masked = amx.relu_masked(dy, y)
   assert 0.2 < float(jnp.mean(masked == 0)) < 0.9
-  got = amx.weight_and_bias_grad(x, dy, k_shape, pads, jnp.float32, jnp.float32, mask=y)
-  want = amx.weight_and_bias_grad(x, masked, k_shape, pads, jnp.float32, jnp.float32)
+  got = amx.weight_and_bias_grad(x, dy, k_shape, pads, jnp.float32, jnp.float32, mask=y, units=units)
+  want = amx.weight_and_bias_grad(x, masked, k_shape, pads, jnp.float32, jnp.float32, units=units)
   jax.tree.map(np.testing.assert_array_equal, got, want)
   tpads = fwd.transposed_padding(k_shape, pads)
-  dx_covered = tpads is not None and amx.covers(amx.NAME, fwd.transposed_kernel(w).shape, jnp.bfloat16)
+  dx_covered = tpads is not None and amx.covers(units, fwd.transposed_kernel(w).shape, jnp.bfloat16)
   if dx_covered:
-    np.testing.assert_array_equal(amx.forward(dy, w, tpads, flip=True, mask=y),
-                                  amx.forward(masked, w, tpads, flip=True))
+    np.testing.assert_array_equal(amx.forward(dy, w, tpads, flip=True, mask=y, units=units),
+                                  amx.forward(masked, w, tpads, flip=True, units=units))
   # conv2d's backward with the fused ReLU: its y is the layer's (nonnegative) output.
-  y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, "amx", "amx", b_, relu=True),
+  y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, units, units, b_, relu=True),
                        x, w, b)
   dx, dw, db = vjp(dy)
   keep = amx.relu_masked(dy, y_out)
-  want_dw, want_db = amx.weight_and_bias_grad(x, keep, k_shape, pads, w.dtype, b.dtype)
+  want_dw, want_db = amx.weight_and_bias_grad(x, keep, k_shape, pads, w.dtype, b.dtype, units=units)
   np.testing.assert_array_equal(dw, want_dw)
   np.testing.assert_array_equal(db, want_db)
   if dx_covered:
-    np.testing.assert_array_equal(dx, amx.forward(keep, w, tpads, flip=True))
+    np.testing.assert_array_equal(dx, amx.forward(keep, w, tpads, flip=True, units=units))
 
 
 def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):
@@ -422,7 +431,7 @@ def test_bias_gradient_comes_with_the_weight_gradient_for_every_formulation(monk
   x, w, b = _random((2, 9, 10, 32), 21, relu=True), _random((3, 3, 32, 64), 22), _random((64,), 23)
   dy = _random((2, 9, 10, 64), 24)
   bf = lambda a: a.astype(jnp.bfloat16)
-  names = ["xla", "im2col_t"] + (["amx"] if amx.available() else [])
+  names = ["xla", "im2col_t"] + [units for units in amx.NAMES if amx.available(units)]
   for name in names:
     y, vjp = jax.vjp(lambda x_, w_, b_, name=name: conv.conv2d(x_, w_, PADS, name, "xla", bias=b_),
                      bf(x), bf(w), bf(b))
@@ -436,19 +445,21 @@ def test_bias_gradient_comes_with_the_weight_gradient_for_every_formulation(monk
 
 
 def test_amx_formulation_only_where_it_covers(monkeypatch):
-  """bfloat16 with 32-channel multiples (or few enough for im2col rows) only; float32 data or wide
-  non-multiples keep the other formulations; a direct call outside that is refused (the native
-  code would misread it); and CXR_JAX_AMX=0 turns it off with the reason."""
+  """bfloat16 with 32-channel multiples (or few enough for im2col rows) only, on either units;
+  float32 data or wide non-multiples keep the other formulations; a direct call outside that is
+  refused (the native code would misread it); and CXR_JAX_AMX=0 turns both off with the reason."""
   from cxr_jax.ops import amx, tuning
 
   monkeypatch.setattr(amx, "_load", lambda: None)  # as where the tiles are usable
-  assert "amx" in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
-  assert "amx" in tuning.applicable("wgrad", (3, 3, 64, 32), jnp.bfloat16)
-  assert "amx" in tuning.applicable("fwd", (3, 3, 3, 64), jnp.bfloat16)  # im2col rows, 27 columns
-  for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 16, 64), jnp.bfloat16),
-                         ((3, 3, 64, 48), jnp.bfloat16)):
-    assert "amx" not in tuning.applicable("fwd", k_shape, dtype)
-    assert "amx" not in tuning.applicable("wgrad", k_shape, dtype)
+  monkeypatch.setattr(amx, "_library", lambda: None)  # and AVX512-BF16 (any AMX CPU has it)
+  for units in amx.NAMES:
+    assert units in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
+    assert units in tuning.applicable("wgrad", (3, 3, 64, 32), jnp.bfloat16)
+    assert units in tuning.applicable("fwd", (3, 3, 3, 64), jnp.bfloat16)  # im2col rows, 27 columns
+    for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 16, 64), jnp.bfloat16),
+                           ((3, 3, 64, 48), jnp.bfloat16)):
+      assert units not in tuning.applicable("fwd", k_shape, dtype)
+      assert units not in tuning.applicable("wgrad", k_shape, dtype)
   with pytest.raises(ValueError, match="does not cover"):
     amx.forward(jnp.zeros((1, 4, 4, 64)), jnp.zeros((3, 3, 64, 32)), PADS)
   # The input gradient of a 3-channel layer (its kernel 3x3x32x3 flipped): im2col rows, which the
@@ -459,12 +470,15 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
                 flip=True)
   monkeypatch.undo()
   monkeypatch.setenv("CXR_JAX_AMX", "0")
+  amx._library.cache_clear()
   amx._load.cache_clear()
   try:
-    assert amx.unavailable_reason() == "CXR_JAX_AMX=0"
-    assert "amx" not in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
+    for units in amx.NAMES:
+      assert amx.unavailable_reason(units) == "CXR_JAX_AMX=0"
+      assert units not in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
   finally:
     monkeypatch.delenv("CXR_JAX_AMX")
+    amx._library.cache_clear()
     amx._load.cache_clear()
 
 

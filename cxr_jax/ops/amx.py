@@ -25,6 +25,14 @@ the system's C++ compiler (`$CXX`, else c++ / g++) against jaxlib's FFI headers 
 `<cache>/native/`, keyed by the source, flags and jaxlib version. Anywhere that fails (no AMX, no
 compiler, another backend, CXR_JAX_AMX=0) the formulation is simply not applicable (`covers`)
 and the other formulations run; `unavailable_reason()` says why.
+
+The same kernel, its products on AVX512-BF16's vector units instead of the tiles, is a second
+formulation, VECTOR_NAME ("avx512bf16"): for CPUs with avx512_bf16 and no AMX (AMD EPYC Zen 4,
+Intel Cooper Lake), where XLA's bf16 convolution also runs at float32's speed. The same operands,
+layouts, epilogue and tests; it is not in the fixed rules (`fwd.rule`, `wgrad.rule`) until it is
+measured faster on such a CPU (a machine this project's sessions have not had since it was
+written), so there it is taken where measured (`conv_impl="fast_mm"`) or named
+(`conv_impl="fwd_avx512bf16"`, `"wgrad_avx512bf16"`).
 """
 
 from __future__ import annotations
@@ -48,9 +56,14 @@ from cxr_jax import files, machine, paths
 SOURCE = Path(__file__).resolve().parent / "native" / "amx_conv.cc"
 FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-mavx512bf16",
          "-mamx-tile", "-mamx-bf16")
-TARGETS = {"forward": ("cxr_amx_conv_forward", "CxrAmxConvForward"),
-           "weight_grad": ("cxr_amx_conv_weight_grad", "CxrAmxConvWeightGrad")}
 NAME = "amx"  # the formulation's name in fwd.FORMULATIONS and wgrad.FORMULATIONS
+VECTOR_NAME = "avx512bf16"  # the same kernel on AVX512-BF16's vector units (module doc)
+NAMES = (NAME, VECTOR_NAME)
+# (formulation, call) -> (XLA target name, the library's handler symbol)
+TARGETS = {(NAME, "forward"): ("cxr_amx_conv_forward", "CxrAmxConvForward"),
+           (NAME, "weight_grad"): ("cxr_amx_conv_weight_grad", "CxrAmxConvWeightGrad"),
+           (VECTOR_NAME, "forward"): ("cxr_bf16_conv_forward", "CxrBf16ConvForward"),
+           (VECTOR_NAME, "weight_grad"): ("cxr_bf16_conv_weight_grad", "CxrBf16ConvWeightGrad")}
 # Operand bytes of a panel, the rows a worker takes at a time: forward, the panel's input rows
 # (each 32-wide slice of the kernel passes over them in L2, so a larger panel reads the kernel
 # fewer times: VGG16's 512-channel kernels are 2.4-4.7 MB); weight gradient, both operands.
@@ -81,15 +94,19 @@ def _build(compiler: str, target: Path) -> None:
     files.write_atomic(target, out.read_bytes())
 
 
+_LIBRARY: dict = {}  # the loaded library, once `_library` has loaded it
+
+
 @functools.cache
-def _load() -> str | None:
-  """Builds, loads and registers the custom calls once per process; None, or why not."""
+def _library() -> str | None:
+  """Builds, loads and registers the custom calls once per process (every formulation's code needs
+  AVX-512 with BF16 to run); None, or why not."""
   if os.environ.get("CXR_JAX_AMX", "1") == "0":
     return "CXR_JAX_AMX=0"
   if jax.default_backend() != "cpu":
-    return f"backend {jax.default_backend()} (AMX is a CPU unit)"
-  if not {"amx_tile", "amx_bf16"} <= set(machine.isa()):
-    return f"no amx_bf16 on this CPU ({machine.cpu_model()})"
+    return f"backend {jax.default_backend()} (AMX and AVX512-BF16 are CPU units)"
+  if not {"avx512bw", "avx512_bf16"} <= set(machine.isa()):
+    return f"no avx512_bf16 on this CPU ({machine.cpu_model()})"
   compiler = _compiler()
   if compiler is None:
     return "no C++ compiler ($CXX, c++ or g++) to build ops/native/amx_conv.cc"
@@ -101,20 +118,31 @@ def _load() -> str | None:
   except (OSError, RuntimeError) as e:
     logging.warning("AMX convolutions unavailable, using XLA's formulations: %s", e)
     return f"build or load failed: {e}"
-  if lib.cxr_amx_enable() != 1:
-    return "the kernel refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
   for name, symbol in TARGETS.values():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  _LIBRARY["lib"] = lib
   return None
 
 
-def unavailable_reason() -> str | None:
-  """None where the AMX formulations run here, else the reason they do not."""
-  return _load()
+@functools.cache
+def _load() -> str | None:
+  """The library, and the tiles usable by this process; None, or why not."""
+  if why := _library():
+    return why
+  if not {"amx_tile", "amx_bf16"} <= set(machine.isa()):
+    return f"no amx_bf16 on this CPU ({machine.cpu_model()})"
+  if _LIBRARY["lib"].cxr_amx_enable() != 1:
+    return "the kernel refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
+  return None
 
 
-def available() -> bool:
-  return _load() is None
+def unavailable_reason(name: str = NAME) -> str | None:
+  """None where formulation `name` (NAME or VECTOR_NAME) runs here, else the reason it does not."""
+  return _load() if name == NAME else _library()
+
+
+def available(name: str = NAME) -> bool:
+  return unavailable_reason(name) is None
 
 
 def _im2col(kernel_shape) -> bool:
@@ -129,13 +157,14 @@ def _columns(kernel_shape) -> int:
 
 
 def covers(name: str, kernel_shape, dtype) -> bool:
-  """Whether formulation `name` computes this convolution here: every non-AMX one always; "amx"
-  for bfloat16 with output channels in multiples of 32 and input channels too, or few enough for
-  im2col rows of at most IM2COL_COLUMNS, where the tiles are usable."""
-  if name != NAME:
+  """Whether formulation `name` computes this convolution here: every one but this module's
+  always; "amx" and "avx512bf16" for bfloat16 with output channels in multiples of 32 and input
+  channels too, or few enough for im2col rows of at most IM2COL_COLUMNS, where their units are
+  usable."""
+  if name not in NAMES:
     return True
   return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[3] % 32 == 0
-          and _columns(kernel_shape) <= max(IM2COL_COLUMNS, kernel_shape[2]) and available())
+          and _columns(kernel_shape) <= max(IM2COL_COLUMNS, kernel_shape[2]) and available(name))
 
 
 def _up32(n: int) -> int:
@@ -173,13 +202,15 @@ def flips(kernel_shape) -> bool:
   return not _im2col(kernel_shape[:2] + (kernel_shape[3], kernel_shape[2]))
 
 
-def _check(kernel_shape, dtype) -> None:
+def _check(name: str, kernel_shape, dtype) -> None:
   """The native code reads bfloat16 in 32-channel blocks: anything else would be read wrong."""
-  if not covers(NAME, kernel_shape, dtype):
-    raise ValueError(f"the AMX convolution does not cover kernel {tuple(kernel_shape)} in "
+  if name not in NAMES:
+    raise ValueError(f"units {name!r} is not one of {NAMES}")
+  if not covers(name, kernel_shape, dtype):
+    raise ValueError(f"the {name} convolution does not cover kernel {tuple(kernel_shape)} in "
                      f"{jnp.dtype(dtype).name} here (bfloat16, output channels in multiples of 32, input "
                      f"channels too or at most {IM2COL_COLUMNS} im2col columns, and "
-                     f"{unavailable_reason() or 'AMX available'})")
+                     f"{unavailable_reason(name) or 'its units available'})")
 
 
 def relu_masked(v, mask):
@@ -197,23 +228,25 @@ def _mask_of(mask, like) -> tuple:
   return mask.astype(like.dtype), np.int64(1)
 
 
-def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, mask=None):
+def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, mask=None,
+            units: str = NAME):
   """The convolution (module doc), bf16 products, float32 sums, output in x.dtype. With `flip`, w
   is a forward kernel [KH, KW, O, C] and the convolution is the input gradient's: taps reversed,
   input and output swapped (`fwd.transposed_kernel(w)`, which the kernel applies as it packs w
   instead of XLA transposing it first). `bias` [O] is added to the float32 sums, and with `relu`
   max(0, .) taken, before the output's one rounding (`conv.conv2d`'s fused bias and ReLU). With
   `mask` (x's shape), x counts only where mask > 0: the input gradient of a layer whose ReLU output
-  is `mask`, its dy masked as the kernel gathers it (`jnp.where(mask > 0, x, 0)`, exactly)."""
+  is `mask`, its dy masked as the kernel gathers it (`jnp.where(mask > 0, x, 0)`, exactly).
+  `units`: NAME (the AMX tiles) or VECTOR_NAME (AVX512-BF16's vector units)."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
-  _check(kernel_shape, x.dtype)
+  _check(units, kernel_shape, x.dtype)
   if flip and not flips(w.shape):
     raise ValueError(f"the AMX kernel flips whole 32-channel blocks: not kernel {tuple(w.shape)}")
   if mask is not None and _im2col(kernel_shape):
     raise ValueError(f"the AMX kernel masks whole 32-channel blocks: not kernel {tuple(kernel_shape)}")
   keep, masked = _mask_of(mask, x)
   attrs, rows, (ho, wo) = _geometry(x.shape, kernel_shape, padding)
-  call = jax.ffi.ffi_call(TARGETS["forward"][0],
+  call = jax.ffi.ffi_call(TARGETS[units, "forward"][0],
                           jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel_shape[3]), x.dtype),
                           vmap_method="sequential")
   panel = _panel(rows, FORWARD_PANEL_BYTES // (2 * _columns(kernel_shape)))
@@ -222,11 +255,13 @@ def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, ma
               relu=np.int64(relu), masked=masked, **attrs)
 
 
-def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None):
+def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None,
+                         units: str = NAME):
   """(dw, db) of `forward` plus a bias for output gradient dy: float32 sums cast to `dtype` and
   `bias_dtype` (db is summed on the pass that lays dy out for the tiles, so it costs no pass of
-  its own). With `mask` (dy's shape, the layer's ReLU output), dy counts only where mask > 0."""
-  _check(kernel_shape, x.dtype)
+  its own). With `mask` (dy's shape, the layer's ReLU output), dy counts only where mask > 0.
+  `units` as `forward`'s."""
+  _check(units, kernel_shape, x.dtype)
   o = kernel_shape[3]
   c = _columns(kernel_shape)
   attrs, rows, _ = _geometry(x.shape, kernel_shape, padding)
@@ -235,7 +270,7 @@ def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=N
   # A unit's operands (channels x (panel + halo), panel x outputs) fill about WGRAD_PANEL_BYTES;
   # at least the halo (else gathering the halo outweighs the panel).
   panel = _panel(rows, max(halo, WGRAD_PANEL_BYTES // (2 * (c + o)) - halo * c // (c + o)))
-  call = jax.ffi.ffi_call(TARGETS["weight_grad"][0],
+  call = jax.ffi.ffi_call(TARGETS[units, "weight_grad"][0],
                           (jax.ShapeDtypeStruct((taps, c, o), jnp.float32),
                            jax.ShapeDtypeStruct((o,), jnp.float32)),
                           vmap_method="sequential")
@@ -246,6 +281,6 @@ def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=N
   return dw.reshape(kernel_shape).astype(dtype), db.astype(bias_dtype)
 
 
-def weight_grad(x, dy, kernel_shape, padding, dtype):
+def weight_grad(x, dy, kernel_shape, padding, dtype, units: str = NAME):
   """dw of `forward` for output gradient dy, float32 sums cast to `dtype`."""
-  return weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, dtype)[0]
+  return weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, dtype, units=units)[0]

@@ -18,6 +18,7 @@ and returns the [N, H', W', O] output in x.dtype, accumulating in float32.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
@@ -52,16 +53,17 @@ FORMULATIONS: dict[str, Callable] = {
     "xla": xla,
     "rows": rows,
     **winograd.formulations(winograd.forward),
-    amx.NAME: amx.forward,   # bfloat16 on AMX tiles, where `amx.covers`
+    # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
+    **{units: functools.partial(amx.forward, units=units) for units in amx.NAMES},
 }
 
 
 def with_epilogue(name: str, x, w, padding: Padding, bias=None, relu: bool = False):
-  """Formulation `name`, plus `bias` [O], then max(0, .) with `relu`: the AMX kernel adds them to
-  its float32 sums before rounding; the others' outputs get them from XLA, as flax's Conv and
-  nn.relu would."""
-  if name == amx.NAME:
-    return amx.forward(x, w, padding, bias=bias, relu=relu)
+  """Formulation `name`, plus `bias` [O], then max(0, .) with `relu`: the AMX kernel (on either
+  units) adds them to its float32 sums before rounding; the others' outputs get them from XLA, as
+  flax's Conv and nn.relu would."""
+  if name in amx.NAMES:
+    return amx.forward(x, w, padding, bias=bias, relu=relu, units=name)
   y = FORMULATIONS[name](x, w, padding)
   if bias is not None:
     y = y + bias.reshape((1, 1, 1, -1))
@@ -105,6 +107,6 @@ def on_transposed_kernel(name: str, dy, w, padding: Padding, mask=None):
   """Formulation `name` applied to dy and `transposed_kernel(w)` (the input gradient); the AMX
   kernel flips and swaps w as it packs it, so XLA never transposes it. With `mask` (the layer's
   ReLU output), dy counts only where mask > 0 (`amx.relu_masked`; the AMX kernel as it reads dy)."""
-  if name == amx.NAME and amx.flips(w.shape):
-    return amx.forward(dy, w, padding, flip=True, mask=mask)
+  if name in amx.NAMES and amx.flips(w.shape):
+    return amx.forward(dy, w, padding, flip=True, mask=mask, units=name)
   return FORMULATIONS[name](amx.relu_masked(dy, mask), transposed_kernel(w), padding)

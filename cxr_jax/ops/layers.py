@@ -15,7 +15,7 @@ from typing import ClassVar
 import flax.linen as nn
 from flax.linen.linear import canonicalize_padding
 
-from cxr_jax.ops import conv, fwd, wgrad
+from cxr_jax.ops import amx, conv, fwd, wgrad
 
 
 def _all_ones(v) -> bool:
@@ -84,6 +84,9 @@ CONV_IMPLS: dict[str, tuple[str, str] | None] = {
     "fast_rule": ("xla", "rule"),
     "fast_mm": ("auto", "auto"),   # forward and input gradient measured too (Winograd in fp32)
     "fast_mm_rule": ("rule", "rule"),
+    # bfloat16 on AVX512-BF16's vector units in every layer they cover (`amx.VECTOR_NAME`), the
+    # rules elsewhere: to run and measure them on a CPU without AMX (not in the rules until then).
+    amx.VECTOR_NAME: (amx.VECTOR_NAME, amx.VECTOR_NAME),
     **{f"wgrad_{name}": ("xla", name) for name in wgrad.FORMULATIONS},
     **{f"fwd_{name}": (name, "rule") for name in fwd.FORMULATIONS},
 }

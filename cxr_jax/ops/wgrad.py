@@ -109,7 +109,8 @@ FORMULATIONS: dict[str, Callable] = {
     **{f"band{r}": functools.partial(band, rows=r) for r in (2, 4, 8)},
     # Winograd's adjoint: 2.25x / 4x fewer multiplications, 3x3 float32 only (`winograd`).
     **winograd.formulations(winograd.weight_grad),
-    amx.NAME: amx.weight_grad,   # bfloat16 on AMX tiles, where `amx.covers`
+    # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
+    **{units: functools.partial(amx.weight_grad, units=units) for units in amx.NAMES},
 }
 
 
@@ -119,9 +120,9 @@ def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype
   None without a bias). The AMX formulation sums db on its own pass over dy. With `mask` (the
   layer's ReLU output), dy counts only where mask > 0: the AMX kernel masks dy as it reads it, the
   others get `jnp.where(mask > 0, dy, 0)` first."""
-  if name == amx.NAME:
+  if name in amx.NAMES:
     dw, db = amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype,
-                                      bias_dtype or dtype, mask=mask)
+                                      bias_dtype or dtype, mask=mask, units=name)
     return dw, None if bias_dtype is None else db
   dy = amx.relu_masked(dy, mask)
   dw = FORMULATIONS[name](x, dy, kernel_shape, padding, dtype)

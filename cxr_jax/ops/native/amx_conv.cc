@@ -83,10 +83,10 @@ int64_t Workers(ffi::ThreadPool& pool, int64_t units) {
   return std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), units);
 }
 
-void Work(Shared& s, int64_t units, const UnitFn& fn) {
+void Work(Shared& s, int64_t units, const UnitFn& fn, bool use_tiles) {
   bool tiles = false;
   for (int64_t u; (u = s.next.fetch_add(1)) < units;) {
-    if (!tiles) {
+    if (use_tiles && !tiles) {
       ConfigureTiles();
       tiles = true;
     }
@@ -95,18 +95,18 @@ void Work(Shared& s, int64_t units, const UnitFn& fn) {
   if (tiles) _tile_release();
 }
 
-void Parallel(ffi::ThreadPool& pool, int64_t units, const UnitFn& fn) {
+void Parallel(ffi::ThreadPool& pool, int64_t units, const UnitFn& fn, bool use_tiles) {
   auto shared = std::make_shared<Shared>();
   for (int64_t k = 1; k < Workers(pool, units); ++k) {
-    pool.Schedule([shared, units, &fn] {
+    pool.Schedule([shared, units, &fn, use_tiles] {
       // Counted before taking a unit: the caller returns only when every unit is taken and no
       // task holds one, so fn is alive whenever a task calls it.
       shared->active.fetch_add(1);
-      Work(*shared, units, fn);
+      Work(*shared, units, fn, use_tiles);
       shared->active.fetch_sub(1);
     });
   }
-  Work(*shared, units, fn);
+  Work(*shared, units, fn, use_tiles);
   while (shared->active.load() > 0) std::this_thread::yield();
 }
 
@@ -381,6 +381,35 @@ const uint16_t* Pack(const Permutes& pm, const uint16_t* w, int64_t taps, int64_
   return packed;
 }
 
+// The products on AVX512-BF16's vector units (a CPU with avx512_bf16 and no AMX, e.g. AMD EPYC
+// Zen 4): the same operands in the same layouts as the tiles take them, 8 rows x 32 columns of
+// sums in 16 registers, each VDPBF16PS adding a bf16 pair's two products (the B operands' pair
+// rows are the packed tiles' rows; an A pair is broadcast from its row). `Strip` adds to
+// acc[i][h] (row i, columns 16 h .. 16 h + 15) the products of 8 A rows (`a`, `lda` apart) with
+// `pairs` B pair rows (b0: columns 0-15, b1: 16-31, `ldb` apart), the k-th pair of A at a + 2 k.
+inline __m512bh PairOf(const uint16_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);  // any alignment: a tap's offset may be odd
+  return (__m512bh)_mm512_set1_epi32(v);
+}
+
+// Every loop over the 8 rows is unrolled and Strip inlined, so that the sums stay in registers
+// (indexed by a loop variable, GCC kept them in memory: a load and a store per product).
+__attribute__((always_inline)) inline void Strip(__m512 (&acc)[8][2], const uint16_t* a,
+                                                 int64_t lda, const uint16_t* b0,
+                                                 const uint16_t* b1, int64_t ldb, int64_t pairs) {
+  for (int64_t k = 0; k < pairs; ++k) {
+    const __m512bh lo = (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(b0 + k * ldb));
+    const __m512bh hi = (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(b1 + k * ldb));
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512bh ai = PairOf(a + i * lda + 2 * k);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, lo);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, hi);
+    }
+  }
+}
+
 // What both calls derive from x [N, H, W, C], the attributes and the output's spatial size: the
 // grid, the operand's columns per row, the taps the tiles walk and each offset's (di, dj).
 struct Problem {
@@ -405,6 +434,7 @@ struct Problem {
 // ReLU output is `keep`, its dy masked as it is gathered (`CopyWherePositive`). Units:
 // panels of `panel` flat rows; a worker gathers its panel's operand rows (and the halo) into a
 // buffer that stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
+template <bool kTiles>
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
                    ffi::Buffer<ffi::F32> bias, ffi::AnyBuffer keepb,
                    ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
@@ -471,6 +501,35 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
                             (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       }
     };
+    if constexpr (!kTiles) {  // vector units: a block's sums, then its epilogue (same units)
+      for (int64_t ob = 0; ob < o / 32; ++ob) {
+        for (int64_t r = 0; r < n_rows; r += 32) {
+          float* block = blocks[0];
+          for (int64_t i0 = 0; i0 < 32; i0 += 8) {
+            __m512 acc[8][2];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+            for (int64_t t = 0; t < taps; ++t) {
+              const uint16_t* a = xl + (r + i0 + tap_offsets[t]) * c;
+              const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
+              for (int64_t k = 0; k < cc; ++k)
+                Strip(acc, a + k * 32, c, b + k * tile_w, b + (cc + k) * tile_w, 32, 16);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+              _mm512_store_ps(block + (i0 + i) * 32, acc[i][0]);
+              _mm512_store_ps(block + (i0 + i) * 32 + 16, acc[i][1]);
+            }
+          }
+          pending_ob = ob;
+          pending = block;
+          done = 0;
+          rows_at.emplace(g, r0 + r);
+          drain(32);
+        }
+      }
+      return;
+    }
     const int64_t per_tap = (32 + taps - 1) / taps;
     int64_t k_block = 0;
     for (int64_t ob = 0; ob < o / 32; ++ob) {
@@ -504,7 +563,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
       }
     }
     drain(32);
-  });
+  }, kTiles);
   return ffi::Error::Success();
 }
 
@@ -516,6 +575,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
 // over them, adding into the group's own sums (group 0's are dw itself). The groups' sums are
 // added in group order at the end: the same sums in the same order whichever thread ran a group,
 // so the result is the same on every call.
+template <bool kTiles>
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
                       ffi::AnyBuffer keepb, ffi::Span<const int64_t> offsets, int64_t panel,
                       int64_t top, int64_t left, int64_t hp, int64_t wp, int64_t im2col,
@@ -600,6 +660,26 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
           for (int64_t t = 0; t < taps; ++t) {
             const uint16_t* a = xp + ci * 32 * width + tap_offsets[t];
             float* gb = acc + (t * c + ci * 32) * o + ob * 32;
+            if constexpr (!kTiles) {  // vector units: 8 channels x 32 outputs at a time
+              for (int64_t i0 = 0; i0 < 32; i0 += 8) {
+                __m512 sums[8][2];
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; ++i) {
+                  sums[i][0] = _mm512_loadu_ps(gb + (i0 + i) * o);
+                  sums[i][1] = _mm512_loadu_ps(gb + (i0 + i) * o + 16);
+                }
+                for (int64_t r = 0; r < panel; r += 32) {
+                  const uint16_t* b = dp + (r / 2) * o * 2 + ob * 64;
+                  Strip(sums, a + i0 * width + r, width, b, b + 32, o * 2, 16);
+                }
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; ++i) {
+                  _mm512_storeu_ps(gb + (i0 + i) * o, sums[i][0]);
+                  _mm512_storeu_ps(gb + (i0 + i) * o + 16, sums[i][1]);
+                }
+              }
+              continue;
+            }
             _tile_loadd(0, gb, o * 4);
             _tile_loadd(1, gb + 16, o * 4);
             _tile_loadd(2, gb + 16 * o, o * 4);
@@ -623,7 +703,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
         }
       }
     }
-  });
+  }, kTiles);
   for (int64_t k = 1; k < groups; ++k)
     for (int64_t i = 0; i < size; ++i) out[i] += sums[(k - 1) * size + i];
   float* bout = reinterpret_cast<float*>(db->untyped_data());
@@ -640,38 +720,44 @@ extern "C" int cxr_amx_enable() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0 ? 1 : 0;
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("offsets")
-                                  .Attr<int64_t>("panel")
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left")
-                                  .Attr<int64_t>("hp")
-                                  .Attr<int64_t>("wp")
-                                  .Attr<int64_t>("im2col")
-                                  .Attr<int64_t>("flip")
-                                  .Attr<int64_t>("relu")
-                                  .Attr<int64_t>("masked")
-                                  .Ret<ffi::AnyBuffer>());
+// The bindings, one per call, each instantiated for the tiles (Amx) and the vector units (Bf16).
+#define CXR_FORWARD_BINDING                 \
+  ffi::Ffi::Bind()                          \
+      .Ctx<ffi::ThreadPool>()               \
+      .Arg<ffi::AnyBuffer>()                \
+      .Arg<ffi::AnyBuffer>()                \
+      .Arg<ffi::Buffer<ffi::F32>>()         \
+      .Arg<ffi::AnyBuffer>()                \
+      .Attr<ffi::Span<const int64_t>>("offsets") \
+      .Attr<int64_t>("panel")               \
+      .Attr<int64_t>("top")                 \
+      .Attr<int64_t>("left")                \
+      .Attr<int64_t>("hp")                  \
+      .Attr<int64_t>("wp")                  \
+      .Attr<int64_t>("im2col")              \
+      .Attr<int64_t>("flip")                \
+      .Attr<int64_t>("relu")                \
+      .Attr<int64_t>("masked")              \
+      .Ret<ffi::AnyBuffer>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("offsets")
-                                  .Attr<int64_t>("panel")
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left")
-                                  .Attr<int64_t>("hp")
-                                  .Attr<int64_t>("wp")
-                                  .Attr<int64_t>("im2col")
-                                  .Attr<int64_t>("masked")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+#define CXR_WEIGHT_GRAD_BINDING             \
+  ffi::Ffi::Bind()                          \
+      .Ctx<ffi::ThreadPool>()               \
+      .Arg<ffi::AnyBuffer>()                \
+      .Arg<ffi::AnyBuffer>()                \
+      .Arg<ffi::AnyBuffer>()                \
+      .Attr<ffi::Span<const int64_t>>("offsets") \
+      .Attr<int64_t>("panel")               \
+      .Attr<int64_t>("top")                 \
+      .Attr<int64_t>("left")                \
+      .Attr<int64_t>("hp")                  \
+      .Attr<int64_t>("wp")                  \
+      .Attr<int64_t>("im2col")              \
+      .Attr<int64_t>("masked")              \
+      .Ret<ffi::AnyBuffer>()                \
+      .Ret<ffi::AnyBuffer>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward<true>, CXR_FORWARD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad<true>, CXR_WEIGHT_GRAD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvForward, Forward<false>, CXR_FORWARD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvWeightGrad, WeightGrad<false>, CXR_WEIGHT_GRAD_BINDING);
