@@ -180,7 +180,8 @@ def test_audit_of_a_small_run_reproduces_its_reference_numbers_and_loads_the_run
   """The audit's numbers equal those main's code wrote before evaluators existed (commit 32e79ad,
   tests/data/audit_reference.json, written with CXR_WRITE_AUDIT_REFERENCE=1; the "ood" keys added
   with the out-of-distribution section and its knn_blocks keys with that score, the older values
-  untouched each time), and the run's
+  untouched each time; its two ood/fit/score labels knn_blocks since that became the default
+  score, every figure unchanged), and the run's
   checkpoint is read once for all parts (main's code read it 4 times). Floats agree to float32
   rounding (1e-6 relative: another CPU's instruction set may round a probability differently);
   counts and labels exactly."""

@@ -39,7 +39,9 @@ def test_multisource_is_the_quick_start_on_cxr3_and_cxr_plus(monkeypatch, tmp_pa
                                f"manifest:{tmp_path / 'plus'}")
   assert c["data.stratify"] == "source_label"
   changed = {k for k in q if c[k] != q[k]}
-  assert changed == {"data.sources", "data.stratify", "experiment.loso_sources"}
+  # The data, and the OOD score chosen by this data's leave-one-source-out (knn; cxr3's: knn_blocks).
+  assert changed == {"data.sources", "data.stratify", "experiment.loso_sources", "eval.ood_score"}
+  assert (c["eval.ood_score"], q["eval.ood_score"]) == ("knn", "knn_blocks")
   r = _flat(robustness_multisource.get_config("measures=baseline+dann"))
   assert r["experiment.measures"] == "baseline,dann"
   assert {k for k in c if r[k] != c[k]} == {"experiment.num_folds", "experiment.measures"}
