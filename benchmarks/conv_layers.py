@@ -42,6 +42,8 @@ def main(argv=None) -> int:
   ap.add_argument("--image-size", type=int, default=224)
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  ap.add_argument("--formulations", default="",
+                  help="comma-separated formulations to time (and the rule's); default: every one")
   ap.add_argument("--out", type=Path, required=True)
   args = ap.parse_args(argv)
 
@@ -54,15 +56,18 @@ def main(argv=None) -> int:
   dtype = jnp.dtype(args.dtype)
   pads = ((1, 1), (1, 1))
   rows = []
+  wanted = {n for n in args.formulations.split(",") if n}
   for op, x, k in problems(args.image_size, args.batch):
-    seconds = tuning.measure(x, k, pads, dtype, op=op)
-    best = min(seconds, key=seconds.get)
     rule = tuning.rule(op, x, k, dtype)
+    candidates = [n for n in tuning.applicable(op, k, dtype) if not wanted or n in wanted or n == rule]
+    seconds = tuning.measure(x, k, pads, dtype, candidates=candidates, op=op)
+    best = min(seconds, key=seconds.get)
     rows.append(dict(op=op, x=x, kernel=k, seconds=seconds, best=best, rule=rule,
                      loadavg=os.getloadavg()[0]))
     print(f"{op:5s} x{'x'.join(map(str, x)):18s} k{'x'.join(map(str, k)):12s} best {best:9s} "
           f"{seconds[best] * 1e3:7.1f} ms  rule {rule:9s} {seconds[rule] * 1e3:7.1f} ms", flush=True)
   doc = dict(benchmark="conv_layers", image_size=args.image_size, batch=args.batch, dtype=args.dtype,
+             formulations=sorted(wanted) or "all",
              machine=bench_machine.describe(), amx=amx.unavailable_reason() or "available",
              date=time.strftime("%Y-%m-%d"), rows=rows)
   files.write_json(args.out, doc)
@@ -73,7 +78,8 @@ def main(argv=None) -> int:
 def markdown(doc: dict) -> str:
   m = doc["machine"]
   loads = [r["loadavg"] for r in doc["rows"]]
-  lines = [f"Convolution formulations, VGG16 at {doc['image_size']} px, {doc['dtype']}, "
+  lines = [f"Convolution formulations ({doc.get('formulations', 'all')} and the rule's), VGG16 at "
+           f"{doc['image_size']} px, {doc['dtype']}, "
            f"{m.get('cpu')} ({' '.join(m.get('isa', []))}), {doc['date']}; AMX formulation: "
            f"{doc['amx']}; load average {min(loads):.1f}-{max(loads):.1f}. Milliseconds, best of 3 "
            "alternating rounds; * where the rule is not the measured best.", "",
