@@ -721,40 +721,32 @@ extern "C" int cxr_amx_enable() {
 }
 
 // The bindings, one per call, each instantiated for the tiles (Amx) and the vector units (Bf16).
-#define CXR_FORWARD_BINDING                 \
-  ffi::Ffi::Bind()                          \
-      .Ctx<ffi::ThreadPool>()               \
-      .Arg<ffi::AnyBuffer>()                \
-      .Arg<ffi::AnyBuffer>()                \
-      .Arg<ffi::Buffer<ffi::F32>>()         \
-      .Arg<ffi::AnyBuffer>()                \
-      .Attr<ffi::Span<const int64_t>>("offsets") \
+#define CXR_GEOMETRY_ATTRS                  \
+  .Attr<ffi::Span<const int64_t>>("offsets") \
       .Attr<int64_t>("panel")               \
       .Attr<int64_t>("top")                 \
       .Attr<int64_t>("left")                \
       .Attr<int64_t>("hp")                  \
       .Attr<int64_t>("wp")                  \
-      .Attr<int64_t>("im2col")              \
-      .Attr<int64_t>("flip")                \
-      .Attr<int64_t>("relu")                \
-      .Attr<int64_t>("masked")              \
+      .Attr<int64_t>("im2col")
+
+#define CXR_FORWARD_BINDING                                                                   \
+  ffi::Ffi::Bind()                                                                            \
+      .Ctx<ffi::ThreadPool>()                                                                 \
+      .Arg<ffi::AnyBuffer>()                                                                  \
+      .Arg<ffi::AnyBuffer>()                                                                  \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+      .Arg<ffi::AnyBuffer>() CXR_GEOMETRY_ATTRS.Attr<int64_t>("flip").Attr<int64_t>("relu") \
+      .Attr<int64_t>("masked")                                                                \
       .Ret<ffi::AnyBuffer>()
 
-#define CXR_WEIGHT_GRAD_BINDING             \
-  ffi::Ffi::Bind()                          \
-      .Ctx<ffi::ThreadPool>()               \
-      .Arg<ffi::AnyBuffer>()                \
-      .Arg<ffi::AnyBuffer>()                \
-      .Arg<ffi::AnyBuffer>()                \
-      .Attr<ffi::Span<const int64_t>>("offsets") \
-      .Attr<int64_t>("panel")               \
-      .Attr<int64_t>("top")                 \
-      .Attr<int64_t>("left")                \
-      .Attr<int64_t>("hp")                  \
-      .Attr<int64_t>("wp")                  \
-      .Attr<int64_t>("im2col")              \
-      .Attr<int64_t>("masked")              \
-      .Ret<ffi::AnyBuffer>()                \
+#define CXR_WEIGHT_GRAD_BINDING                                                    \
+  ffi::Ffi::Bind()                                                                 \
+      .Ctx<ffi::ThreadPool>()                                                      \
+      .Arg<ffi::AnyBuffer>()                                                       \
+      .Arg<ffi::AnyBuffer>()                                                       \
+      .Arg<ffi::AnyBuffer>() CXR_GEOMETRY_ATTRS.Attr<int64_t>("masked")            \
+      .Ret<ffi::AnyBuffer>()                                                       \
       .Ret<ffi::AnyBuffer>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward<true>, CXR_FORWARD_BINDING);
