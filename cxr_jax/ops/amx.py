@@ -32,7 +32,7 @@ Intel Cooper Lake), where XLA's bf16 convolution also runs at float32's speed. T
 layouts, epilogue and tests; it is not in the fixed rules (`fwd.rule`, `wgrad.rule`) until it is
 measured faster on such a CPU (a machine this project's sessions have not had since it was
 written), so there it is taken where measured (`conv_impl="fast_mm"`) or named
-(`conv_impl="fwd_avx512bf16"`, `"wgrad_avx512bf16"`).
+(`conv_impl="avx512bf16"` for every covered layer, `"fwd_avx512bf16"`, `"wgrad_avx512bf16"`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@
 // B tile's layout): XLA's own transposes of these operands took longer than the products.
 //
 // Tiles: 4 accumulators (a 32 x 32 block of the output), 2 A tiles and 2 B tiles (16 x 32 bf16).
-// Work is split over XLA's intra-op thread pool; the caller's thread takes a share too.
+// Work is split over XLA's intra-op thread pool; the caller's thread takes a share too. Each call
+// is also built for AVX512-BF16's vector units (`Strip`, for CPUs without AMX): the same operands,
+// layouts and epilogue, the products VDPBF16PS instead of the tiles'.
 
 #include <immintrin.h>
 #include <sys/syscall.h>
