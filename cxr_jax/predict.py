@@ -1,23 +1,26 @@
 """Class probabilities (and optionally Grad-CAM overlays) of a trained model for new image files.
 
   python -m cxr_jax.predict --workdir=W INPUT... [--cam DIR] [--which best|latest]
-      [--dtype float32|bfloat16] [--reject-ood] [--ood-score SCORE]
+      [--dtype float32|bfloat16] [--reject-ood] [--ood-score SCORE] [--abstain]
 
 An INPUT is an image file, a folder (every image file below it, sorted) or a reader spec such as
 `manifest:PATH` or `folder:PATH` (`cxr_jax.data.readers`; its files in the reader's order). Each
 image gets the preprocessing of the run's training data (decode, CLAHE, square resize from the
 saved config; normalisation of the run's pretrained weights). One JSON line per image, in input
 order, on stdout, written batch by batch as they are scored: {"file", "prediction", "probs":
-{class: p}, "ood": {"score", "value", "threshold"}, "in_distribution": true/false, "reason"}
-(+ "cam": overlay path), or {"file", "error"} for a file that cannot be used. The other files are
+{class: p}, "ood": {"score", "value", "threshold"}, "in_distribution": true/false, "reason",
+"doubt": {"value", "threshold", "answered"}, "answer_reason"} (+ "cam": overlay path), or {"file", "error"} for a file that cannot be used. The other files are
 still processed; the exit status is 1 if any file failed. Compiled forward passes are kept in the
 persistent compilation cache, so a second call starts in seconds.
 
 "in_distribution" is false where the image's out-of-distribution score (`cxr_jax.evaluate.ood`;
 config.eval.ood_score of the run, or --ood-score) exceeds the threshold its evaluation chose on the
 validation split: the image is unlike the run's training images and its class probabilities are
-not to be trusted. With --reject-ood such an image gets "prediction": null and no "probs". The
-fit is the one the run's evaluation stored (workdir/ood_fit.npz); prediction never refits it.
+not to be trusted. With --reject-ood such an image gets "prediction": null and no "probs".
+"answered" is false where the image's doubt (the larger of its ranks among the validation images
+by confidence and by that score) exceeds the level at which the validation images were right
+config.eval.answer_accuracy of the time (95 %): an answer for a person to check, not to take; with
+--abstain such an image gets no class either (selective prediction). The fit is the one the run's evaluation stored (workdir/ood_fit.npz); prediction never refits it.
 Without one for the kept parameters, "in_distribution" is null and "reason" says what writes it.
 """
 
@@ -58,6 +61,9 @@ def _parse(argv):
   parser.add_argument("--ood-score", default=None, choices=SCORES,
                       help="the out-of-distribution score that flags (default: the run's "
                       "config.eval.ood_score)")
+  parser.add_argument("--abstain", action="store_true", help="no class for images not answered: "
+                      "less familiar or less confident than the validation images that were right "
+                      "config.eval.answer_accuracy of the time (prediction null, probs left out)")
   return parser.parse_args(argv)
 
 
@@ -135,19 +141,20 @@ def stored_fit(workdir, trained) -> tuple[OodFit | None, str]:
 
 
 def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=None, which="best",
-                     batch_size=16, dtype=None, reject_ood=False, ood_score=None):
+                     batch_size=16, dtype=None, reject_ood=False, ood_score=None, abstain=False):
   """Yields one result dict per file, in input order, a batch at a time. Batch i+1 is decoded
   while the model runs on batch i (JAX dispatches asynchronously), so decoding and the forward
   pass overlap and results stream over any number of files, one batch behind the decoding.
-  `reject_ood`: no class for images flagged out of distribution (ValueError without a stored
-  fit); `ood_score`: the score that flags (default: the fit's)."""
+  `reject_ood`: no class for images flagged out of distribution, `abstain`: none for images not
+  answered (either: ValueError without a stored fit); `ood_score`: the score that flags (default:
+  the fit's)."""
   from cxr_jax import checkpoint
   from cxr_jax.data.preprocess import normalise_images
   from cxr_jax.evaluate import compute_variables, make_outputs_fn
   from cxr_jax.explain import DEFAULT_LAYER, make_cam_fn
 
   trained = checkpoint.load_trained(workdir, which=which, dtype=dtype)
-  flags = Flags(workdir, trained, reject_ood, ood_score)
+  flags = Flags(workdir, trained, reject_ood, ood_score, abstain)
   size = int(trained.config.data.image_size)
   # Every batch is padded to one shape (one compilation for any number of files); fewer files than
   # a batch get the next power of two instead, so one image runs a forward pass of one, not of 16.
@@ -180,29 +187,31 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
 class Flags:
   """The out-of-distribution fields of each prediction from the stored fit (`stored_fit`). The
   fit is loaded and matched to the parameters (hashing them: ~0.3 s on 2 cores) on a thread,
-  beside the first batch's decoding and compilation; a missing fit with --reject-ood fails at once,
-  one for other parameters before the first result."""
+  beside the first batch's decoding and compilation; a missing fit with --reject-ood or --abstain
+  fails at once, one for other parameters before the first result."""
 
-  def __init__(self, workdir, trained, reject: bool, score: str | None):
+  def __init__(self, workdir, trained, reject: bool, score: str | None, abstain: bool = False):
     from concurrent.futures import ThreadPoolExecutor
 
     from cxr_jax import checkpoint
 
-    self.reject, self.score = reject, score
-    if reject and not (Path(workdir) / checkpoint.OOD_FILE).is_file():
-      raise ValueError(f"--reject-ood: {stored_fit(workdir, trained)[1]}")
+    self.reject, self.score, self.abstain = reject, score, abstain
+    self.needs = "--reject-ood" if reject else "--abstain" if abstain else None
+    if self.needs and not (Path(workdir) / checkpoint.OOD_FILE).is_file():
+      raise ValueError(f"{self.needs}: {stored_fit(workdir, trained)[1]}")
     pool = ThreadPoolExecutor(1)
     self._pending = pool.submit(stored_fit, workdir, trained)
     pool.shutdown(wait=False)   # the task runs on; `fit` waits for it
 
   def fit(self) -> tuple[OodFit | None, str]:
     fit, why = self._pending.result()
-    if self.reject and fit is None:
-      raise ValueError(f"--reject-ood: {why}")
+    if self.needs and fit is None:
+      raise ValueError(f"{self.needs}: {why}")
     return fit, why
 
   def of_batch(self, out) -> list[dict]:
-    """Each row's {"ood", "in_distribution", "reason"} from the model's outputs on a batch."""
+    """Each row's {"ood", "in_distribution", "reason", "doubt", "answer_reason"} from the model's
+    outputs on a batch."""
     fit, why = self.fit()
     if fit is None:
       return [{"in_distribution": None, "reason": why}] * len(out["probs"])
@@ -220,7 +229,8 @@ def _results(names, errors, x, out, cam_dir, used, flags: Flags):
     p = probs[k].tolist()
     result = {"file": file, "prediction": LABELS[int(np.argmax(p))],
               "probs": dict(zip(LABELS, p, strict=True)), **verdicts[k]}
-    if flags.reject and not result["in_distribution"]:
+    if ((flags.reject and not result["in_distribution"])
+        or (flags.abstain and not result["doubt"]["answered"])):
       result["prediction"] = None
       del result["probs"]
     if cam_dir:
@@ -244,7 +254,8 @@ def main(argv=None) -> int:
     for r in iter_predictions(args.workdir, expand_inputs(args.images), cam_dir=args.cam,
                               method=args.method, layer=args.layer, which=args.which,
                               batch_size=args.batch_size, dtype=args.dtype,
-                              reject_ood=args.reject_ood, ood_score=args.ood_score):
+                              reject_ood=args.reject_ood, ood_score=args.ood_score,
+                              abstain=args.abstain):
       print(json.dumps(r), flush=True)
       total += 1
       if "error" in r:

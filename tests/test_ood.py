@@ -113,6 +113,34 @@ def test_risk_coverage_of_perfect_uninformative_and_worst_scores():
   assert np.mean(rand) == pytest.approx(0.2, abs=4 * np.std(rand) / np.sqrt(4000))
 
 
+def test_doubt_is_the_larger_rank_among_validation_images():
+  val_msp, val_flag = np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 2.0, 3.0, 4.0])
+  # msp 0.25 beats 2 of 4 validation images, flag 1.0 none (ties are not beaten), 9 all four.
+  got = ood.doubt([0.25, 0.05, 0.05, 0.4], [1.0, 2.5, 9.0, 0.0], val_msp, val_flag)
+  np.testing.assert_array_equal(got, [0.5, 0.5, 1.0, 0.75])
+
+
+@pytest.mark.parametrize("correct, accuracy, want", [
+    ([1, 1, 0, 1, 1, 0, 0], 0.8, 0.5),     # 4 of 5 right up to doubt 0.5; 4 of 6 at 0.6
+    ([1, 1, 0, 1, 1, 0, 0], 0.6, 0.6),     # 4 of 6 = 0.67; all 7: 4 of 7 = 0.57
+    ([1, 1, 1, 1, 1, 1, 1], 1.0, 0.7),     # every image right: answer all of them
+    ([1, 1, 1, 1, 1, 1, 0], 0.85, 0.7),    # 6 of 7 = 0.857: the wrong last one answered too
+    ([0, 0, 1, 1, 1, 1, 1], 0.99, -1.0),   # the least doubtful already wrong: answer nothing
+])
+def test_answer_threshold_is_the_largest_doubt_keeping_the_accuracy(correct, accuracy, want):
+  doubts = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+  order = np.random.default_rng(3).permutation(7)    # the input order does not matter
+  assert ood.answer_threshold(doubts[order], np.array(correct, bool)[order], accuracy) == want
+
+
+def test_answer_threshold_answers_a_tie_whole():
+  # Doubt 0.2 is shared by a right and a wrong image: 2 of 3 right up to it, so 0.8 stops at 0.1
+  # (the right one of the tie alone would make 2 of 2).
+  doubts, correct = np.array([0.1, 0.2, 0.2, 0.3]), np.array([True, True, False, True])
+  assert ood.answer_threshold(doubts, correct, 0.8) == 0.1
+  assert ood.answer_threshold(doubts, correct, 0.75) == 0.3    # 3 of 4
+
+
 def test_auroc_of_separated_and_identical_scores():
   assert ood.auroc([0.0, 1.0, 2.0], [3.0, 4.0]) == 1.0
   assert ood.auroc([0.0, 1.0], [0.0, 1.0]) == 0.5
@@ -139,8 +167,9 @@ def _synthetic_fit(rng, features_in, labels_in, keep=0.95):
                        "blocks": {k: v[a:b] for k, v in out["blocks"].items()}}
   reference = dict(part(2 * n, None), correct=out["logits"][2 * n:].argmax(1) == labels_in[2 * n:],
                    sources=np.array(["own"] * (len(labels_in) - 2 * n)))
-  return part, ood.fit(part(0, n), labels_in[:n], part(n, 2 * n), temperature=1.5, keep=keep,
-                       k=5, score="mahalanobis", model_digest="x", reference=reference)
+  return part, ood.fit(part(0, n), labels_in[:n], part(n, 2 * n), labels_in[n:2 * n],
+                       temperature=1.5, keep=keep, k=5, score="mahalanobis", model_digest="x",
+                       reference=reference, answer_accuracy=0.99)
 
 
 def test_far_away_images_are_flagged_and_told_apart(tmp_path):
@@ -177,8 +206,18 @@ def test_far_away_images_are_flagged_and_told_apart(tmp_path):
   assert pooled["images"] == 350 and pooled["accuracy_kept"] > pooled["accuracy_all"]
   assert section["by_source"]["far"]["kept"] == 0.0
   assert section["by_source"]["far"]["accuracy_kept"] is None
+  # Far images are doubted beyond every validation image and never answered; the validation
+  # images answered are right at least answer_accuracy of the time.
+  assert section["selective"]["this"]["doubt"]["kept"] == 0.0
+  assert section["by_source_answered"]["far"]["kept"] == 0.0
+  val, val_labels = part(300, 600), labels[300:600]
+  answered = loaded.doubt(loaded.scores(val)) <= loaded.answer_threshold
+  assert 0 < answered.sum() < 300
+  assert np.mean((val["logits"].argmax(1) == val_labels)[answered]) >= 0.99
+  np.testing.assert_array_equal(loaded.val_msp, np.sort(val_scores["msp"]))
   verdict = loaded.verdict(loaded.scores(far), 0)
   assert verdict["in_distribution"] is False and "unlike the training images" in verdict["reason"]
+  assert verdict["doubt"]["value"] == 1.0 and verdict["doubt"]["answered"] is False
   assert verdict["ood"]["threshold"] == fit.thresholds["mahalanobis"]
 
 

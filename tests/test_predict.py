@@ -170,11 +170,11 @@ def test_fewer_files_than_a_batch_run_the_next_power_of_two(workdir, images, mon
                                atol=1e-6)
 
 
-def _stored_fit(run, images, flagged: int):
+def _stored_fit(run, images, flagged: int, answered: int = 0):
   """An out-of-distribution fit for `run` made by hand (numpy only, as prediction loads it): the
-  model's own outputs on `images` as training features, and the Mahalanobis threshold set so
-  that the `flagged` (< len(images)) images farthest from the class means are out of
-  distribution."""
+  model's own outputs on `images` as training and validation features, and the Mahalanobis
+  threshold set so that the `flagged` (< len(images)) images farthest from the class means are out
+  of distribution; the answer threshold at the `answered`-th smallest doubt (0: none)."""
   from cxr_jax.evaluate import make_outputs_fn, ood
 
   trained = checkpoint.load_trained(run)
@@ -192,16 +192,22 @@ def _stored_fit(run, images, flagged: int):
   thresholds = {s: np.inf for s in ood.SCORES} | {"mahalanobis": float(cut)}
   centre = out["input"].mean(axis=0)
   bank_blocks = ood.input_and_blocks(dict(out, blocks={"block5": f}), centre, ["block5"])
+  # Validation scores between the images' own (and one below all): image j of a score's order
+  # beats j + 1 of them whatever its scores' rounding in another batch shape.
+  between = lambda v: np.sort(np.r_[v.min() - 1, (np.sort(v)[1:] + np.sort(v)[:-1]) / 2])
+  val_msp, val_flag = between(ood.msp_score(out["logits"])), between(distance)
+  doubts = np.sort(ood.doubt(ood.msp_score(out["logits"]), distance, val_msp, val_flag))
   fit = ood.OodFit("mahalanobis", 0.95, 1.0, means, precision, 0.0, ood.unit_rows(f),
                    bank_blocks, centre, 1, {"block5": (means, precision)}, thresholds,
                    checkpoint.model_digest(trained.variables), len(f), len(f),
                    dict(scores={s: np.zeros(0) for s in ood.SCORES}, correct=np.zeros(0, bool),
-                        sources=np.zeros(0, str)))
+                        sources=np.zeros(0, str)), 0.95, val_msp, val_flag,
+                   float(doubts[answered - 1]) if answered else -1.0)
   (run / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
   return distance
 
 
-def test_predict_reports_the_out_of_distribution_flag_and_reject_withholds_the_class(
+def test_predict_reports_the_out_of_distribution_flag_and_doubt_and_withholds_the_class(
     tmp_path, images, save_random_run, capsys):
   config = default.get_config()
   config.data.image_size = SIZE
@@ -213,6 +219,8 @@ def test_predict_reports_the_out_of_distribution_flag_and_reject_withholds_the_c
   assert line["in_distribution"] is None and "python launch.py --mode=evaluate" in line["reason"]
   assert predict.main([f"--workdir={run}", "--reject-ood", images[0]]) == 2
   assert "--reject-ood: no out-of-distribution fit" in capsys.readouterr().err
+  assert predict.main([f"--workdir={run}", "--abstain", images[0]]) == 2
+  assert "--abstain: no out-of-distribution fit" in capsys.readouterr().err
 
   distance = _stored_fit(run, images, flagged=1)
   far = int(np.argmax(distance))
@@ -230,6 +238,24 @@ def test_predict_reports_the_out_of_distribution_flag_and_reject_withholds_the_c
   # Another score flags by its own threshold (here infinite: nothing flagged).
   assert predict.main([f"--workdir={run}", "--reject-ood", "--ood-score=energy", *images]) == 0
   assert all(json.loads(r)["in_distribution"] for r in capsys.readouterr().out.splitlines())
+
+  # Answered: the doubt, the larger of each image's ranks by 1 - max probability and by the
+  # distance (among validation scores placed between these images', `_stored_fit`), at most the
+  # answer threshold.
+  _stored_fit(run, images, flagged=1, answered=1)
+  assert predict.main([f"--workdir={run}", *images]) == 0
+  lines = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+  msp = np.array([1 - max(r["probs"].values()) for r in lines])
+  rank = lambda v: np.array([(np.sum(v < x) + 1) / len(v) for x in v])
+  doubt = np.maximum(rank(msp), rank(distance))
+  assert [r["doubt"]["value"] for r in lines] == pytest.approx(doubt, abs=1e-12)
+  assert [r["doubt"]["answered"] for r in lines] == list(doubt <= doubt.min())
+  assert not lines[far]["doubt"]["answered"]   # the largest distance: doubt 1 > the smallest
+  assert predict.main([f"--workdir={run}", "--abstain", *images]) == 0
+  abstained = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+  for r, full in zip(abstained, lines, strict=True):
+    assert (r["prediction"] is None) == (not full["doubt"]["answered"]) == ("probs" not in r)
+    assert ("for a person to read" in r["answer_reason"]) == (not full["doubt"]["answered"])
 
   # A fit made for other parameters is not used.
   other = save_random_run(tmp_path / "other", config, "torchvision", seed=5)

@@ -181,14 +181,15 @@ def _summary_rows(result: dict) -> list[tuple[str, float | None, dict | None]]:
 
 
 def _ood_rows(o: dict) -> list[tuple[str, float | None, None]]:
-  """Per source of an external set: the flagging score's AUROC against the test split and the
-  share it flags."""
+  """Per source of an external set: the flagging score's AUROC against the test split, the share
+  it flags and the share answered (`ood.doubt`)."""
   if not o.get("defined"):
     return []
   score = o["fit"]["score"]
   return [row for source in o["sources"] for row in (
       (f"{source} told from test split ({score} AUROC)", o["auroc"][score][source], None),
-      (f"{source} flagged out of distribution ({score})", o["flagged"][score][source], None))]
+      (f"{source} flagged out of distribution ({score})", o["flagged"][score][source], None),
+      (f"{source} answered (doubt)", o["by_source_answered"][source]["kept"], None))]
 
 
 def write_figure(result: dict, path: Path) -> str:

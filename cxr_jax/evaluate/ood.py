@@ -33,6 +33,20 @@ Every score says how unlike the run's training images an image is; higher is les
                out-of-distribution validation images; this project has none to fit on, so all
                blocks weigh alike. The early blocks (frozen ImageNet filters under FT2) see
                acquisition and anatomy, the last what the head reads.
+doubt (selective prediction: when to answer at all): the larger of an image's ranks among the
+               validation images by msp and by the flagging score (config.eval.ood_score), each
+               the share of validation images scoring lower: 0.99 is as uncertain or as unfamiliar
+               as the top 1 % of validation on at least one of the two. One minus it is the
+               smaller of the two conformal p-values (Vovk et al. 2005), so "doubt <= t" answers
+               an image only where it is both familiar and confident. msp alone ranks errors
+               inside the training collections best but answers every confident Kermany child;
+               the flagging score alone answers uncertain familiar images. On the quick-start
+               model the combination ranks errors almost as well as msp on the test split (area
+               under the risk-coverage curve 0.110 against 0.103; knn_blocks 0.169) and better
+               than either pooled with cxr-plus, collections it never saw (0.599 against 0.668
+               and 0.629; results/ood_quickstart_128px/answer.md). The answer threshold
+               (`answer_threshold`) is the largest doubt at which the validation images at or
+               under it were right at least config.eval.answer_accuracy of the time.
 The fit (`fit`) reads the training split only; each score's threshold keeps config.eval.ood_keep
 of the validation split's images (`threshold_keeping`); the test split's scores are stored with it
 as the reference every other set is told apart from. `OodFit.load` needs NumPy alone, so
@@ -148,6 +162,28 @@ def threshold_keeping(scores, keep: float) -> float:
   return float(s[int(np.ceil(keep * len(s) - 1e-9)) - 1])
 
 
+def doubt(msp, flag, val_msp, val_flag) -> np.ndarray:
+  """[N] the larger of each image's two ranks among the validation images (`val_msp`, `val_flag`:
+  their msp and flagging scores, sorted): the share of them scoring strictly lower on msp, and
+  on the flagging score (module doc)."""
+  rank = lambda v, ref: np.searchsorted(ref, np.asarray(v, np.float64), side="left") / len(ref)
+  return np.maximum(rank(msp, val_msp), rank(flag, val_flag))
+
+
+def answer_threshold(doubts, correct, accuracy: float) -> float:
+  """The largest doubt t among `doubts` (the validation images') at which the images with doubt
+  <= t are right at least `accuracy` of the time; -1 (answer nothing) where no t is."""
+  d, correct = np.asarray(doubts, np.float64), np.asarray(correct, bool)
+  if not len(d) or not 0.0 < accuracy <= 1.0:
+    raise ValueError(f"an answer threshold for accuracy {accuracy} on {len(d)} images")
+  order = np.argsort(d, kind="stable")
+  d, right = d[order], np.cumsum(correct[order])
+  last = np.append(d[1:] != d[:-1], True)          # the last image of each tie
+  kept = np.arange(1, len(d) + 1)
+  ok = last & (right >= accuracy * kept - 1e-9)
+  return float(d[ok].max()) if ok.any() else -1.0
+
+
 @dataclasses.dataclass
 class OodFit:
   """A run's fitted scores (see the module doc), versioned by the kept parameters' digest."""
@@ -167,6 +203,10 @@ class OodFit:
   n_train: int
   n_val: int
   reference: dict            # the test split: {"scores": {score: [N]}, "correct", "sources"}
+  answer_accuracy: float     # validation accuracy the answer threshold keeps
+  val_msp: np.ndarray        # [N_val] the validation split's msp, sorted (doubt's ranks)
+  val_flag: np.ndarray       # [N_val] its flagging score (`score`), sorted
+  answer_threshold: float    # answer where doubt <= this (-1: answer nothing)
 
   def scores(self, outputs: dict) -> dict[str, np.ndarray]:
     """{score: [N]} of images given the model's outputs (`inference.make_outputs_fn`): logits
@@ -183,18 +223,24 @@ class OodFit:
                 knn_blocks=knn_score(input_and_blocks(outputs, self.input_centre, self.blocks),
                                      self.bank_blocks, self.k))
 
+  def doubt(self, scores: dict) -> np.ndarray:
+    """[N] the doubt of images given their `scores` (see the module doc)."""
+    return doubt(scores["msp"], scores[self.score], self.val_msp, self.val_flag)
+
   def describe(self) -> dict:
     """The fit's settings for metrics.json (no arrays)."""
     return dict(score=self.score, keep=self.keep, temperature=self.temperature,
                 shrinkage=self.shrinkage, k=self.k, thresholds=self.thresholds,
                 model_digest=self.model_digest, n_train=self.n_train, n_val=self.n_val,
-                covariance="shared, class-centred, Ledoit-Wolf shrinkage")
+                covariance="shared, class-centred, Ledoit-Wolf shrinkage",
+                answer_accuracy=self.answer_accuracy, answer_threshold=self.answer_threshold)
 
   def to_bytes(self) -> bytes:
     """An .npz of plain arrays (loadable without pickle)."""
     ref = self.reference
     meta = {k: getattr(self, k) for k in ("score", "keep", "temperature", "shrinkage", "k",
-                                          "thresholds", "model_digest", "n_train", "n_val")}
+                                          "thresholds", "model_digest", "n_train", "n_val",
+                                          "answer_accuracy", "answer_threshold")}
     buffer = io.BytesIO()
     blocks = {f"{part}@{b}": array for b, pair in self.blocks.items()
               for part, array in zip(("means", "precision"), pair, strict=True)}
@@ -202,7 +248,7 @@ class OodFit:
     np.savez(buffer, meta=np.array(json.dumps(meta)), means=self.means, precision=self.precision,
              bank=self.bank.astype(np.float32),
              bank_blocks=self.bank_blocks.astype(np.float32), input_centre=self.input_centre,
-             ref_correct=np.asarray(ref["correct"], bool),
+             val_msp=self.val_msp, val_flag=self.val_flag, ref_correct=np.asarray(ref["correct"], bool),
              **blocks,
              ref_sources=np.asarray(ref["sources"]).astype(str),
              **{f"ref_{s}": np.asarray(v, np.float64) for s, v in ref["scores"].items()})
@@ -212,14 +258,15 @@ class OodFit:
   def load(cls, path) -> OodFit:
     with np.load(Path(path), allow_pickle=False) as z:
       meta = json.loads(str(z["meta"]))
-      if set(SCORES) - {k[4:] for k in z.files if k.startswith("ref_")} - {"correct", "sources"}:
+      if (set(SCORES) - {k[4:] for k in z.files if k.startswith("ref_")} - {"correct", "sources"}
+          or "val_msp" not in z.files):
         raise ValueError(f"{path} holds another version's scores: evaluate the run again")
       reference = dict(scores={s: z[f"ref_{s}"] for s in SCORES}, correct=z["ref_correct"],
                        sources=z["ref_sources"])
       blocks = {b: (z[f"means@{b}"], z[f"precision@{b}"]) for b in meta.pop("blocks")}
       return cls(means=z["means"], precision=z["precision"], bank=z["bank"],
                  bank_blocks=z["bank_blocks"], input_centre=z["input_centre"], blocks=blocks,
-                 reference=reference, **meta)
+                 val_msp=z["val_msp"], val_flag=z["val_flag"], reference=reference, **meta)
 
   def verdict(self, scores: dict, index: int, score: str | None = None) -> dict:
     """The prediction's fields for image `index` of `scores` ({score: [N]}): the score, its
@@ -231,16 +278,28 @@ class OodFit:
               f"{100 * self.keep:.0f} % of the validation images stay under: "
               + ("like the training images" if inside else
                  "unlike the training images, the class probabilities are not to be trusted"))
+    doubt_value = float(doubt(scores["msp"][index:index + 1], scores[self.score][index:index + 1],
+                              self.val_msp, self.val_flag)[0])
+    answered = doubt_value <= self.answer_threshold
     return {"ood": {"score": score, "value": value, "threshold": threshold},
-            "in_distribution": bool(inside), "reason": reason}
+            "in_distribution": bool(inside), "reason": reason,
+            "doubt": {"value": doubt_value, "threshold": self.answer_threshold,
+                      "answered": bool(answered)},
+            "answer_reason": (
+                f"doubt {doubt_value:.3f} {'<=' if answered else '>'} {self.answer_threshold:.3f}: "
+                + (f"validation images this familiar and confident were right at least "
+                   f"{100 * self.answer_accuracy:.0f} % of the time" if answered else
+                   f"less familiar or less confident than the validation images that were right "
+                   f"{100 * self.answer_accuracy:.0f} % of the time: for a person to read"))}
 
 
-def fit(train: dict, train_labels, val: dict, *, temperature: float, keep: float, k: int,
-        score: str, model_digest: str, reference: dict) -> OodFit:
+def fit(train: dict, train_labels, val: dict, val_labels, *, temperature: float, keep: float,
+        k: int, score: str, model_digest: str, reference: dict,
+        answer_accuracy: float) -> OodFit:
   """Fits every score on the training split's outputs (`inference.make_outputs_fn`'s) and
-  thresholds them on the validation split's. `reference`: the test split's outputs with
-  "correct" and "sources", scored and kept (not its outputs) for every later evaluation to
-  compare against."""
+  thresholds them, and the answer threshold, on the validation split's (`val`, `val_labels`).
+  `reference`: the test split's outputs with "correct" and "sources", scored and kept (not its
+  outputs) for every later evaluation to compare against."""
   if score not in SCORES:
     raise ValueError(f"eval.ood_score must be one of {SCORES}, got {score!r}")
   num_classes = np.asarray(train["logits"]).shape[1]
@@ -252,8 +311,13 @@ def fit(train: dict, train_labels, val: dict, *, temperature: float, keep: float
   bank_blocks = input_and_blocks(train, centre, blocks).astype(np.float32)
   partial = OodFit(score, float(keep), float(temperature), means, precision, shrinkage, bank,
                    bank_blocks, centre, min(int(k), len(bank)), blocks, {}, model_digest,
-                   len(bank), len(val["logits"]), {})
-  partial.thresholds = {s: threshold_keeping(v, keep) for s, v in partial.scores(val).items()}
+                   len(bank), len(val["logits"]), {}, float(answer_accuracy), None, None, -1.0)
+  val_scores = partial.scores(val)
+  partial.thresholds = {s: threshold_keeping(v, keep) for s, v in val_scores.items()}
+  partial.val_msp, partial.val_flag = np.sort(val_scores["msp"]), np.sort(val_scores[score])
+  val_correct = np.asarray(val["logits"]).argmax(axis=1) == np.asarray(val_labels)
+  partial.answer_threshold = answer_threshold(partial.doubt(val_scores), val_correct,
+                                              answer_accuracy)
   partial.reference = dict(scores=partial.scores(reference),
                            correct=np.asarray(reference["correct"], bool),
                            sources=np.asarray(reference["sources"]).astype(str))
@@ -353,16 +417,21 @@ def evaluate_ood(fit: OodFit, outputs: dict, labels, sources, *, is_reference: b
       out["auroc"][s] = {src: auroc(ref["scores"][s], scores[s][sources == src])
                          for src in out["sources"]}
       out["auroc"][s]["all"] = auroc(ref["scores"][s], scores[s])
+  scores = dict(scores, doubt=fit.doubt(scores))
+  thresholds = dict(fit.thresholds, doubt=fit.answer_threshold)
   sets = {"this": (scores, correct, sources)}
   if not is_reference:
-    sets["pooled"] = ({s: np.concatenate([ref["scores"][s], scores[s]]) for s in SCORES},
+    sets["pooled"] = ({s: np.concatenate([fit.doubt(ref["scores"]) if s == "doubt" else
+                                          ref["scores"][s], scores[s]]) for s in thresholds},
                       np.concatenate([ref["correct"], correct]),
                       np.concatenate([ref["sources"], sources]))
   for name, (sc, corr, _) in sets.items():
-    out["selective"][name] = {s: dict(_selective(sc[s], corr, fit.thresholds[s]),
-                                      risk_coverage=risk_coverage(sc[s], corr)) for s in SCORES}
+    out["selective"][name] = {s: dict(_selective(sc[s], corr, thresholds[s]),
+                                      risk_coverage=risk_coverage(sc[s], corr)) for s in thresholds}
   out["by_source"] = _per_source(scores[fit.score], correct, sources, labels, preds,
                                  fit.thresholds[fit.score], list(class_names))
+  out["by_source_answered"] = _per_source(scores["doubt"], correct, sources, labels, preds,
+                                          fit.answer_threshold, list(class_names))
   return out
 
 
@@ -377,6 +446,7 @@ def settings(config, temperature: float | None) -> dict:
   return dict(score=str(eval_setting(config, "ood_score", "knn")),
               keep=float(eval_setting(config, "ood_keep", 0.95)),
               k=int(eval_setting(config, "ood_knn_k", 10)),
+              answer_accuracy=float(eval_setting(config, "answer_accuracy", 0.95)),
               temperature=1.0 if temperature is None else float(temperature))
 
 
@@ -438,12 +508,13 @@ def run_fit(run) -> OodFit | str:
   if not len(train_ids) or not len(splits.get("val", ())):
     return ("not fitted: no " + ("training" if not len(train_ids) else "validation") + " split "
             "(the threshold is chosen on the validation split: data.num_folds > 1)")
-  (train, train_labels, _), (val, _, _) = run.outputs("train"), run.outputs("val")
+  (train, train_labels, _), (val, val_labels, _) = run.outputs("train"), run.outputs("val")
   outputs, labels, ids = run.outputs("test") if len(splits.get("test", ())) else (
       jax.tree.map(lambda v: v[:0], train), train_labels[:0], np.zeros(0, int))
   reference = dict(outputs, correct=outputs["logits"].argmax(axis=1) == labels,
                    sources=meta["source"][ids])
-  made = fit(train, train_labels, val, reference=reference, model_digest=digest, **wanted)
+  made = fit(train, train_labels, val, val_labels, reference=reference, model_digest=digest,
+             **wanted)
   if jax.process_index() == 0:
     files.write_atomic(Path(run.workdir) / checkpoint.OOD_FILE, made.to_bytes())
   return made

@@ -198,7 +198,11 @@ def _ood_selective_table(o: dict) -> list[str]:
            "unusual up; lower is better; `optimal`: every error ranked last).", "",
            *_table_head(["score"] + [f"{label}: {column}" for _, label in sets for column in
                                      ("kept", "accuracy all", "accuracy kept", "AURC (optimal)")])]
-  for score in o["flagged"]:
+  answer = o["fit"].get("answer_accuracy")
+  if answer is not None:
+    lines[0] += (f" Row doubt: the images answered, those as familiar and as confident as the "
+                 f"validation images that were right {_pct(answer)} of the time (`ood.doubt`).")
+  for score in o["selective"]["this"]:
     cells = []
     for name, _ in sets:
       sel = o["selective"][name][score]
