@@ -87,7 +87,7 @@ def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
                    ood.unit_rows(features).astype(np.float32), bank_blocks.astype(np.float32),
                    centre, 10, blocks,
                    {s: 0.0 for s in ood.SCORES}, checkpoint.model_digest(variables), n_train, 240,
-                   empty)
+                   empty, 0.95, np.sort(rng.random(240)), np.sort(rng.random(240)), 0.5)
   (workdir / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
 
 
