@@ -180,7 +180,7 @@ def answer_threshold(doubts, correct, accuracy: float) -> float:
   d, right = d[order], np.cumsum(correct[order])
   last = np.append(d[1:] != d[:-1], True)          # the last image of each tie
   kept = np.arange(1, len(d) + 1)
-  ok = last & (right >= accuracy * kept - 1e-9)
+  ok = last & (right >= accuracy * kept - 1e-9)   # 0.95 * 20 is 19.000000000000004 in floats
   return float(d[ok].max()) if ok.any() else -1.0
 
 
