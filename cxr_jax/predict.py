@@ -9,18 +9,20 @@ image gets the preprocessing of the run's training data (decode, CLAHE, square r
 saved config; normalisation of the run's pretrained weights). One JSON line per image, in input
 order, on stdout, written batch by batch as they are scored: {"file", "prediction", "probs":
 {class: p}, "ood": {"score", "value", "threshold"}, "in_distribution": true/false, "reason",
-"doubt": {"value", "threshold", "answered"}, "answer_reason"} (+ "cam": overlay path), or {"file", "error"} for a file that cannot be used. The other files are
-still processed; the exit status is 1 if any file failed. Compiled forward passes are kept in the
-persistent compilation cache, so a second call starts in seconds.
+"doubt": {"value", "threshold", "answered"}, "answer_reason"} (+ "cam": overlay path), or
+{"file", "error"} for a file that cannot be used. The other files are still processed; the exit
+status is 1 if any file failed. Compiled forward passes are kept in the persistent compilation
+cache, so a second call starts in seconds.
 
 "in_distribution" is false where the image's out-of-distribution score (`cxr_jax.evaluate.ood`;
 config.eval.ood_score of the run, or --ood-score) exceeds the threshold its evaluation chose on the
 validation split: the image is unlike the run's training images and its class probabilities are
 not to be trusted. With --reject-ood such an image gets "prediction": null and no "probs".
 "answered" is false where the image's doubt (the larger of its ranks among the validation images
-by confidence and by that score) exceeds the level at which the validation images were right
+by confidence and by the run's config.eval.ood_score) exceeds the level at which the validation images were right
 config.eval.answer_accuracy of the time (95 %): an answer for a person to check, not to take; with
---abstain such an image gets no class either (selective prediction). The fit is the one the run's evaluation stored (workdir/ood_fit.npz); prediction never refits it.
+--abstain such an image gets no class either (selective prediction). The fit is the one the
+run's evaluation stored (workdir/ood_fit.npz); prediction never refits it.
 Without one for the kept parameters, "in_distribution" is null and "reason" says what writes it.
 """
 
