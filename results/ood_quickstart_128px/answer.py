@@ -72,7 +72,6 @@ val_correct = outputs("val")["logits"].argmax(1) == labels("val")
 fmt = lambda kept, acc: f"{100 * kept:.0f} % / " + ("-" if acc is None else f"{acc:.3f}")
 for acc, f in fits.items():
   val_kept = f.doubt(f.scores(outputs("val"))) <= f.answer_threshold
-  test_sel = sections["cxr-plus"][acc]["selective"]
   cells = [f"{acc:.2f}", f"{f.answer_threshold:.3f}",
            fmt(val_kept.mean(), val_correct[val_kept].mean() if val_kept.any() else None)]
   ref_doubt = f.doubt(f.reference["scores"]) <= f.answer_threshold
