@@ -1,0 +1,198 @@
+"""The knn score of the pooled block outputs with the run's model applied at a larger input size
+than it was trained at (stop 46): do the blocks see, at 192 or 256 px, what tells a collection the
+model never saw from its own? The convolutions take any size and the quick start's head pools
+globally, so the same parameters read the same films at 128 (the run's size), 192 and 256 px; the
+data pipeline preprocesses each size from the original files (CLAHE, resize) as for a run of that
+size. Development set cxr-plus, 300 images per source drawn with seed 0 (the 256 px pass runs at
+~2 images/s on 2 cores); cxr-external (all 827) printed for the report. The seen-collection rows:
+blocks 1-3 of an FT2 model are ImageNet's, frozen, so a model trained on cxr3 + cxr-plus scores
+with the same features against a bank that also holds the cxr-plus images; and leave-one-source-out
+needs no retraining for them: each cxr3 source held out of the bank (training split) and of the
+threshold (validation split) and told from the other sources' test images. The control: the
+cxr3 test split's own films saved again as cxr-plus's copies were made (squashed to 256 x 256 as
+SIIM's, to 224 x 224 as Kermany's; JPEG quality 95, written under SCRATCH, never into the
+repository) and scored like another collection: a score that flags them reads how the file was
+made, not the film.
+
+  PYTHONPATH=$PWD .venv/bin/python results/ood_quickstart_128px/resolution.py WORKDIR SCRATCH \
+      128 192 256 > results/ood_quickstart_128px/resolution.md
+
+computes SCRATCH/moments_SIZE.npz where missing (the run's train / val / test splits, cxr-plus's
+subsample, cxr-external) and SCRATCH/control_SIZE.npz (the resaved test films), then writes the
+tables.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cxr_jax.evaluate import ood
+
+PLUS, EXTERNAL = "manifest:../shared/data/cxr-plus", "manifest:../shared/data/cxr-external"
+PER_SOURCE = 300
+
+
+def resave_test_split(workdir: Path, scratch: Path) -> list[str]:
+  """The run's test films saved again as cxr-plus's copies were made; their manifest specs."""
+  import cv2
+
+  from cxr_jax.data.records import LABELS
+  from cxr_jax.evaluate.run import LoadedRun
+
+  run = LoadedRun.from_workdir(workdir)
+  meta, ids = run.built.metadata, run.split("test").ids
+  specs = []
+  for name, side in (("as-siim-256", 256), ("as-kermany-224", 224)):
+    root = scratch / name
+    lines = ["file,label,patient_id,patient_group,source,width,height"]
+    for i in ids:
+      film = cv2.imread(str(meta["file"][i]), cv2.IMREAD_GRAYSCALE)
+      if film is None:
+        raise FileNotFoundError(f"{meta['file'][i]}: not readable as an image")
+      out = root / f"{i}.jpg"
+      out.parent.mkdir(parents=True, exist_ok=True)
+      cv2.imwrite(str(out), cv2.resize(film, (side, side), interpolation=cv2.INTER_AREA),
+                  [cv2.IMWRITE_JPEG_QUALITY, 95])
+      lines.append(f"{out.name},{LABELS[meta['label'][i]]},{meta['patient_id'][i]},"
+                   f"{meta['patient_group'][i]},{meta['source'][i]} {name},{side},{side}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    specs.append(f"manifest:{root}")
+  return specs
+
+
+def extract(workdir: Path, out: Path, size: int, specs, subsample=(),
+            splits=("train", "val", "test")) -> None:
+  """Every block's pooled mean and spatial std and the logits of the run's model at `size` px, on
+  its `splits` and on `specs` (`subsample`: PER_SOURCE per source of those)."""
+  import jax
+  import jax.numpy as jnp
+
+  from cxr_jax import checkpoint, data
+  from cxr_jax.data.records import NO_LABEL
+  from cxr_jax.evaluate import external, inference
+  from cxr_jax.evaluate.run import LoadedRun, LoadedSplit, data_batches
+
+  trained = checkpoint.load_trained(workdir)
+  config = trained.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.image_size = size
+  run = LoadedRun(workdir, trained, config)
+  model, names = run.model, inference.stage_names(run.model)
+
+  @jax.jit
+  def moments(variables, images):
+    x, start, res = images, "input", {}
+    for name in names:
+      x = model.apply(variables, x, train=False, start=start, stop=name)
+      xf = x.astype(jnp.float32)
+      mean = xf.mean(axis=(1, 2))
+      res[name + "_mean"], start = mean, name
+      res[name + "_std"] = jnp.sqrt(jnp.maximum((xf * xf).mean(axis=(1, 2)) - mean * mean, 0))
+    res["logits"] = model.apply(variables, x, train=False, start=start).astype(jnp.float32)
+    return res
+
+  arrays = {}
+
+  def over(tag, loaded):
+    outputs, labels, ids = inference.run_batches(lambda x: moments(run.variables, x),
+                                                 data_batches(loaded, run.batch_size))
+    arrays.update({f"{tag}/{k}": v for k, v in outputs.items()})
+    arrays[f"{tag}/labels"] = labels
+    arrays[f"{tag}/sources"] = np.asarray(loaded.built.metadata["source"][ids]).astype(str)
+    print(size, tag, len(labels), file=sys.stderr, flush=True)
+
+  for split in splits:
+    over(split, run.split(split))
+  rng = np.random.default_rng(0)
+  for spec in specs:
+    cfg = external.external_data_config(config, spec)
+    built = data.build_dataset(cfg.data, every_class=False)
+    meta = built.metadata
+    ids = meta["id"][meta["label"] != NO_LABEL]
+    if spec in subsample:
+      src = np.asarray(meta["source"][ids]).astype(str)
+      ids = np.sort(np.concatenate([rng.choice(ids[src == s], PER_SOURCE, replace=False)
+                                    for s in sorted(set(src))]))
+    over(external.external_name(spec), LoadedSplit(run.trained, cfg, built, ids))
+  np.savez(out, **arrays)
+
+
+def tables(z, control, size: int) -> None:
+  get = lambda t, k: (control if t.startswith("as-") else z)[f"{t}/{k}"]
+  resaved = sorted({k.split("/")[0] for k in control.files})
+  groups = [(t, s, get(t, "sources") == s) for t in ("cxr-plus", "cxr-external")
+            for s in sorted(set(get(t, "sources")))]
+  groups += [(t, "cxr3 test " + t, slice(None)) for t in resaved]
+  tags = ["val", "test", "cxr-plus", "cxr-external", *resaved]
+  rows = lambda t, blocks: ood.block_rows({b: get(t, f"block{b}_mean") for b in blocks}, blocks)
+  print(f"\n### {size} px\n")
+  print("| knn (k=10) over the pooled means of blocks | " +
+        " | ".join(f"{t}: {s}" if t.startswith("cxr") else s for t, s, _ in groups)
+        + " | test flagged |")
+  print("|" + " --- |" * (len(groups) + 2))
+  for blocks in ((1,), (2,), (3,), (4,), (5,), (1, 2, 3), (1, 2, 3, 4, 5)):
+    bank = rows("train", blocks)
+    sc = {t: ood.knn_score(rows(t, blocks), bank, 10) for t in tags}
+    thr = ood.threshold_keeping(sc["val"], 0.95)
+    cells = [f"{ood.auroc(sc['test'], sc[t][m]):.3f} ({100 * np.mean(sc[t][m] > thr):.0f} %)"
+             for t, _, m in groups]
+    print(f"| {'-'.join(map(str, (blocks[0], blocks[-1]))) if len(blocks) > 1 else blocks[0]} | "
+          + " | ".join(cells) + f" | {100 * np.mean(sc['test'] > thr):.0f} % |")
+  # Which of cxr3's own collections SIIM resembles (blocks 1-3): AUROC of each test source
+  # against cxr-plus SIIM, and the seen-collection check.
+  blocks = (1, 2, 3)
+  bank = rows("train", blocks)
+  siim = get("cxr-plus", "sources") == "siim-fisabio-rsna"
+  test_src = get("test", "sources")
+  s_test = ood.knn_score(rows("test", blocks), bank, 10)
+  s_siim = ood.knn_score(rows("cxr-plus", blocks), bank, 10)[siim]
+  print("\nBlocks 1-3: AUROC of cxr-plus SIIM against each source of the test split: " + ", ".join(
+      f"{s} ({int(np.sum(test_src == s))}) {ood.auroc(s_test[test_src == s], s_siim):.3f}"
+      for s in sorted(set(test_src))) + ".")
+  seen = np.concatenate([bank, rows("cxr-plus", blocks)])
+  sc = {t: ood.knn_score(rows(t, blocks), seen, 10) for t in ("val", "test", "cxr-external")}
+  thr = ood.threshold_keeping(sc["val"], 0.95)
+  ext = get("cxr-external", "sources")
+  print("Blocks 1-3 against a bank that also holds the 600 cxr-plus images (a model trained on "
+        f"their collections): test flagged {100 * np.mean(sc['test'] > thr):.0f} %, " + ", ".join(
+            f"cxr-external {s} flagged {100 * np.mean(sc['cxr-external'][ext == s] > thr):.0f} % "
+            f"(AUROC {ood.auroc(sc['test'], sc['cxr-external'][ext == s]):.3f})"
+            for s in sorted(set(ext))) + ".")
+
+  loso(get, size)
+
+
+def loso(get, size: int) -> None:
+  """Blocks 1-3 (ImageNet's, frozen in FT2: no model saw the held-out source through them) with
+  each cxr3 source held out of the bank and threshold: AUROC against the others' test images."""
+  blocks = (1, 2, 3)
+  split_rows = {t: ood.block_rows({b: get(t, f"block{b}_mean") for b in blocks}, blocks)
+                for t in ("train", "val", "test")}
+  src = {t: get(t, "sources") for t in split_rows}
+  cells, aurocs = [], []
+  for s in sorted(set(src["train"])):
+    bank = split_rows["train"][src["train"] != s]
+    held = ood.knn_score(np.concatenate([split_rows[t][src[t] == s] for t in src]), bank, 10)
+    rest = ood.knn_score(split_rows["test"][src["test"] != s], bank, 10)
+    thr = ood.threshold_keeping(ood.knn_score(split_rows["val"][src["val"] != s], bank, 10), 0.95)
+    aurocs.append(ood.auroc(rest, held))
+    cells.append(f"{s} {aurocs[-1]:.3f} ({100 * np.mean(held > thr):.0f} % flagged, "
+                 f"{100 * np.mean(rest > thr):.0f} % of the rest's test)")
+  print(f"Blocks 1-3, each cxr3 source held out: {'; '.join(cells)}; mean {np.mean(aurocs):.3f}, "
+        f"worst {np.min(aurocs):.3f}.")
+
+
+if __name__ == "__main__":
+  workdir, scratch = Path(sys.argv[1]), Path(sys.argv[2])
+  scratch.mkdir(parents=True, exist_ok=True)
+  resaved = resave_test_split(workdir, scratch)
+  print("AUROC against the run's test split (share flagged at the threshold keeping 95 % of the "
+        f"validation split). cxr-plus: {PER_SOURCE} images per source (seed 0); the last columns "
+        "are the test split's own films saved again as SIIM's and Kermany's copies were made.")
+  for size in map(int, sys.argv[3:]):
+    main, control = scratch / f"moments_{size}.npz", scratch / f"control_{size}.npz"
+    if not main.exists():
+      extract(workdir, main, size, (PLUS, EXTERNAL), subsample=(PLUS,))
+    if not control.exists():
+      extract(workdir, control, size, resaved, splits=())
+    tables(np.load(main), np.load(control), size)
