@@ -6,7 +6,8 @@ data pipeline preprocesses each size from the original files (CLAHE, resize) as 
 size. Development set cxr-plus, 300 images per source drawn with seed 0 (the 256 px pass runs at
 ~2 images/s on 2 cores); cxr-external (all 827) printed for the report. The seen-collection rows:
 blocks 1-3 of an FT2 model are ImageNet's, frozen, so a model trained on cxr3 + cxr-plus scores
-with the same features against a bank that also holds the cxr-plus images; and leave-one-source-out
+with the same features against a bank that also holds the cxr-plus images (the 600, and
+at the largest size 1,100 further SIIM images); and leave-one-source-out
 needs no retraining for them: each cxr3 source held out of the bank (training split) and of the
 threshold (validation split) and told from the other sources' test images. The control: the
 cxr3 test split's own films saved again as cxr-plus's copies were made (squashed to 256 x 256 as
@@ -18,8 +19,9 @@ made, not the film.
       128 192 256 > results/ood_quickstart_128px/resolution.md
 
 computes SCRATCH/moments_SIZE.npz where missing (the run's train / val / test splits, cxr-plus's
-subsample, cxr-external) and SCRATCH/control_SIZE.npz (the resaved test films), then writes the
-tables.
+subsample, cxr-external), SCRATCH/control_SIZE.npz (the resaved test films) and, at the largest
+size, SCRATCH/more_siim_SIZE.npz (1,100 further SIIM images for the seen-collection bank), then
+writes the tables.
 """
 import sys
 from pathlib import Path
@@ -30,6 +32,7 @@ from cxr_jax.evaluate import ood
 
 PLUS, EXTERNAL = "manifest:../shared/data/cxr-plus", "manifest:../shared/data/cxr-external"
 PER_SOURCE = 300
+MORE_SIIM = 1100   # with the 300: ~ the SIIM images of a multi-source run's training split
 
 
 def resave_test_split(workdir: Path, scratch: Path) -> list[str]:
@@ -60,10 +63,23 @@ def resave_test_split(workdir: Path, scratch: Path) -> list[str]:
   return specs
 
 
-def extract(workdir: Path, out: Path, size: int, specs, subsample=(),
+def plus_ids(ids, sources, more_siim: int = 0) -> np.ndarray:
+  """cxr-plus's development subsample: PER_SOURCE images per source (seed 0); with `more_siim`,
+  instead that many other SIIM images, drawn next (a bank the size of a multi-source run's
+  training share of SIIM)."""
+  rng = np.random.default_rng(0)
+  drawn = np.sort(np.concatenate([rng.choice(ids[sources == s], PER_SOURCE, replace=False)
+                                  for s in sorted(set(sources))]))
+  if not more_siim:
+    return drawn
+  rest = np.setdiff1d(ids[sources == "siim-fisabio-rsna"], drawn)
+  return np.sort(rng.choice(rest, more_siim, replace=False))
+
+
+def extract(workdir: Path, out: Path, size: int, specs, draw=None,
             splits=("train", "val", "test")) -> None:
   """Every block's pooled mean and spatial std and the logits of the run's model at `size` px, on
-  its `splits` and on `specs` (`subsample`: PER_SOURCE per source of those)."""
+  its `splits` and on `specs` (`draw`: {spec: fn(ids, sources) -> the ids to use})."""
   import jax
   import jax.numpy as jnp
 
@@ -103,21 +119,19 @@ def extract(workdir: Path, out: Path, size: int, specs, subsample=(),
 
   for split in splits:
     over(split, run.split(split))
-  rng = np.random.default_rng(0)
   for spec in specs:
     cfg = external.external_data_config(config, spec)
     built = data.build_dataset(cfg.data, every_class=False)
     meta = built.metadata
     ids = meta["id"][meta["label"] != NO_LABEL]
-    if spec in subsample:
-      src = np.asarray(meta["source"][ids]).astype(str)
-      ids = np.sort(np.concatenate([rng.choice(ids[src == s], PER_SOURCE, replace=False)
-                                    for s in sorted(set(src))]))
+    if spec in (draw or {}):
+      ids = draw[spec](ids, np.asarray(meta["source"][ids]).astype(str))
     over(external.external_name(spec), LoadedSplit(run.trained, cfg, built, ids))
   np.savez(out, **arrays)
 
 
-def tables(z, control, size: int) -> None:
+def tables(z, control, size: int, more=None) -> None:
+  """`more`: the cache of the further SIIM images for the seen-collection bank (or None)."""
   get = lambda t, k: (control if t.startswith("as-") else z)[f"{t}/{k}"]
   resaved = sorted({k.split("/")[0] for k in control.files})
   groups = [(t, s, get(t, "sources") == s) for t in ("cxr-plus", "cxr-external")
@@ -149,15 +163,20 @@ def tables(z, control, size: int) -> None:
   print("\nBlocks 1-3: AUROC of cxr-plus SIIM against each source of the test split: " + ", ".join(
       f"{s} ({int(np.sum(test_src == s))}) {ood.auroc(s_test[test_src == s], s_siim):.3f}"
       for s in sorted(set(test_src))) + ".")
-  seen = np.concatenate([bank, rows("cxr-plus", blocks)])
-  sc = {t: ood.knn_score(rows(t, blocks), seen, 10) for t in ("val", "test", "cxr-external")}
-  thr = ood.threshold_keeping(sc["val"], 0.95)
+  banks = {"the 600 cxr-plus images": np.concatenate([bank, rows("cxr-plus", blocks)])}
+  if more is not None:
+    extra = ood.block_rows({b: more[f"cxr-plus/block{b}_mean"] for b in blocks}, blocks)
+    banks[f"those and {len(extra)} further SIIM images"] = np.concatenate(
+        [banks["the 600 cxr-plus images"], extra])
   ext = get("cxr-external", "sources")
-  print("Blocks 1-3 against a bank that also holds the 600 cxr-plus images (a model trained on "
-        f"their collections): test flagged {100 * np.mean(sc['test'] > thr):.0f} %, " + ", ".join(
-            f"cxr-external {s} flagged {100 * np.mean(sc['cxr-external'][ext == s] > thr):.0f} % "
-            f"(AUROC {ood.auroc(sc['test'], sc['cxr-external'][ext == s]):.3f})"
-            for s in sorted(set(ext))) + ".")
+  for what, seen in banks.items():
+    sc = {t: ood.knn_score(rows(t, blocks), seen, 10) for t in ("val", "test", "cxr-external")}
+    thr = ood.threshold_keeping(sc["val"], 0.95)
+    print(f"Blocks 1-3 against a bank that also holds {what} (a model trained on their "
+          f"collections): test flagged {100 * np.mean(sc['test'] > thr):.0f} %, " + ", ".join(
+              f"cxr-external {s} flagged {100 * np.mean(sc['cxr-external'][ext == s] > thr):.0f} "
+              f"% (AUROC {ood.auroc(sc['test'], sc['cxr-external'][ext == s]):.3f})"
+              for s in sorted(set(ext))) + ".")
 
   loso(get, size)
 
@@ -192,7 +211,14 @@ if __name__ == "__main__":
   for size in map(int, sys.argv[3:]):
     main, control = scratch / f"moments_{size}.npz", scratch / f"control_{size}.npz"
     if not main.exists():
-      extract(workdir, main, size, (PLUS, EXTERNAL), subsample=(PLUS,))
+      extract(workdir, main, size, (PLUS, EXTERNAL), draw={PLUS: plus_ids})
     if not control.exists():
       extract(workdir, control, size, resaved, splits=())
-    tables(np.load(main), np.load(control), size)
+    more = None
+    if size == max(map(int, sys.argv[3:])):   # the seen-collection bank at the largest size
+      more = scratch / f"more_siim_{size}.npz"
+      if not more.exists():
+        extract(workdir, more, size, (PLUS,), draw={PLUS: lambda i, s: plus_ids(i, s, MORE_SIIM)},
+                splits=())
+      more = np.load(more)
+    tables(np.load(main), np.load(control), size, more)
