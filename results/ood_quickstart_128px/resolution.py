@@ -78,11 +78,9 @@ def plus_ids(ids, sources, more_siim: int = 0) -> np.ndarray:
 
 def extract(workdir: Path, out: Path, size: int, specs, draw=None,
             splits=("train", "val", "test")) -> None:
-  """Every block's pooled mean and spatial std and the logits of the run's model at `size` px, on
-  its `splits` and on `specs` (`draw`: {spec: fn(ids, sources) -> the ids to use})."""
-  import jax
-  import jax.numpy as jnp
-
+  """Every block's pooled output ("blockN_mean", `inference.make_outputs_fn`'s: what the product's
+  scores read) and the logits of the run's model at `size` px, on its `splits` and on `specs`
+  (`draw`: {spec: fn(ids, sources) -> the ids to use})."""
   from cxr_jax import checkpoint, data
   from cxr_jax.data.records import NO_LABEL
   from cxr_jax.evaluate import external, inference
@@ -93,26 +91,13 @@ def extract(workdir: Path, out: Path, size: int, specs, draw=None,
   with config.unlocked():
     config.data.image_size = size
   run = LoadedRun(workdir, trained, config)
-  model, names = run.model, inference.stage_names(run.model)
-
-  @jax.jit
-  def moments(variables, images):
-    x, start, res = images, "input", {}
-    for name in names:
-      x = model.apply(variables, x, train=False, start=start, stop=name)
-      xf = x.astype(jnp.float32)
-      mean = xf.mean(axis=(1, 2))
-      res[name + "_mean"], start = mean, name
-      res[name + "_std"] = jnp.sqrt(jnp.maximum((xf * xf).mean(axis=(1, 2)) - mean * mean, 0))
-    res["logits"] = model.apply(variables, x, train=False, start=start).astype(jnp.float32)
-    return res
-
   arrays = {}
 
   def over(tag, loaded):
-    outputs, labels, ids = inference.run_batches(lambda x: moments(run.variables, x),
+    outputs, labels, ids = inference.run_batches(lambda x: run.outputs_fn(run.variables, x),
                                                  data_batches(loaded, run.batch_size))
-    arrays.update({f"{tag}/{k}": v for k, v in outputs.items()})
+    arrays.update({f"{tag}/{name}_mean": v for name, v in outputs["blocks"].items()})
+    arrays[f"{tag}/logits"] = outputs["logits"]
     arrays[f"{tag}/labels"] = labels
     arrays[f"{tag}/sources"] = np.asarray(loaded.built.metadata["source"][ids]).astype(str)
     print(size, tag, len(labels), file=sys.stderr, flush=True)
