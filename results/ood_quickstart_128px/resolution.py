@@ -23,14 +23,20 @@ subsample, cxr-external), SCRATCH/control_SIZE.npz (the resaved test films) and,
 size, SCRATCH/more_siim_SIZE.npz (1,100 further SIIM images for the seen-collection bank), then
 writes the tables.
 """
+import csv
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from cxr_jax import paths
 from cxr_jax.evaluate import ood
 
-PLUS, EXTERNAL = "manifest:../shared/data/cxr-plus", "manifest:../shared/data/cxr-external"
+# $CXR_PLUS and $CXR_EXTERNAL (as the Makefile's) override the folders beside the repository.
+PLUS = f"manifest:{paths.default_plus_root()}"
+EXTERNAL = "manifest:" + os.environ.get("CXR_EXTERNAL",
+                                        str(paths.default_plus_root().parent / "cxr-external"))
 PER_SOURCE = 300
 MORE_SIIM = 1100   # with the 300: ~ the SIIM images of a multi-source run's training split
 
@@ -47,7 +53,7 @@ def resave_test_split(workdir: Path, scratch: Path) -> list[str]:
   specs = []
   for name, side in (("as-siim-256", 256), ("as-kermany-224", 224)):
     root = scratch / name
-    lines = ["file,label,patient_id,patient_group,source,width,height"]
+    rows = [("file", "label", "patient_id", "patient_group", "source", "width", "height")]
     for i in ids:
       film = cv2.imread(str(meta["file"][i]), cv2.IMREAD_GRAYSCALE)
       if film is None:
@@ -56,9 +62,10 @@ def resave_test_split(workdir: Path, scratch: Path) -> list[str]:
       out.parent.mkdir(parents=True, exist_ok=True)
       cv2.imwrite(str(out), cv2.resize(film, (side, side), interpolation=cv2.INTER_AREA),
                   [cv2.IMWRITE_JPEG_QUALITY, 95])
-      lines.append(f"{out.name},{LABELS[meta['label'][i]]},{meta['patient_id'][i]},"
-                   f"{meta['patient_group'][i]},{meta['source'][i]} {name},{side},{side}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+      rows.append((out.name, LABELS[meta["label"][i]], meta["patient_id"][i],
+                   meta["patient_group"][i], f"{meta['source'][i]} {name}", side, side))
+    with open(root / "manifest.csv", "w", newline="") as f:
+      csv.writer(f, lineterminator="\n").writerows(rows)
     specs.append(f"manifest:{root}")
   return specs
 
