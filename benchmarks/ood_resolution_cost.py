@@ -13,7 +13,6 @@ depend on the weights).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import machine as bench_machine  # noqa: E402
 from benchmarks import vs_pytorch  # noqa: E402
 from benchmarks.predict_bench import saved_run  # noqa: E402
-from cxr_jax import machine  # noqa: E402
 
 
 def main(argv=None):
@@ -62,16 +61,14 @@ def main(argv=None):
       seconds[name].append(vs_pytorch.timed(step, args.repeats))
   rate = {name: args.batch_size / float(np.median(s)) for name, s in seconds.items()}
   base = rate[f"outputs_{args.image_size}"]
-  result = {"machine": machine.describe(), "image_size": args.image_size,
+  result = {"machine": bench_machine.describe(), "image_size": args.image_size,
             "ood_size": args.ood_size, "batch_size": args.batch_size, "rounds": args.rounds,
             "images_per_s": {k: round(v, 2) for k, v in rate.items()},
             "time_relative_to_today": {k: round(base / v, 2) for k, v in rate.items()},
             "predict_forward_with_second_size": round(
                 base / rate[f"blocks_1_3_{args.ood_size}"] + 1, 2),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-  print(json.dumps(result, indent=2))
-  if args.out:
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+  bench_machine.report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ bfloat16 with float32 accumulation, `predict --dtype`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import machine as bench_machine  # noqa: E402
 from benchmarks import vs_pytorch  # noqa: E402
 from cxr_jax import host_memory, machine  # noqa: E402
 
@@ -175,9 +175,7 @@ def main(argv=None):
             "forward_gflop_per_image": round(forward_flops(args.image_size) / 1e9, 2),
             "ceiling_images_per_s": round(ceiling, 2), "warm_share_of_ceiling": round(stream / ceiling, 3),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-  print(json.dumps(result, indent=2))
-  if args.out:
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+  bench_machine.report(result, args.out)
 
 
 if __name__ == "__main__":
