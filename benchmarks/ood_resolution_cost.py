@@ -47,11 +47,12 @@ def main(argv=None):
   model, variables = trained.model, compute_variables(trained.model, trained.variables)
   outputs_fn = make_outputs_fn(model)
   blocks_1_3 = jax.jit(lambda v, x: model.apply(v, x, train=False, start="input", stop="block3"))
-  images = lambda size: np.zeros((args.batch_size, size, size, 3), np.float32)
+  images = {size: np.zeros((args.batch_size, size, size, 3), np.float32)
+            for size in (args.image_size, args.ood_size)}
   variants = {
-      f"outputs_{args.image_size}": lambda: outputs_fn(variables, images(args.image_size)),
-      f"blocks_1_3_{args.ood_size}": lambda: blocks_1_3(variables, images(args.ood_size)),
-      f"outputs_{args.ood_size}": lambda: outputs_fn(variables, images(args.ood_size))}
+      f"outputs_{args.image_size}": lambda: outputs_fn(variables, images[args.image_size]),
+      f"blocks_1_3_{args.ood_size}": lambda: blocks_1_3(variables, images[args.ood_size]),
+      f"outputs_{args.ood_size}": lambda: outputs_fn(variables, images[args.ood_size])}
   steps = {name: (lambda fn=fn: jax.block_until_ready(fn())) for name, fn in variants.items()}
   for step in steps.values():
     step()   # compiles
