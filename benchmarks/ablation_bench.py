@@ -85,8 +85,7 @@ def main():
       abs(result["uncached"]["accuracy"][g] - result["cached"]["accuracy"][g])
       for g in result["uncached"]["accuracy"])
   result["load_average_after"] = list(os.getloadavg())
-  Path(args.out).write_text(json.dumps(result, indent=2))
-  print(json.dumps(result, indent=2))
+  machine.report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks import machine as bench_machine  # noqa: E402  (report() only: no JAX)
 from cxr_jax import machine  # noqa: E402  (no JAX here: every phase is its own process)
 
 
@@ -92,10 +93,7 @@ def main(argv=None):
   result["test_split"] = headline(json.loads((workdir / "metrics.json").read_text()))
   for path in sorted((workdir / "external").glob("*/metrics.json")):
     result.setdefault("external", {})[path.parent.name] = json.loads(path.read_text())["headline"]
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.out:
-    args.out.write_text(text + "\n")
+  bench_machine.report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,7 @@ def main():
   if args.quickstart:
     result["quickstart"] = quickstart()
   result["load_average_after"] = list(os.getloadavg())
-  Path(args.out).write_text(json.dumps(result, indent=2))
-  print(json.dumps(result, indent=2))
+  machine.report(result, args.out)
 
 
 if __name__ == "__main__":
