@@ -122,6 +122,11 @@ def extract(workdir: Path, out: Path, size: int, specs, draw=None,
   np.savez(out, **arrays)
 
 
+def pooled_rows(get, tag: str, blocks) -> np.ndarray:
+  """knn_blocks' rows (`ood.block_rows`) of the pooled outputs of `blocks` of set `tag`."""
+  return ood.block_rows({b: get(tag, f"block{b}_mean") for b in blocks}, blocks)
+
+
 def tables(z, control, size: int, more=None) -> None:
   """`more`: the cache of the further SIIM images for the seen-collection bank (or None)."""
   get = lambda t, k: (control if t.startswith("as-") else z)[f"{t}/{k}"]
@@ -130,7 +135,7 @@ def tables(z, control, size: int, more=None) -> None:
             for s in sorted(set(get(t, "sources")))]
   groups += [(t, "cxr3 test " + t, slice(None)) for t in resaved]
   tags = ["val", "test", "cxr-plus", "cxr-external", *resaved]
-  rows = lambda t, blocks: ood.block_rows({b: get(t, f"block{b}_mean") for b in blocks}, blocks)
+  rows = lambda t, blocks: pooled_rows(get, t, blocks)
   print(f"\n### {size} px\n")
   print("| knn (k=10) over the pooled means of blocks | " +
         " | ".join(f"{t}: {s}" if t.startswith("cxr") else s for t, s, _ in groups)
@@ -155,15 +160,13 @@ def tables(z, control, size: int, more=None) -> None:
   print("\nBlocks 1-3: AUROC of cxr-plus SIIM against each source of the test split: " + ", ".join(
       f"{s} ({int(np.sum(test_src == s))}) {ood.auroc(s_test[test_src == s], s_siim):.3f}"
       for s in sorted(set(test_src))) + ".")
-  if more is not None:   # the development subsample's SIIM figure on 1,100 images it did not hold
-    thr = ood.threshold_keeping(ood.knn_score(rows("val", blocks), bank, 10), 0.95)
-    extra = ood.knn_score(ood.block_rows({b: more[f"cxr-plus/block{b}_mean"] for b in blocks},
-                                         blocks), bank, 10)
-    print(f"Blocks 1-3, the {len(extra)} further cxr-plus SIIM images: AUROC "
-          f"{ood.auroc(s_test, extra):.3f} ({100 * np.mean(extra > thr):.0f} % flagged).")
   banks = {"the 600 cxr-plus images": np.concatenate([bank, rows("cxr-plus", blocks)])}
-  if more is not None:
-    extra = ood.block_rows({b: more[f"cxr-plus/block{b}_mean"] for b in blocks}, blocks)
+  if more is not None:   # the development subsample's SIIM figure on 1,100 images it did not hold
+    extra = pooled_rows(lambda t, k: more[f"{t}/{k}"], "cxr-plus", blocks)
+    thr = ood.threshold_keeping(ood.knn_score(rows("val", blocks), bank, 10), 0.95)
+    s_extra = ood.knn_score(extra, bank, 10)
+    print(f"Blocks 1-3, the {len(extra)} further cxr-plus SIIM images: AUROC "
+          f"{ood.auroc(s_test, s_extra):.3f} ({100 * np.mean(s_extra > thr):.0f} % flagged).")
     banks[f"those and {len(extra)} further SIIM images"] = np.concatenate(
         [banks["the 600 cxr-plus images"], extra])
   ext = get("cxr-external", "sources")
@@ -176,19 +179,14 @@ def tables(z, control, size: int, more=None) -> None:
               f"% (AUROC {ood.auroc(sc['test'], sc['cxr-external'][ext == s]):.3f})"
               for s in sorted(set(ext))) + ".")
 
-  loso(get, size)
-
-
-def loso(get, size: int) -> None:
-  """Blocks 1-2 and 1-3 (ImageNet's, frozen in FT2: no model saw the held-out source through them)
-  with each cxr3 source held out of the bank and threshold: AUROC against the others' test images."""
   for blocks in ((1, 2), (1, 2, 3)):
-    loso_of(get, blocks)
+    loso(get, blocks)
 
 
-def loso_of(get, blocks) -> None:
-  split_rows = {t: ood.block_rows({b: get(t, f"block{b}_mean") for b in blocks}, blocks)
-                for t in ("train", "val", "test")}
+def loso(get, blocks) -> None:
+  """`blocks` (ImageNet's, frozen in FT2: no model saw the held-out source through them) with each
+  cxr3 source held out of the bank and threshold: AUROC against the others' test images."""
+  split_rows = {t: pooled_rows(get, t, blocks) for t in ("train", "val", "test")}
   src = {t: get(t, "sources") for t in split_rows}
   cells, aurocs = [], []
   for s in sorted(set(src["train"])):
@@ -206,7 +204,7 @@ def loso_of(get, blocks) -> None:
 if __name__ == "__main__":
   workdir, scratch = Path(sys.argv[1]), Path(sys.argv[2])
   scratch.mkdir(parents=True, exist_ok=True)
-  resaved = resave_test_split(workdir, scratch)
+  resaved = None   # the resaved films' specs, written where a control cache is missing
   print("AUROC against the run's test split (share flagged at the threshold keeping 95 % of the "
         f"validation split). cxr-plus: {PER_SOURCE} images per source (seed 0); the last columns "
         "are the test split's own films saved again as SIIM's and Kermany's copies were made.")
@@ -215,6 +213,7 @@ if __name__ == "__main__":
     if not main.exists():
       extract(workdir, main, size, (PLUS, EXTERNAL), draw={PLUS: plus_ids})
     if not control.exists():
+      resaved = resaved or resave_test_split(workdir, scratch)
       extract(workdir, control, size, resaved, splits=())
     more = None
     if size == max(map(int, sys.argv[3:])):   # the seen-collection bank at the largest size
