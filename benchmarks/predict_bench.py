@@ -13,7 +13,8 @@ the whole call's rate with the workdir's loading and the cached compilation in i
 (`call_images_per_s`, what this many files get). `forward_images_per_s`: the jitted forward pass
 alone on one batch, to tell the decoding's share apart. The run holds an out-of-distribution fit
 of the quick start's sizes (`stored_ood_fit`), so every prediction is scored and flagged as a
-user's is (--no-ood: without one). Ceiling: VGG16's forward FLOPs per image
+user's is (--no-ood: without one; --ood-image-size: one made at that size, whose scores read
+each image decoded and run through the blocks again at it). Ceiling: VGG16's forward FLOPs per image
 at this size / the measured 2048^3 matmul GFLOP/s in the forward pass's dtype (--dtype: float32, or
 bfloat16 with float32 accumulation, `predict --dtype`).
 
@@ -62,10 +63,10 @@ def saved_run(size: int, path: Path) -> Path:
   return path
 
 
-def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
+def stored_ood_fit(workdir: Path, n_train: int = 960, image_size: int = 0) -> None:
   """An out-of-distribution fit of the quick start's sizes (its ~960 training images' 512 pooled
   features, VGG16's five blocks' widths; random values: speed does not depend on them) for the
-  saved run's parameters."""
+  saved run's parameters, made at `image_size` (config.eval.ood_image_size; 0: the run's)."""
   import numpy as np
 
   from cxr_jax import checkpoint
@@ -87,7 +88,8 @@ def stored_ood_fit(workdir: Path, n_train: int = 960) -> None:
                    ood.unit_rows(features).astype(np.float32), bank_blocks.astype(np.float32),
                    centre, 10, blocks,
                    {s: 0.0 for s in ood.SCORES}, checkpoint.model_digest(variables), n_train, 240,
-                   empty, 0.95, np.sort(rng.random(240)), np.sort(rng.random(240)), 0.5)
+                   empty, 0.95, np.sort(rng.random(240)), np.sort(rng.random(240)), 0.5,
+                   image_size=image_size)
   (workdir / checkpoint.OOD_FILE).write_bytes(fit.to_bytes())
 
 
@@ -143,6 +145,8 @@ def main(argv=None):
   ap.add_argument("--skip-cold", action="store_true", help="no cold-start runs (time-boxed runs)")
   ap.add_argument("--out", type=Path)
   ap.add_argument("--no-ood", action="store_true", help="no out-of-distribution fit in the run")
+  ap.add_argument("--ood-image-size", type=int, default=0, help="the fit's image size "
+                  "(config.eval.ood_image_size: every image decoded and its blocks run again at it)")
   args = ap.parse_args(argv)
   host_memory.configure("auto")  # as predict's main does, before JAX starts
 
@@ -153,7 +157,7 @@ def main(argv=None):
                  if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:args.files]
   workdir = saved_run(args.image_size, scratch / "run")
   if not args.no_ood:
-    stored_ood_fit(workdir)
+    stored_ood_fit(workdir, image_size=args.ood_image_size)
   cache = scratch / "jax_cache"
   cold = None if args.skip_cold else {
       "empty_compilation_cache_s": cold_run(workdir, files[0], cache, args.dtype),
@@ -169,6 +173,7 @@ def main(argv=None):
   ceiling = gflops * 1e9 / forward_flops(args.image_size)
   result = {"machine": machine.describe(), "image_size": args.image_size, "files": len(files),
             "batch_size": args.batch_size, "dtype": args.dtype, "ood_fit": not args.no_ood,
+            "ood_image_size": None if args.no_ood else args.ood_image_size,
             "cold_one_image": cold,
             "warm_images_per_s": round(stream, 2), "call_images_per_s": round(call, 2),
             "forward_images_per_s": round(forward, 2), "matmul_gflops": round(gflops, 1),

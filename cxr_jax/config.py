@@ -204,6 +204,12 @@ def get_config() -> ml_collections.ConfigDict:
   # split (results/ood_quickstart_128px/keep_sweep.md).
   e.ood_keep = 0.95
   e.ood_knn_k = 10                   # k of the knn score: distance to the k-th nearest training image
+  # The size in pixels at which every score but msp and energy reads the images (input thumbnail,
+  # pooled blocks of the run's own parameters, applied to the films preprocessed again at that
+  # size; the logits, and so the answer, stay at data.image_size). 0: data.image_size. Part of the
+  # stored fit (a change refits; predict decodes each image at both sizes and runs the blocks
+  # again: ~5x its forward pass at 128 -> 256 px).
+  e.ood_image_size = 0
   # Selective prediction: answer an image only where its doubt (cxr_jax/evaluate/ood.py: the larger
   # of its ranks among the validation images by msp and by the flagging score) is at most the
   # largest doubt at which the validation images were right at least this share of the time.

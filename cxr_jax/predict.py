@@ -22,7 +22,9 @@ not to be trusted. With --reject-ood such an image gets "prediction": null and n
 by confidence and by the run's config.eval.ood_score) exceeds the level at which the validation images were right
 config.eval.answer_accuracy of the time (95 %): an answer for a person to check, not to take; with
 --abstain such an image gets no class either (selective prediction). The fit is the one the
-run's evaluation stored (workdir/ood_fit.npz); prediction never refits it.
+run's evaluation stored (workdir/ood_fit.npz); prediction never refits it. A fit made at
+config.eval.ood_image_size reads each image preprocessed again at that size (a second forward
+pass; the class probabilities stay the run's size's).
 Without one for the kept parameters, "in_distribution" is null and "reason" says what writes it.
 """
 
@@ -88,14 +90,19 @@ def expand_inputs(inputs) -> list[str]:
   return files
 
 
-def load_images(files, data_config) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-  """Preprocessed uint8 [S, S, 1] images by input position, and the error of every failed file.
-  Files are decoded on one thread per core (OpenCV releases the GIL while it decodes and resizes)."""
+def load_images(files, data_config, image_size: int = 0
+                ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+  """Preprocessed uint8 [S, S, 1] images by input position (S: data_config's image_size, or
+  `image_size` where given), and the error of every failed file. Files are decoded on one thread
+  per core (OpenCV releases the GIL while it decodes and resizes)."""
+  import dataclasses
   from concurrent.futures import ThreadPoolExecutor
 
   from cxr_jax.data.preprocess import PreprocessConfig
 
   config = PreprocessConfig.from_data_config(data_config)
+  if image_size:
+    config = dataclasses.replace(config, image_size=int(image_size))
   with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1) or 1) as pool:
     done = list(pool.map(lambda file: _load_one(file, config), files))
   images = {k: image for k, (image, _) in enumerate(done) if image is not None}
@@ -170,15 +177,28 @@ def iter_predictions(workdir, files, *, cam_dir=None, method="gradcam", layer=No
     Path(cam_dir).mkdir(parents=True, exist_ok=True)
     run = lambda x: {**outputs_fn(variables, x),
                      "cam": cam_fn(variables, x, np.full(batch_size, -1, np.int32))["cam"]}
-  pending, used = None, set()
-  for start in range(0, len(files), batch_size):
-    names = [str(f) for f in files[start:start + batch_size]]
-    images, errors = load_images(names, trained.config.data)
-    batch = np.zeros((batch_size, size, size, 1), np.uint8)
+
+  def batch_of(names, at_size):
+    """(normalised images [batch_size, S, S, 3] as the training batches, errors by position)."""
+    images, errors = load_images(names, trained.config.data, at_size)
+    batch = np.zeros((batch_size, at_size or size, at_size or size, 1), np.uint8)
     for k, image in images.items():
       batch[k] = image
-    x = normalise_images(batch, trained.preprocessing)   # as the training batches
-    out = run(x) if images else None  # dispatched, not waited for
+    return normalise_images(batch, trained.preprocessing), errors, bool(images)
+
+  pending, used, ood_size = None, set(), None
+  for start in range(0, len(files), batch_size):
+    names = [str(f) for f in files[start:start + batch_size]]
+    x, errors, any_image = batch_of(names, 0)
+    out = run(x) if any_image else None  # dispatched, not waited for
+    if ood_size is None:   # known once the fit is loaded, beside the first batch's pass
+      ood_size = flags.image_size()
+      blocks_fn = make_outputs_fn(trained.model, head=False) if ood_size else None
+    if ood_size and out is not None:
+      # The fit reads the image at its own size (config.eval.ood_image_size): decode again.
+      x_ood, errors_ood, _ = batch_of(names, ood_size)
+      out = {**out, **blocks_fn(variables, x_ood)}
+      errors = {**errors_ood, **errors}
     if pending:
       yield from _results(*pending, cam_dir, used, flags)
     pending = (names, errors, x, out)
@@ -210,6 +230,11 @@ class Flags:
     if self.needs and fit is None:
       raise ValueError(f"{self.needs}: {why}")
     return fit, why
+
+  def image_size(self) -> int:
+    """The size the fit's scores read images at (`OodFit.image_size`; 0: the run's)."""
+    fit, _ = self.fit()
+    return fit.image_size if fit is not None else 0
 
   def of_batch(self, out) -> list[dict]:
     """Each row's {"ood", "in_distribution", "reason", "doubt", "answer_reason"} from the model's

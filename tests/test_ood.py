@@ -1,8 +1,10 @@
 """Out-of-distribution scores, their fit and selective prediction (cxr_jax.evaluate.ood), against
 hand-computed values; the evaluation's section on a small saved run."""
 
+import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -275,3 +277,70 @@ def test_evaluation_fits_on_the_training_split_and_reports(workdir, tmp_path, mo
   monkeypatch.setattr(data, "make_splits", leaky)
   with pytest.raises(AssertionError, match="Patient groups in both train and test"):
     evaluate_workdir(workdir)
+
+
+def test_image_size_setting():
+  from configs import default
+
+  config = default.get_config()
+  assert ood.image_size(config) == 0                       # the default: the run's own size
+  own = config.data.image_size
+  for size, want in ((own, 0), (2 * own, 2 * own)):
+    config.eval.ood_image_size = size
+    assert ood.image_size(config) == want and ood.settings(config, None)["image_size"] == want
+  config.eval.ood_image_size = -1   # (ConfigDict itself refuses a float for an int field)
+  with pytest.raises(ValueError, match="eval.ood_image_size"):
+    ood.image_size(config)
+
+
+def test_ood_image_size_reads_the_blocks_at_that_size_and_predict_agrees(tmp_path, no_plots,
+                                                                         save_random_run):
+  """At eval.ood_image_size the fit, the evaluation and predict read the input and the blocks of
+  the films preprocessed at that size, the logits at the run's; a change of the setting refits."""
+  from cxr_jax import predict
+  from cxr_jax.data.preprocess import PreprocessConfig, normalise_images, process_file
+  from cxr_jax.evaluate import make_outputs_fn
+  from tests.test_evaluate_workdir import SIZE, save_small_run
+
+  run_dir = save_small_run(tmp_path, save_random_run)
+  trained = checkpoint.load_trained(run_dir)
+  config = trained.config.copy_and_resolve_references()
+  config.eval.ood_image_size = 2 * SIZE
+  metrics = evaluate_workdir(run_dir, config=config)
+  fit = ood.OodFit.load(run_dir / checkpoint.OOD_FILE)
+  assert fit.image_size == metrics["ood"]["fit"]["image_size"] == 2 * SIZE
+  assert f"reads the images at {2 * SIZE} px" in (run_dir / "report.md").read_text()
+
+  # By hand, outside the dataset pipeline: the test split's files preprocessed at each size.
+  built = data.build_dataset(config.data)
+  test_ids = np.unique(data.make_splits(built.metadata, config.data)["test"])
+  test_files = built.metadata["file"][test_ids].tolist()
+  outputs_fn = make_outputs_fn(trained.model)
+
+  def outputs_at(size, fn):
+    prep = dataclasses.replace(PreprocessConfig.from_data_config(config.data), image_size=size)
+    x = np.stack([process_file(f, prep).image for f in test_files])
+    return jax.tree.map(np.asarray, fn(trained.variables,
+                                       normalise_images(x, trained.preprocessing)))
+  # (This run's head flattens block5: at another size it could not run; the blocks alone can.)
+  at_run = outputs_at(SIZE, outputs_fn)
+  at_ood = outputs_at(2 * SIZE, make_outputs_fn(trained.model, head=False))
+  assert set(at_ood) == set(ood.IMAGE_OUTPUTS)
+  by_hand = fit.scores({**at_run, **{k: at_ood[k] for k in ood.IMAGE_OUTPUTS}})
+  at_run_size = fit.scores(at_run)   # what reading the blocks at the run's size would give
+  # float32 features through one batch or several (XLA's sums in another order): a few ulps,
+  # amplified at most ~1/d^2 by the distance's sqrt(2 - 2 cos); the two sizes differ by far more.
+  for s in ("knn_blocks", "mahalanobis", "msp"):
+    np.testing.assert_allclose(fit.reference["scores"][s], by_hand[s], rtol=1e-4, atol=1e-6)
+  assert np.abs(at_run_size["knn_blocks"] - by_hand["knn_blocks"]).max() > 1e-2
+
+  # predict reads the size from the stored fit: the same scores, the run-size probabilities.
+  got = predict.predict_files(run_dir, test_files, batch_size=4)
+  np.testing.assert_allclose([r["ood"]["value"] for r in got], by_hand[fit.score],
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose([[r["probs"][c] for c in data.LABELS] for r in got],
+                             at_run["probs"], atol=1e-5)
+
+  # The setting back at the run's size: the stored fit no longer matches, so it is made again.
+  evaluate_workdir(run_dir)
+  assert ood.OodFit.load(run_dir / checkpoint.OOD_FILE).image_size == 0

@@ -134,7 +134,7 @@ def test_folder_and_manifest_inputs_stream_batch_by_batch(workdir, images, tmp_p
   decoded = []
   real_load = predict.load_images
   monkeypatch.setattr(predict, "load_images",
-                      lambda files, cfg: decoded.append(list(files)) or real_load(files, cfg))
+                      lambda files, *a: decoded.append(list(files)) or real_load(files, *a))
   files = predict.expand_inputs([folder, f"manifest:{manifest}"])
   stream = predict.iter_predictions(workdir, files, batch_size=2)
   first = [next(stream), next(stream)]

@@ -102,13 +102,14 @@ def make_feature_fn(model: nn.Module):
   return features
 
 
-def make_outputs_fn(model: nn.Module):
+def make_outputs_fn(model: nn.Module, *, head: bool = True):
   """A jitted fn(variables, images) -> {"probs", "logits" [N, num_classes], "features" [N, C],
   "blocks": {block: [N, C_block]}, "input": [N, THUMBNAIL**2]} (train=False): the forward pass of
   `logits` run block by block, so that one pass gives what the out-of-distribution scores read
   (`cxr_jax.evaluate.ood`) with the probabilities: "blocks" holds every block's output averaged
   over space, "features" the last one's (`make_feature_fn`'s), which the head reads, "input" the
-  input's `thumbnail`."""
+  input's `thumbnail`. head=False: the blocks only, without "probs" and "logits" (images of
+  another size than the run's, which a flattening head could not read)."""
   names = stage_names(model)
 
   @jax.jit
@@ -117,9 +118,11 @@ def make_outputs_fn(model: nn.Module):
     for name in names:
       x = model.apply(variables, x, train=False, start=start, stop=name)
       blocks[name], start = _pooled(x), name
+    read = {"features": blocks[names[-1]], "blocks": blocks, "input": thumbnail(images)}
+    if not head:
+      return read
     out = model.apply(variables, x, train=False, start=start).astype(np.float32)
-    return {"probs": jax.nn.softmax(out, axis=-1), "logits": out,
-            "features": blocks[names[-1]], "blocks": blocks, "input": thumbnail(images)}
+    return {"probs": jax.nn.softmax(out, axis=-1), "logits": out, **read}
 
   return outputs
 

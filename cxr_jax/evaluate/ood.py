@@ -57,8 +57,18 @@ functions that need them, which prediction never calls).
 the share flagged at each threshold, and selective prediction (accuracy on the images kept, the
 risk-coverage curve and its area), beside the figures on all images. `run_fit` and `run_section`
 are the loaded run's side (`run.LoadedRun`): the fit made once per run from its cached outputs
-(`LoadedRun.outputs`, one forward pass per split) or read from the stored one, and the section the
-split and external evaluations (`workdir.Split`, `external.External`) add to their metrics.json.
+(`LoadedRun.ood_outputs`: one forward pass per split, two at config.eval.ood_image_size) or read
+from the stored one, and the section the split and external evaluations (`workdir.Split`,
+`external.External`) add to their metrics.json.
+
+At config.eval.ood_image_size (`image_size`; 0, the default: the run's own size) every score but
+msp and energy reads the images preprocessed at that size (the input thumbnail and the pooled
+blocks of the same parameters: the convolutions take any size), the logits staying the run's. The
+blocks see more of the film's acquisition at 256 px than at the quick start's 128: knn over the
+quick-start model's blocks 1-3 told cxr-external's SIIM films from its test split at AUROC 0.973
+(0.760 at 128 px), and cxr3's sources held out of the bank at 0.803 (0.758); a control says how
+much of that is the files' making rather than the hospital (results/ood_quickstart_128px/
+resolution.md). It costs a second forward pass at that size (~5x prediction's at 128 -> 256).
 """
 
 from __future__ import annotations
@@ -207,6 +217,9 @@ class OodFit:
   val_msp: np.ndarray        # [N_val] the validation split's msp, sorted (doubt's ranks)
   val_flag: np.ndarray       # [N_val] its flagging score (`score`), sorted
   answer_threshold: float    # answer where doubt <= this (-1: answer nothing)
+  # The size the feature scores read images at (config.eval.ood_image_size; `image_size`): 0, the
+  # run's own size (and every fit stored before the setting existed).
+  image_size: int = 0
 
   def scores(self, outputs: dict) -> dict[str, np.ndarray]:
     """{score: [N]} of images given the model's outputs (`inference.make_outputs_fn`): logits
@@ -233,14 +246,16 @@ class OodFit:
                 shrinkage=self.shrinkage, k=self.k, thresholds=self.thresholds,
                 model_digest=self.model_digest, n_train=self.n_train, n_val=self.n_val,
                 covariance="shared, class-centred, Ledoit-Wolf shrinkage",
-                answer_accuracy=self.answer_accuracy, answer_threshold=self.answer_threshold)
+                answer_accuracy=self.answer_accuracy, answer_threshold=self.answer_threshold,
+                image_size=self.image_size)
 
   def to_bytes(self) -> bytes:
     """An .npz of plain arrays (loadable without pickle)."""
     ref = self.reference
     meta = {k: getattr(self, k) for k in ("score", "keep", "temperature", "shrinkage", "k",
                                           "thresholds", "model_digest", "n_train", "n_val",
-                                          "answer_accuracy", "answer_threshold")}
+                                          "answer_accuracy", "answer_threshold",
+                                          "image_size")}
     buffer = io.BytesIO()
     blocks = {f"{part}@{b}": array for b, pair in self.blocks.items()
               for part, array in zip(("means", "precision"), pair, strict=True)}
@@ -295,11 +310,12 @@ class OodFit:
 
 def fit(train: dict, train_labels, val: dict, val_labels, *, temperature: float, keep: float,
         k: int, score: str, model_digest: str, reference: dict,
-        answer_accuracy: float) -> OodFit:
+        answer_accuracy: float, image_size: int = 0) -> OodFit:
   """Fits every score on the training split's outputs (`inference.make_outputs_fn`'s) and
   thresholds them, and the answer threshold, on the validation split's (`val`, `val_labels`).
   `reference`: the test split's outputs with "correct" and "sources", scored and kept (not its
-  outputs) for every later evaluation to compare against."""
+  outputs) for every later evaluation to compare against. `image_size`: the size the outputs'
+  image features were read at (recorded; 0: the run's)."""
   if score not in SCORES:
     raise ValueError(f"eval.ood_score must be one of {SCORES}, got {score!r}")
   num_classes = np.asarray(train["logits"]).shape[1]
@@ -311,7 +327,8 @@ def fit(train: dict, train_labels, val: dict, val_labels, *, temperature: float,
   bank_blocks = input_and_blocks(train, centre, blocks).astype(np.float32)
   partial = OodFit(score, float(keep), float(temperature), means, precision, shrinkage, bank,
                    bank_blocks, centre, min(int(k), len(bank)), blocks, {}, model_digest,
-                   len(bank), len(val["logits"]), {}, float(answer_accuracy), None, None, -1.0)
+                   len(bank), len(val["logits"]), {}, float(answer_accuracy), None, None, -1.0,
+                   int(image_size))
   val_scores = partial.scores(val)
   partial.thresholds = {s: threshold_keeping(v, keep) for s, v in val_scores.items()}
   partial.val_msp, partial.val_flag = np.sort(val_scores["msp"]), np.sort(val_scores[score])
@@ -447,7 +464,26 @@ def settings(config, temperature: float | None) -> dict:
               keep=float(eval_setting(config, "ood_keep", 0.95)),
               k=int(eval_setting(config, "ood_knn_k", 10)),
               answer_accuracy=float(eval_setting(config, "answer_accuracy", 0.95)),
-              temperature=1.0 if temperature is None else float(temperature))
+              temperature=1.0 if temperature is None else float(temperature),
+              image_size=image_size(config))
+
+
+# What the scores read of the image itself (`inference.make_outputs_fn`'s keys): at
+# config.eval.ood_image_size these come from the image preprocessed at that size
+# (`run.LoadedRun.ood_outputs`, `predict`), the logits from the run's own.
+IMAGE_OUTPUTS = ("input", "blocks", "features")
+
+
+def image_size(config) -> int:
+  """The size, in pixels, the feature scores read images at: config.eval.ood_image_size, 0 where
+  that is 0 or the run's own data.image_size (one forward pass serves logits and scores)."""
+  from cxr_jax.evaluate.run import eval_setting
+
+  size = eval_setting(config, "ood_image_size", 0)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    raise ValueError(f"eval.ood_image_size must be a whole number of pixels >= 0 (0: the run's "
+                     f"data.image_size), got {size!r}")
+  return 0 if size == int(config.data.image_size) else size
 
 
 def load_stored(workdir, digest: str) -> tuple[OodFit | None, str]:
@@ -508,8 +544,8 @@ def run_fit(run) -> OodFit | str:
   if not len(train_ids) or not len(splits.get("val", ())):
     return ("not fitted: no " + ("training" if not len(train_ids) else "validation") + " split "
             "(the threshold is chosen on the validation split: data.num_folds > 1)")
-  (train, train_labels, _), (val, val_labels, _) = run.outputs("train"), run.outputs("val")
-  outputs, labels, ids = run.outputs("test") if len(splits.get("test", ())) else (
+  (train, train_labels, _), (val, val_labels, _) = run.ood_outputs("train"), run.ood_outputs("val")
+  outputs, labels, ids = run.ood_outputs("test") if len(splits.get("test", ())) else (
       jax.tree.map(lambda v: v[:0], train), train_labels[:0], np.zeros(0, int))
   reference = dict(outputs, correct=outputs["logits"].argmax(axis=1) == labels,
                    sources=meta["source"][ids])

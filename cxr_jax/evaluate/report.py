@@ -169,6 +169,8 @@ def _ood_section(metrics: dict) -> list[str]:
       "(higher: less like them; `cxr_jax/evaluate/ood.py`), each thresholded to keep "
       f"{_pct(fit['keep'])} of the {fit['n_val']} validation images; images above it are "
       f"flagged. Prediction flags with **{fit['score']}**. "
+      + (f"Every score but msp and energy reads the images at {fit['image_size']} px "
+         "(`eval.ood_image_size`). " if fit.get("image_size") else "")
       + ("These are the run's own test images, the reference the other sets are told apart from."
          if o["is_reference"] else
          "AUROC: telling this set's images from the run's own test split (1: always, 0.5: "

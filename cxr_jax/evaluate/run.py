@@ -10,6 +10,7 @@ other caller from the workdir (`LoadedRun.from_workdir`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -191,6 +192,54 @@ class LoadedRun:
     `name` (or of `loaded`, other data, cached under `name`), once per run."""
     return self.cached(("outputs", name), lambda: self._over(
         loaded or self.split(name), lambda x: self.outputs_fn(self.variables, x)))
+
+  @functools.cached_property
+  def blocks_fn(self):
+    """fn(variables, images) -> `outputs_fn`'s {features, blocks, input} without the head: what
+    the out-of-distribution scores read of images of any size (`ood_outputs`)."""
+    return inference.make_outputs_fn(self.model, head=False)
+
+  def ood_outputs(self, name, loaded=None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """`outputs` of split `name` (or of `loaded`) as the out-of-distribution scores read them. At
+    config.eval.ood_image_size (`ood.image_size`; 0: `outputs` itself) what they read of the image
+    (`ood.IMAGE_OUTPUTS`: input thumbnail, pooled blocks) comes from a second forward pass over
+    the same images preprocessed at that size, the logits and probabilities staying the run's
+    size's: the model's answer is the one it was trained to give."""
+    from cxr_jax.evaluate import ood
+
+    out, labels, ids = self.outputs(name, loaded)
+    size = ood.image_size(self.config)
+    if not size:
+      return out, labels, ids
+
+    def compute():
+      at = self._outputs_at(loaded or self.split(name), ids, size)
+      return {**out, **{k: at[k] for k in ood.IMAGE_OUTPUTS}}, labels, ids
+    return self.cached(("ood_outputs", name, size), compute)
+
+  def _outputs_at(self, loaded, ids, size: int) -> dict:
+    """outputs_fn's outputs over the images `ids` of `loaded` preprocessed at `size` px: the same
+    sources built with only data.image_size changed (cached and versioned like any build), rows
+    matched by file and returned in the order of `ids`."""
+    from cxr_jax import data
+
+    config = copy.deepcopy(loaded.config)
+    with config.unlocked():
+      config.data.image_size = size
+    built = data.build_dataset(config.data, every_class=False)
+    row_of = dict(zip(built.metadata["file"].tolist(), built.metadata["id"].tolist(), strict=True))
+    files = loaded.built.metadata["file"][ids].tolist()
+    missing = [f for f in files if f not in row_of]
+    if missing:
+      raise RuntimeError(f"{len(missing)} of {len(files)} images are missing from the build at "
+                         f"eval.ood_image_size={size} ({built.version}; e.g. {missing[0]}): a "
+                         "file changed or became unreadable since the run's build; rebuild both")
+    at = np.array([row_of[f] for f in files], np.int64)
+    out, _, got = self._over(LoadedSplit(self.trained, config, built, at),
+                             lambda x: self.blocks_fn(self.variables, x))
+    position = {i: k for k, i in enumerate(got.tolist())}
+    order = np.array([position[i] for i in at.tolist()], np.int64)
+    return jax.tree.map(lambda v: v[order], out)
 
   @functools.cached_property
   def feature_fn(self):
