@@ -71,7 +71,7 @@ class LoadedRun:
   settings), `built` and `splits` (built on first use unless given), the inference variables and
   functions, and the predictions / features / outputs per split (`predictions`, `features`,
   `outputs`: logits and every block's pooled features in one pass, the out-of-distribution
-  scores' input)."""
+  scores' input, `ood_outputs` with those features read at config.eval.ood_image_size)."""
 
   def __init__(self, workdir, trained: checkpoint.Trained, config=None, *, which: str = "best",
                built=None, splits: dict | None = None, segmenter=None):
@@ -218,7 +218,7 @@ class LoadedRun:
     return self.cached(("ood_outputs", name, size), compute)
 
   def _outputs_at(self, loaded, ids, size: int) -> dict:
-    """outputs_fn's outputs over the images `ids` of `loaded` preprocessed at `size` px: the same
+    """blocks_fn's outputs over the images `ids` of `loaded` preprocessed at `size` px: the same
     sources built with only data.image_size changed (cached and versioned like any build), rows
     matched by file and returned in the order of `ids`."""
     from cxr_jax import data

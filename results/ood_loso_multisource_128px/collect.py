@@ -4,7 +4,10 @@ rest's test split vs the held-out source), the share of the source flagged at th
 95 % of validation, and the selective accuracy pooled with the test split. This is how the default
 (config.eval.ood_score) is chosen: held-out sources, never cxr-external.
 
-  python results/ood_loso_multisource_128px/collect.py LOSO_WORKDIR > ood_loso.md
+  python results/ood_loso_multisource_128px/collect.py LOSO_WORKDIR [FOLDER] > ood_loso.md
+
+FOLDER: each run's evaluation of its held-out source (default eval_held_out, the trainer's; e.g.
+eval_held_out_ood256 for one made again at eval.ood_image_size=256).
 """
 
 import json
@@ -12,9 +15,9 @@ import sys
 from pathlib import Path
 
 
-def main(workdir: Path) -> str:
+def main(workdir: Path, folder: str = "eval_held_out") -> str:
   rows, scores = [], None
-  for path in sorted(workdir.glob("runs/without_*/eval_held_out/metrics.json")):
+  for path in sorted(workdir.glob(f"runs/without_*/{folder}/metrics.json")):
     ood = json.loads(path.read_text()).get("ood") or {}
     if not ood.get("defined"):
       rows.append((path.parts[-3], None))
@@ -48,4 +51,4 @@ def main(workdir: Path) -> str:
 
 
 if __name__ == "__main__":
-  print(main(Path(sys.argv[1])))
+  print(main(Path(sys.argv[1]), *sys.argv[2:3]))
