@@ -187,7 +187,8 @@ def test_audit_of_a_small_run_reproduces_its_reference_numbers_and_loads_the_run
   with the out-of-distribution section and its knn_blocks keys with that score, the older values
   untouched each time; its two ood/fit/score labels knn_blocks since that became the default
   score, every figure unchanged; the "doubt" and "answer" keys added with selective
-  prediction's answer rule, the older values untouched), and the run's
+  prediction's answer rule, the older values untouched; the ood/fit/image_size keys, 0, with
+  eval.ood_image_size), and the run's
   checkpoint is read once for all parts (main's code read it 4 times). Floats agree to the
   forward pass's float32 rounding (`_FORWARD_RTOL`: another CPU's instruction set sums the
   convolutions in another order; an AVX2 EPYC's out-of-distribution thresholds differ from the
