@@ -114,7 +114,7 @@ def evaluate_spec(run, spec: str, out: Path) -> dict:
   if eval_setting(config, "temperature_scaling", True):
     add_calibration(metrics, run.recorded_validation_fit(), labels, probs)
   if eval_setting(config, "ood", True):   # told apart from the run's test split
-    outputs, ood_labels, ood_ids = run.ood_outputs(("external", spec), loaded)
+    outputs, ood_labels, ood_ids = ood.run_outputs(run, ("external", spec), loaded)
     metrics["ood"] = ood.run_section(run, outputs, ood_labels, meta["source"][ood_ids],
                                      is_reference=False)
   metrics["unreadable"] = list(built.rejects)

@@ -57,18 +57,20 @@ functions that need them, which prediction never calls).
 the share flagged at each threshold, and selective prediction (accuracy on the images kept, the
 risk-coverage curve and its area), beside the figures on all images. `run_fit` and `run_section`
 are the loaded run's side (`run.LoadedRun`): the fit made once per run from its cached outputs
-(`LoadedRun.ood_outputs`: one forward pass per split, two at config.eval.ood_image_size) or read
+(`run_outputs`: one forward pass per split, two at config.eval.ood_image_size) or read
 from the stored one, and the section the split and external evaluations (`workdir.Split`,
 `external.External`) add to their metrics.json.
 
 At config.eval.ood_image_size (`image_size`; 0, the default: the run's own size) every score but
 msp and energy reads the images preprocessed at that size (the input thumbnail and the pooled
 blocks of the same parameters: the convolutions take any size), the logits staying the run's. The
-blocks see more of the film's acquisition at 256 px than at the quick start's 128: knn over the
-quick-start model's blocks 1-3 told cxr-external's SIIM films from its test split at AUROC 0.973
-(0.760 at 128 px), and cxr3's sources held out of the bank at 0.803 (0.758); a control says how
-much of that is the files' making rather than the hospital (results/ood_quickstart_128px/
-resolution.md). It costs a second forward pass at that size (~5x prediction's at 128 -> 256).
+blocks see more of the film's acquisition at 256 px than at the quick start's 128: on the
+quick-start model mahalanobis_blocks told cxr-external's SIIM films from its test split at AUROC
+0.923 (0.600 at 128 px) and knn_blocks Kermany's at 0.996 (0.961), while the multi-source model,
+trained on both collections, flags at most 5 % of them (results/ood_quickstart_128px/
+image_size.md, results/ood_multisource_128px/image_size_256.md); a control says part of it is how
+the files were made rather than the hospital (results/ood_quickstart_128px/resolution.md). It
+costs a second forward pass at that size (~5x prediction's at 128 -> 256), so it is opt-in.
 """
 
 from __future__ import annotations
@@ -470,7 +472,7 @@ def settings(config, temperature: float | None) -> dict:
 
 # What the scores read of the image itself (`inference.make_outputs_fn`'s keys): at
 # config.eval.ood_image_size these come from the image preprocessed at that size
-# (`run.LoadedRun.ood_outputs`, `predict`), the logits from the run's own.
+# (`run_outputs`, `predict`), the logits from the run's own.
 IMAGE_OUTPUTS = ("input", "blocks", "features")
 
 
@@ -524,6 +526,23 @@ def run_temperature(run) -> float | None:
   return run.recorded_validation_fit()["temperature"]
 
 
+def run_outputs(run, name, loaded=None) -> tuple[dict, np.ndarray, np.ndarray]:
+  """`run.outputs` of split `name` (or of `loaded`) as the scores read them, once per run. At
+  config.eval.ood_image_size (`image_size`; 0: `run.outputs` itself) what they read of the image
+  (`IMAGE_OUTPUTS`: input thumbnail, pooled blocks) comes from a second forward pass over the same
+  images preprocessed at that size (`run.outputs_at`), the logits and probabilities staying the
+  run's size's: the model's answer is the one it was trained to give."""
+  out, labels, ids = run.outputs(name, loaded)
+  size = image_size(run.config)
+  if not size:
+    return out, labels, ids
+
+  def compute():
+    at = run.outputs_at(loaded or run.split(name), ids, size)
+    return {**out, **{k: at[k] for k in IMAGE_OUTPUTS}}, labels, ids
+  return run.cached(("ood_outputs", name, size), compute)
+
+
 def run_fit(run) -> OodFit | str:
   """The fit of `run`'s kept model: the one stored beside its checkpoint for these parameters and
   settings, else fitted on the training split (asserted: `data.check_within`), thresholded on the
@@ -544,8 +563,8 @@ def run_fit(run) -> OodFit | str:
   if not len(train_ids) or not len(splits.get("val", ())):
     return ("not fitted: no " + ("training" if not len(train_ids) else "validation") + " split "
             "(the threshold is chosen on the validation split: data.num_folds > 1)")
-  (train, train_labels, _), (val, val_labels, _) = run.ood_outputs("train"), run.ood_outputs("val")
-  outputs, labels, ids = run.ood_outputs("test") if len(splits.get("test", ())) else (
+  (train, train_labels, _), (val, val_labels, _) = run_outputs(run, "train"), run_outputs(run, "val")
+  outputs, labels, ids = run_outputs(run, "test") if len(splits.get("test", ())) else (
       jax.tree.map(lambda v: v[:0], train), train_labels[:0], np.zeros(0, int))
   reference = dict(outputs, correct=outputs["logits"].argmax(axis=1) == labels,
                    sources=meta["source"][ids])

@@ -71,7 +71,7 @@ class LoadedRun:
   settings), `built` and `splits` (built on first use unless given), the inference variables and
   functions, and the predictions / features / outputs per split (`predictions`, `features`,
   `outputs`: logits and every block's pooled features in one pass, the out-of-distribution
-  scores' input, `ood_outputs` with those features read at config.eval.ood_image_size)."""
+  scores' input; `outputs_at`: the blocks' over the same images preprocessed at another size)."""
 
   def __init__(self, workdir, trained: checkpoint.Trained, config=None, *, which: str = "best",
                built=None, splits: dict | None = None, segmenter=None):
@@ -196,28 +196,10 @@ class LoadedRun:
   @functools.cached_property
   def blocks_fn(self):
     """fn(variables, images) -> `outputs_fn`'s {features, blocks, input} without the head: what
-    the out-of-distribution scores read of images of any size (`ood_outputs`)."""
+    the out-of-distribution scores read of images of any size (`outputs_at`)."""
     return inference.make_outputs_fn(self.model, head=False)
 
-  def ood_outputs(self, name, loaded=None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """`outputs` of split `name` (or of `loaded`) as the out-of-distribution scores read them. At
-    config.eval.ood_image_size (`ood.image_size`; 0: `outputs` itself) what they read of the image
-    (`ood.IMAGE_OUTPUTS`: input thumbnail, pooled blocks) comes from a second forward pass over
-    the same images preprocessed at that size, the logits and probabilities staying the run's
-    size's: the model's answer is the one it was trained to give."""
-    from cxr_jax.evaluate import ood
-
-    out, labels, ids = self.outputs(name, loaded)
-    size = ood.image_size(self.config)
-    if not size:
-      return out, labels, ids
-
-    def compute():
-      at = self._outputs_at(loaded or self.split(name), ids, size)
-      return {**out, **{k: at[k] for k in ood.IMAGE_OUTPUTS}}, labels, ids
-    return self.cached(("ood_outputs", name, size), compute)
-
-  def _outputs_at(self, loaded, ids, size: int) -> dict:
+  def outputs_at(self, loaded, ids, size: int) -> dict:
     """blocks_fn's outputs over the images `ids` of `loaded` preprocessed at `size` px: the same
     sources built with only data.image_size changed (cached and versioned like any build), rows
     matched by file and returned in the order of `ids`."""
@@ -232,7 +214,7 @@ class LoadedRun:
     missing = [f for f in files if f not in row_of]
     if missing:
       raise RuntimeError(f"{len(missing)} of {len(files)} images are missing from the build at "
-                         f"eval.ood_image_size={size} ({built.version}; e.g. {missing[0]}): a "
+                         f"{size} px ({built.version}; e.g. {missing[0]}): a "
                          "file changed or became unreadable since the run's build; rebuild both")
     at = np.array([row_of[f] for f in files], np.int64)
     out, _, got = self._over(LoadedSplit(self.trained, config, built, at),

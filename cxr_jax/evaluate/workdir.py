@@ -60,7 +60,7 @@ def evaluate_split(run: LoadedRun, split: str, out_dir=None) -> dict:
   if eval_setting(config, "temperature_scaling", True):
     add_calibration(metrics, run.validation_fit(), labels, probs)
   if eval_setting(config, "ood", True):
-    outputs, ood_labels, ood_ids = run.ood_outputs(split)
+    outputs, ood_labels, ood_ids = ood.run_outputs(run, split)
     metrics["ood"] = ood.run_section(run, outputs, ood_labels, meta["source"][ood_ids],
                                      is_reference=split == "test")
   metrics["run"] = dict(workdir=str(run.workdir), split=split, checkpoint=which,
