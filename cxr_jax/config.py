@@ -212,7 +212,7 @@ def get_config() -> ml_collections.ConfigDict:
   # tells SIIM from its test split at AUROC 0.92 with mahalanobis_blocks (0.60 at 128) and Kermany
   # at 1.00 with knn_blocks (0.96); the multi-source model flags <= 5 % of both, collections it
   # trained on (results/ood_quickstart_128px/image_size.md). Held out of cxr3 knn_blocks stays the
-  # best flagging score at 256 px (mean 0.82 over four sources vs 0.79 at 128; ood_loso_256.md).
+  # best flagging score at 256 px (mean 0.79 vs 0.77 at 128, worst 0.66 vs 0.69; ood_loso_256.md).
   e.ood_image_size = 0
   # Selective prediction: answer an image only where its doubt (cxr_jax/evaluate/ood.py: the larger
   # of its ranks among the validation images by msp and by the flagging score) is at most the
