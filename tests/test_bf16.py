@@ -109,6 +109,8 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
   from cxr_jax.ops import amx
 
   monkeypatch.setattr(amx, "_load", lambda: "no amx_bf16 (as on such a CPU)")
+  # Neither native formulation (on a CPU with avx512_bf16 they would come first: see below)
+  monkeypatch.setattr(amx, "_library", lambda: "not built (the rules without it)")
   monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: False)
   assert not ops.bf16_units()
   assert winograd.product_dtype(jnp.bfloat16, 2) == jnp.float32
@@ -127,22 +129,57 @@ def test_without_bf16_units_no_bfloat16_products(monkeypatch, caplog):
       "wino2_c2", "wino4_c2")
 
 
-def test_amx_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypatch):
-  """On AMX (bf16 products 3-5x float32's) bfloat16 layers at 28-56 px take F(2x2)'s bf16 products
-  and the 3-channel first conv the transposed im2col; float32 and CPUs without AMX keep their
-  rules, so no float32 figure moves with this. (Where the AMX convolution is built, it comes
-  first: `test_amx_rules_take_the_tiles_where_they_cover`.)"""
+def test_bf16_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypatch):
+  """Where the CPU has bf16 units, bfloat16 layers at 28-56 px take F(2x2)'s bf16 products (AMX
+  in one piece; AVX512-BF16 in chunks of 2 images: 1.3-1.7x F(4x4) there) and, on AMX, the
+  3-channel first conv the transposed im2col; float32 keeps its rules, so no float32 figure moves
+  with this. (Where the native convolutions are built they come first:
+  `test_amx_rules_take_the_tiles_where_they_cover`,
+  `test_vector_rules_take_the_vector_units_outside_winograds_layers`.)"""
   from cxr_jax.ops import amx
 
   monkeypatch.setattr(amx, "_load", lambda: "not built (the rules without it)")
+  monkeypatch.setattr(amx, "_library", lambda: "not built (the rules without it)")
   monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
   mid = ((8, 28, 28, 512), (3, 3, 512, 512))
   first = ((8, 224, 224, 3), (3, 3, 3, 64))
-  for level, bf16_choice in (("avx512_bf16", ("wino4", "band4")), ("amx", ("wino2", "im2col_t"))):
+  for level, bf16_choice in (("avx512_bf16", ("wino2_c2", "band4")), ("amx", ("wino2", "im2col_t"))):
     monkeypatch.setattr("cxr_jax.machine.isa_level", lambda level=level: level)
     assert winograd.amx_units() == (level == "amx")
     assert (fwd.rule(*mid, jnp.bfloat16), wgrad.rule(*first, jnp.bfloat16)) == bf16_choice
     assert (fwd.rule(*mid, jnp.float32), wgrad.rule(*first, jnp.float32)) == ("wino4", "band4")
+
+
+def test_vector_rules_take_the_vector_units_outside_winograds_layers(monkeypatch):
+  """On a CPU with avx512_bf16 and no AMX, where the native library is built, the rules take the
+  vector units (`amx.vector_rule`) for every bfloat16 layer they cover except the 3x3 layers
+  where Winograd's bf16 forms measured faster (forward 14-56 px, weight gradient 14-28 px; VGG16
+  at 224 px, benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md). float32, a layer they
+  do not cover and a CPU where they were not measured (AMX whose tiles are refused) keep their
+  rules."""
+  from cxr_jax.ops import amx
+
+  monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
+  monkeypatch.setattr("cxr_jax.machine.isa_level", lambda: "avx512_bf16")
+  monkeypatch.setattr(amx, "_library", lambda: None)
+  monkeypatch.setattr(amx, "_load", lambda: "no amx_bf16")
+  v = amx.VECTOR_NAME
+  layers = {  # (x, kernel): (forward, weight gradient)
+      ((8, 224, 224, 3), (3, 3, 3, 64)): (v, v),
+      ((8, 224, 224, 64), (3, 3, 64, 64)): (v, v),
+      ((1, 112, 112, 128), (3, 3, 128, 128)): (v, v),
+      ((8, 56, 56, 256), (3, 3, 256, 256)): ("wino2_c2", v),
+      ((8, 28, 28, 512), (3, 3, 512, 512)): ("wino2_c2", "wino4"),
+      ((8, 14, 14, 512), (3, 3, 512, 512)): ("wino2", "wino2"),
+  }
+  for (x_shape, k_shape), choice in layers.items():
+    assert (fwd.rule(x_shape, k_shape, jnp.bfloat16), wgrad.rule(x_shape, k_shape, jnp.bfloat16)) == choice
+    assert v not in (fwd.rule(x_shape, k_shape, jnp.float32), wgrad.rule(x_shape, k_shape, jnp.float32))
+  wide = ((8, 56, 56, 16), (3, 3, 16, 64))  # 144 im2col columns: not covered
+  assert (fwd.rule(*wide, jnp.bfloat16), wgrad.rule(*wide, jnp.bfloat16)) == ("xla", "band4")
+  monkeypatch.setattr("cxr_jax.machine.isa_level", lambda: "amx")
+  assert v not in (fwd.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16),
+                   wgrad.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16))
 
 
 # ------------------------------------------------------------------ the real VGG16 on real images

@@ -29,9 +29,8 @@ and the other formulations run; `unavailable_reason()` says why.
 The same kernel, its products on AVX512-BF16's vector units instead of the tiles, is a second
 formulation, VECTOR_NAME ("avx512bf16"): for CPUs with avx512_bf16 and no AMX (AMD EPYC Zen 4,
 Intel Cooper Lake), where XLA's bf16 convolution also runs at float32's speed. The same operands,
-layouts, epilogue and tests; it is not in the fixed rules (`fwd.rule`, `wgrad.rule`) until it is
-measured faster on such a CPU (a machine this project's sessions have not had since it was
-written), so there it is taken where measured (`conv_impl="fast_mm"`) or named
+layouts, epilogue and tests. The fixed rules take it on such CPUs where it was measured faster
+(`vector_rule`); it is also taken where measured (`conv_impl="fast_mm"`) or named
 (`conv_impl="avx512bf16"` for every covered layer, `"fwd_avx512bf16"`, `"wgrad_avx512bf16"`).
 """
 
@@ -165,6 +164,16 @@ def covers(name: str, kernel_shape, dtype) -> bool:
     return True
   return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[3] % 32 == 0
           and _columns(kernel_shape) <= max(IM2COL_COLUMNS, kernel_shape[2]) and available(name))
+
+
+def vector_rule(kernel_shape, dtype) -> bool:
+  """Whether the fixed rules (`fwd.rule`, `wgrad.rule`) may take the vector units (VECTOR_NAME)
+  for a layer they cover: on a CPU with avx512_bf16 and no AMX, the kind they were measured on
+  (2-core AMD EPYC, `benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md`: VGG16's layers
+  at 224 px, batch 8, ran at 310-405 GFLOP/s, 67-87 % of the VDPBF16PS register loop's 467, where
+  XLA's bf16 convolution runs at its float32 speed). The rules leave Winograd's bf16 forms the
+  3x3 layers where its fewer products won (forward at 14-56 px, weight gradient at 14-28 px)."""
+  return machine.isa_level() == "avx512_bf16" and covers(VECTOR_NAME, kernel_shape, dtype)
 
 
 def _up32(n: int) -> int:

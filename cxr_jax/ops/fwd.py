@@ -73,22 +73,29 @@ def with_epilogue(name: str, x, w, padding: Padding, bias=None, relu: bool = Fal
 def rule(x_shape, kernel_shape, dtype) -> str:
   """Fixed choice when measuring is off: Winograd for 3x3 layers with 128+ input channels on maps
   of 14 x 14 to 56 x 56 (float32: 1.4-2x XLA's conv on VGG16's blocks 3-5 at 224 px, 2-core AMD
-  EPYC; bfloat16 on AVX512-BF16: F(2x2)'s bf16 products 2x float32's at 14 px, F(4x4) as fast at
-  28-56 px; and F(2x2) in chunks of 2 images on larger maps, `winograd.pays_large_bf16`; on AMX,
-  whose bf16 products run 3-5x float32's, F(2x2) also at 28-56 px, `winograd.amx_units`);
-  "rows" for other bfloat16 layers with wide channels where the CPU has bf16 units
-  (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before all of these,
-  bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them."""
+  EPYC; bfloat16 where the CPU has bf16 units: F(2x2)'s bf16 products, in chunks of 2 images from
+  28 px (AVX512-BF16 EPYC: 1.3-1.7x F(4x4)'s float32 products at 28-56 px, 3x at 14 px; AMX:
+  1.5-2.2x, `winograd.amx_units`); and F(2x2) in chunks of 2 images on larger maps,
+  `winograd.pays_large_bf16`); "rows" for other bfloat16 layers with wide channels where the CPU
+  has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
+  all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them,
+  and on AVX512-BF16 without AMX the vector units take every layer they cover outside Winograd's
+  (`amx.vector_rule`: 1.4-3.3x the other forms on VGG16's 112-224 px maps and first layer)."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
+  bf16 = jnp.dtype(dtype) == jnp.bfloat16 and winograd.bf16_units()
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
-    if jnp.dtype(dtype) == jnp.bfloat16 and winograd.amx_units():
+    if bf16 and winograd.amx_units():
       # bf16 products: 1.5-2.2x F(4x4) at 28-56 px (benchmarks/results/bf16_layers_224_xeon_amx.md)
       return "wino2"
-    return "wino4" if x_shape[1] * x_shape[2] >= 28 * 28 else "wino2"
+    if x_shape[1] * x_shape[2] < 28 * 28:
+      return "wino2"
+    # AVX512-BF16: benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md
+    return "wino2_c2" if bf16 else "wino4"
+  if amx.vector_rule(kernel_shape, dtype):
+    return amx.VECTOR_NAME
   if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
     return "wino2_c2"
-  bf16 = jnp.dtype(dtype) == jnp.bfloat16 and winograd.bf16_units()
   return "rows" if bf16 and kernel_shape[2] >= 256 else "xla"
 
 

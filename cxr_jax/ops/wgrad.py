@@ -141,10 +141,16 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   where the CPU has bf16 units (`winograd.pays_large_bf16`); on AMX, the transposed im2col for
   layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
   conv at 224 px, batch 8). Before all of these, bfloat16 layers the AMX tiles cover
-  (`amx.covers`) take them."""
+  (`amx.covers`) take them, and on AVX512-BF16 without AMX the vector units every layer they
+  cover but Winograd's at 14-28 px (`amx.vector_rule`: 1.3-3.3x the best other form on VGG16's
+  56-224 px maps and first layer; F(4x4) / F(2x2) 1.05-1.2x it at 28 / 14 px,
+  benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md)."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   hw = x_shape[1] * x_shape[2]
+  if amx.vector_rule(kernel_shape, dtype) and not winograd.pays(x_shape, kernel_shape, dtype,
+                                                                 largest=28):
+    return amx.VECTOR_NAME
   if winograd.pays(x_shape, kernel_shape, dtype, largest=112):
     return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"
   if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
