@@ -114,8 +114,8 @@ def get_config() -> ml_collections.ConfigDict:
   # output scale; elsewhere XLA's own. VGG16 at 224 px, batch 8, vs PyTorch fp32 channels_last:
   # 1.8x on a 2-core AVX2-only EPYC, 1.0x on a 2-core AMX Xeon, where xla is 0.44x / 0.45x
   # (benchmarks/results/vs_pytorch*.md). Set xla for flax's exact convolution. avx512bf16: with
-  # dtype=bfloat16, every covered layer on AVX512-BF16's vector units (cxr_jax.ops.amx; for CPUs
-  # with avx512_bf16 and no AMX, not yet measured on one: not in the rules).
+  # dtype=bfloat16, every covered layer on AVX512-BF16's vector units (cxr_jax.ops.amx; on CPUs
+  # with avx512_bf16 and no AMX the rules take them outside Winograd's small-map layers).
   m.conv_impl = "auto"
   # VGG's max-pool: fast (cxr_jax.ops.pool: bit-identical to flax's, gradient ~8x faster on CPU) | xla
   m.pool_impl = "fast"

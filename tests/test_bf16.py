@@ -153,8 +153,8 @@ def test_bf16_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypat
 def test_vector_rules_take_the_vector_units_outside_winograds_layers(monkeypatch):
   """On a CPU with avx512_bf16 and no AMX, where the native library is built, the rules take the
   vector units (`amx.vector_rule`) for every bfloat16 layer they cover except the 3x3 layers
-  where Winograd's bf16 forms measured faster (forward 14-56 px, weight gradient 14-28 px; VGG16
-  at 224 px, benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md). float32, a layer they
+  where Winograd's bf16 forms measured faster (forward 8-56 px, weight gradient 8-32 px; VGG16
+  at 224 and 128 px, benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md). float32, a layer they
   do not cover and a CPU where they were not measured (AMX whose tiles are refused) keep their
   rules."""
   from cxr_jax.ops import amx
@@ -169,8 +169,13 @@ def test_vector_rules_take_the_vector_units_outside_winograds_layers(monkeypatch
       ((8, 224, 224, 64), (3, 3, 64, 64)): (v, v),
       ((1, 112, 112, 128), (3, 3, 128, 128)): (v, v),
       ((8, 56, 56, 256), (3, 3, 256, 256)): ("wino2_c2", v),
+      ((8, 32, 32, 256), (3, 3, 256, 256)): ("wino2_c2", "wino4"),
       ((8, 28, 28, 512), (3, 3, 512, 512)): ("wino2_c2", "wino4"),
+      ((8, 16, 16, 512), (3, 3, 512, 512)): ("wino2", "wino4"),
       ((8, 14, 14, 512), (3, 3, 512, 512)): ("wino2", "wino2"),
+      ((8, 8, 8, 512), (3, 3, 512, 512)): ("wino2", "wino2"),  # below float32's Winograd range
+      ((8, 4, 4, 512), (3, 3, 512, 512)): (v, v),
+      ((8, 28, 28, 64), (3, 3, 64, 128)): (v, v),  # too few channels for Winograd
   }
   for (x_shape, k_shape), choice in layers.items():
     assert (fwd.rule(x_shape, k_shape, jnp.bfloat16), wgrad.rule(x_shape, k_shape, jnp.bfloat16)) == choice

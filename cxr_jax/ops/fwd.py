@@ -78,22 +78,27 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   1.5-2.2x, `winograd.amx_units`); and F(2x2) in chunks of 2 images on larger maps,
   `winograd.pays_large_bf16`); "rows" for other bfloat16 layers with wide channels where the CPU
   has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
-  all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them,
-  and on AVX512-BF16 without AMX the vector units take every layer they cover outside Winograd's
-  (`amx.vector_rule`: 1.4-3.3x the other forms on VGG16's 112-224 px maps and first layer)."""
+  all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them;
+  on AVX512-BF16 without AMX, the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
+  the other forms on VGG16's 64-224 px maps and first layer) but the 3x3 ones with 128+ channels
+  on 8-56 px maps, where F(2x2)'s bf16 products won (1.1-2x; at 8 px, below Winograd's float32
+  range, 2x: benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
+  hw = x_shape[1] * x_shape[2]
+  if amx.vector_rule(kernel_shape, dtype):
+    if winograd.pays(x_shape, kernel_shape, dtype, largest=56, smallest=8):
+      return "wino2_c2" if hw >= 28 * 28 else "wino2"
+    return amx.VECTOR_NAME
   bf16 = jnp.dtype(dtype) == jnp.bfloat16 and winograd.bf16_units()
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
     if bf16 and winograd.amx_units():
       # bf16 products: 1.5-2.2x F(4x4) at 28-56 px (benchmarks/results/bf16_layers_224_xeon_amx.md)
       return "wino2"
-    if x_shape[1] * x_shape[2] < 28 * 28:
+    if hw < 28 * 28:
       return "wino2"
     # AVX512-BF16: benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md
     return "wino2_c2" if bf16 else "wino4"
-  if amx.vector_rule(kernel_shape, dtype):
-    return amx.VECTOR_NAME
   if winograd.pays_large_bf16(x_shape, kernel_shape, dtype):
     return "wino2_c2"
   return "rows" if bf16 and kernel_shape[2] >= 256 else "xla"

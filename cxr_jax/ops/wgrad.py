@@ -141,15 +141,18 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   where the CPU has bf16 units (`winograd.pays_large_bf16`); on AMX, the transposed im2col for
   layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
   conv at 224 px, batch 8). Before all of these, bfloat16 layers the AMX tiles cover
-  (`amx.covers`) take them, and on AVX512-BF16 without AMX the vector units every layer they
-  cover but Winograd's at 14-28 px (`amx.vector_rule`: 1.3-3.3x the best other form on VGG16's
-  56-224 px maps and first layer; F(4x4) / F(2x2) 1.05-1.2x it at 28 / 14 px,
-  benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md)."""
+  (`amx.covers`) take them; on AVX512-BF16 without AMX, the vector units every layer they
+  cover (`amx.vector_rule`: 1.2-3.3x the best other form on VGG16's 56-224 px maps and first
+  layer) but the 3x3 ones with 128+ channels on 8-32 px maps: there F(4x4) where the map is a
+  whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05-2x the vector units at 8-32 px;
+  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   hw = x_shape[1] * x_shape[2]
-  if amx.vector_rule(kernel_shape, dtype) and not winograd.pays(x_shape, kernel_shape, dtype,
-                                                                 largest=28):
+  if amx.vector_rule(kernel_shape, dtype):
+    if winograd.pays(x_shape, kernel_shape, dtype, largest=32, smallest=8):
+      whole = x_shape[1] % 4 == 0 and x_shape[2] % 4 == 0
+      return "wino4" if whole and hw >= 16 * 16 else "wino2"
     return amx.VECTOR_NAME
   if winograd.pays(x_shape, kernel_shape, dtype, largest=112):
     return "wino4_c2" if hw >= 56 * 56 else "wino4" if hw >= 28 * 28 else "wino2"

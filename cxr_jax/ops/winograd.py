@@ -88,11 +88,13 @@ def formulations(fn) -> dict:
   return {name: functools.partial(fn, m=m, chunk=chunk) for name, (m, chunk) in VARIANTS.items()}
 
 
-def pays(x_shape, kernel_shape, dtype, largest: int) -> bool:
-  """The fixed rules' condition: float32 or bfloat16 3x3 layers with 128+ input channels on maps from 14 x 14
-  (smaller ones are mostly padding in the tiles) up to `largest` x `largest`."""
+def pays(x_shape, kernel_shape, dtype, largest: int, smallest: int = 14) -> bool:
+  """The fixed rules' condition: float32 or bfloat16 3x3 layers with 128+ input channels on maps from
+  `smallest` x `smallest` (in float32, smaller ones are mostly padding in the tiles) up to
+  `largest` x `largest`."""
   hw = x_shape[1] * x_shape[2]
-  return applicable(kernel_shape, dtype) and kernel_shape[2] >= 128 and 14 * 14 <= hw <= largest ** 2
+  return (applicable(kernel_shape, dtype) and kernel_shape[2] >= 128
+          and smallest ** 2 <= hw <= largest ** 2)
 
 
 def pays_large_bf16(x_shape, kernel_shape, dtype) -> bool:
