@@ -80,9 +80,10 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
   all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them;
   on AVX512-BF16 without AMX, the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
-  the other forms on VGG16's 64-224 px maps and first layer) but the 3x3 ones with 128+ channels
-  on 8-56 px maps, where F(2x2)'s bf16 products won (1.1-2x; at 8 px, below Winograd's float32
-  range, 2x: benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
+  the other forms on VGG16's 64-224 px maps and first layer at batch 8; F(2x2) won some at batch 1)
+  but the 3x3 ones with 128+ channels on 8-56 px maps, where F(2x2)'s bf16 products won (1.05-1.2x
+  at 56 px, 1.6x at 28, 2x at 8 px, below Winograd's float32 range:
+  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   hw = x_shape[1] * x_shape[2]

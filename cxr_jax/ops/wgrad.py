@@ -142,9 +142,10 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
   conv at 224 px, batch 8). Before all of these, bfloat16 layers the AMX tiles cover
   (`amx.covers`) take them; on AVX512-BF16 without AMX, the vector units every layer they
-  cover (`amx.vector_rule`: 1.2-3.3x the best other form on VGG16's 56-224 px maps and first
+  cover (`amx.vector_rule`: 1.2-3.5x the best other form on VGG16's 56-224 px maps and first
   layer) but the 3x3 ones with 128+ channels on 8-32 px maps: there F(4x4) where the map is a
-  whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05-2x the vector units at 8-32 px;
+  whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05x the vector units at 28 px, 1.5x
+  at 16, 2x at 8; at 32 px about even, run to run;
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
