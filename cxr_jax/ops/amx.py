@@ -169,10 +169,11 @@ def covers(name: str, kernel_shape, dtype) -> bool:
 def vector_rule(kernel_shape, dtype) -> bool:
   """Whether the fixed rules (`fwd.rule`, `wgrad.rule`) may take the vector units (VECTOR_NAME)
   for a layer they cover: on a CPU with avx512_bf16 and no AMX, the kind they were measured on
-  (2-core AMD EPYC, `benchmarks/results/conv_layers_224_bf16_epyc_avx512bf16.md`: VGG16's layers
-  at 224 px, batch 8, ran at 310-405 GFLOP/s, 67-87 % of the VDPBF16PS register loop's 467, where
-  XLA's bf16 convolution runs at its float32 speed). The rules leave Winograd's bf16 forms the
-  3x3 layers where its fewer products won (forward at 14-56 px, weight gradient at 14-28 px)."""
+  (2-core AMD EPYC, `benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md`: VGG16's
+  layers on 56-224 px maps, batch 8, ran at 310-405 GFLOP/s, 67-87 % of the VDPBF16PS register
+  loop's 467, where XLA's bf16 convolution runs at its float32 speed). The rules leave Winograd's
+  bf16 forms the 3x3 layers where its fewer products won (forward at 8-56 px, weight gradient at
+  8-32 px)."""
   return machine.isa_level() == "avx512_bf16" and covers(VECTOR_NAME, kernel_shape, dtype)
 
 

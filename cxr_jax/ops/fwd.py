@@ -74,7 +74,7 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   """Fixed choice when measuring is off: Winograd for 3x3 layers with 128+ input channels on maps
   of 14 x 14 to 56 x 56 (float32: 1.4-2x XLA's conv on VGG16's blocks 3-5 at 224 px, 2-core AMD
   EPYC; bfloat16 where the CPU has bf16 units: F(2x2)'s bf16 products, in chunks of 2 images from
-  28 px (AVX512-BF16 EPYC: 1.3-1.7x F(4x4)'s float32 products at 28-56 px, 3x at 14 px; AMX:
+  28 px (AVX512-BF16 EPYC: 1.3-1.8x F(4x4)'s float32 products at 28-56 px, 3x at 14 px; AMX:
   1.5-2.2x, `winograd.amx_units`); and F(2x2) in chunks of 2 images on larger maps,
   `winograd.pays_large_bf16`); "rows" for other bfloat16 layers with wide channels where the CPU
   has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
