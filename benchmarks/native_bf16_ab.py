@@ -8,31 +8,34 @@ Two processes, the same model (random weights, `config.model.arch`, the GAP head
 conv_impl auto), one with the library and one with CXR_JAX_AMX=0 (the rules without it, as
 before it existed); each times the gradient of the cross-entropy of one random batch (not the
 trainer's step: no optimiser, no frozen-block masking) in alternating rounds, so load from other
-processes hits both alike. JSON with the machine: seconds per step per round, medians, ratio.
+processes hits both alike (`benchmarks/vs_pytorch.py`'s `Worker`, `serve` and `alternate`), under
+the config's host allocator as launch.py sets it. JSON with the machine: seconds per step per
+round, medians, ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.vs_pytorch import Worker, alternate, serve  # noqa: E402
 
-_REPLY = "SECONDS "
+VARIANTS = {"native": {}, "without_native": {"CXR_JAX_AMX": "0"}}  # name -> environment
 
 
 def worker(arch: str, size: int, batch: int, trainable_blocks: int) -> None:
+  from configs import default
+  from cxr_jax import host_memory
+
+  host_memory.configure(default.get_config().host_memory)  # before JAX's threads, as launch.py
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
-  from configs import default
   from cxr_jax import models
 
   cfg = default.get_config().model
@@ -49,24 +52,14 @@ def worker(arch: str, size: int, batch: int, trainable_blocks: int) -> None:
                             rngs={"dropout": jax.random.PRNGKey(2)})
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
 
-  step = jax.jit(jax.grad(loss))
+  grad = jax.jit(jax.grad(loss))
+
+  def train_fn():
+    jax.block_until_ready(grad(params))
+
   for _ in range(2):  # compile, then one more: the first timed round is still often slow
-    jax.block_until_ready(step(params))
-  print(_REPLY, flush=True)
-  for line in sys.stdin:
-    steps = int(line)
-    start = time.perf_counter()
-    for _ in range(steps):
-      grads = step(params)
-    jax.block_until_ready(grads)
-    print(f"{_REPLY}{(time.perf_counter() - start) / steps}", flush=True)
-
-
-def _reply(proc) -> str:
-  for line in proc.stdout:
-    if line.startswith(_REPLY):
-      return line[len(_REPLY):].strip()
-  raise RuntimeError(f"benchmark worker exited with {proc.wait()}; its stderr is above")
+    train_fn()
+  serve({"train": train_fn})
 
 
 def main(argv=None) -> int:
@@ -88,30 +81,21 @@ def main(argv=None) -> int:
 
   cmd = [sys.executable, __file__, "--worker", "--arch", args.arch, "--image-size",
          str(args.image_size), "--batch", str(args.batch), "--trainable-blocks", str(args.trainable_blocks)]
-  procs = {name: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ, **env})
-           for name, env in (("native", {}), ("without_native", {"CXR_JAX_AMX": "0"}))}
-  for proc in procs.values():
-    _reply(proc)  # built and warmed up
-  seconds = {name: [] for name in procs}
-  loads = []
-  for _ in range(args.rounds):
-    for name, proc in procs.items():
-      proc.stdin.write(f"{args.steps}\n")
-      proc.stdin.flush()
-      seconds[name].append(float(_reply(proc)))
-    loads.append(os.getloadavg()[0])
-  for proc in procs.values():
-    proc.stdin.close()
-    proc.wait()
-  median = {name: statistics.median(v) for name, v in seconds.items()}
+  # Built one after another (compiling and warming up), then timed in alternating rounds.
+  workers = {name: Worker(cmd, name, env) for name, env in VARIANTS.items()}
+  try:
+    res = alternate(workers, "train", args.rounds, args.steps)
+  finally:
+    for w in workers.values():
+      w.close()
+  median = res["median_s"]
   machine.report({
       "benchmark": "native_bf16_ab", "arch": args.arch, "image_size": args.image_size,
       "batch": args.batch, "trainable_blocks": args.trainable_blocks, "rounds": args.rounds,
-      "machine": machine.describe(), "seconds_per_step": seconds, "median_seconds": median,
+      "machine": machine.describe(), "seconds_per_step": res["all_s"], "median_seconds": median,
       "images_per_s": {name: args.batch / s for name, s in median.items()},
       "native_speedup": median["without_native"] / median["native"],
-      "loadavg": loads, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}, args.out)
+      "loadavg": res["loadavg"], "date": time.strftime("%Y-%m-%dT%H:%M:%S")}, args.out)
   return 0
 
 

@@ -236,13 +236,20 @@ class Worker:
   once PyTorch's thread pool has run, JAX's step in the same process was 10-20 % slower and kept
   slowing (2-core AMD EPYC), which would have biased every in-process comparison."""
 
-  def __init__(self, spec: str, args, trainable_blocks: int):
-    cmd = [sys.executable, __file__, "--worker", spec, "--image-size", str(args.image_size),
-           "--batch", str(args.batch), "--trainable-blocks", str(trainable_blocks),
-           "--warmup", str(args.warmup)]
+  def __init__(self, cmd: list[str], spec: str, env: dict | None = None):
+    """`cmd` starts a process that answers as `serve` does; `spec` names it in errors; `env`
+    adds to this process's environment."""
     self.spec = spec
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=None if env is None else {**os.environ, **env})
     self._reply()  # built and warmed up
+
+  @classmethod
+  def variant(cls, spec: str, args, trainable_blocks: int) -> Worker:
+    """This benchmark's variant `spec` (`worker_main`)."""
+    return cls([sys.executable, __file__, "--worker", spec, "--image-size", str(args.image_size),
+                "--batch", str(args.batch), "--trainable-blocks", str(trainable_blocks),
+                "--warmup", str(args.warmup)], spec)
 
   def _reply(self) -> str:
     for line in self.proc.stdout:
@@ -277,10 +284,17 @@ def worker_main(args) -> None:
   train_fn, eval_fn = make_variant(spec, args.image_size, args.batch, k, benchmark_data(args))
   for _ in range(args.warmup):
     train_fn()
+  serve({"train": train_fn, "eval": eval_fn})
+
+
+def serve(fns: dict) -> None:
+  """A worker's side of `Worker`, once built and warmed up: says so, then answers each "WHAT N"
+  line on stdin with the seconds per call of N calls of fns[WHAT] (each call returns when its
+  work is done)."""
   print(_REPLY + "ready", flush=True)
   for line in sys.stdin:
     what, steps = line.split()
-    print(_REPLY + repr(timed(train_fn if what == "train" else eval_fn, int(steps))), flush=True)
+    print(_REPLY + repr(timed(fns[what], int(steps))), flush=True)
 
 
 def split_malloc(spec: str) -> tuple[str, str]:
@@ -464,7 +478,7 @@ def main(argv=None):
   print(json.dumps(result["sgemm_gflops_per_s"]), flush=True)
   for k in args.trainable_blocks:
     # Built one after another (compiling and warming up), then timed in alternating rounds.
-    made = {v: Worker(v, args, k) for v in args.variants}
+    made = {v: Worker.variant(v, args, k) for v in args.variants}
     flops = step_flops(args.image_size, args.batch, k)
     res = alternate(made, "train", args.rounds, args.steps)
     med = res["median_s"]
