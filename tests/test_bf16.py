@@ -135,7 +135,7 @@ def test_bf16_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypat
   3-channel first conv the transposed im2col; float32 keeps its rules, so no float32 figure moves
   with this. (Where the native convolutions are built they come first:
   `test_amx_rules_take_the_tiles_where_they_cover`,
-  `test_vector_rules_take_the_vector_units_outside_winograds_layers`.)"""
+  `test_vector_rules_take_native_winograd_then_the_vector_units`.)"""
   from cxr_jax.ops import amx
 
   monkeypatch.setattr(amx, "_load", lambda: "not built (the rules without it)")
@@ -150,12 +150,14 @@ def test_bf16_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypat
     assert (fwd.rule(*mid, jnp.float32), wgrad.rule(*first, jnp.float32)) == ("wino4", "band4")
 
 
-def test_vector_rules_take_the_vector_units_outside_winograds_layers(monkeypatch):
+def test_vector_rules_take_native_winograd_then_the_vector_units(monkeypatch):
   """On a CPU with avx512_bf16 and no AMX, where the native library is built, the rules take the
-  vector units (`amx.vector_rule`) for every bfloat16 layer they cover except the 3x3 layers
-  where Winograd's bf16 forms measured faster (forward 8-56 px, weight gradient 8-32 px; VGG16
-  at 224 and 128 px, benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md). float32, a layer they
-  do not cover and a CPU where they were not measured (AMX whose tiles are refused) keep their
+  native F(2x2) (`amx.winograd_rule`) for the forward pass and input gradient of every bfloat16
+  3x3 layer it covers with 256+ output tiles; the vector units' direct sums (`amx.vector_rule`)
+  for the other layers they cover, except the 3x3 ones where XLA's Winograd bf16 forms measured
+  faster (forward 8-56 px below 256 tiles, weight gradient 8-32 px; VGG16 at 224 and 128 px,
+  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16*.md). float32, a layer they do
+  not cover and a CPU where they were not measured (AMX whose tiles are refused) keep their
   rules."""
   from cxr_jax.ops import amx
 
@@ -163,28 +165,32 @@ def test_vector_rules_take_the_vector_units_outside_winograds_layers(monkeypatch
   monkeypatch.setattr("cxr_jax.machine.isa_level", lambda: "avx512_bf16")
   monkeypatch.setattr(amx, "_library", lambda: None)
   monkeypatch.setattr(amx, "_load", lambda: "no amx_bf16")
-  v = amx.VECTOR_NAME
+  v, native = amx.VECTOR_NAME, amx.WINOGRAD_NAME
   layers = {  # (x, kernel): (forward, weight gradient)
-      ((8, 224, 224, 3), (3, 3, 3, 64)): (v, v),
-      ((8, 224, 224, 64), (3, 3, 64, 64)): (v, v),
-      ((1, 112, 112, 128), (3, 3, 128, 128)): (v, v),
-      ((8, 56, 56, 256), (3, 3, 256, 256)): ("wino2_c2", v),
-      ((8, 32, 32, 256), (3, 3, 256, 256)): ("wino2_c2", "wino4"),
-      ((8, 28, 28, 512), (3, 3, 512, 512)): ("wino2_c2", "wino4"),
-      ((8, 16, 16, 512), (3, 3, 512, 512)): ("wino2", "wino4"),
-      ((8, 14, 14, 512), (3, 3, 512, 512)): ("wino2", "wino2"),
-      ((8, 8, 8, 512), (3, 3, 512, 512)): ("wino2", "wino2"),  # below float32's Winograd range
+      ((8, 224, 224, 3), (3, 3, 3, 64)): (v, v),  # 3 channels: not the native Winograd's
+      ((8, 224, 224, 64), (3, 3, 64, 64)): (native, v),
+      ((1, 112, 112, 128), (3, 3, 128, 128)): (native, v),
+      ((8, 56, 56, 256), (3, 3, 256, 256)): (native, v),
+      ((8, 32, 32, 256), (3, 3, 256, 256)): (native, "wino4"),
+      ((8, 28, 28, 512), (3, 3, 512, 512)): (native, "wino4"),
+      ((8, 16, 16, 512), (3, 3, 512, 512)): (native, "wino4"),  # 512 tiles
+      ((8, 14, 14, 512), (3, 3, 512, 512)): (native, "wino2"),  # 392
+      ((1, 28, 28, 512), (3, 3, 512, 512)): ("wino2_c2", "wino4"),  # 196
+      ((1, 14, 14, 512), (3, 3, 512, 512)): ("wino2", "wino2"),
+      ((8, 8, 8, 512), (3, 3, 512, 512)): ("wino2", "wino2"),  # 128; below float32's Winograd range
       ((8, 4, 4, 512), (3, 3, 512, 512)): (v, v),
-      ((8, 28, 28, 64), (3, 3, 64, 128)): (v, v),  # too few channels for Winograd
+      ((8, 28, 28, 64), (3, 3, 64, 128)): (native, v),  # too few channels for XLA's Winograd
+      ((8, 28, 28, 64), (3, 3, 64, 48)): ("xla", "im2col_t"),  # 48 outputs: neither native form
+      ((8, 28, 28, 128), (1, 1, 128, 64)): (v, v),  # 1x1
   }
   for (x_shape, k_shape), choice in layers.items():
     assert (fwd.rule(x_shape, k_shape, jnp.bfloat16), wgrad.rule(x_shape, k_shape, jnp.bfloat16)) == choice
-    assert v not in (fwd.rule(x_shape, k_shape, jnp.float32), wgrad.rule(x_shape, k_shape, jnp.float32))
+    assert not {v, native} & {fwd.rule(x_shape, k_shape, jnp.float32), wgrad.rule(x_shape, k_shape, jnp.float32)}
   wide = ((8, 56, 56, 16), (3, 3, 16, 64))  # 144 im2col columns: not covered
   assert (fwd.rule(*wide, jnp.bfloat16), wgrad.rule(*wide, jnp.bfloat16)) == ("xla", "band4")
   monkeypatch.setattr("cxr_jax.machine.isa_level", lambda: "amx")
-  assert v not in (fwd.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16),
-                   wgrad.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16))
+  assert not {v, native} & {fwd.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16),
+                            wgrad.rule((8, 224, 224, 64), (3, 3, 64, 64), jnp.bfloat16)}
 
 
 # ------------------------------------------------------------------ the real VGG16 on real images
@@ -449,6 +455,86 @@ def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads
   np.testing.assert_array_equal(db, want_db)
   if dx_covered:
     np.testing.assert_array_equal(dx, amx.forward(keep, w, tpads, flip=True, units=units))
+
+
+WINOGRAD_CASES = [  # (x shape, kernel shape, padding): odd maps (partial 2x2 tiles), asymmetric
+    ((2, 13, 11, 64), (3, 3, 64, 32), PADS),  # and wider padding, VALID, three images, 96 outputs
+    ((1, 7, 5, 32), (3, 3, 32, 64), ((0, 2), (1, 0))),
+    ((3, 6, 7, 32), (3, 3, 32, 96), ((0, 0), (0, 0))),
+    ((2, 9, 10, 64), (3, 3, 64, 64), ((2, 1), (1, 2))),
+]
+
+
+@pytest.mark.parametrize("small_units", [False, True])
+@pytest.mark.parametrize("x_shape,k_shape,pads", WINOGRAD_CASES)
+def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_units, monkeypatch):
+  """The native F(2x2) (`amx.winograd_forward`: transforms in the kernel, products on the vector
+  units) on bfloat16-exact data, forward and input gradient (through fwd.on_transposed_kernel, as
+  conv.py calls it), with bias and ReLU in its epilogue: within the bound XLA's F(2x2) bf16 form is
+  held to (`test_winograd_on_bfloat16_within_its_derived_bound`: the same rounded operands, any
+  order of float32 sums), plus one float32 addition of |b|. small_units: units of 8 tiles, so
+  they cross images and a last strip of 8 is partly empty."""
+  from cxr_jax.ops import amx
+
+  _amx_or_skip(amx.VECTOR_NAME)
+  if small_units:
+    monkeypatch.setattr(amx, "WINOGRAD_PANEL_BYTES", 1)
+  name = amx.WINOGRAD_NAME
+  x, w, b = _random(x_shape, 51, relu=True), _random(k_shape, 52) * 0.125, _random(k_shape[3:], 53)
+  y, vjp = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, pads), x, w)
+  dy = _random(y.shape, 54)
+  dx_ref, _ = vjp(dy)
+  bf = lambda a: a.astype(jnp.bfloat16)
+  tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, pads)
+  got = {"y": fwd.FORMULATIONS[name](bf(x), bf(w), pads),
+         "yb": fwd.with_epilogue(name, bf(x), bf(w), pads, bias=b, relu=True),
+         "dx": fwd.on_transposed_kernel(name, bf(dy), bf(w), tpads)}
+  assert all(v.dtype == jnp.bfloat16 for v in got.values())
+  _abs_winograd(monkeypatch, 2)
+  e_y = fwd.FORMULATIONS["wino2"](abs(x), abs(w), pads)
+  checks = {"y": (y, e_y, k_shape[2]),
+            "yb": (jnp.maximum(y + b, 0), e_y + abs(b), k_shape[2] + 1),
+            "dx": (dx_ref, fwd.FORMULATIONS["wino2"](abs(dy), abs(tw), tpads), k_shape[3])}
+  for key, (ref, e, k) in checks.items():
+    assert got[key].shape == ref.shape, key
+    err = jnp.abs(got[key].astype(jnp.float32) - ref)
+    bound = U_BF16 * jnp.abs(ref) + (2 * U_BF16 + (k + 32) * U_F32) * e
+    assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
+  assert bool(jnp.any(got["y"] < 0)) and not bool(jnp.any(got["yb"] < 0))
+
+
+@pytest.mark.parametrize("small_units", [False, True])
+def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch):
+  """The input gradient with the ReLU's mask read in the kernel is bit for bit the one on
+  jnp.where(y > 0, dy, 0) (mask with +-0, +-inf and NaN); a NaN in the input stays NaN through the
+  fused ReLU at every output its 3x3 window reaches (never a silent 0); and a shape it does not
+  cover is refused, not misread."""
+  from cxr_jax.ops import amx
+
+  _amx_or_skip(amx.VECTOR_NAME)
+  if small_units:
+    monkeypatch.setattr(amx, "WINOGRAD_PANEL_BYTES", 1)
+  x_shape, k_shape, pads = (2, 9, 7, 64), (3, 3, 64, 32), PADS
+  bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+  w = bf(_random(k_shape, 62))
+  dy = bf(_random((2, 9, 7, 32), 63))
+  specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 2.0], np.float32)
+  y = np.random.default_rng(64).standard_normal(dy.shape).astype(np.float32)
+  picks = np.random.default_rng(65).integers(0, 2 * len(specials), dy.shape)
+  y = bf(np.where(picks < len(specials), specials[np.minimum(picks, len(specials) - 1)], y))
+  np.testing.assert_array_equal(
+      fwd.on_transposed_kernel(amx.WINOGRAD_NAME, dy, w, pads, mask=y),
+      fwd.on_transposed_kernel(amx.WINOGRAD_NAME, amx.relu_masked(dy, y), w, pads))
+  x = bf(_random(x_shape, 61, relu=True)).at[1, 4, 3, 0].set(jnp.nan)
+  reached = jnp.isnan(fwd.xla(x.astype(jnp.float32), w.astype(jnp.float32), pads))
+  got = jnp.isnan(amx.winograd_forward(x, w, pads, bias=jnp.zeros(32), relu=True))
+  assert bool(reached.any()) and not bool(jnp.any(reached & ~got))
+  assert not bool(got[0].any())  # the other image's tiles never see it
+  for bad_w, bad_x in ((jnp.zeros((3, 3, 64, 48), jnp.bfloat16), x),  # 48 outputs
+                       (jnp.zeros((1, 1, 64, 32), jnp.bfloat16), x),  # not 3x3
+                       (w.astype(jnp.float32), x.astype(jnp.float32))):
+    with pytest.raises(ValueError, match="does not cover"):
+      amx.winograd_forward(bad_x, bad_w, pads)
 
 
 def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):

@@ -53,21 +53,27 @@ import numpy as np
 from cxr_jax import files, machine, paths
 
 SOURCE = Path(__file__).resolve().parent / "native" / "amx_conv.cc"
-FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-mavx512bf16",
-         "-mamx-tile", "-mamx-bf16")
+FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-mavx512vl",
+         "-mavx512bf16", "-mamx-tile", "-mamx-bf16")
 NAME = "amx"  # the formulation's name in fwd.FORMULATIONS and wgrad.FORMULATIONS
 VECTOR_NAME = "avx512bf16"  # the same kernel on AVX512-BF16's vector units (module doc)
 NAMES = (NAME, VECTOR_NAME)
+# Winograd F(2x2, 3x3) on the vector units, its transforms in the kernel (`winograd_forward`).
+WINOGRAD_NAME = "wino2_avx512bf16"
 # (formulation, call) -> (XLA target name, the library's handler symbol)
 TARGETS = {(NAME, "forward"): ("cxr_amx_conv_forward", "CxrAmxConvForward"),
            (NAME, "weight_grad"): ("cxr_amx_conv_weight_grad", "CxrAmxConvWeightGrad"),
            (VECTOR_NAME, "forward"): ("cxr_bf16_conv_forward", "CxrBf16ConvForward"),
-           (VECTOR_NAME, "weight_grad"): ("cxr_bf16_conv_weight_grad", "CxrBf16ConvWeightGrad")}
+           (VECTOR_NAME, "weight_grad"): ("cxr_bf16_conv_weight_grad", "CxrBf16ConvWeightGrad"),
+           (WINOGRAD_NAME, "forward"): ("cxr_bf16_winograd_forward", "CxrBf16WinogradForward")}
 # Operand bytes of a panel, the rows a worker takes at a time: forward, the panel's input rows
 # (each 32-wide slice of the kernel passes over them in L2, so a larger panel reads the kernel
 # fewer times: VGG16's 512-channel kernels are 2.4-4.7 MB); weight gradient, both operands.
 FORWARD_PANEL_BYTES = 1 << 19
 WGRAD_PANEL_BYTES = 1 << 20
+# Bytes of a Winograd unit's transformed input tiles (16 x tiles x C bf16), which stay in L2 while
+# every output block passes over them.
+WINOGRAD_PANEL_BYTES = 1 << 19
 IM2COL_COLUMNS = 64  # the most im2col columns (taps x channels) of a layer with C % 32 != 0
 
 
@@ -104,7 +110,7 @@ def _library() -> str | None:
     return "CXR_JAX_AMX=0"
   if jax.default_backend() != "cpu":
     return f"backend {jax.default_backend()} (AMX and AVX512-BF16 are CPU units)"
-  if not {"avx512bw", "avx512_bf16"} <= set(machine.isa()):
+  if not {"avx512bw", "avx512vl", "avx512_bf16"} <= set(machine.isa()):
     return f"no avx512_bf16 on this CPU ({machine.cpu_model()})"
   compiler = _compiler()
   if compiler is None:
@@ -159,7 +165,11 @@ def covers(name: str, kernel_shape, dtype) -> bool:
   """Whether formulation `name` computes this convolution here: every one but this module's
   always; "amx" and "avx512bf16" for bfloat16 with output channels in multiples of 32 and input
   channels too, or few enough for im2col rows of at most IM2COL_COLUMNS, where their units are
-  usable."""
+  usable; WINOGRAD_NAME for bfloat16 3x3 kernels with both channel counts in multiples of 32, where
+  the vector units are."""
+  if name == WINOGRAD_NAME:
+    return (jnp.dtype(dtype) == jnp.bfloat16 and tuple(kernel_shape[:2]) == (3, 3)
+            and kernel_shape[2] % 32 == 0 and kernel_shape[3] % 32 == 0 and available(VECTOR_NAME))
   if name not in NAMES:
     return True
   return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[3] % 32 == 0
@@ -175,6 +185,24 @@ def vector_rule(kernel_shape, dtype) -> bool:
   bf16 forms the 3x3 layers where its fewer products won (forward at 8-56 px, weight gradient at
   8-32 px)."""
   return machine.isa_level() == "avx512_bf16" and covers(VECTOR_NAME, kernel_shape, dtype)
+
+
+# The fewest 2x2 output tiles per call for which the fixed rules take WINOGRAD_NAME (`winograd_rule`).
+WINOGRAD_TILES = 256
+
+
+def winograd_rule(x_shape, kernel_shape, dtype) -> bool:
+  """Whether the fixed rules take the native Winograd (WINOGRAD_NAME) for a layer: on the CPUs
+  `vector_rule` is for, 3x3 layers it covers with at least WINOGRAD_TILES output tiles (batch x
+  the map's 2x2 tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
+  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md): 1.2-1.9x the vector
+  units' direct sums and 1.1-2.6x XLA's F(2x2) at batch 8 from 28 / 32 px up (the forward pass
+  and input gradient), level with XLA's F(2x2) from 196 to 512 tiles, behind it below (1-2 images
+  at 8-16 px, 512 channels), where a call's fixed costs (the kernel's transform, every unit
+  reading all of it) outweigh its few tiles."""
+  tiles = x_shape[0] * -(-x_shape[1] // 2) * -(-x_shape[2] // 2)
+  return (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)
+          and tiles >= WINOGRAD_TILES)
 
 
 def _up32(n: int) -> int:
@@ -196,14 +224,16 @@ def _geometry(x_shape, kernel_shape, padding) -> tuple[dict, int, tuple[int, int
   return attrs, n * hp * wp, (hp - kh + 1, wp - kw + 1)
 
 
-def _panel(rows: int, most: int) -> np.int64:
-  """Rows per work unit: at most `most` (what fits the cache), in a count of units that is a
-  multiple of the cores (an odd count left one core idle for the last unit: 3 units on 2 cores
-  run at 2/3 speed), and never fewer units than cores while each can hold 32 rows."""
+def _panel(rows: int, most: int, step: int = 32) -> np.int64:
+  """Rows per work unit, a multiple of `step` (the tiles' 32 rows; Winograd's 8 tiles): at most
+  `most` (what fits the cache), in a count of units that is a multiple of the cores (an odd count
+  left one core idle for the last unit: 3 units on 2 cores run at 2/3 speed), and never fewer
+  units than cores while each can hold `step` rows."""
   cores = os.cpu_count() or 1
-  units = -(-rows // max(32, most))
-  units = min(-(-units // cores) * cores, -(-rows // 32))
-  return np.int64(_up32(-(-rows // units)))
+  units = -(-rows // max(step, most))
+  units = min(-(-units // cores) * cores, -(-rows // step))
+  per_unit = -(-rows // units)
+  return np.int64(-(-per_unit // step) * step)
 
 
 def flips(kernel_shape) -> bool:
@@ -263,6 +293,31 @@ def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, ma
   bias = jnp.zeros((kernel_shape[3],), jnp.float32) if bias is None else bias.astype(jnp.float32)
   return call(x, w.astype(x.dtype), bias, keep, panel=panel, flip=np.int64(flip),
               relu=np.int64(relu), masked=masked, **attrs)
+
+
+def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, mask=None):
+  """`forward`'s convolution (3x3 kernels, on the vector units) as Winograd F(2x2, 3x3): 2.25x
+  fewer products, the same values in them as `winograd.forward(m=2)`'s bfloat16 ones (G w G^T and
+  each input tile's B^T d B in float32, rounded to bfloat16, both in the native code), float32
+  sums, then the output transform, bias and ReLU on them before the one rounding to bfloat16.
+  `flip`, `bias`, `relu` and `mask` as `forward`'s."""
+  kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
+  if not covers(WINOGRAD_NAME, kernel_shape, x.dtype):
+    raise ValueError(f"the {WINOGRAD_NAME} convolution does not cover kernel {tuple(kernel_shape)} "
+                     f"in {jnp.dtype(x.dtype).name} here (bfloat16, 3x3, channels in multiples of "
+                     f"32, and {unavailable_reason(VECTOR_NAME) or 'the vector units available'})")
+  keep, masked = _mask_of(mask, x)
+  (top, bottom), (left, right) = padding
+  ho, wo = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
+  o = kernel_shape[3]
+  tiles = x.shape[0] * -(-ho // 2) * -(-wo // 2)
+  panel = _panel(tiles, WINOGRAD_PANEL_BYTES // (16 * 2 * x.shape[3]), step=8)
+  call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "forward"][0],
+                          jax.ShapeDtypeStruct((x.shape[0], ho, wo, o), x.dtype),
+                          vmap_method="sequential")
+  bias = jnp.zeros((o,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+  return call(x, w.astype(x.dtype), bias, keep, panel=panel, top=np.int64(top), left=np.int64(left),
+              flip=np.int64(flip), relu=np.int64(relu), masked=masked)
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None,

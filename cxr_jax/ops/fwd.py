@@ -10,7 +10,8 @@ slices of the product are summed. It costs a KW-fold copy of the input and a KH-
 buffer, which pays off where channels are wide (and mostly in bfloat16).
 
 "wino2" / "wino4": Winograd F(2x2, 3x3) / F(4x4, 3x3), see `winograd` (3x3 kernels; float32
-transforms, bf16 products for F(2x2) on bfloat16 data).
+transforms, bf16 products for F(2x2) on bfloat16 data). "wino2_avx512bf16": the same F(2x2) with
+its transforms in native code and its products on AVX512-BF16's vector units (`amx.winograd_forward`).
 
 Every function takes x [N, H, W, C], w [KH, KW, C, O] and (low, high) padding per spatial dim
 and returns the [N, H', W', O] output in x.dtype, accumulating in float32.
@@ -55,6 +56,8 @@ FORMULATIONS: dict[str, Callable] = {
     **winograd.formulations(winograd.forward),
     # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
     **{units: functools.partial(amx.forward, units=units) for units in amx.NAMES},
+    # Winograd F(2x2) with its transforms in the native code, on AVX512-BF16's vector units
+    amx.WINOGRAD_NAME: amx.winograd_forward,
 }
 
 
@@ -64,6 +67,8 @@ def with_epilogue(name: str, x, w, padding: Padding, bias=None, relu: bool = Fal
   flax's Conv and nn.relu would."""
   if name in amx.NAMES:
     return amx.forward(x, w, padding, bias=bias, relu=relu, units=name)
+  if name == amx.WINOGRAD_NAME:
+    return amx.winograd_forward(x, w, padding, bias=bias, relu=relu)
   y = FORMULATIONS[name](x, w, padding)
   if bias is not None:
     y = y + bias.reshape((1, 1, 1, -1))
@@ -79,7 +84,9 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   `winograd.pays_large_bf16`); "rows" for other bfloat16 layers with wide channels where the CPU
   has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
   all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them;
-  on AVX512-BF16 without AMX, the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
+  on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3 layers with 32-channel multiples
+  and 256+ output tiles (`amx.winograd_rule`: 1.2-2.6x every other form from 28 px at batch 8),
+  then the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
   the other forms on VGG16's 64-224 px maps and first layer at batch 8; F(2x2) won some at batch 1)
   but the 3x3 ones with 128+ channels on 8-56 px maps, where F(2x2)'s bf16 products won (1.05-1.2x
   at 56 px, 1.6x at 28, 2x at 8 px, below Winograd's float32 range:
@@ -87,6 +94,8 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   hw = x_shape[1] * x_shape[2]
+  if amx.winograd_rule(x_shape, kernel_shape, dtype):
+    return amx.WINOGRAD_NAME
   if amx.vector_rule(kernel_shape, dtype):
     if winograd.pays(x_shape, kernel_shape, dtype, largest=56, smallest=8):
       return "wino2_c2" if hw >= 28 * 28 else "wino2"
@@ -122,4 +131,6 @@ def on_transposed_kernel(name: str, dy, w, padding: Padding, mask=None):
   ReLU output), dy counts only where mask > 0 (`amx.relu_masked`; the AMX kernel as it reads dy)."""
   if name in amx.NAMES and amx.flips(w.shape):
     return amx.forward(dy, w, padding, flip=True, mask=mask, units=name)
+  if name == amx.WINOGRAD_NAME:
+    return amx.winograd_forward(dy, w, padding, flip=True, mask=mask)
   return FORMULATIONS[name](amx.relu_masked(dy, mask), transposed_kernel(w), padding)

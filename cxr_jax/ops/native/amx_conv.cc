@@ -212,6 +212,13 @@ __mmask32 Positive(const uint16_t* v) {
          _mm512_cmple_epi16_mask(bits, _mm512_set1_epi16(0x7f80));
 }
 
+// The same for 16 values.
+__mmask16 Positive16(const uint16_t* v) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+  return _mm256_cmpgt_epi16_mask(bits, _mm256_setzero_si256()) &
+         _mm256_cmple_epi16_mask(bits, _mm256_set1_epi16(0x7f80));
+}
+
 // dst = src where `keep` is positive, else 0 (n a multiple of 32): the ReLU's gradient,
 // jnp.where(y > 0, dy, 0), applied as the kernel reads dy (left to XLA it was a pass of its own
 // over every layer's dy, 5 % of a bf16 training step).
@@ -715,6 +722,205 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
   return ffi::Error::Success();
 }
 
+// The Winograd F(2x2, 3x3) kernel u = G W G^T at each of the 16 tile positions, rounded to
+// bfloat16, in `Pack`'s layout [16, O/16, C/2, 16, 2], from w [3, 3, C, O] (with `flip`, the
+// forward kernel [3, 3, O, C] of which this is the input gradient's: W(i, j, c, o) =
+// w[2 - i, 2 - j, o, c], each unit transposing its own 32 channels' slab with `Transpose32`).
+// float32 sums in the order cxr_jax.ops.winograd.kernel_tiles takes them (over the kernel's rows,
+// then its columns; G's 1/2 exact), so u holds the values XLA's F(2x2) form multiplies by. Units:
+// 32 channels each. Left to XLA, this transform (16 float32 fusions, a concatenation and the
+// layout's transpose) cost ~15 ms a call at 512 x 512 channels, more than a 14 px layer's products.
+const uint16_t* WinogradKernel(ffi::ThreadPool& pool, const Permutes& pm, const uint16_t* w,
+                               int64_t c, int64_t o, bool flip) {
+  uint16_t* packed = Scratch<uint16_t>(3, 16 * c * o);
+  Parallel(pool, c / 32, [&](int64_t cb) {
+    // slab(t, r) points at W's row (tap t, channel 32 cb + r), o values.
+    const uint16_t* slab = w + cb * 32 * o;
+    int64_t tap_stride = c * o;
+    if (flip) {
+      uint16_t* t_rows = Scratch<uint16_t>(2, 9 * 32 * o);
+      const uint16_t* src[32];
+      for (int64_t t = 0; t < 9; ++t)
+        for (int64_t o0 = 0; o0 < o; o0 += 32) {
+          for (int i = 0; i < 32; ++i) src[i] = w + ((8 - t) * o + o0 + i) * c + cb * 32;
+          Transpose32(pm, src, t_rows + t * 32 * o + o0, o);
+        }
+      slab = t_rows;
+      tap_stride = 32 * o;
+    }
+    for (int64_t r = 0; r < 16; ++r)  // pair rows 16 cb + r: channels 32 cb + 2 r, + 1
+      for (int64_t j16 = 0; j16 < o / 16; ++j16) {
+        __m512i half[2][16];  // [i][k]: channel 2 r + i's 16 values at position k, as bf16
+        for (int i = 0; i < 2; ++i) {
+          __m512 g[3][3];
+          for (int ky = 0; ky < 3; ++ky)
+            for (int kx = 0; kx < 3; ++kx)
+              g[ky][kx] = Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                  slab + (ky * 3 + kx) * tap_stride + (2 * r + i) * o + 16 * j16)));
+          const __m512 h = _mm512_set1_ps(0.5f);
+          __m512 rows[4][3];  // G over the kernel's rows
+          for (int kx = 0; kx < 3; ++kx) {
+            const __m512 a = _mm512_mul_ps(g[0][kx], h), b = _mm512_mul_ps(g[1][kx], h),
+                         d = _mm512_mul_ps(g[2][kx], h);
+            rows[0][kx] = g[0][kx];
+            rows[1][kx] = _mm512_add_ps(_mm512_add_ps(a, b), d);
+            rows[2][kx] = _mm512_add_ps(_mm512_sub_ps(a, b), d);
+            rows[3][kx] = g[2][kx];
+          }
+          for (int a4 = 0; a4 < 4; ++a4) {
+            const __m512 a = _mm512_mul_ps(rows[a4][0], h), b = _mm512_mul_ps(rows[a4][1], h),
+                         d = _mm512_mul_ps(rows[a4][2], h);
+            const __m512 cols[4] = {rows[a4][0], _mm512_add_ps(_mm512_add_ps(a, b), d),
+                                    _mm512_add_ps(_mm512_sub_ps(a, b), d), rows[a4][2]};
+            for (int b4 = 0; b4 < 4; ++b4)
+              half[i][4 * a4 + b4] = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(cols[b4]));
+          }
+        }
+        for (int k = 0; k < 16; ++k)
+          _mm512_storeu_si512(
+              reinterpret_cast<void*>(packed + ((k * (o / 16) + j16) * (c / 2) + 16 * cb + r) * 32),
+              _mm512_permutex2var_epi16(half[0][k], pm.pair0, half[1][k]));
+      }
+  }, false);
+  return packed;
+}
+
+// Winograd F(2x2, 3x3) forward on AVX512-BF16's vector units: y [N, Ho, Wo, O] from x [N, H, W, C]
+// and the kernel w [3, 3, C, O] (with `flip`, the forward kernel whose input gradient this is,
+// `WinogradKernel`), plus the float32 bias, then with `relu`
+// max(0, .), rounded once to bfloat16; with `masked`, x counts only where `keep` is positive (the
+// input gradient's dy, as `Forward` masks it). The 4 x 4 input tiles at stride 2 (the first at
+// (-top, -left)) are transformed (B^T d B, float32, rounded to bfloat16: the same values as
+// cxr_jax.ops.winograd's XLA form computes) into a unit's own buffer, V [16, tiles, C]; the 16
+// products V_k @ u_k run as `Forward`'s do (8 tiles x 32 outputs in registers) and the output
+// transform (A^T m A), bias, ReLU and rounding follow per 32 outputs. Left to XLA (`wino2`), the
+// transforms ran in separate float32 fusions with converts around the products: ~30 % of a bf16
+// VGG16 step (benchmarks/results/bf16_step_profile_epyc_avx512bf16_vector.md). Units: panels of
+// `panel` tiles (a multiple of 8), V staying in L2 while every output block passes over it.
+ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer ub,
+                           ffi::Buffer<ffi::F32> bias, ffi::AnyBuffer keepb, int64_t panel,
+                           int64_t top, int64_t left, int64_t flip, int64_t relu, int64_t masked,
+                           ffi::Result<ffi::AnyBuffer> y) {
+  const auto xd = xb.dimensions();
+  const auto yd = y->dimensions();
+  const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3];
+  const int64_t ho = yd[1], wo = yd[2], o = yd[3];
+  if (yd[0] != n || c % 32 || o % 32 || ub.element_count() != 9 * c * o ||
+      bias.element_count() != o || panel <= 0 || panel % 8 || top < 0 || left < 0 || ho <= 0 ||
+      wo <= 0 || (masked && keepb.element_count() != xb.element_count()))
+    return ffi::Error::InvalidArgument(
+        "bf16_winograd_forward: C and O must be multiples of 32, w 3 x 3 x C x O, the bias O, the "
+        "panel a positive multiple of 8 tiles, the mask x's shape");
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
+  const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
+  const float* b_o = bias.typed_data();
+  uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
+  const int64_t th = (ho + 1) / 2, tw = (wo + 1) / 2, tiles = n * th * tw;
+  const Permutes pm;
+  const uint16_t* u = WinogradKernel(pool, pm, reinterpret_cast<const uint16_t*>(ub.untyped_data()),
+                                     c, o, flip);
+  const int64_t cc = c / 32, tile_w = 16 * 32, units = (tiles + panel - 1) / panel;
+  Parallel(pool, units, [&](int64_t p) {
+    const int64_t q0 = p * panel, nq = std::min(panel, tiles - q0), rows = (nq + 7) / 8 * 8;
+    uint16_t* v = Scratch<uint16_t>(0, 16 * rows * c);  // V[k][tile][c]
+    float* m = Scratch<float>(1, 16 * rows * 32);       // the products of one output block
+    for (int64_t q = 0; q < rows; ++q) {
+      if (q >= nq) {  // a last strip's missing tiles: zeros, never stored
+        for (int k = 0; k < 16; ++k) std::memset(v + (k * rows + q) * c, 0, 2 * c);
+        continue;
+      }
+      const int64_t t = q0 + q, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+      int64_t at[4][4];  // each tap's offset into x, or -1 where it is padding
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+          const int64_t yy = 2 * ty + i - top, xx = 2 * tx + j - left;
+          at[i][j] = yy < 0 || yy >= h || xx < 0 || xx >= w ? -1 : ((img * h + yy) * w + xx) * c;
+        }
+      for (int64_t c0 = 0; c0 < c; c0 += 32) {
+        for (int half = 0; half < 2; ++half) {
+          __m512 d[4][4];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) {
+              if (at[i][j] < 0) {
+                d[i][j] = _mm512_setzero_ps();
+                continue;
+              }
+              const uint16_t* src = x + at[i][j] + c0 + 16 * half;
+              __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+              if (keep) bits = _mm256_maskz_mov_epi16(Positive16(keep + at[i][j] + c0 + 16 * half), bits);
+              d[i][j] = Widen(bits);
+            }
+          // B^T d B, rows then columns, each sum as winograd.MATRICES[2]'s B^T rows give it.
+          __m512 r[4][4];
+          for (int j = 0; j < 4; ++j) {
+            r[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+            r[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+            r[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+            r[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+          }
+          for (int a = 0; a < 4; ++a) {
+            const __m512 vk[4] = {_mm512_sub_ps(r[a][0], r[a][2]), _mm512_add_ps(r[a][1], r[a][2]),
+                                  _mm512_sub_ps(r[a][2], r[a][1]), _mm512_sub_ps(r[a][1], r[a][3])};
+            for (int b = 0; b < 4; ++b)
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + ((4 * a + b) * rows + q) * c + c0 + 16 * half),
+                                  (__m256i)_mm512_cvtneps_pbh(vk[b]));
+          }
+        }
+      }
+    }
+    for (int64_t ob = 0; ob < o / 32; ++ob) {
+      for (int k = 0; k < 16; ++k) {
+        // u_k's 32 columns of this block (C x 32, 2C pair rows) stay in L1 over every strip.
+        const uint16_t* b = u + ((k * (o / 16) + 2 * ob) * cc) * tile_w;
+        for (int64_t i0 = 0; i0 < rows; i0 += 8) {
+          __m512 acc[8][2];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+          const uint16_t* a = v + (k * rows + i0) * c;
+          for (int64_t kb = 0; kb < cc; ++kb)
+            Strip(acc, a + kb * 32, c, b + kb * tile_w, b + (cc + kb) * tile_w, 32, 16);
+          float* mk = m + (k * rows + i0) * 32;
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) {
+            _mm512_store_ps(mk + i * 32, acc[i][0]);
+            _mm512_store_ps(mk + i * 32 + 16, acc[i][1]);
+          }
+        }
+      }
+      // A^T m A over the tile's rows, then its columns (winograd.MATRICES[2]'s A^T), + bias, ReLU.
+      for (int64_t q = 0; q < nq; ++q) {
+        const int64_t t = q0 + q, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+        for (int half = 0; half < 2; ++half) {
+          __m512 mm[16];
+          for (int k = 0; k < 16; ++k) mm[k] = _mm512_load_ps(m + (k * rows + q) * 32 + 16 * half);
+          __m512 s[2][4];
+          for (int j = 0; j < 4; ++j) {
+            s[0][j] = _mm512_add_ps(_mm512_add_ps(mm[j], mm[4 + j]), mm[8 + j]);
+            s[1][j] = _mm512_sub_ps(_mm512_sub_ps(mm[4 + j], mm[8 + j]), mm[12 + j]);
+          }
+          const __m512 bo = _mm512_loadu_ps(b_o + ob * 32 + 16 * half);
+          for (int pi = 0; pi < 2; ++pi) {
+            const int64_t oy = 2 * ty + pi;
+            if (oy >= ho) continue;
+            const __m512 yv[2] = {_mm512_add_ps(_mm512_add_ps(s[pi][0], s[pi][1]), s[pi][2]),
+                                  _mm512_sub_ps(_mm512_sub_ps(s[pi][1], s[pi][2]), s[pi][3])};
+            for (int pj = 0; pj < 2; ++pj) {
+              const int64_t ox = 2 * tx + pj;
+              if (ox >= wo) continue;
+              __m512 val = _mm512_add_ps(yv[pj], bo);
+              if (relu) val = _mm512_max_ps(_mm512_setzero_ps(), val);  // NaN stays NaN
+              _mm256_storeu_si256(
+                  reinterpret_cast<__m256i*>(out + ((img * ho + oy) * wo + ox) * o + ob * 32 + 16 * half),
+                  (__m256i)_mm512_cvtneps_pbh(val));
+            }
+          }
+        }
+      }
+    }
+  }, false);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // 1 where this process may use the AMX tile registers (asks Linux for them), else 0.
@@ -751,7 +957,23 @@ extern "C" int cxr_amx_enable() {
       .Ret<ffi::AnyBuffer>()                                                       \
       .Ret<ffi::AnyBuffer>()
 
+#define CXR_WINOGRAD_BINDING                    \
+  ffi::Ffi::Bind()                              \
+      .Ctx<ffi::ThreadPool>()                   \
+      .Arg<ffi::AnyBuffer>()                    \
+      .Arg<ffi::AnyBuffer>()                    \
+      .Arg<ffi::Buffer<ffi::F32>>()             \
+      .Arg<ffi::AnyBuffer>()                    \
+      .Attr<int64_t>("panel")                   \
+      .Attr<int64_t>("top")                     \
+      .Attr<int64_t>("left")                    \
+      .Attr<int64_t>("flip")                    \
+      .Attr<int64_t>("relu")                    \
+      .Attr<int64_t>("masked")                  \
+      .Ret<ffi::AnyBuffer>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward<true>, CXR_FORWARD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad<true>, CXR_WEIGHT_GRAD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvForward, Forward<false>, CXR_FORWARD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvWeightGrad, WeightGrad<false>, CXR_WEIGHT_GRAD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16WinogradForward, WinogradForward, CXR_WINOGRAD_BINDING);
