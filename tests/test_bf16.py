@@ -153,7 +153,8 @@ def test_bf16_rules_take_bf16_products_where_float32_takes_winograd_f4(monkeypat
 def test_vector_rules_take_native_winograd_then_the_vector_units(monkeypatch):
   """On a CPU with avx512_bf16 and no AMX, where the native library is built, the rules take the
   native F(2x2) (`amx.winograd_rule`) for the forward pass and input gradient of every bfloat16
-  3x3 layer it covers with 256+ output tiles; the vector units' direct sums (`amx.vector_rule`)
+  3x3 layer it covers with 256+ output tiles, and for the weight gradient of those with 128+
+  input channels on maps up to 64 px and 128+ tiles; the vector units' direct sums (`amx.vector_rule`)
   for the other layers they cover, except the 3x3 ones where XLA's Winograd bf16 forms measured
   faster (forward 8-56 px below 256 tiles, weight gradient 8-32 px; VGG16 at 224 and 128 px,
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16*.md). float32, a layer they do
@@ -169,15 +170,15 @@ def test_vector_rules_take_native_winograd_then_the_vector_units(monkeypatch):
   layers = {  # (x, kernel): (forward, weight gradient)
       ((8, 224, 224, 3), (3, 3, 3, 64)): (v, v),  # 3 channels: not the native Winograd's
       ((8, 224, 224, 64), (3, 3, 64, 64)): (native, v),
-      ((1, 112, 112, 128), (3, 3, 128, 128)): (native, v),
-      ((8, 56, 56, 256), (3, 3, 256, 256)): (native, v),
-      ((8, 32, 32, 256), (3, 3, 256, 256)): (native, "wino4"),
-      ((8, 28, 28, 512), (3, 3, 512, 512)): (native, "wino4"),
-      ((8, 16, 16, 512), (3, 3, 512, 512)): (native, "wino4"),  # 512 tiles
-      ((8, 14, 14, 512), (3, 3, 512, 512)): (native, "wino2"),  # 392
-      ((1, 28, 28, 512), (3, 3, 512, 512)): ("wino2_c2", "wino4"),  # 196
-      ((1, 14, 14, 512), (3, 3, 512, 512)): ("wino2", "wino2"),
-      ((8, 8, 8, 512), (3, 3, 512, 512)): ("wino2", "wino2"),  # 128; below float32's Winograd range
+      ((1, 112, 112, 128), (3, 3, 128, 128)): (native, v),  # a map over 64 px: the vector units'
+      ((8, 64, 64, 128), (3, 3, 128, 128)): (native, native),
+      ((8, 56, 56, 256), (3, 3, 256, 256)): (native, native),
+      ((8, 28, 28, 512), (3, 3, 512, 512)): (native, native),
+      ((8, 14, 14, 512), (3, 3, 512, 512)): (native, native),  # 392 tiles
+      ((1, 28, 28, 512), (3, 3, 512, 512)): ("wino2_c2", native),  # 196
+      ((8, 8, 8, 512), (3, 3, 512, 512)): ("wino2", native),  # 128
+      ((1, 14, 14, 512), (3, 3, 512, 512)): ("wino2", "wino2"),  # 49
+      ((4, 8, 8, 512), (3, 3, 512, 512)): ("wino2", "wino2"),  # 64; below float32's Winograd range
       ((8, 4, 4, 512), (3, 3, 512, 512)): (v, v),
       ((8, 28, 28, 64), (3, 3, 64, 128)): (native, v),  # too few channels for XLA's Winograd
       ((8, 28, 28, 64), (3, 3, 64, 48)): ("xla", "im2col_t"),  # 48 outputs: neither native form
@@ -468,9 +469,10 @@ WINOGRAD_CASES = [  # (x shape, kernel shape, padding): odd maps (partial 2x2 ti
 @pytest.mark.parametrize("small_units", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,pads", WINOGRAD_CASES)
 def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_units, monkeypatch):
-  """The native F(2x2) (`amx.winograd_forward`: transforms in the kernel, products on the vector
-  units) on bfloat16-exact data, forward and input gradient (through fwd.on_transposed_kernel, as
-  conv.py calls it), with bias and ReLU in its epilogue: within the bound XLA's F(2x2) bf16 form is
+  """The native F(2x2) (`amx.winograd_forward` / `winograd_weight_and_bias_grad`: transforms in
+  the kernel, products on the vector units) on bfloat16-exact data, forward, input gradient
+  (through fwd.on_transposed_kernel, as conv.py calls it) and weight gradient, with bias and ReLU
+  in its epilogue and the bias gradient beside dw: within the bound XLA's F(2x2) bf16 form is
   held to (`test_winograd_on_bfloat16_within_its_derived_bound`: the same rounded operands, any
   order of float32 sums), plus one float32 addition of |b|. small_units: units of 8 tiles, so
   they cross images and a last strip of 8 is partly empty."""
@@ -483,30 +485,42 @@ def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_
   x, w, b = _random(x_shape, 51, relu=True), _random(k_shape, 52) * 0.125, _random(k_shape[3:], 53)
   y, vjp = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, pads), x, w)
   dy = _random(y.shape, 54)
-  dx_ref, _ = vjp(dy)
+  dx_ref, dw_ref = vjp(dy)
   bf = lambda a: a.astype(jnp.bfloat16)
   tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, pads)
   got = {"y": fwd.FORMULATIONS[name](bf(x), bf(w), pads),
          "yb": fwd.with_epilogue(name, bf(x), bf(w), pads, bias=b, relu=True),
          "dx": fwd.on_transposed_kernel(name, bf(dy), bf(w), tpads)}
   assert all(v.dtype == jnp.bfloat16 for v in got.values())
+  got["dw"], got["db"] = wgrad.weight_and_bias_grad(name, bf(x), bf(dy), k_shape, pads, jnp.float32,
+                                                    jnp.float32)
+  np.testing.assert_array_equal(wgrad.FORMULATIONS[name](bf(x), bf(dy), k_shape, pads, jnp.float32),
+                                got["dw"])
   _abs_winograd(monkeypatch, 2)
   e_y = fwd.FORMULATIONS["wino2"](abs(x), abs(w), pads)
-  checks = {"y": (y, e_y, k_shape[2]),
-            "yb": (jnp.maximum(y + b, 0), e_y + abs(b), k_shape[2] + 1),
-            "dx": (dx_ref, fwd.FORMULATIONS["wino2"](abs(dy), abs(tw), tpads), k_shape[3])}
-  for key, (ref, e, k) in checks.items():
+  tiles = x_shape[0] * -(-y.shape[1] // 2) * -(-y.shape[2] // 2)
+  rows = int(np.prod(dy.shape[:3]))
+  checks = {  # name: (reference, E, K, output rounding)
+      "y": (y, e_y, k_shape[2], U_BF16),
+      "yb": (jnp.maximum(y + b, 0), e_y + abs(b), k_shape[2] + 1, U_BF16),
+      "dx": (dx_ref, fwd.FORMULATIONS["wino2"](abs(dy), abs(tw), tpads), k_shape[3], U_BF16),
+      "dw": (dw_ref, wgrad.FORMULATIONS["wino2"](abs(x), abs(dy), k_shape, pads, jnp.float32), tiles,
+             U_F32)}
+  for key, (ref, e, k, u_out) in checks.items():
     assert got[key].shape == ref.shape, key
     err = jnp.abs(got[key].astype(jnp.float32) - ref)
-    bound = U_BF16 * jnp.abs(ref) + (2 * U_BF16 + (k + 32) * U_F32) * e
+    bound = u_out * jnp.abs(ref) + (2 * U_BF16 + (k + 32) * U_F32) * e
     assert float(jnp.max(err - bound)) <= 0, (key, float(jnp.max(err / (bound + 1e-30))))
+  # db: a float32 sum of dy's (bfloat16-exact) values, no products
+  err = jnp.abs(got["db"] - dy.sum((0, 1, 2)))
+  assert float(jnp.max(err - rows * U_F32 * abs(dy).sum((0, 1, 2)))) <= 0
   assert bool(jnp.any(got["y"] < 0)) and not bool(jnp.any(got["yb"] < 0))
 
 
 @pytest.mark.parametrize("small_units", [False, True])
 def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch):
-  """The input gradient with the ReLU's mask read in the kernel is bit for bit the one on
-  jnp.where(y > 0, dy, 0) (mask with +-0, +-inf and NaN); a NaN in the input stays NaN through the
+  """The input, weight and bias gradients with the ReLU's mask read in the kernel are bit for bit
+  those on jnp.where(y > 0, dy, 0) (mask with +-0, +-inf and NaN); a NaN in the input stays NaN through the
   fused ReLU at every output its 3x3 window reaches (never a silent 0); and a shape it does not
   cover is refused, not misread."""
   from cxr_jax.ops import amx
@@ -525,7 +539,26 @@ def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch
   np.testing.assert_array_equal(
       fwd.on_transposed_kernel(amx.WINOGRAD_NAME, dy, w, pads, mask=y),
       fwd.on_transposed_kernel(amx.WINOGRAD_NAME, amx.relu_masked(dy, y), w, pads))
-  x = bf(_random(x_shape, 61, relu=True)).at[1, 4, 3, 0].set(jnp.nan)
+  x = bf(_random(x_shape, 61, relu=True))
+  jax.tree.map(np.testing.assert_array_equal,
+               amx.winograd_weight_and_bias_grad(x, dy, k_shape, pads, jnp.float32, jnp.float32, mask=y),
+               amx.winograd_weight_and_bias_grad(x, amx.relu_masked(dy, y), k_shape, pads, jnp.float32,
+                                                 jnp.float32))
+  # conv2d's backward with the fused ReLU on the native Winograd: each gradient as called by hand
+  # on the masked dy (its y is the layer's nonnegative output).
+  from cxr_jax.ops import conv
+
+  b = bf(_random((32,), 66))
+  name = amx.WINOGRAD_NAME
+  y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, name, name, b_, relu=True), x, w, b)
+  dx, dw, db = vjp(dy)
+  keep = amx.relu_masked(dy, y_out)
+  assert 0.2 < float(jnp.mean(keep == 0)) < 0.9
+  np.testing.assert_array_equal(dx, fwd.on_transposed_kernel(name, keep, w, pads))
+  want_dw, want_db = amx.winograd_weight_and_bias_grad(x, keep, k_shape, pads, w.dtype, b.dtype)
+  np.testing.assert_array_equal(dw, want_dw)
+  np.testing.assert_array_equal(db, want_db)
+  x = x.at[1, 4, 3, 0].set(jnp.nan)
   reached = jnp.isnan(fwd.xla(x.astype(jnp.float32), w.astype(jnp.float32), pads))
   got = jnp.isnan(amx.winograd_forward(x, w, pads, bias=jnp.zeros(32), relu=True))
   assert bool(reached.any()) and not bool(jnp.any(reached & ~got))
@@ -535,6 +568,8 @@ def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch
                        (w.astype(jnp.float32), x.astype(jnp.float32))):
     with pytest.raises(ValueError, match="does not cover"):
       amx.winograd_forward(bad_x, bad_w, pads)
+    with pytest.raises(ValueError, match="does not cover"):
+      amx.winograd_weight_and_bias_grad(bad_x, dy, bad_w.shape, pads, jnp.float32, jnp.float32)
 
 
 def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):
@@ -564,7 +599,7 @@ def test_bias_gradient_comes_with_the_weight_gradient_for_every_formulation(monk
   x, w, b = _random((2, 9, 10, 32), 21, relu=True), _random((3, 3, 32, 64), 22), _random((64,), 23)
   dy = _random((2, 9, 10, 64), 24)
   bf = lambda a: a.astype(jnp.bfloat16)
-  names = ["xla", "im2col_t"] + [units for units in amx.NAMES if amx.available(units)]
+  names = ["xla", "im2col_t"] + [n for n in amx.NATIVE if amx.covers(n, w.shape, jnp.bfloat16)]
   for name in names:
     y, vjp = jax.vjp(lambda x_, w_, b_, name=name: conv.conv2d(x_, w_, PADS, name, "xla", bias=b_),
                      bf(x), bf(w), bf(b))
@@ -578,9 +613,10 @@ def test_bias_gradient_comes_with_the_weight_gradient_for_every_formulation(monk
 
 
 def test_amx_formulation_only_where_it_covers(monkeypatch):
-  """bfloat16 with 32-channel multiples (or few enough for im2col rows) only, on either units;
-  float32 data or wide non-multiples keep the other formulations; a direct call outside that is
-  refused (the native code would misread it); and CXR_JAX_AMX=0 turns both off with the reason."""
+  """bfloat16 with 32-channel multiples (or few enough for im2col rows) only, on either units (the
+  native Winograd: 3x3, both counts multiples of 32); float32 data or wide non-multiples keep the
+  other formulations; a direct call outside that is refused (the native code would misread it);
+  and CXR_JAX_AMX=0 turns every native one off with the reason."""
   from cxr_jax.ops import amx, tuning
 
   monkeypatch.setattr(amx, "_load", lambda: None)  # as where the tiles are usable
@@ -593,6 +629,13 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
                            ((3, 3, 64, 48), jnp.bfloat16)):
       assert units not in tuning.applicable("fwd", k_shape, dtype)
       assert units not in tuning.applicable("wgrad", k_shape, dtype)
+  # The native Winograd: 3x3 bfloat16 kernels with both channel counts in multiples of 32.
+  for op in ("fwd", "wgrad"):
+    assert amx.WINOGRAD_NAME in tuning.applicable(op, (3, 3, 64, 32), jnp.bfloat16)
+    for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 3, 64), jnp.bfloat16),
+                           ((3, 3, 64, 48), jnp.bfloat16), ((1, 1, 64, 32), jnp.bfloat16),
+                           ((3, 1, 64, 32), jnp.bfloat16)):
+      assert amx.WINOGRAD_NAME not in tuning.applicable(op, k_shape, dtype), (op, k_shape)
   with pytest.raises(ValueError, match="does not cover"):
     amx.forward(jnp.zeros((1, 4, 4, 64)), jnp.zeros((3, 3, 64, 32)), PADS)
   # The input gradient of a 3-channel layer (its kernel 3x3x32x3 flipped): im2col rows, which the
@@ -608,7 +651,9 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
   try:
     for units in amx.NAMES:
       assert amx.unavailable_reason(units) == "CXR_JAX_AMX=0"
-      assert units not in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
+    for name in amx.NATIVE:
+      assert name not in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)
+      assert name not in tuning.applicable("wgrad", (3, 3, 64, 32), jnp.bfloat16)
   finally:
     monkeypatch.delenv("CXR_JAX_AMX")
     amx._library.cache_clear()

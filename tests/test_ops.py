@@ -215,8 +215,8 @@ def test_choice_is_measured_once_and_cached():
   table = json.loads(tuning.cache_path().read_text())
   (entry,) = table.values()
   assert entry["choice"] in wgrad.FORMULATIONS
-  # Every formulation but the bfloat16-only AMX kernel's (float32 data here).
-  assert set(entry["seconds"]) == set(wgrad.FORMULATIONS) - set(amx.NAMES)
+  # Every formulation but the native library's bfloat16-only ones (float32 data here).
+  assert set(entry["seconds"]) == set(wgrad.FORMULATIONS) - set(amx.NATIVE)
   assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
   # A hand-edited choice is honoured by a fresh process (memo cleared): nothing is re-measured.
   key = next(iter(table))
@@ -240,7 +240,7 @@ def test_entry_measured_before_a_new_formulation_is_measured_again():
   tuning.cache_path().write_text(json.dumps({k: old, other: kept}))
   tuning.choose(x.shape, w.shape, pads, jnp.float32)
   table = json.loads(tuning.cache_path().read_text())
-  assert set(table[k]["seconds"]) == set(wgrad.FORMULATIONS) - set(amx.NAMES)
+  assert set(table[k]["seconds"]) == set(wgrad.FORMULATIONS) - set(amx.NATIVE)
   assert tuning.choose((2, 5, 5, 3), w.shape, pads, jnp.float32) == "shift_t"
 
 

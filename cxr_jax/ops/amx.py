@@ -58,14 +58,18 @@ FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-m
 NAME = "amx"  # the formulation's name in fwd.FORMULATIONS and wgrad.FORMULATIONS
 VECTOR_NAME = "avx512bf16"  # the same kernel on AVX512-BF16's vector units (module doc)
 NAMES = (NAME, VECTOR_NAME)
-# Winograd F(2x2, 3x3) on the vector units, its transforms in the kernel (`winograd_forward`).
+# Winograd F(2x2, 3x3) on the vector units, its transforms in the kernel (`winograd_forward`,
+# `winograd_weight_and_bias_grad`).
 WINOGRAD_NAME = "wino2_avx512bf16"
+NATIVE = (*NAMES, WINOGRAD_NAME)  # every formulation of the native library (bfloat16 only)
 # (formulation, call) -> (XLA target name, the library's handler symbol)
 TARGETS = {(NAME, "forward"): ("cxr_amx_conv_forward", "CxrAmxConvForward"),
            (NAME, "weight_grad"): ("cxr_amx_conv_weight_grad", "CxrAmxConvWeightGrad"),
            (VECTOR_NAME, "forward"): ("cxr_bf16_conv_forward", "CxrBf16ConvForward"),
            (VECTOR_NAME, "weight_grad"): ("cxr_bf16_conv_weight_grad", "CxrBf16ConvWeightGrad"),
-           (WINOGRAD_NAME, "forward"): ("cxr_bf16_winograd_forward", "CxrBf16WinogradForward")}
+           (WINOGRAD_NAME, "forward"): ("cxr_bf16_winograd_forward", "CxrBf16WinogradForward"),
+           (WINOGRAD_NAME, "weight_grad"): ("cxr_bf16_winograd_weight_grad",
+                                            "CxrBf16WinogradWeightGrad")}
 # Operand bytes of a panel, the rows a worker takes at a time: forward, the panel's input rows
 # (each 32-wide slice of the kernel passes over them in L2, so a larger panel reads the kernel
 # fewer times: VGG16's 512-channel kernels are 2.4-4.7 MB); weight gradient, both operands.
@@ -187,22 +191,33 @@ def vector_rule(kernel_shape, dtype) -> bool:
   return machine.isa_level() == "avx512_bf16" and covers(VECTOR_NAME, kernel_shape, dtype)
 
 
-# The fewest 2x2 output tiles per call for which the fixed rules take WINOGRAD_NAME (`winograd_rule`).
+# The fewest 2x2 output tiles per call for which the fixed rules take WINOGRAD_NAME (`winograd_rule`):
+# forward / input gradient, weight gradient.
 WINOGRAD_TILES = 256
+WINOGRAD_WGRAD_TILES = 128
 
 
-def winograd_rule(x_shape, kernel_shape, dtype) -> bool:
+def winograd_rule(x_shape, kernel_shape, dtype, weight_grad: bool = False) -> bool:
   """Whether the fixed rules take the native Winograd (WINOGRAD_NAME) for a layer: on the CPUs
-  `vector_rule` is for, 3x3 layers it covers with at least WINOGRAD_TILES output tiles (batch x
-  the map's 2x2 tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
-  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md): 1.2-1.9x the vector
-  units' direct sums and 1.1-2.6x XLA's F(2x2) at batch 8 from 28 / 32 px up (the forward pass
-  and input gradient), level with XLA's F(2x2) from 196 to 512 tiles, behind it below (1-2 images
-  at 8-16 px, 512 channels), where a call's fixed costs (the kernel's transform, every unit
-  reading all of it) outweigh its few tiles."""
+  `vector_rule` is for, 3x3 layers it covers with enough output tiles (batch x the map's 2x2
+  tiles, padding 1); for the weight gradient, only those with 128+ input channels on maps up to
+  64 px. Measured on VGG16's layers at 224 and 128 px, batch 8 (2-core AMD EPYC,
+  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md):
+  - forward and input gradient: 1.2-1.9x the vector units' direct sums and 1.1-2.6x XLA's F(2x2)
+    from 28 / 32 px up; level with XLA's F(2x2) from 196 to 512 tiles, behind it below (1-2
+    images at 8-16 px, 512 channels), where a call's fixed costs (the kernel's transform, every
+    unit reading all of it) outweigh its few tiles: WINOGRAD_TILES.
+  - weight gradient: 1.1-2x every other form on 8-64 px maps with 128+ channels (one near tie,
+    32 px 128->256); behind the vector units on 64-224 px maps with 64 channels and at 112 px
+    (1.2-1.7x slower: each of its 16 units, a tile position, reads the whole input and dy, which
+    large maps with few channels do not hold in cache): WINOGRAD_WGRAD_TILES, 128 channels, 64 px."""
   tiles = x_shape[0] * -(-x_shape[1] // 2) * -(-x_shape[2] // 2)
-  return (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)
-          and tiles >= WINOGRAD_TILES)
+  if not (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)):
+    return False
+  if weight_grad:
+    return (tiles >= WINOGRAD_WGRAD_TILES and kernel_shape[2] >= 128
+            and x_shape[1] * x_shape[2] <= 64 * 64)
+  return tiles >= WINOGRAD_TILES
 
 
 def _up32(n: int) -> int:
@@ -318,6 +333,32 @@ def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = 
   bias = jnp.zeros((o,), jnp.float32) if bias is None else bias.astype(jnp.float32)
   return call(x, w.astype(x.dtype), bias, keep, panel=panel, top=np.int64(top), left=np.int64(left),
               flip=np.int64(flip), relu=np.int64(relu), masked=masked)
+
+
+def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None):
+  """(dw, db) of `winograd_forward` (plus a bias) for output gradient dy: Winograd's adjoint with the
+  same rounded operands as `winograd.weight_grad(m=2)`'s bfloat16 products (B^T d B of the input
+  tiles, A dy A^T of dy's 2x2 blocks), float32 sums, G^T dU G in float32, cast to `dtype`; db the
+  float32 sum of dy, cast to `bias_dtype`. With `mask` (dy's shape, the layer's ReLU output), dy
+  counts only where mask > 0, applied as the kernel reads dy."""
+  if not covers(WINOGRAD_NAME, kernel_shape, x.dtype):
+    raise ValueError(f"the {WINOGRAD_NAME} convolution does not cover kernel {tuple(kernel_shape)} "
+                     f"in {jnp.dtype(x.dtype).name} here (bfloat16, 3x3, channels in multiples of "
+                     f"32, and {unavailable_reason(VECTOR_NAME) or 'the vector units available'})")
+  dy = dy.astype(x.dtype)
+  keep, masked = _mask_of(mask, dy)
+  (top, _), (left, _) = padding
+  c, o = kernel_shape[2:]
+  tiles = x.shape[0] * -(-dy.shape[1] // 2) * -(-dy.shape[2] // 2)
+  # A unit's panel: V [C, panel] and dM [panel/2, O, 2] in about WINOGRAD_PANEL_BYTES, whole
+  # 32-tile transposes, no more than the tiles.
+  panel = np.int64(max(32, min(WINOGRAD_PANEL_BYTES // (2 * (c + o)), -(-tiles // 32) * 32) // 32 * 32))
+  call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "weight_grad"][0],
+                          (jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32),
+                           jax.ShapeDtypeStruct((o,), jnp.float32)),
+                          vmap_method="sequential")
+  dw, db = call(x, dy, keep, panel=panel, top=np.int64(top), left=np.int64(left), masked=masked)
+  return dw.astype(dtype), db.astype(bias_dtype)
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None,

@@ -111,6 +111,9 @@ FORMULATIONS: dict[str, Callable] = {
     **winograd.formulations(winograd.weight_grad),
     # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
     **{units: functools.partial(amx.weight_grad, units=units) for units in amx.NAMES},
+    # Winograd F(2x2)'s adjoint in native code, products on AVX512-BF16's vector units
+    amx.WINOGRAD_NAME: lambda x, dy, kernel_shape, padding, dtype: amx.winograd_weight_and_bias_grad(
+        x, dy, kernel_shape, padding, dtype, dtype)[0],
 }
 
 
@@ -123,6 +126,10 @@ def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype
   if name in amx.NAMES:
     dw, db = amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype,
                                       bias_dtype or dtype, mask=mask, units=name)
+    return dw, None if bias_dtype is None else db
+  if name == amx.WINOGRAD_NAME:
+    dw, db = amx.winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype,
+                                               bias_dtype or dtype, mask=mask)
     return dw, None if bias_dtype is None else db
   dy = amx.relu_masked(dy, mask)
   dw = FORMULATIONS[name](x, dy, kernel_shape, padding, dtype)
@@ -141,7 +148,8 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   where the CPU has bf16 units (`winograd.pays_large_bf16`); on AMX, the transposed im2col for
   layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
   conv at 224 px, batch 8). Before all of these, bfloat16 layers the AMX tiles cover
-  (`amx.covers`) take them; on AVX512-BF16 without AMX, the vector units every layer they
+  (`amx.covers`) take them; on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3 layers
+  with 128+ input channels on maps up to 64 px (`amx.winograd_rule`), then the vector units every layer they
   cover (`amx.vector_rule`: 1.2-3.5x the best other form on VGG16's 56-224 px maps and first
   layer) but the 3x3 ones with 128+ channels on 8-32 px maps: there F(4x4) where the map is a
   whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05x the vector units at 28 px, 1.5x
@@ -150,6 +158,8 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   hw = x_shape[1] * x_shape[2]
+  if amx.winograd_rule(x_shape, kernel_shape, dtype, weight_grad=True):
+    return amx.WINOGRAD_NAME
   if amx.vector_rule(kernel_shape, dtype):
     if winograd.pays(x_shape, kernel_shape, dtype, largest=32, smallest=8):
       whole = x_shape[1] % 4 == 0 and x_shape[2] % 4 == 0

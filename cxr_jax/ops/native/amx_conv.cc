@@ -921,6 +921,183 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
   return ffi::Error::Success();
 }
 
+// The weight and bias gradients of `WinogradForward` (without flip): dw [3, 3, C, O] and db [O]
+// (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O] (with `masked`, dy only where `keep` is
+// positive), Winograd's adjoint as cxr_jax.ops.winograd.weight_grad computes it: per tile
+// position k, dU_k = V_k^T dM_k summed over the tiles (V = B^T d B of the input tiles, dM = A dy A^T
+// of the output gradient's 2 x 2 blocks, both rounded to bfloat16, the products' float32 sums),
+// then dw = G^T dU G in float32. A unit is one position k (16 of them; db a 17th): it walks every
+// tile, a panel of `panel` (a multiple of 32) at a time, transforming that position only (a
+// quarter of each tile's input, a single dy value to four: cheaper to redo per position than to
+// hold all 16 in cache), channels first ([C, panel], `Transpose32` from tile rows) and dM
+// pair-interleaved ([panel/2, O, 2]), and adds the products into dU_k, its own: the same sums in
+// the same order whichever thread ran it.
+ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
+                              ffi::AnyBuffer keepb, int64_t panel, int64_t top, int64_t left,
+                              int64_t masked, ffi::Result<ffi::AnyBuffer> dw,
+                              ffi::Result<ffi::AnyBuffer> db) {
+  const auto xd = xb.dimensions();
+  const auto dd = dyb.dimensions();
+  const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3];
+  const int64_t ho = dd[1], wo = dd[2], o = dd[3];
+  if (dd[0] != n || c % 32 || o % 32 || panel <= 0 || panel % 32 || top < 0 || left < 0 ||
+      ho <= 0 || wo <= 0 || dw->element_count() != 9 * c * o || db->element_count() != o ||
+      (masked && keepb.element_count() != dyb.element_count()))
+    return ffi::Error::InvalidArgument(
+        "bf16_winograd_weight_grad: C and O must be multiples of 32, N as x's, dw 3 x 3 x C x O, "
+        "db O, the panel a positive multiple of 32 tiles, the mask dy's shape");
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
+  const uint16_t* d = reinterpret_cast<const uint16_t*>(dyb.untyped_data());
+  const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
+  const int64_t th = (ho + 1) / 2, tw = (wo + 1) / 2, tiles = n * th * tw;
+  const int64_t panels = (tiles + panel - 1) / panel, cb = c / 32, obs = o / 32;
+  float* du = Scratch<float>(0, 16 * c * o);  // dU [16, C, O], the caller's; each unit its own k
+  float* bias = reinterpret_cast<float*>(db->untyped_data());
+  const Permutes pm;
+  // dy's 16 values at (image, y, x), channels o0.., where keep's are positive; zeros off the map.
+  const auto dy16 = [&](int64_t img, int64_t yy, int64_t xx, int64_t o0) {
+    if (yy >= ho || xx >= wo) return _mm512_setzero_ps();
+    const int64_t at = ((img * ho + yy) * wo + xx) * o + o0;
+    __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + at));
+    if (keep) bits = _mm256_maskz_mov_epi16(Positive16(keep + at), bits);
+    return Widen(bits);
+  };
+  Parallel(pool, 17, [&](int64_t k) {
+    if (k == 16) {  // db: every dy once, in row order
+      std::memset(bias, 0, sizeof(float) * o);
+      for (int64_t r = 0; r < n * ho * wo; ++r)
+        for (int64_t o0 = 0; o0 < o; o0 += 16)
+          _mm512_storeu_ps(bias + o0, _mm512_add_ps(_mm512_loadu_ps(bias + o0),
+                                                    dy16(r / (ho * wo), r % (ho * wo) / wo, r % wo, o0)));
+      return;
+    }
+    const int a = static_cast<int>(k / 4), b = static_cast<int>(k % 4);
+    // B^T's row r as (first tap, second tap, sign of the second): d[i] - d[j], d[i] + d[j].
+    static constexpr int kBt[4][3] = {{0, 2, -1}, {1, 2, 1}, {2, 1, -1}, {1, 3, -1}};
+    float* acc = du + k * c * o;
+    std::memset(acc, 0, sizeof(float) * c * o);
+    uint16_t* vt = Scratch<uint16_t>(1, c * panel);            // V_k, [C, panel]
+    uint16_t* rows = Scratch<uint16_t>(2, 32 * c);             // V_k of 32 tiles, [32, C]
+    uint16_t* dp = Scratch<uint16_t>(3, panel * o);            // dM_k, [panel/2, O, 2]
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t q0 = p * panel;
+      for (int64_t s0 = 0; s0 < panel; s0 += 32) {
+        const uint16_t* src[32];
+        for (int i = 0; i < 32; ++i) {
+          const int64_t t = q0 + s0 + i;
+          if (t >= tiles) {
+            src[i] = nullptr;
+            continue;
+          }
+          const int64_t img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+          // V[a][b] = sum over B^T's row a's two taps (rows) and row b's two (columns).
+          const int ri[2] = {kBt[a][0], kBt[a][1]}, cj[2] = {kBt[b][0], kBt[b][1]};
+          const uint16_t* px[2][2];
+          for (int u = 0; u < 2; ++u)
+            for (int v = 0; v < 2; ++v) {
+              const int64_t yy = 2 * ty + ri[u] - top, xx = 2 * tx + cj[v] - left;
+              px[u][v] = yy < 0 || yy >= h || xx < 0 || xx >= w ? nullptr
+                                                                  : x + ((img * h + yy) * w + xx) * c;
+            }
+          uint16_t* row = rows + i * c;
+          for (int64_t c0 = 0; c0 < c; c0 += 16) {
+            __m512 e[2][2];
+            for (int u = 0; u < 2; ++u)
+              for (int v = 0; v < 2; ++v)
+                e[u][v] = px[u][v] ? Widen(_mm256_loadu_si256(
+                                         reinterpret_cast<const __m256i*>(px[u][v] + c0)))
+                                   : _mm512_setzero_ps();
+            // Rows first (B^T over the tile's rows), then columns, as winograd._input_tiles.
+            const auto comb = [](const int* r, __m512 p0, __m512 p1) {
+              return r[2] > 0 ? _mm512_add_ps(p0, p1) : _mm512_sub_ps(p0, p1);
+            };
+            const __m512 r0 = comb(kBt[a], e[0][0], e[1][0]), r1 = comb(kBt[a], e[0][1], e[1][1]);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + c0),
+                                (__m256i)_mm512_cvtneps_pbh(comb(kBt[b], r0, r1)));
+          }
+          src[i] = row;
+        }
+        const uint16_t* blk[32];
+        for (int64_t ci = 0; ci < cb; ++ci) {
+          for (int i = 0; i < 32; ++i) blk[i] = src[i] ? src[i] + ci * 32 : nullptr;
+          Transpose32(pm, blk, vt + ci * 32 * panel + s0, panel);
+        }
+      }
+      // dM[a][b] = (A dy A^T)[a][b]: A's row a is (1, 0), (1, 1), (1, -1), (0, -1) over dy's rows.
+      for (int64_t q = 0; q < panel; q += 2) {
+        for (int64_t o0 = 0; o0 < o; o0 += 16) {
+          __m512 m2[2];
+          for (int e = 0; e < 2; ++e) {
+            const int64_t t = q0 + q + e;
+            if (t >= tiles) {
+              m2[e] = _mm512_setzero_ps();
+              continue;
+            }
+            const int64_t img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+            const auto along = [&](int r, __m512 p0, __m512 p1) {  // A's row r applied to (p0, p1)
+              switch (r) {
+                case 0: return p0;
+                case 1: return _mm512_add_ps(p0, p1);
+                case 2: return _mm512_sub_ps(p0, p1);
+                default:  // -p1 exactly (a sign flip, as XLA's negation: -0 stays -0)
+                  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(p1),
+                                                               _mm512_set1_epi32(INT32_MIN)));
+              }
+            };
+            const __m512 y00 = dy16(img, 2 * ty, 2 * tx, o0), y01 = dy16(img, 2 * ty, 2 * tx + 1, o0),
+                         y10 = dy16(img, 2 * ty + 1, 2 * tx, o0),
+                         y11 = dy16(img, 2 * ty + 1, 2 * tx + 1, o0);
+            m2[e] = along(b, along(a, y00, y10), along(a, y01, y11));
+          }
+          const __m512i lo = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(m2[0]));
+          const __m512i hi = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(m2[1]));
+          _mm512_storeu_si512(reinterpret_cast<void*>(dp + ((q / 2) * o + o0) * 2),
+                              _mm512_permutex2var_epi16(lo, pm.pair0, hi));
+        }
+      }
+      for (int64_t ci = 0; ci < cb; ++ci)
+        for (int64_t ob = 0; ob < obs; ++ob)
+          for (int64_t i0 = 0; i0 < 32; i0 += 8) {
+            float* g = acc + (ci * 32 + i0) * o + ob * 32;
+            __m512 sums[8][2];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+              sums[i][0] = _mm512_loadu_ps(g + i * o);
+              sums[i][1] = _mm512_loadu_ps(g + i * o + 16);
+            }
+            const uint16_t* bp = dp + ob * 64;
+            Strip(sums, vt + (ci * 32 + i0) * panel, panel, bp, bp + 32, o * 2, panel / 2);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+              _mm512_storeu_ps(g + i * o, sums[i][0]);
+              _mm512_storeu_ps(g + i * o + 16, sums[i][1]);
+            }
+          }
+    }
+  }, false);
+  // dw = G^T dU G: over the tile's rows (a), then its columns (b), as winograd.weight_grad.
+  float* out = reinterpret_cast<float*>(dw->untyped_data());
+  const int64_t co = c * o;
+  Parallel(pool, cb, [&](int64_t ci) {
+    const __m512 h = _mm512_set1_ps(0.5f);
+    const auto gt = [&](int i, __m512 p0, __m512 p1, __m512 p2, __m512 p3) {  // G^T's row i
+      const __m512 a1 = _mm512_mul_ps(p1, h), a2 = _mm512_mul_ps(p2, h);
+      return i == 0 ? _mm512_add_ps(_mm512_add_ps(p0, a1), a2)
+             : i == 1 ? _mm512_sub_ps(a1, a2) : _mm512_add_ps(_mm512_add_ps(a1, a2), p3);
+    };
+    for (int64_t e = ci * 32 * o; e < (ci + 1) * 32 * o; e += 16) {
+      __m512 u[16];
+      for (int k = 0; k < 16; ++k) u[k] = _mm512_loadu_ps(du + k * co + e);
+      for (int i = 0; i < 3; ++i) {
+        __m512 r[4];  // rows[b][i]
+        for (int b = 0; b < 4; ++b) r[b] = gt(i, u[b], u[4 + b], u[8 + b], u[12 + b]);
+        for (int j = 0; j < 3; ++j) _mm512_storeu_ps(out + (i * 3 + j) * co + e, gt(j, r[0], r[1], r[2], r[3]));
+      }
+    }
+  }, false);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // 1 where this process may use the AMX tile registers (asks Linux for them), else 0.
@@ -972,8 +1149,23 @@ extern "C" int cxr_amx_enable() {
       .Attr<int64_t>("masked")                  \
       .Ret<ffi::AnyBuffer>()
 
+#define CXR_WINOGRAD_WEIGHT_GRAD_BINDING        \
+  ffi::Ffi::Bind()                              \
+      .Ctx<ffi::ThreadPool>()                   \
+      .Arg<ffi::AnyBuffer>()                    \
+      .Arg<ffi::AnyBuffer>()                    \
+      .Arg<ffi::AnyBuffer>()                    \
+      .Attr<int64_t>("panel")                   \
+      .Attr<int64_t>("top")                     \
+      .Attr<int64_t>("left")                    \
+      .Attr<int64_t>("masked")                  \
+      .Ret<ffi::AnyBuffer>()                    \
+      .Ret<ffi::AnyBuffer>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward<true>, CXR_FORWARD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad<true>, CXR_WEIGHT_GRAD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvForward, Forward<false>, CXR_FORWARD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvWeightGrad, WeightGrad<false>, CXR_WEIGHT_GRAD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16WinogradForward, WinogradForward, CXR_WINOGRAD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16WinogradWeightGrad, WinogradWeightGrad,
+                              CXR_WINOGRAD_WEIGHT_GRAD_BINDING);
