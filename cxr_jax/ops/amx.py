@@ -200,24 +200,18 @@ WINOGRAD_WGRAD_TILES = 128
 def winograd_rule(x_shape, kernel_shape, dtype, weight_grad: bool = False) -> bool:
   """Whether the fixed rules take the native Winograd (WINOGRAD_NAME) for a layer: on the CPUs
   `vector_rule` is for, 3x3 layers it covers with enough output tiles (batch x the map's 2x2
-  tiles, padding 1); for the weight gradient, only those with 128+ input channels on maps up to
-  64 px. Measured on VGG16's layers at 224 and 128 px, batch 8 (2-core AMD EPYC,
+  tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md):
-  - forward and input gradient: 1.2-1.9x the vector units' direct sums and 1.1-2.6x XLA's F(2x2)
-    from 28 / 32 px up; level with XLA's F(2x2) from 196 to 512 tiles, behind it below (1-2
-    images at 8-16 px, 512 channels), where a call's fixed costs (the kernel's transform, every
-    unit reading all of it) outweigh its few tiles: WINOGRAD_TILES.
-  - weight gradient: 1.1-2x every other form on 8-64 px maps with 128+ channels (one near tie,
-    32 px 128->256); behind the vector units on 64-224 px maps with 64 channels and at 112 px
-    (1.2-1.7x slower: each of its 16 units, a tile position, reads the whole input and dy, which
-    large maps with few channels do not hold in cache): WINOGRAD_WGRAD_TILES, 128 channels, 64 px."""
+  - forward and input gradient, batch 8: 1.3-1.9x the vector units' direct sums and 1.1-3x XLA's
+    F(2x2) on 28-224 px maps, level with XLA's F(2x2) at 8-16 px (one 32 px layer 1.1x slower);
+    at batch 1 ahead from 56 px and level below (16-196 tiles), where a call's fixed costs (the
+    kernel's transform, every unit reading all of it) weigh most: WINOGRAD_TILES.
+  - weight gradient, batch 8: 1.1-2.3x every other form on every 3x3 layer at 224 and 128 px
+    (8-224 px maps, 128-100,352 tiles): WINOGRAD_WGRAD_TILES, the fewest measured."""
   tiles = x_shape[0] * -(-x_shape[1] // 2) * -(-x_shape[2] // 2)
-  if not (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)):
-    return False
-  if weight_grad:
-    return (tiles >= WINOGRAD_WGRAD_TILES and kernel_shape[2] >= 128
-            and x_shape[1] * x_shape[2] <= 64 * 64)
-  return tiles >= WINOGRAD_TILES
+  least = WINOGRAD_WGRAD_TILES if weight_grad else WINOGRAD_TILES
+  return (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)
+          and tiles >= least)
 
 
 def _up32(n: int) -> int:
@@ -350,14 +344,17 @@ def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtyp
   (top, _), (left, _) = padding
   c, o = kernel_shape[2:]
   tiles = x.shape[0] * -(-dy.shape[1] // 2) * -(-dy.shape[2] // 2)
-  # A unit's panel: V [C, panel] and dM [panel/2, O, 2] in about WINOGRAD_PANEL_BYTES, whole
-  # 32-tile transposes, no more than the tiles.
-  panel = np.int64(max(32, min(WINOGRAD_PANEL_BYTES // (2 * (c + o)), -(-tiles // 32) * 32) // 32 * 32))
+  # A unit's panel: its 4 positions' V [C, panel] and dM [panel/2, O, 2] in about
+  # 2 WINOGRAD_PANEL_BYTES, whole 32-tile transposes, no more than the tiles.
+  panel = np.int64(max(32, min(WINOGRAD_PANEL_BYTES // (4 * (c + o)), -(-tiles // 32) * 32) // 32 * 32))
   call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "weight_grad"][0],
                           (jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32),
                            jax.ShapeDtypeStruct((o,), jnp.float32)),
                           vmap_method="sequential")
-  dw, db = call(x, dy, keep, panel=panel, top=np.int64(top), left=np.int64(left), masked=masked)
+  # Units are (row of tile positions, group of panels): 4 per group, a group per 4 cores.
+  groups = np.int64(max(1, (os.cpu_count() or 1) // 4))
+  dw, db = call(x, dy, keep, panel=panel, groups=groups, top=np.int64(top), left=np.int64(left),
+                masked=masked)
   return dw.astype(dtype), db.astype(bias_dtype)
 
 

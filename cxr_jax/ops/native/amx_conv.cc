@@ -722,6 +722,24 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
   return ffi::Error::Success();
 }
 
+// A walk over consecutive Winograd tiles t = (image, tile row, tile column) of a th x tw grid: one
+// division to start, none per tile (three per tile, redone per channel block, cost the weight
+// gradient more than its products at 56 px).
+struct TileWalk {
+  int64_t th, tw, img, ty, tx;
+  TileWalk(int64_t th_, int64_t tw_, int64_t t)
+      : th(th_), tw(tw_), img(t / (th_ * tw_)), ty(t % (th_ * tw_) / tw_), tx(t % tw_) {}
+  void Next() {
+    if (++tx == tw) {
+      tx = 0;
+      if (++ty == th) {
+        ty = 0;
+        ++img;
+      }
+    }
+  }
+};
+
 // The Winograd F(2x2, 3x3) kernel u = G W G^T at each of the 16 tile positions, rounded to
 // bfloat16, in `Pack`'s layout [16, O/16, C/2, 16, 2], from w [3, 3, C, O] (with `flip`, the
 // forward kernel [3, 3, O, C] of which this is the input gradient's: W(i, j, c, o) =
@@ -824,12 +842,13 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
     const int64_t q0 = p * panel, nq = std::min(panel, tiles - q0), rows = (nq + 7) / 8 * 8;
     uint16_t* v = Scratch<uint16_t>(0, 16 * rows * c);  // V[k][tile][c]
     float* m = Scratch<float>(1, 16 * rows * 32);       // the products of one output block
-    for (int64_t q = 0; q < rows; ++q) {
+    TileWalk tile(th, tw, q0);
+    for (int64_t q = 0; q < rows; ++q, tile.Next()) {
       if (q >= nq) {  // a last strip's missing tiles: zeros, never stored
         for (int k = 0; k < 16; ++k) std::memset(v + (k * rows + q) * c, 0, 2 * c);
         continue;
       }
-      const int64_t t = q0 + q, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+      const int64_t img = tile.img, ty = tile.ty, tx = tile.tx;
       int64_t at[4][4];  // each tap's offset into x, or -1 where it is padding
       for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) {
@@ -888,8 +907,9 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
         }
       }
       // A^T m A over the tile's rows, then its columns (winograd.MATRICES[2]'s A^T), + bias, ReLU.
-      for (int64_t q = 0; q < nq; ++q) {
-        const int64_t t = q0 + q, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+      TileWalk tile(th, tw, q0);
+      for (int64_t q = 0; q < nq; ++q, tile.Next()) {
+        const int64_t img = tile.img, ty = tile.ty, tx = tile.tx;
         for (int half = 0; half < 2; ++half) {
           __m512 mm[16];
           for (int k = 0; k < 16; ++k) mm[k] = _mm512_load_ps(m + (k * rows + q) * 32 + 16 * half);
@@ -924,17 +944,20 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
 // The weight and bias gradients of `WinogradForward` (without flip): dw [3, 3, C, O] and db [O]
 // (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O] (with `masked`, dy only where `keep` is
 // positive), Winograd's adjoint as cxr_jax.ops.winograd.weight_grad computes it: per tile
-// position k, dU_k = V_k^T dM_k summed over the tiles (V = B^T d B of the input tiles, dM = A dy A^T
-// of the output gradient's 2 x 2 blocks, both rounded to bfloat16, the products' float32 sums),
-// then dw = G^T dU G in float32. A unit is one position k (16 of them; db a 17th): it walks every
-// tile, a panel of `panel` (a multiple of 32) at a time, transforming that position only (a
-// quarter of each tile's input, a single dy value to four: cheaper to redo per position than to
-// hold all 16 in cache), channels first ([C, panel], `Transpose32` from tile rows) and dM
-// pair-interleaved ([panel/2, O, 2]), and adds the products into dU_k, its own: the same sums in
-// the same order whichever thread ran it.
+// position k = (a, b), dU_k = V_k^T dM_k summed over the tiles (V = B^T d B of the input tiles,
+// dM = A dy A^T of the output gradient's 2 x 2 blocks, both rounded to bfloat16, float32 sums),
+// then dw = G^T dU G in float32. A unit is one row a of positions (its 4 k) over one of `groups`
+// groups of panels (the caller's: one per 4 cores, so more cores have units to take), each group
+// with its own sums, added in group order at the end; db is a unit of its own. A unit walks its tiles a panel of
+// `panel` (a multiple of 32) at a time: it transforms its row's positions only (half of each
+// tile's input; dy once per row: one unit per position read dy 16 times, and memory bandwidth,
+// not the products, set the pace), channels first ([4, C, panel], `Transpose32` from tile rows),
+// dM pair-interleaved per 32 outputs ([4, O/32, panel/2, 32, 2]: a block's pairs one contiguous
+// run), and adds the products into its own sums: the same sums in the same order whichever thread
+// ran it.
 ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
-                              ffi::AnyBuffer keepb, int64_t panel, int64_t top, int64_t left,
-                              int64_t masked, ffi::Result<ffi::AnyBuffer> dw,
+                              ffi::AnyBuffer keepb, int64_t panel, int64_t groups_wanted,
+                              int64_t top, int64_t left, int64_t masked, ffi::Result<ffi::AnyBuffer> dw,
                               ffi::Result<ffi::AnyBuffer> db) {
   const auto xd = xb.dimensions();
   const auto dd = dyb.dimensions();
@@ -950,134 +973,138 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
   const uint16_t* d = reinterpret_cast<const uint16_t*>(dyb.untyped_data());
   const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
   const int64_t th = (ho + 1) / 2, tw = (wo + 1) / 2, tiles = n * th * tw;
-  const int64_t panels = (tiles + panel - 1) / panel, cb = c / 32, obs = o / 32;
-  float* du = Scratch<float>(0, 16 * c * o);  // dU [16, C, O], the caller's; each unit its own k
+  const int64_t panels = (tiles + panel - 1) / panel, cb = c / 32, obs = o / 32, co = c * o;
+  const int64_t groups = std::clamp<int64_t>(groups_wanted, 1, panels);
+  float* du = Scratch<float>(0, groups * 16 * co);  // dU [group, 16, C, O], the caller's
   float* bias = reinterpret_cast<float*>(db->untyped_data());
   const Permutes pm;
-  // dy's 16 values at (image, y, x), channels o0.., where keep's are positive; zeros off the map.
-  const auto dy16 = [&](int64_t img, int64_t yy, int64_t xx, int64_t o0) {
-    if (yy >= ho || xx >= wo) return _mm512_setzero_ps();
-    const int64_t at = ((img * ho + yy) * wo + xx) * o + o0;
-    __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + at));
-    if (keep) bits = _mm256_maskz_mov_epi16(Positive16(keep + at), bits);
+  // dy's 16 values at offset `at` (an element index of dy), where keep's are positive; zeros
+  // where at < 0 (off the map).
+  const auto dy16 = [&](int64_t at, int64_t o0) {
+    if (at < 0) return _mm512_setzero_ps();
+    __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + at + o0));
+    if (keep) bits = _mm256_maskz_mov_epi16(Positive16(keep + at + o0), bits);
     return Widen(bits);
   };
-  Parallel(pool, 17, [&](int64_t k) {
-    if (k == 16) {  // db: every dy once, in row order
+  // B^T's row r as (first tap, second tap, sign of the second): d[i] - d[j], d[i] + d[j].
+  static constexpr int kBt[4][3] = {{0, 2, -1}, {1, 2, 1}, {2, 1, -1}, {1, 3, -1}};
+  const auto comb = [](int r, __m512 p0, __m512 p1) {
+    return kBt[r][2] > 0 ? _mm512_add_ps(p0, p1) : _mm512_sub_ps(p0, p1);
+  };
+  const auto along = [](int r, __m512 p0, __m512 p1) {  // A's row r applied to (p0, p1)
+    switch (r) {
+      case 0: return p0;
+      case 1: return _mm512_add_ps(p0, p1);
+      case 2: return _mm512_sub_ps(p0, p1);
+      default:  // -p1 exactly (a sign flip, as XLA's negation: -0 stays -0)
+        return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(p1),
+                                                     _mm512_set1_epi32(INT32_MIN)));
+    }
+  };
+  Parallel(pool, 4 * groups + 1, [&](int64_t unit) {
+    if (unit == 4 * groups) {  // db: every dy once, in row order
       std::memset(bias, 0, sizeof(float) * o);
       for (int64_t r = 0; r < n * ho * wo; ++r)
         for (int64_t o0 = 0; o0 < o; o0 += 16)
-          _mm512_storeu_ps(bias + o0, _mm512_add_ps(_mm512_loadu_ps(bias + o0),
-                                                    dy16(r / (ho * wo), r % (ho * wo) / wo, r % wo, o0)));
+          _mm512_storeu_ps(bias + o0, _mm512_add_ps(_mm512_loadu_ps(bias + o0), dy16(r * o, o0)));
       return;
     }
-    const int a = static_cast<int>(k / 4), b = static_cast<int>(k % 4);
-    // B^T's row r as (first tap, second tap, sign of the second): d[i] - d[j], d[i] + d[j].
-    static constexpr int kBt[4][3] = {{0, 2, -1}, {1, 2, 1}, {2, 1, -1}, {1, 3, -1}};
-    float* acc = du + k * c * o;
-    std::memset(acc, 0, sizeof(float) * c * o);
-    uint16_t* vt = Scratch<uint16_t>(1, c * panel);            // V_k, [C, panel]
-    uint16_t* rows = Scratch<uint16_t>(2, 32 * c);             // V_k of 32 tiles, [32, C]
-    uint16_t* dp = Scratch<uint16_t>(3, panel * o);            // dM_k, [panel/2, O, 2]
-    for (int64_t p = 0; p < panels; ++p) {
+    const int a = static_cast<int>(unit % 4);
+    const int64_t grp = unit / 4;
+    float* acc = du + (grp * 16 + 4 * a) * co;  // this row's 4 positions
+    std::memset(acc, 0, sizeof(float) * 4 * co);
+    uint16_t* vt = Scratch<uint16_t>(1, 4 * c * panel);   // V, [4, C, panel]
+    uint16_t* rows = Scratch<uint16_t>(2, 4 * 32 * c);    // V of 32 tiles, [4, 32, C]
+    uint16_t* dp = Scratch<uint16_t>(3, 4 * panel * o);   // dM, [4, O/32, panel/2, 32, 2]
+    for (int64_t p = grp * panels / groups; p < (grp + 1) * panels / groups; ++p) {
       const int64_t q0 = p * panel;
+      TileWalk tile(th, tw, q0);
       for (int64_t s0 = 0; s0 < panel; s0 += 32) {
-        const uint16_t* src[32];
-        for (int i = 0; i < 32; ++i) {
-          const int64_t t = q0 + s0 + i;
-          if (t >= tiles) {
-            src[i] = nullptr;
-            continue;
-          }
-          const int64_t img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
-          // V[a][b] = sum over B^T's row a's two taps (rows) and row b's two (columns).
-          const int ri[2] = {kBt[a][0], kBt[a][1]}, cj[2] = {kBt[b][0], kBt[b][1]};
-          const uint16_t* px[2][2];
+        bool live[32];
+        for (int i = 0; i < 32; ++i, tile.Next()) {
+          live[i] = q0 + s0 + i < tiles;
+          if (!live[i]) continue;
+          // Row a of B^T d: its two taps' input rows, all four columns (nullptr: padding).
+          const uint16_t* px[2][4];
           for (int u = 0; u < 2; ++u)
-            for (int v = 0; v < 2; ++v) {
-              const int64_t yy = 2 * ty + ri[u] - top, xx = 2 * tx + cj[v] - left;
-              px[u][v] = yy < 0 || yy >= h || xx < 0 || xx >= w ? nullptr
-                                                                  : x + ((img * h + yy) * w + xx) * c;
+            for (int j = 0; j < 4; ++j) {
+              const int64_t yy = 2 * tile.ty + kBt[a][u] - top, xx = 2 * tile.tx + j - left;
+              px[u][j] = yy < 0 || yy >= h || xx < 0 || xx >= w
+                             ? nullptr : x + ((tile.img * h + yy) * w + xx) * c;
             }
-          uint16_t* row = rows + i * c;
           for (int64_t c0 = 0; c0 < c; c0 += 16) {
-            __m512 e[2][2];
-            for (int u = 0; u < 2; ++u)
-              for (int v = 0; v < 2; ++v)
-                e[u][v] = px[u][v] ? Widen(_mm256_loadu_si256(
-                                         reinterpret_cast<const __m256i*>(px[u][v] + c0)))
-                                   : _mm512_setzero_ps();
-            // Rows first (B^T over the tile's rows), then columns, as winograd._input_tiles.
-            const auto comb = [](const int* r, __m512 p0, __m512 p1) {
-              return r[2] > 0 ? _mm512_add_ps(p0, p1) : _mm512_sub_ps(p0, p1);
-            };
-            const __m512 r0 = comb(kBt[a], e[0][0], e[1][0]), r1 = comb(kBt[a], e[0][1], e[1][1]);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + c0),
-                                (__m256i)_mm512_cvtneps_pbh(comb(kBt[b], r0, r1)));
+            __m512 r[4];  // (B^T d)[a][j]: over the tile's rows first, as winograd._input_tiles
+            for (int j = 0; j < 4; ++j) {
+              const auto at = [&](int u) {
+                return px[u][j] ? Widen(_mm256_loadu_si256(
+                                      reinterpret_cast<const __m256i*>(px[u][j] + c0)))
+                                : _mm512_setzero_ps();
+              };
+              r[j] = comb(a, at(0), at(1));
+            }
+            for (int b = 0; b < 4; ++b)
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows + (b * 32 + i) * c + c0),
+                                  (__m256i)_mm512_cvtneps_pbh(comb(b, r[kBt[b][0]], r[kBt[b][1]])));
           }
-          src[i] = row;
         }
         const uint16_t* blk[32];
-        for (int64_t ci = 0; ci < cb; ++ci) {
-          for (int i = 0; i < 32; ++i) blk[i] = src[i] ? src[i] + ci * 32 : nullptr;
-          Transpose32(pm, blk, vt + ci * 32 * panel + s0, panel);
-        }
+        for (int b = 0; b < 4; ++b)
+          for (int64_t ci = 0; ci < cb; ++ci) {
+            for (int i = 0; i < 32; ++i) blk[i] = live[i] ? rows + (b * 32 + i) * c + ci * 32 : nullptr;
+            Transpose32(pm, blk, vt + (b * c + ci * 32) * panel + s0, panel);
+          }
       }
       // dM[a][b] = (A dy A^T)[a][b]: A's row a is (1, 0), (1, 1), (1, -1), (0, -1) over dy's rows.
+      tile = TileWalk(th, tw, q0);
       for (int64_t q = 0; q < panel; q += 2) {
-        for (int64_t o0 = 0; o0 < o; o0 += 16) {
-          __m512 m2[2];
-          for (int e = 0; e < 2; ++e) {
-            const int64_t t = q0 + q + e;
-            if (t >= tiles) {
-              m2[e] = _mm512_setzero_ps();
-              continue;
-            }
-            const int64_t img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
-            const auto along = [&](int r, __m512 p0, __m512 p1) {  // A's row r applied to (p0, p1)
-              switch (r) {
-                case 0: return p0;
-                case 1: return _mm512_add_ps(p0, p1);
-                case 2: return _mm512_sub_ps(p0, p1);
-                default:  // -p1 exactly (a sign flip, as XLA's negation: -0 stays -0)
-                  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(p1),
-                                                               _mm512_set1_epi32(INT32_MIN)));
-              }
-            };
-            const __m512 y00 = dy16(img, 2 * ty, 2 * tx, o0), y01 = dy16(img, 2 * ty, 2 * tx + 1, o0),
-                         y10 = dy16(img, 2 * ty + 1, 2 * tx, o0),
-                         y11 = dy16(img, 2 * ty + 1, 2 * tx + 1, o0);
-            m2[e] = along(b, along(a, y00, y10), along(a, y01, y11));
+        int64_t at[2][4];  // each tile's dy offsets (rows 0, 1 x columns 0, 1), -1 off the map
+        for (int e = 0; e < 2; ++e, tile.Next())
+          for (int pq = 0; pq < 4; ++pq) {
+            const int64_t yy = 2 * tile.ty + pq / 2, xx = 2 * tile.tx + pq % 2;
+            at[e][pq] = q0 + q + e >= tiles || yy >= ho || xx >= wo
+                            ? -1 : ((tile.img * ho + yy) * wo + xx) * o;
           }
-          const __m512i lo = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(m2[0]));
-          const __m512i hi = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(m2[1]));
-          _mm512_storeu_si512(reinterpret_cast<void*>(dp + ((q / 2) * o + o0) * 2),
-                              _mm512_permutex2var_epi16(lo, pm.pair0, hi));
+        for (int64_t o0 = 0; o0 < o; o0 += 16) {
+          __m512 r[2][2];  // [tile][column]: A's row a over dy's rows
+          for (int e = 0; e < 2; ++e) {
+            r[e][0] = along(a, dy16(at[e][0], o0), dy16(at[e][2], o0));
+            r[e][1] = along(a, dy16(at[e][1], o0), dy16(at[e][3], o0));
+          }
+          for (int b = 0; b < 4; ++b) {
+            const __m512i lo = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(along(b, r[0][0], r[0][1])));
+            const __m512i hi = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(along(b, r[1][0], r[1][1])));
+            _mm512_storeu_si512(
+                reinterpret_cast<void*>(dp + b * panel * o + ((o0 / 32) * (panel / 2) + q / 2) * 64 +
+                                        (o0 % 32) * 2),
+                _mm512_permutex2var_epi16(lo, pm.pair0, hi));
+          }
         }
       }
-      for (int64_t ci = 0; ci < cb; ++ci)
-        for (int64_t ob = 0; ob < obs; ++ob)
-          for (int64_t i0 = 0; i0 < 32; i0 += 8) {
-            float* g = acc + (ci * 32 + i0) * o + ob * 32;
-            __m512 sums[8][2];
+      for (int b = 0; b < 4; ++b)
+        for (int64_t ci = 0; ci < cb; ++ci)
+          for (int64_t ob = 0; ob < obs; ++ob)
+            for (int64_t i0 = 0; i0 < 32; i0 += 8) {
+              float* g = acc + b * co + (ci * 32 + i0) * o + ob * 32;
+              __m512 sums[8][2];
 #pragma GCC unroll 8
-            for (int i = 0; i < 8; ++i) {
-              sums[i][0] = _mm512_loadu_ps(g + i * o);
-              sums[i][1] = _mm512_loadu_ps(g + i * o + 16);
-            }
-            const uint16_t* bp = dp + ob * 64;
-            Strip(sums, vt + (ci * 32 + i0) * panel, panel, bp, bp + 32, o * 2, panel / 2);
+              for (int i = 0; i < 8; ++i) {
+                sums[i][0] = _mm512_loadu_ps(g + i * o);
+                sums[i][1] = _mm512_loadu_ps(g + i * o + 16);
+              }
+              const uint16_t* bp = dp + b * panel * o + ob * (panel / 2) * 64;
+              Strip(sums, vt + (b * c + ci * 32 + i0) * panel, panel, bp, bp + 32, 64, panel / 2);
 #pragma GCC unroll 8
-            for (int i = 0; i < 8; ++i) {
-              _mm512_storeu_ps(g + i * o, sums[i][0]);
-              _mm512_storeu_ps(g + i * o + 16, sums[i][1]);
+              for (int i = 0; i < 8; ++i) {
+                _mm512_storeu_ps(g + i * o, sums[i][0]);
+                _mm512_storeu_ps(g + i * o + 16, sums[i][1]);
+              }
             }
-          }
     }
   }, false);
+  for (int64_t grp = 1; grp < groups; ++grp)  // the groups' sums, in group order
+    for (int64_t e = 0; e < 16 * co; ++e) du[e] += du[grp * 16 * co + e];
   // dw = G^T dU G: over the tile's rows (a), then its columns (b), as winograd.weight_grad.
   float* out = reinterpret_cast<float*>(dw->untyped_data());
-  const int64_t co = c * o;
   Parallel(pool, cb, [&](int64_t ci) {
     const __m512 h = _mm512_set1_ps(0.5f);
     const auto gt = [&](int i, __m512 p0, __m512 p1, __m512 p2, __m512 p3) {  // G^T's row i
@@ -1156,6 +1183,7 @@ extern "C" int cxr_amx_enable() {
       .Arg<ffi::AnyBuffer>()                    \
       .Arg<ffi::AnyBuffer>()                    \
       .Attr<int64_t>("panel")                   \
+      .Attr<int64_t>("groups")                  \
       .Attr<int64_t>("top")                     \
       .Attr<int64_t>("left")                    \
       .Attr<int64_t>("masked")                  \
