@@ -32,6 +32,14 @@ Intel Cooper Lake), where XLA's bf16 convolution also runs at float32's speed. T
 layouts, epilogue and tests. The fixed rules take it on such CPUs where it was measured faster
 (`vector_rule`); it is also taken where measured (`conv_impl="fast_mm"`) or named
 (`conv_impl="avx512bf16"` for every covered layer, `"fwd_avx512bf16"`, `"wgrad_avx512bf16"`).
+
+A third, WINOGRAD_NAME ("wino2_avx512bf16"), is Winograd F(2x2, 3x3) on the same vector units
+with every transform in the native code (`winograd_forward`, `winograd_weight_and_bias_grad`):
+the products' operands are the values `winograd`'s XLA form rounds to bfloat16 (the forward
+bit for bit so far, the weight gradient within float32 summation order), 2.25x fewer products
+than the direct sums, and none of the float32 transform and convert passes that took ~30 % of a
+bf16 step in XLA. For 3x3 kernels with both channel counts in multiples of 32; the rules take it
+on AVX512-BF16 CPUs without AMX (`winograd_rule`).
 """
 
 from __future__ import annotations
