@@ -210,12 +210,12 @@ def winograd_rule(x_shape, kernel_shape, dtype, weight_grad: bool = False) -> bo
   `vector_rule` is for, 3x3 layers it covers with enough output tiles (batch x the map's 2x2
   tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md):
-  - forward and input gradient, batch 8: 1.3-1.9x the vector units' direct sums and 1.1-3x XLA's
-    F(2x2) on 28-224 px maps, level with XLA's F(2x2) at 8-16 px (one 32 px layer 1.1x slower);
-    at batch 1 ahead from 56 px and level below (16-196 tiles), where a call's fixed costs (the
-    kernel's transform, every unit reading all of it) weigh most: WINOGRAD_TILES.
-  - weight gradient, batch 8: 1.1-2.3x every other form on every 3x3 layer at 224 and 128 px
-    (8-224 px maps, 128-100,352 tiles): WINOGRAD_WGRAD_TILES, the fewest measured."""
+  - forward and input gradient: 1.1-1.8x the best other form at batch 8 on 16-224 px maps; 0.8x
+    at 8 px (128 tiles) and at batch 1 on 8-28 px maps (16-196 tiles), where a call's fixed
+    costs (the kernel's transform, every unit reading all of it) weigh most; batch 1 from 32 px
+    (256 tiles) 1.0-1.3x: WINOGRAD_TILES.
+  - weight gradient: 1.3-2.1x the best other form on every 3x3 layer at batch 8 (8-224 px maps,
+    128-100,352 tiles): WINOGRAD_WGRAD_TILES, the fewest measured."""
   tiles = x_shape[0] * -(-x_shape[1] // 2) * -(-x_shape[2] // 2)
   least = WINOGRAD_WGRAD_TILES if weight_grad else WINOGRAD_TILES
   return (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)
