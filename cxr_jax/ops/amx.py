@@ -259,15 +259,19 @@ def flips(kernel_shape) -> bool:
   return not _im2col(kernel_shape[:2] + (kernel_shape[3], kernel_shape[2]))
 
 
-def _check(name: str, kernel_shape, dtype) -> None:
-  """The native code reads bfloat16 in 32-channel blocks: anything else would be read wrong."""
-  if name not in NAMES:
-    raise ValueError(f"units {name!r} is not one of {NAMES}")
+def _check(name: str, kernel_shape, dtype, names=NAMES) -> None:
+  """The native code reads bfloat16 in 32-channel blocks: anything else would be read wrong.
+  `names`: the formulations the caller computes (`forward`'s units, or WINOGRAD_NAME)."""
+  if name not in names:
+    raise ValueError(f"units {name!r} is not one of {names}")
   if not covers(name, kernel_shape, dtype):
+    needs = ("3x3, channels in multiples of 32" if name == WINOGRAD_NAME else
+             f"output channels in multiples of 32, input channels too or at most {IM2COL_COLUMNS} "
+             "im2col columns")
+    why = unavailable_reason(VECTOR_NAME if name == WINOGRAD_NAME else name)
     raise ValueError(f"the {name} convolution does not cover kernel {tuple(kernel_shape)} in "
-                     f"{jnp.dtype(dtype).name} here (bfloat16, output channels in multiples of 32, input "
-                     f"channels too or at most {IM2COL_COLUMNS} im2col columns, and "
-                     f"{unavailable_reason(name) or 'its units available'})")
+                     f"{jnp.dtype(dtype).name} here (bfloat16, {needs}, and "
+                     f"{why or 'its units available'})")
 
 
 def relu_masked(v, mask):
@@ -319,10 +323,7 @@ def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = 
   sums, then the output transform, bias and ReLU on them before the one rounding to bfloat16.
   `flip`, `bias`, `relu` and `mask` as `forward`'s."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
-  if not covers(WINOGRAD_NAME, kernel_shape, x.dtype):
-    raise ValueError(f"the {WINOGRAD_NAME} convolution does not cover kernel {tuple(kernel_shape)} "
-                     f"in {jnp.dtype(x.dtype).name} here (bfloat16, 3x3, channels in multiples of "
-                     f"32, and {unavailable_reason(VECTOR_NAME) or 'the vector units available'})")
+  _check(WINOGRAD_NAME, kernel_shape, x.dtype, names=(WINOGRAD_NAME,))
   keep, masked = _mask_of(mask, x)
   (top, bottom), (left, right) = padding
   ho, wo = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
@@ -343,10 +344,7 @@ def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtyp
   tiles, A dy A^T of dy's 2x2 blocks), float32 sums, G^T dU G in float32, cast to `dtype`; db the
   float32 sum of dy, cast to `bias_dtype`. With `mask` (dy's shape, the layer's ReLU output), dy
   counts only where mask > 0, applied as the kernel reads dy."""
-  if not covers(WINOGRAD_NAME, kernel_shape, x.dtype):
-    raise ValueError(f"the {WINOGRAD_NAME} convolution does not cover kernel {tuple(kernel_shape)} "
-                     f"in {jnp.dtype(x.dtype).name} here (bfloat16, 3x3, channels in multiples of "
-                     f"32, and {unavailable_reason(VECTOR_NAME) or 'the vector units available'})")
+  _check(WINOGRAD_NAME, kernel_shape, x.dtype, names=(WINOGRAD_NAME,))
   dy = dy.astype(x.dtype)
   keep, masked = _mask_of(mask, dy)
   (top, _), (left, _) = padding
@@ -364,6 +362,11 @@ def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtyp
   dw, db = call(x, dy, keep, panel=panel, groups=groups, top=np.int64(top), left=np.int64(left),
                 masked=masked)
   return dw.astype(dtype), db.astype(bias_dtype)
+
+
+def winograd_weight_grad(x, dy, kernel_shape, padding, dtype):
+  """dw of `winograd_forward` for output gradient dy (`winograd_weight_and_bias_grad`'s)."""
+  return winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, dtype)[0]
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None,

@@ -112,8 +112,7 @@ FORMULATIONS: dict[str, Callable] = {
     # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
     **{units: functools.partial(amx.weight_grad, units=units) for units in amx.NAMES},
     # Winograd F(2x2)'s adjoint in native code, products on AVX512-BF16's vector units
-    amx.WINOGRAD_NAME: lambda x, dy, kernel_shape, padding, dtype: amx.winograd_weight_and_bias_grad(
-        x, dy, kernel_shape, padding, dtype, dtype)[0],
+    amx.WINOGRAD_NAME: amx.winograd_weight_grad,
 }
 
 
