@@ -201,7 +201,7 @@ def vector_rule(kernel_shape, dtype) -> bool:
 
 # The fewest 2x2 output tiles per call for which the fixed rules take WINOGRAD_NAME (`winograd_rule`):
 # forward / input gradient, weight gradient.
-WINOGRAD_TILES = 256
+WINOGRAD_TILES = 128
 WINOGRAD_WGRAD_TILES = 128
 
 
@@ -211,9 +211,12 @@ def winograd_rule(x_shape, kernel_shape, dtype, weight_grad: bool = False) -> bo
   tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md):
   - forward and input gradient: 1.1-1.8x the best other form at batch 8 on 16-224 px maps; 0.8x
-    at 8 px (128 tiles) and at batch 1 on 8-28 px maps (16-196 tiles), where a call's fixed
+    alone at 8 px (128 tiles) and at batch 1 on 8-28 px maps (16-196 tiles), where a call's fixed
     costs (the kernel's transform, every unit reading all of it) weigh most; batch 1 from 32 px
-    (256 tiles) 1.0-1.3x: WINOGRAD_TILES.
+    (256 tiles) 1.0-1.3x. In the training step the 8 px layers' input gradients still gain (XLA's
+    form transposes the kernel and masks dy in passes of its own): a 128 px step 1.17x faster at
+    FT2, 1.09x at FT5 with 128 tiles than with 256, the forward-only step level
+    (benchmarks/results/winograd_tiles_128px_epyc_avx512bf16.md): WINOGRAD_TILES.
   - weight gradient: 1.3-2.1x the best other form on every 3x3 layer at batch 8 (8-224 px maps,
     128-100,352 tiles): WINOGRAD_WGRAD_TILES, the fewest measured."""
   tiles = x_shape[0] * -(-x_shape[1] // 2) * -(-x_shape[2] // 2)

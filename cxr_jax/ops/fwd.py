@@ -85,7 +85,7 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
   all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them;
   on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3 layers with 32-channel multiples
-  and 256+ output tiles (`amx.winograd_rule`: 1.1-1.8x the best other form at batch 8 from 16 px),
+  and 128+ output tiles (`amx.winograd_rule`: 1.1-1.8x the best other form at batch 8 from 16 px),
   then the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
   the other forms on VGG16's 64-224 px maps and first layer at batch 8; F(2x2) won some at batch 1)
   but the 3x3 ones with 128+ channels on 8-56 px maps, where F(2x2)'s bf16 products won (1.05-1.2x
