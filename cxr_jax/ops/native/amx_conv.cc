@@ -744,7 +744,7 @@ struct TileWalk {
 // bfloat16, in `Pack`'s layout [16, O/16, C/2, 16, 2], from w [3, 3, C, O] (with `flip`, the
 // forward kernel [3, 3, O, C] of which this is the input gradient's: W(i, j, c, o) =
 // w[2 - i, 2 - j, o, c], each unit transposing its own 32 channels' slab with `Transpose32`).
-// float32 sums in the order cxr_jax.ops.winograd.kernel_tiles takes them (over the kernel's rows,
+// float32 sums in the order cxr_jax.ops.winograd._kernel_tiles takes them (over the kernel's rows,
 // then its columns; G's 1/2 exact), so u holds the values XLA's F(2x2) form multiplies by. Units:
 // 32 channels each. Left to XLA, this transform (16 float32 fusions, a concatenation and the
 // layout's transpose) cost ~15 ms a call at 512 x 512 channels, more than a 14 px layer's products.
@@ -948,13 +948,13 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
 // dM = A dy A^T of the output gradient's 2 x 2 blocks, both rounded to bfloat16, float32 sums),
 // then dw = G^T dU G in float32. A unit is one row a of positions (its 4 k) over one of `groups`
 // groups of panels (the caller's: one per 4 cores, so more cores have units to take), each group
-// with its own sums, added in group order at the end; db is a unit of its own. A unit walks its tiles a panel of
-// `panel` (a multiple of 32) at a time: it transforms its row's positions only (half of each
-// tile's input; dy once per row: one unit per position read dy 16 times, and memory bandwidth,
-// not the products, set the pace), channels first ([4, C, panel], `Transpose32` from tile rows),
-// dM pair-interleaved per 32 outputs ([4, O/32, panel/2, 32, 2]: a block's pairs one contiguous
-// run), and adds the products into its own sums: the same sums in the same order whichever thread
-// ran it.
+// with its own sums, added in group order at the end; db is a unit of its own. A unit walks its
+// tiles a panel of `panel` (a multiple of 32) at a time: it transforms its row's positions only
+// (half of each tile's input; dy once per row: one unit per position read dy 16 times, and memory
+// bandwidth, not the products, set the pace), channels first ([4, C, panel], `Transpose32` from
+// tile rows), dM pair-interleaved per 32 outputs ([4, O/32, panel/2, 32, 2]: a block's pairs one
+// contiguous run), and adds the products into its own sums: the same sums in the same order
+// whichever thread ran it.
 ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
                               ffi::AnyBuffer keepb, int64_t panel, int64_t groups_wanted,
                               int64_t top, int64_t left, int64_t masked, ffi::Result<ffi::AnyBuffer> dw,
