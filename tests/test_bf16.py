@@ -412,6 +412,16 @@ def test_amx_forward_adds_bias_and_relu_to_its_float32_sums(x_shape, k_shape, pa
   np.testing.assert_array_equal(jnp.isnan(got), reached)
 
 
+def _mask_with_specials(shape, seed):
+  """A ReLU output to mask dy with, bfloat16: about half of it +0, -0, +inf, -inf, NaN, -1 or 2,
+  the rest normal values (seeds `seed` and `seed` + 1)."""
+  specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 2.0], np.float32)
+  y = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+  picks = np.random.default_rng(seed + 1).integers(0, 2 * len(specials), shape)  # ~half special
+  return jnp.asarray(np.where(picks < len(specials), specials[np.minimum(picks, len(specials) - 1)], y),
+                     jnp.bfloat16)
+
+
 @pytest.mark.parametrize("units", UNITS)
 @pytest.mark.parametrize("small_units", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,pads", AMX_CASES)
@@ -432,10 +442,7 @@ def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads
   x, w, b = bf(_random(x_shape, 41, relu=True)), bf(_random(k_shape, 42)), bf(_random(k_shape[3:], 43))
   y_shape = fwd.xla(x, w, pads).shape
   dy = bf(_random(y_shape, 44))
-  specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 2.0], np.float32)
-  y = np.random.default_rng(45).standard_normal(y_shape).astype(np.float32)
-  picks = np.random.default_rng(46).integers(0, 2 * len(specials), y_shape)  # ~half special
-  y = bf(np.where(picks < len(specials), specials[np.minimum(picks, len(specials) - 1)], y))
+  y = _mask_with_specials(y_shape, 45)
   masked = amx.relu_masked(dy, y)
   assert 0.2 < float(jnp.mean(masked == 0)) < 0.9
   got = amx.weight_and_bias_grad(x, dy, k_shape, pads, jnp.float32, jnp.float32, mask=y, units=units)
@@ -533,10 +540,7 @@ def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch
   bf = lambda a: jnp.asarray(a, jnp.bfloat16)
   w = bf(_random(k_shape, 62))
   dy = bf(_random((2, 9, 7, 32), 63))
-  specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 2.0], np.float32)
-  y = np.random.default_rng(64).standard_normal(dy.shape).astype(np.float32)
-  picks = np.random.default_rng(65).integers(0, 2 * len(specials), dy.shape)
-  y = bf(np.where(picks < len(specials), specials[np.minimum(picks, len(specials) - 1)], y))
+  y = _mask_with_specials(dy.shape, 64)
   np.testing.assert_array_equal(
       fwd.on_transposed_kernel(amx.WINOGRAD_NAME, dy, w, pads, mask=y),
       fwd.on_transposed_kernel(amx.WINOGRAD_NAME, amx.relu_masked(dy, y), w, pads))

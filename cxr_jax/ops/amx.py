@@ -199,16 +199,20 @@ def vector_rule(kernel_shape, dtype) -> bool:
   return machine.isa_level() == "avx512_bf16" and covers(VECTOR_NAME, kernel_shape, dtype)
 
 
-# The fewest 2x2 output tiles per call for which the fixed rules take WINOGRAD_NAME (`winograd_rule`):
-# forward / input gradient, weight gradient.
+# The fewest 2x2 output tiles per call for which the fixed rules take WINOGRAD_NAME
+# (`winograd_rule`), forward, input and weight gradients alike.
 WINOGRAD_TILES = 128
-WINOGRAD_WGRAD_TILES = 128
 
 
-def winograd_rule(x_shape, kernel_shape, dtype, weight_grad: bool = False) -> bool:
+def _tiles(n: int, ho: int, wo: int) -> int:
+  """Winograd F(2x2)'s output tiles: n images of an ho x wo output in 2x2 blocks."""
+  return n * -(-ho // 2) * -(-wo // 2)
+
+
+def winograd_rule(x_shape, kernel_shape, dtype) -> bool:
   """Whether the fixed rules take the native Winograd (WINOGRAD_NAME) for a layer: on the CPUs
-  `vector_rule` is for, 3x3 layers it covers with enough output tiles (batch x the map's 2x2
-  tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
+  `vector_rule` is for, 3x3 layers it covers with WINOGRAD_TILES output tiles or more (batch x the
+  map's 2x2 tiles, padding 1). Measured on VGG16's layers at 224 and 128 px (2-core AMD EPYC,
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16_winograd.md):
   - forward and input gradient: 1.1-1.8x the best other form at batch 8 on 16-224 px maps; 0.8x
     alone at 8 px (128 tiles) and at batch 1 on 8-28 px maps (16-196 tiles), where a call's fixed
@@ -216,13 +220,11 @@ def winograd_rule(x_shape, kernel_shape, dtype, weight_grad: bool = False) -> bo
     (256 tiles) 1.0-1.3x. In the training step the 8 px layers' input gradients still gain (XLA's
     form transposes the kernel and masks dy in passes of its own): a 128 px step 1.17x faster at
     FT2, 1.09x at FT5 with 128 tiles than with 256, the forward-only step level
-    (benchmarks/results/winograd_tiles_128px_epyc_avx512bf16.md): WINOGRAD_TILES.
+    (benchmarks/results/winograd_tiles_128px_epyc_avx512bf16.md).
   - weight gradient: 1.3-2.1x the best other form on every 3x3 layer at batch 8 (8-224 px maps,
-    128-100,352 tiles): WINOGRAD_WGRAD_TILES, the fewest measured."""
-  tiles = x_shape[0] * -(-x_shape[1] // 2) * -(-x_shape[2] // 2)
-  least = WINOGRAD_WGRAD_TILES if weight_grad else WINOGRAD_TILES
+    128-100,352 tiles; 128 the fewest measured)."""
   return (machine.isa_level() == "avx512_bf16" and covers(WINOGRAD_NAME, kernel_shape, dtype)
-          and tiles >= least)
+          and _tiles(*x_shape[:3]) >= WINOGRAD_TILES)
 
 
 def _up32(n: int) -> int:
@@ -331,8 +333,7 @@ def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = 
   (top, bottom), (left, right) = padding
   ho, wo = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
   o = kernel_shape[3]
-  tiles = x.shape[0] * -(-ho // 2) * -(-wo // 2)
-  panel = _panel(tiles, WINOGRAD_PANEL_BYTES // (16 * 2 * x.shape[3]), step=8)
+  panel = _panel(_tiles(x.shape[0], ho, wo), WINOGRAD_PANEL_BYTES // (16 * 2 * x.shape[3]), step=8)
   call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "forward"][0],
                           jax.ShapeDtypeStruct((x.shape[0], ho, wo, o), x.dtype),
                           vmap_method="sequential")
@@ -352,10 +353,10 @@ def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtyp
   keep, masked = _mask_of(mask, dy)
   (top, _), (left, _) = padding
   c, o = kernel_shape[2:]
-  tiles = x.shape[0] * -(-dy.shape[1] // 2) * -(-dy.shape[2] // 2)
   # A unit's panel: its 4 positions' V [C, panel] and dM [panel/2, O, 2] in about
   # 2 WINOGRAD_PANEL_BYTES, whole 32-tile transposes, no more than the tiles.
-  panel = np.int64(max(32, min(WINOGRAD_PANEL_BYTES // (4 * (c + o)), -(-tiles // 32) * 32) // 32 * 32))
+  most = max(32, WINOGRAD_PANEL_BYTES // (4 * (c + o)) // 32 * 32)
+  panel = np.int64(min(most, _up32(_tiles(*dy.shape[:3]))))
   call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "weight_grad"][0],
                           (jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32),
                            jax.ShapeDtypeStruct((o,), jnp.float32)),

@@ -122,13 +122,10 @@ def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype
   None without a bias). The AMX formulation sums db on its own pass over dy. With `mask` (the
   layer's ReLU output), dy counts only where mask > 0: the AMX kernel masks dy as it reads it, the
   others get `jnp.where(mask > 0, dy, 0)` first."""
-  if name in amx.NAMES:
-    dw, db = amx.weight_and_bias_grad(x, dy, kernel_shape, padding, dtype,
-                                      bias_dtype or dtype, mask=mask, units=name)
-    return dw, None if bias_dtype is None else db
-  if name == amx.WINOGRAD_NAME:
-    dw, db = amx.winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype,
-                                               bias_dtype or dtype, mask=mask)
+  if name in amx.NATIVE:
+    grads = (amx.winograd_weight_and_bias_grad if name == amx.WINOGRAD_NAME
+             else functools.partial(amx.weight_and_bias_grad, units=name))
+    dw, db = grads(x, dy, kernel_shape, padding, dtype, bias_dtype or dtype, mask=mask)
     return dw, None if bias_dtype is None else db
   dy = amx.relu_masked(dy, mask)
   dw = FORMULATIONS[name](x, dy, kernel_shape, padding, dtype)
@@ -158,7 +155,7 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   if amx.covers(amx.NAME, kernel_shape, dtype):
     return amx.NAME
   hw = x_shape[1] * x_shape[2]
-  if amx.winograd_rule(x_shape, kernel_shape, dtype, weight_grad=True):
+  if amx.winograd_rule(x_shape, kernel_shape, dtype):
     return amx.WINOGRAD_NAME
   if amx.vector_rule(kernel_shape, dtype):
     if winograd.pays(x_shape, kernel_shape, dtype, largest=32, smallest=8):

@@ -722,6 +722,15 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
   return ffi::Error::Success();
 }
 
+// Winograd F(2x2, 3x3)'s B^T (cxr_jax.ops.winograd.MATRICES[2]), row r as (first tap, second tap,
+// sign of the second): every row is d[i] - d[j] or d[i] + d[j]. `BtRow` applies row r to those
+// two taps' values, the one float32 operation XLA's form does for it.
+constexpr int kBt[4][3] = {{0, 2, -1}, {1, 2, 1}, {2, 1, -1}, {1, 3, -1}};
+
+inline __m512 BtRow(int r, __m512 first, __m512 second) {
+  return kBt[r][2] > 0 ? _mm512_add_ps(first, second) : _mm512_sub_ps(first, second);
+}
+
 // A walk over consecutive Winograd tiles t = (image, tile row, tile column) of a th x tw grid: one
 // division to start, none per tile (three per tile, redone per channel block, cost the weight
 // gradient more than its products at 56 px).
@@ -869,21 +878,15 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
               if (keep) bits = _mm256_maskz_mov_epi16(Positive16(keep + at[i][j] + c0 + 16 * half), bits);
               d[i][j] = Widen(bits);
             }
-          // B^T d B, rows then columns, each sum as winograd.MATRICES[2]'s B^T rows give it.
+          // B^T d B, over the tile's rows, then its columns (`BtRow`).
           __m512 r[4][4];
-          for (int j = 0; j < 4; ++j) {
-            r[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-            r[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-            r[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-            r[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
-          }
-          for (int a = 0; a < 4; ++a) {
-            const __m512 vk[4] = {_mm512_sub_ps(r[a][0], r[a][2]), _mm512_add_ps(r[a][1], r[a][2]),
-                                  _mm512_sub_ps(r[a][2], r[a][1]), _mm512_sub_ps(r[a][1], r[a][3])};
+          for (int a = 0; a < 4; ++a)
+            for (int j = 0; j < 4; ++j) r[a][j] = BtRow(a, d[kBt[a][0]][j], d[kBt[a][1]][j]);
+          for (int a = 0; a < 4; ++a)
             for (int b = 0; b < 4; ++b)
-              _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + ((4 * a + b) * rows + q) * c + c0 + 16 * half),
-                                  (__m256i)_mm512_cvtneps_pbh(vk[b]));
-          }
+              _mm256_storeu_si256(
+                  reinterpret_cast<__m256i*>(v + ((4 * a + b) * rows + q) * c + c0 + 16 * half),
+                  (__m256i)_mm512_cvtneps_pbh(BtRow(b, r[a][kBt[b][0]], r[a][kBt[b][1]])));
         }
       }
     }
@@ -986,11 +989,6 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
     if (keep) bits = _mm256_maskz_mov_epi16(Positive16(keep + at + o0), bits);
     return Widen(bits);
   };
-  // B^T's row r as (first tap, second tap, sign of the second): d[i] - d[j], d[i] + d[j].
-  static constexpr int kBt[4][3] = {{0, 2, -1}, {1, 2, 1}, {2, 1, -1}, {1, 3, -1}};
-  const auto comb = [](int r, __m512 p0, __m512 p1) {
-    return kBt[r][2] > 0 ? _mm512_add_ps(p0, p1) : _mm512_sub_ps(p0, p1);
-  };
   const auto along = [](int r, __m512 p0, __m512 p1) {  // A's row r applied to (p0, p1)
     switch (r) {
       case 0: return p0;
@@ -1040,11 +1038,11 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
                                       reinterpret_cast<const __m256i*>(px[u][j] + c0)))
                                 : _mm512_setzero_ps();
               };
-              r[j] = comb(a, at(0), at(1));
+              r[j] = BtRow(a, at(0), at(1));
             }
             for (int b = 0; b < 4; ++b)
               _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows + (b * 32 + i) * c + c0),
-                                  (__m256i)_mm512_cvtneps_pbh(comb(b, r[kBt[b][0]], r[kBt[b][1]])));
+                                  (__m256i)_mm512_cvtneps_pbh(BtRow(b, r[kBt[b][0]], r[kBt[b][1]])));
           }
         }
         const uint16_t* blk[32];
