@@ -227,6 +227,18 @@ def winograd_rule(x_shape, kernel_shape, dtype) -> bool:
           and _tiles(*x_shape[:3]) >= WINOGRAD_TILES)
 
 
+def native_rule(x_shape, kernel_shape, dtype) -> str | None:
+  """The native formulation the fixed rules (`fwd.rule`, `wgrad.rule`) take before their own, or
+  None: the AMX tiles (NAME) wherever they cover; on a CPU with avx512_bf16 and no AMX, the native
+  Winograd (WINOGRAD_NAME, `winograd_rule`), then the vector units (VECTOR_NAME, `vector_rule`),
+  which each rule may still leave to XLA's Winograd bf16 forms where those measured faster."""
+  if covers(NAME, kernel_shape, dtype):
+    return NAME
+  if winograd_rule(x_shape, kernel_shape, dtype):
+    return WINOGRAD_NAME
+  return VECTOR_NAME if vector_rule(kernel_shape, dtype) else None
+
+
 def _up32(n: int) -> int:
   """n rounded up to the tiles' 32 rows."""
   return -(-n // 32) * 32

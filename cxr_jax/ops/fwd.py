@@ -83,7 +83,8 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   1.5-2.2x, `winograd.amx_units`); and F(2x2) in chunks of 2 images on larger maps,
   `winograd.pays_large_bf16`); "rows" for other bfloat16 layers with wide channels where the CPU
   has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
-  all of these, bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16 layer) take them;
+  all of these (`amx.native_rule`), bfloat16 layers the AMX tiles cover (`amx.covers`: every
+  VGG16 layer) take them;
   on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3 layers with 32-channel multiples
   and 128+ output tiles (`amx.winograd_rule`: 1.1-1.8x the best other form at batch 8 from 16 px),
   then the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
@@ -91,15 +92,12 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   but the 3x3 ones with 128+ channels on 8-56 px maps, where F(2x2)'s bf16 products won (1.05-1.2x
   at 56 px, 1.6x at 28, 2x at 8 px, below Winograd's float32 range:
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
-  if amx.covers(amx.NAME, kernel_shape, dtype):
-    return amx.NAME
-  hw = x_shape[1] * x_shape[2]
-  if amx.winograd_rule(x_shape, kernel_shape, dtype):
-    return amx.WINOGRAD_NAME
-  if amx.vector_rule(kernel_shape, dtype):
-    if winograd.pays(x_shape, kernel_shape, dtype, largest=56, smallest=8):
-      return "wino2_c2" if hw >= 28 * 28 else "wino2"
-    return amx.VECTOR_NAME
+  native, hw = amx.native_rule(x_shape, kernel_shape, dtype), x_shape[1] * x_shape[2]
+  if native == amx.VECTOR_NAME and winograd.pays(x_shape, kernel_shape, dtype, largest=56,
+                                                  smallest=8):
+    return "wino2_c2" if hw >= 28 * 28 else "wino2"
+  if native:
+    return native
   bf16 = jnp.dtype(dtype) == jnp.bfloat16 and winograd.bf16_units()
   if winograd.pays(x_shape, kernel_shape, dtype, largest=56):
     if bf16 and winograd.amx_units():
