@@ -24,8 +24,18 @@ def figures(workdir: Path) -> dict:
                                      "sensitivity": v["sensitivity"],
                                      "normal_vs_pneumonia_auc": v["normal_vs_pneumonia_auc"]}
                                  for s, v in e["by_source"].items()},
+          "external_mean_p_covid_by_source": mean_p_covid(
+              workdir / "external/cxr-external/predictions.csv"),
           "val_loss_by_epoch": [h["val_loss"] for h in
                                 json.loads((workdir / "history.json").read_text())]}
+
+
+def mean_p_covid(predictions: Path) -> dict:
+  """Each source's mean p(covid): where a lean shows before any image changes class."""
+  by = {}
+  for r in csv.DictReader(open(predictions)):
+    by.setdefault(r["source"], []).append(float(r["p_covid"]))
+  return {s: sum(v) / len(v) for s, v in sorted(by.items())}
 
 
 def agreement(a: Path, b: Path, name: str) -> dict:
