@@ -67,8 +67,9 @@ def step_flops(size: int, batch: int, trainable_blocks: int) -> dict:
 
 # ------------------------------------------------------------------ JAX (the project's own step)
 
-def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
-  """(train_fn, eval_fn) running cxr_jax.train.step's pmapped step on one device."""
+def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data, devices: int = 1):
+  """(train_fn, eval_fn) running cxr_jax.train.step's pmapped step on `devices` local devices,
+  the batch split evenly over them as the trainer splits it."""
   import jax
   import jax.numpy as jnp
 
@@ -98,10 +99,14 @@ def jax_variant(spec: str, size: int, batch: int, trainable_blocks: int, data):
                           plateau_state=optim.make_plateau(config.train).init({}),
                           rng=jax.random.PRNGKey(1))
   # Replicated the way p_train returns it, so the warm-up compiles the one program that is timed.
-  state = jax.pmap(lambda s: s)(jax.tree.map(lambda a: jnp.asarray(a)[None], state))
+  state = jax.pmap(lambda s: s)(jax.tree.map(
+      lambda a: jnp.broadcast_to(jnp.asarray(a), (devices, *jnp.shape(a))), state))
   p_train, p_eval = step.make_pmapped_steps(model, tx, NUM_CLASSES)
-  batch_ = jax.device_put({"image": images[None], "label": labels[None],
-                           "weight": np.ones((1, batch), np.float32)})
+  if batch % devices:
+    raise ValueError(f"a batch of {batch} does not split over {devices} devices")
+  split = lambda a: a.reshape(devices, batch // devices, *a.shape[1:])
+  batch_ = jax.device_put({"image": split(images), "label": split(labels),
+                           "weight": np.ones((devices, batch // devices), np.float32)})
   holder = {"state": state}
 
   def train_fn():

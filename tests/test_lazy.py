@@ -8,7 +8,8 @@ import pytest
 from cxr_jax import lazy
 
 
-@pytest.mark.parametrize("package", ["cxr_jax.data", "cxr_jax.evaluate", "cxr_jax.explain"])
+@pytest.mark.parametrize("package", ["cxr_jax.data", "cxr_jax.evaluate", "cxr_jax.explain",
+                                     "cxr_jax.train"])
 def test_every_exported_name_resolves_to_its_module_object(package):
   module = importlib.import_module(package)
   assert set(module._HOMES) <= set(module.__all__)
