@@ -16,9 +16,13 @@ cuDNN's algorithms are not credited) / the measured time per step / a peak, agai
 - `measured`: an n^3 product in the dtype (float32 accumulation) timed in the same run, the
   practical ceiling (`vs_pytorch.jax_matmul_gflops`), times the local devices.
 
-On a GPU machine (JAX with CUDA installed; ml-collections, the configs' one dependency beyond JAX,
-flax and optax, carried as a wheel):
-  python3 benchmarks/accelerator_bench.py --out "$OUT/accelerator_bench.json"
+On a GPU machine (JAX with CUDA installed; of the rest it imports, only ml-collections, the
+configs' dependency, was missing from the lent machines' image: carry its wheel, which
+`.gitignore`'s /.whl/ keeps out of git):
+  python3 -m pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0   # here
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+      && PYTHONPATH=/tmp/site python3 benchmarks/accelerator_bench.py --out "$OUT/accelerator_bench.json"
+(~12 compilations of VGG16; save a few minutes of the device's time for them.)
 On CPU the same runs (tests/test_benchmarks.py at 32 px); there the per-device batch defaults to 8.
 Nothing here imports TensorFlow, clu or orbax (`cxr_jax.train` loads its trainer lazily).
 """
@@ -104,16 +108,16 @@ def main(argv=None) -> dict:
     result["ceiling"][dtype] = {"matmul_n": n_mm, "flops_per_s_per_device": per_device,
                                 "spec_per_device": spec_peak(kind, dtype)}
   save()
-  for size in args.sizes:
-    per = args.batch or (8 if on_cpu else ACCELERATOR_BATCH.get(size, 8))
-    batch = per * len(devices)
-    rng = np.random.default_rng(0)
-    data = (rng.standard_normal((batch, size, size, 3)).astype(np.float32),
-            rng.integers(0, vs_pytorch.NUM_CLASSES, batch).astype(np.int32))
-    for dtype in args.dtypes:
-      spec = "jax:auto" + (":bf16" if dtype == "bfloat16" else "")
-      peaks = {"spec": result["ceiling"][dtype]["spec_per_device"],
-               "measured": result["ceiling"][dtype]["flops_per_s_per_device"]}
+  for dtype in args.dtypes:   # in the order given: bf16 first by default, the issue's figure
+    spec = "jax:auto" + (":bf16" if dtype == "bfloat16" else "")
+    peaks = {"spec": result["ceiling"][dtype]["spec_per_device"],
+             "measured": result["ceiling"][dtype]["flops_per_s_per_device"]}
+    for size in args.sizes:
+      per = args.batch or (8 if on_cpu else ACCELERATOR_BATCH.get(size, 8))
+      batch = per * len(devices)
+      rng = np.random.default_rng(0)
+      data = (rng.standard_normal((batch, size, size, 3)).astype(np.float32),
+              rng.integers(0, vs_pytorch.NUM_CLASSES, batch).astype(np.int32))
       for degree in [*args.degrees, 0]:   # 0: the forward pass alone (eval_fn)
         train_fn, eval_fn = vs_pytorch.jax_variant(spec, size, batch, max(degree, 1), data,
                                                    devices=len(devices))
