@@ -6,7 +6,7 @@ between the two inference dtypes and in which direction.
 
   python results/bf16_quickstart_128px/cross_dtype.py WORKDIR... > cross_dtype.json
 
-The float32 cell of a float32 run must reproduce its evaluation's predictions.csv (checked: the
+Each run scored in its own dtype must reproduce its evaluation's predictions.csv (checked: the
 largest p(covid) difference is reported as `vs_evaluation`), so the table compares like with like.
 """
 
@@ -24,8 +24,8 @@ from cxr_jax.predict import iter_predictions
 SPLITS = {"test": "predictions.csv", "cxr-external": "external/cxr-external/predictions.csv"}
 
 
-def scored(workdir: Path, rows: list[dict], dtype: str) -> np.ndarray:
-  """p(covid), prediction per row, scored in `dtype`."""
+def scored(workdir: Path, rows: list[dict], dtype: str) -> list[tuple[float, str]]:
+  """(p(covid), predicted class) per row, scored in `dtype`."""
   out = list(iter_predictions(workdir, [r["file"] for r in rows], dtype=dtype, batch_size=32))
   bad = [r for r in out if "error" in r]
   if bad:
