@@ -146,9 +146,9 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   conv at 224 px, batch 8). Before all of these (`amx.native_rule`), bfloat16 layers the AMX
   tiles cover (`amx.covers`) take them; on AVX512-BF16 without AMX, the native Winograd F(2x2)
   its 3x3 layers with 32-channel multiples and 128+ tiles (`amx.winograd_rule`: 1.3-2.1x the best
-  other form on VGG16's), then the vector units every layer they cover (`amx.vector_rule`: 1.2-3.5x the best other form on VGG16's 56-224 px maps and first
-  layer) but the 3x3 ones with 128+ channels on 8-32 px maps: there F(4x4) where the map is a
-  whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05x the vector units at 28 px, 1.5x
+  other form on VGG16's), then the vector units every layer they cover (`amx.vector_rule`:
+  1.2-3.5x the best other form on VGG16's 56-224 px maps and first layer) but the 3x3 ones with
+  128+ channels on 8-32 px maps: there F(4x4) where the map is a whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05x the vector units at 28 px, 1.5x
   at 16, 2x at 8; at 32 px about even, run to run;
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   native, hw = amx.native_rule(x_shape, kernel_shape, dtype), x_shape[1] * x_shape[2]
