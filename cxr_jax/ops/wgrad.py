@@ -143,13 +143,13 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   bfloat16 (`winograd.product_dtype`): the same, and F(4x4) also on larger maps from 64 channels
   where the CPU has bf16 units (`winograd.pays_large_bf16`); on AMX, the transposed im2col for
   layers with under 64 input channels (a [27, M] buffer: 44 ms vs band4's 114 ms for VGG16's first
-  conv at 224 px, batch 8). Before all of these (`amx.native_rule`), bfloat16 layers the AMX
-  tiles cover (`amx.covers`) take them; on AVX512-BF16 without AMX, the native Winograd F(2x2)
-  its 3x3 layers with 32-channel multiples and 128+ tiles (`amx.winograd_rule`: 1.3-2.1x the best
-  other form on VGG16's), then the vector units every layer they cover (`amx.vector_rule`:
-  1.2-3.5x the best other form on VGG16's 56-224 px maps and first layer) but the 3x3 ones with
-  128+ channels on 8-32 px maps: there F(4x4) where the map is a whole number of its 4 x 4 tiles from 16 px, else F(2x2) (1.05x the vector units at 28 px, 1.5x
-  at 16, 2x at 8; at 32 px about even, run to run;
+  conv at 224 px, batch 8). Before all of these (`amx.native_rule`), bfloat16 layers the AMX tiles
+  cover (`amx.covers`) take them; on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3
+  layers with 32-channel multiples and 128+ tiles (`amx.winograd_rule`: 1.3-2.1x the best other form
+  on VGG16's), then the vector units every layer they cover (`amx.vector_rule`: 1.2-3.5x the best
+  other form on VGG16's 56-224 px maps and first layer) but the 3x3 ones with 128+ channels on 8-32
+  px maps: there F(4x4) where the map is a whole number of its 4 x 4 tiles from 16 px, else F(2x2)
+  (1.05x the vector units at 28 px, 1.5x at 16, 2x at 8; at 32 px about even, run to run;
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   native, hw = amx.native_rule(x_shape, kernel_shape, dtype), x_shape[1] * x_shape[2]
   if native == amx.VECTOR_NAME and winograd.pays(x_shape, kernel_shape, dtype, largest=32,
