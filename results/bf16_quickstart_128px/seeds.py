@@ -5,6 +5,7 @@ moves.
 
   python results/bf16_quickstart_128px/seeds.py comparison_seed0.json comparison_seed1.json ... \
       > seeds.json
+  python results/bf16_quickstart_128px/seeds.py --markdown seeds.json   # the README's table
 """
 
 import json
@@ -35,5 +36,36 @@ def main(paths):
   print(json.dumps({"pairs": paths, "figures": summary}, indent=1))
 
 
+# (row, figure, scale, format of a value, unit of a difference)
+ROWS = [("test accuracy", "test_accuracy", 1, "{:.3f}", ""),
+        ("test COVID AUC", "test_covid_auc", 1, "{:.3f}", ""),
+        ("COVID AUC inside ieee8023", "ieee8023_covid_auc", 1, "{:.3f}", ""),
+        ("cxr-external accuracy", "external_accuracy", 1, "{:.3f}", ""),
+        ("Kermany-test called COVID", "kermany-test_called_covid", 100, "{:.1f}", " points"),
+        ("SIIM COVID called COVID", "siim-fisabio-rsna_called_covid", 100, "{:.1f}", " points"),
+        ("Kermany-test mean p(covid)", "kermany-test_mean_p_covid", 1, "{:.3f}", ""),
+        ("SIIM mean p(covid)", "siim-fisabio-rsna_mean_p_covid", 1, "{:.3f}", "")]
+
+
+def markdown(summary_path: str) -> str:
+  figures = json.load(open(summary_path))["figures"]
+  n = len(figures["test_accuracy"]["fp32"])
+  lines = [f"| seeds {' / '.join(map(str, range(n)))} | float32 | bfloat16 (native Winograd) | "
+           "bf16 - fp32: mean (above zero) | float32's own seed range |", "| --- " * 5 + "|"]
+  for label, key, scale, fmt, unit in ROWS:
+    v = figures[key]
+    values = lambda xs, fmt=fmt, scale=scale, unit=unit: (
+        " / ".join(fmt.format(x * scale) for x in xs) + (" %" if unit else ""))
+    lines.append(f"| {label} | {values(v['fp32'])} | {values(v['bf16'])} | "
+                 f"{'+' if v['mean_difference'] >= 0 else ''}"
+                 f"{fmt.format(v['mean_difference'] * scale)}{unit} "
+                 f"({v['differences_above_zero']} of {n}) | "
+                 f"{fmt.format(v['fp32_seed_range'] * scale)}{unit} |")
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  if sys.argv[1] == "--markdown":
+    print(markdown(sys.argv[2]))
+  else:
+    main(sys.argv[1:])
