@@ -82,15 +82,14 @@ def rule(x_shape, kernel_shape, dtype) -> str:
   28 px (AVX512-BF16 EPYC: 1.3-1.8x F(4x4)'s float32 products at 28-56 px, 3x at 14 px; AMX:
   1.5-2.2x, `winograd.amx_units`); and F(2x2) in chunks of 2 images on larger maps,
   `winograd.pays_large_bf16`); "rows" for other bfloat16 layers with wide channels where the CPU
-  has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before
-  all of these (`amx.native_rule`), bfloat16 layers the AMX tiles cover (`amx.covers`: every
-  VGG16 layer) take them;
-  on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3 layers with 32-channel multiples
-  and 128+ output tiles (`amx.winograd_rule`: 1.1-1.8x the best other form at batch 8 from 16 px),
-  then the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x
-  the other forms on VGG16's 64-224 px maps and first layer at batch 8; F(2x2) won some at batch 1)
-  but the 3x3 ones with 128+ channels on 8-56 px maps, where F(2x2)'s bf16 products won (1.05-1.2x
-  at 56 px, 1.6x at 28, 2x at 8 px, below Winograd's float32 range:
+  has bf16 units (XLA's own bf16 convolution runs at its float32 speed); else XLA's conv. Before all
+  of these (`amx.native_rule`), bfloat16 layers the AMX tiles cover (`amx.covers`: every VGG16
+  layer) take them; on AVX512-BF16 without AMX, the native Winograd F(2x2) its 3x3 layers with
+  32-channel multiples and 128+ output tiles (`amx.winograd_rule`: 1.1-1.8x the best other form at
+  batch 8 from 16 px), then the vector units every layer they cover (`amx.vector_rule`: 1.4-3.3x the
+  other forms on VGG16's 64-224 px maps and first layer at batch 8; F(2x2) won some at batch 1) but
+  the 3x3 ones with 128+ channels on 8-56 px maps, where F(2x2)'s bf16 products won (1.05-1.2x at 56
+  px, 1.6x at 28, 2x at 8 px, below Winograd's float32 range:
   benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16.md)."""
   native, hw = amx.native_rule(x_shape, kernel_shape, dtype), x_shape[1] * x_shape[2]
   if native == amx.VECTOR_NAME and winograd.pays(x_shape, kernel_shape, dtype, largest=56,

@@ -54,9 +54,9 @@ def markdown(summary_path: str) -> str:
            "bf16 - fp32: mean (above zero) | float32's own seed range |", "| --- " * 5 + "|"]
   for label, key, scale, fmt, unit in ROWS:
     v = figures[key]
-    values = lambda xs, fmt=fmt, scale=scale, unit=unit: (
-        " / ".join(fmt.format(x * scale) for x in xs) + (" %" if unit else ""))
-    lines.append(f"| {label} | {values(v['fp32'])} | {values(v['bf16'])} | "
+    values = {d: " / ".join(fmt.format(x * scale) for x in v[d]) + (" %" if unit else "")
+              for d in ("fp32", "bf16")}
+    lines.append(f"| {label} | {values['fp32']} | {values['bf16']} | "
                  f"{'+' if v['mean_difference'] >= 0 else ''}"
                  f"{fmt.format(v['mean_difference'] * scale)}{unit} "
                  f"({v['differences_above_zero']} of {n}) | "
