@@ -284,7 +284,7 @@ def get_config() -> ml_collections.ConfigDict:
   s.mem = "32G"                      # sbatch --mem (per node)
   s.gpus_per_node = 0
   # Several hosts or processes per run: one task per process, jax.distributed initialised from
-  # SLURM's environment in each (README "Multi-host training").
+  # SLURM's environment in each (README, "Data parallel and multi-host").
   s.nodes = 1
   s.tasks_per_node = 1
   s.array_parallelism = 64           # jobs of one array running at once (sbatch --array=...%N)
@@ -294,7 +294,7 @@ def get_config() -> ml_collections.ConfigDict:
   s.setup = ""                       # shell line run before each job, e.g. "module load cuda/12.4"
   s.poll_s = 30                      # seconds between squeue checks while waiting
 
-  # Multi-process training (one process per host): see README, "Multi-host training".
+  # Multi-process training (one process per host): see README, "Data parallel and multi-host".
   c.distributed = False              # call jax.distributed.initialize() first
   c.coordinator_address = ""         # "host:port" of process 0; "" = auto-detect (TPU, SLURM, ...)
   c.num_processes = -1               # with coordinator_address
