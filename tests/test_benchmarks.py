@@ -1,10 +1,12 @@
 """The accelerator benchmark (`benchmarks/accelerator_bench.py`): its FLOP count against VGG16's
 published one, its peaks, and a whole run on the CPU devices at 32 px: the script a GPU session
-runs once must work before it gets there."""
+runs once must work before it gets there. And benchmarks/README.md's list of the scripts."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,14 @@ def test_accelerator_bench_runs_on_cpu_devices_without_tensorflow(tmp_path):
     assert run["mfu"]["measured"] == pytest.approx(
         run["model_flops_per_step"] / run["step_s"] / (2 * ceiling))
   assert result["runs"][0]["model_flops_per_step"] == vs_pytorch.step_flops(32, 2, 2)["total"]
+
+
+def test_every_benchmark_is_listed_in_the_benchmarks_readme():
+  """benchmarks/README.md's table names every script in benchmarks/ (and no script that is gone),
+  so the list a reader picks a benchmark from stays the folder's."""
+  folder = Path(vs_pytorch.__file__).resolve().parent
+  scripts = {p.name for p in folder.iterdir()
+             if p.suffix in (".py", ".cc") and p.name not in ("__init__.py", "machine.py")}
+  listed = set(re.findall(r"^\| `([\w.]+\.(?:py|cc))` \|", (folder / "README.md").read_text(),
+                          flags=re.MULTILINE))
+  assert listed == scripts
