@@ -1,6 +1,7 @@
 // The AVX512-BF16 vector units' own rate: VDPBF16PS on registers only (16 independent sums, no
 // loads), on 1 and 2 threads. The ceiling the `avx512bf16` convolution formulation
-// (cxr_jax/ops/amx.py) is read against (benchmarks/README.md, "The same kernel on AVX512-BF16's vector units").
+// (cxr_jax/ops/amx.py) is read against (benchmarks/README.md, "The same kernel on AVX512-BF16's
+// vector units").
 //
 //   c++ -O2 -mavx512f -mavx512bf16 -pthread benchmarks/vdpbf16ps_peak.cc -o /tmp/peak && /tmp/peak
 #include <immintrin.h>
