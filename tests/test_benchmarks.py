@@ -3,6 +3,7 @@ published one, its peaks, and a whole run on the CPU devices at 32 px: the scrip
 runs once must work before it gets there. And benchmarks/README.md's list of the scripts."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def test_accelerator_bench_runs_on_cpu_devices_without_tensorflow(tmp_path):
       [sys.executable, "-c", probe, "--sizes", "32", "--degrees", "2", "--dtypes", "float32",
        "--steps", "1", "--repeats", "1", "--matmul-size", "64", "--batch", "1", "--out", str(out)],
       capture_output=True, text=True, timeout=600,
-      env={**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   assert result["local_devices"] == 2 and result["device_kind"] == "cpu"

@@ -154,11 +154,11 @@ def test_vector_rules_take_native_winograd_then_the_vector_units(monkeypatch):
   """On a CPU with avx512_bf16 and no AMX, where the native library is built, the rules take the
   native F(2x2) (`amx.winograd_rule`) for the forward pass, input and weight gradients of every
   bfloat16 3x3 layer it covers with 128+ output tiles; the vector units' direct sums
-  (`amx.vector_rule`) for the other layers they cover, except the 3x3 ones where XLA's Winograd bf16 forms measured
-  faster (forward 8-56 px below 128 tiles, weight gradient 8-32 px; VGG16 at 224 and 128 px,
-  benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16*.md). float32, a layer they do
-  not cover and a CPU where they were not measured (AMX whose tiles are refused) keep their
-  rules."""
+  (`amx.vector_rule`) for the other layers they cover, except the 3x3 ones where XLA's Winograd
+  bf16 forms measured faster (forward 8-56 px below 128 tiles, weight gradient 8-32 px; VGG16 at
+  224 and 128 px, benchmarks/results/conv_layers_{224,128}_bf16_epyc_avx512bf16*.md). float32, a
+  layer they do not cover and a CPU where they were not measured (AMX whose tiles are refused)
+  keep their rules."""
   from cxr_jax.ops import amx
 
   monkeypatch.setattr("cxr_jax.machine.native_bf16", lambda: True)
