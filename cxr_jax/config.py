@@ -116,6 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (benchmarks/results/vs_pytorch*.md). Set xla for flax's exact convolution. avx512bf16: with
   # dtype=bfloat16, every covered layer on AVX512-BF16's vector units (cxr_jax.ops.amx; on CPUs
   # with avx512_bf16 and no AMX the rules take them outside Winograd's small-map layers).
+  # wino2_amx: with dtype=bfloat16 on an AMX CPU, every 3x3 layer with 32-channel multiples as
+  # Winograd F(2x2) with its products on the AMX tiles (tested, not yet timed on AMX: no rule
+  # takes it; benchmarks/README.md, "Intel Xeon with AMX").
   m.conv_impl = "auto"
   # VGG's max-pool: fast (cxr_jax.ops.pool: bit-identical to flax's, gradient ~8x faster on CPU) | xla
   m.pool_impl = "fast"

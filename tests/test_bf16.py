@@ -7,6 +7,9 @@ U_BF16 = 2^-8; float32's is 2^-24. A sum of K float32 products carries at most K
 sum of their absolute values (Higham's gamma_K, first order).
 """
 
+import functools
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -324,7 +327,9 @@ AMX_CASES = [  # (x shape, kernel shape, padding): flat rows not a multiple of 3
 ]
 
 
-UNITS = ["amx", "avx512bf16"]  # amx.NAMES: the kernel's products on the tiles / the vector units
+# amx.UNITS: the kernel's products on the tiles / the tiles' code emulated (any avx512_bf16 CPU) /
+# the vector units
+UNITS = ["amx", "amx_emulated", "avx512bf16"]
 
 
 def _amx_or_skip(units="amx"):
@@ -346,8 +351,8 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
   of the absolute-value sum S) and, for bf16 outputs, the output's rounding (u |ref|) remain.
   small_units: 32-64-row work units, so panels meet image edges and padding mid-unit, the halo
   spans units and every worker adds its own weight-gradient sums (the default units hold these
-  small problems whole). units: on the AMX tiles and on AVX512-BF16's vector units (the same
-  bound: any order of the float32 sums)."""
+  small problems whole). units: on the AMX tiles, their code emulated, and on AVX512-BF16's vector
+  units (the same bound: any order of the float32 sums)."""
   amx = _amx_or_skip(units)
   if small_units:
     monkeypatch.setattr(amx, "FORWARD_PANEL_BYTES", 1)
@@ -367,7 +372,8 @@ def test_amx_convolution_within_the_bound_of_one_bfloat16_product(x_shape, k_sha
   # image's need computing): the other formulations take it.
   dx_covered = amx.covers(units, tw.shape, jnp.bfloat16)
   got_dx = amx.forward(bf(dy), bf(tw), tpads, units=units) if dx_covered else dx_ref.astype(jnp.bfloat16)
-  if dx_covered:  # the kernel's own flip and swap of w: the same products in the same order
+  if dx_covered and units in fwd.FORMULATIONS:  # the kernel's own flip and swap of w: the same
+    # products in the same order
     np.testing.assert_array_equal(fwd.on_transposed_kernel(units, bf(dy), bf(w), tpads), got_dx)
   got_dw, got_db = amx.weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32, jnp.float32,
                                             units=units)
@@ -453,6 +459,8 @@ def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads
   if dx_covered:
     np.testing.assert_array_equal(amx.forward(dy, w, tpads, flip=True, mask=y, units=units),
                                   amx.forward(masked, w, tpads, flip=True, units=units))
+  if units not in fwd.FORMULATIONS:  # the emulated tiles: no formulation for conv2d to take
+    return
   # conv2d's backward with the fused ReLU: its y is the layer's (nonnegative) output.
   y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, units, units, b_, relu=True),
                        x, w, b)
@@ -473,37 +481,49 @@ WINOGRAD_CASES = [  # (x shape, kernel shape, padding): odd maps (partial 2x2 ti
 ]
 
 
+@pytest.mark.parametrize("units", UNITS)
 @pytest.mark.parametrize("small_units", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,pads", WINOGRAD_CASES)
-def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_units, monkeypatch):
+def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_units, units,
+                                                  monkeypatch):
   """The native F(2x2) (`amx.winograd_forward` / `winograd_weight_and_bias_grad`: transforms in
-  the kernel, products on the vector units) on bfloat16-exact data, forward, input gradient
-  (through fwd.on_transposed_kernel, as conv.py calls it) and weight gradient, with bias and ReLU
-  in its epilogue and the bias gradient beside dw: within the bound XLA's F(2x2) bf16 form is
-  held to (`test_winograd_on_bfloat16_within_its_derived_bound`: the same rounded operands, any
-  order of float32 sums), plus one float32 addition of |b|. small_units: units of 8 tiles (32 for
-  the weight gradient, in 3 groups), so they cross images and a last strip is partly empty."""
+  the kernel, products on the tiles, their code emulated, or the vector units) on bfloat16-exact
+  data, forward, input gradient and weight gradient, with bias and ReLU in its epilogue and the
+  bias gradient beside dw: within the bound XLA's F(2x2) bf16 form is held to
+  (`test_winograd_on_bfloat16_within_its_derived_bound`: the same rounded operands, any order of
+  float32 sums), plus one float32 addition of |b|; and a units' formulation (amx.WINOGRAD) gives
+  the same bits through fwd / wgrad as conv.py calls them. small_units: units of 8 tiles (32 on
+  the tiles and for the weight gradient, in 3 groups), so they cross images and a last strip is
+  partly empty."""
   from cxr_jax.ops import amx
 
-  _amx_or_skip(amx.VECTOR_NAME)
+  _amx_or_skip(units)
   if small_units:  # and as on 12 cores: the weight gradient's panels in 3 groups, own sums each
     monkeypatch.setattr(amx, "WINOGRAD_PANEL_BYTES", 1)
     monkeypatch.setattr(amx.os, "cpu_count", lambda: 12)
-  name = amx.WINOGRAD_NAME
   x, w, b = _random(x_shape, 51, relu=True), _random(k_shape, 52) * 0.125, _random(k_shape[3:], 53)
   y, vjp = jax.vjp(lambda x_, w_: fwd.xla(x_, w_, pads), x, w)
   dy = _random(y.shape, 54)
   dx_ref, dw_ref = vjp(dy)
   bf = lambda a: a.astype(jnp.bfloat16)
   tw, tpads = fwd.transposed_kernel(w), fwd.transposed_padding(w.shape, pads)
-  got = {"y": fwd.FORMULATIONS[name](bf(x), bf(w), pads),
-         "yb": fwd.with_epilogue(name, bf(x), bf(w), pads, bias=b, relu=True),
-         "dx": fwd.on_transposed_kernel(name, bf(dy), bf(w), tpads)}
+  got = {"y": amx.winograd_forward(bf(x), bf(w), pads, units=units),
+         "yb": amx.winograd_forward(bf(x), bf(w), pads, bias=b, relu=True, units=units),
+         "dx": amx.winograd_forward(bf(dy), bf(w), tpads, flip=True, units=units)}
   assert all(v.dtype == jnp.bfloat16 for v in got.values())
-  got["dw"], got["db"] = wgrad.weight_and_bias_grad(name, bf(x), bf(dy), k_shape, pads, jnp.float32,
-                                                    jnp.float32)
-  np.testing.assert_array_equal(wgrad.FORMULATIONS[name](bf(x), bf(dy), k_shape, pads, jnp.float32),
-                                got["dw"])
+  got["dw"], got["db"] = amx.winograd_weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32,
+                                                           jnp.float32, units=units)
+  name = {u: n for n, u in amx.WINOGRAD.items()}.get(units)
+  if name is not None:
+    np.testing.assert_array_equal(fwd.FORMULATIONS[name](bf(x), bf(w), pads), got["y"])
+    np.testing.assert_array_equal(fwd.with_epilogue(name, bf(x), bf(w), pads, bias=b, relu=True),
+                                  got["yb"])
+    np.testing.assert_array_equal(fwd.on_transposed_kernel(name, bf(dy), bf(w), tpads), got["dx"])
+    jax.tree.map(np.testing.assert_array_equal,
+                 wgrad.weight_and_bias_grad(name, bf(x), bf(dy), k_shape, pads, jnp.float32,
+                                            jnp.float32), (got["dw"], got["db"]))
+    np.testing.assert_array_equal(wgrad.FORMULATIONS[name](bf(x), bf(dy), k_shape, pads, jnp.float32),
+                                  got["dw"])
   _abs_winograd(monkeypatch, 2)
   e_y = fwd.FORMULATIONS["wino2"](abs(x), abs(w), pads)
   tiles = x_shape[0] * -(-y.shape[1] // 2) * -(-y.shape[2] // 2)
@@ -525,15 +545,16 @@ def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_
   assert bool(jnp.any(got["y"] < 0)) and not bool(jnp.any(got["yb"] < 0))
 
 
+@pytest.mark.parametrize("units", UNITS)
 @pytest.mark.parametrize("small_units", [False, True])
-def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch):
+def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, units, monkeypatch):
   """The input, weight and bias gradients with the ReLU's mask read in the kernel are bit for bit
-  those on jnp.where(y > 0, dy, 0) (mask with +-0, +-inf and NaN); a NaN in the input stays NaN through the
-  fused ReLU at every output its 3x3 window reaches (never a silent 0); and a shape it does not
-  cover is refused, not misread."""
+  those on jnp.where(y > 0, dy, 0) (mask with +-0, +-inf and NaN); a NaN in the input stays NaN
+  through the fused ReLU at every output its 3x3 window reaches (never a silent 0); a shape it does
+  not cover is refused, not misread; on every units, and through conv2d for a units' formulation."""
   from cxr_jax.ops import amx
 
-  _amx_or_skip(amx.VECTOR_NAME)
+  _amx_or_skip(units)
   if small_units:
     monkeypatch.setattr(amx, "WINOGRAD_PANEL_BYTES", 1)
   x_shape, k_shape, pads = (2, 9, 7, 64), (3, 3, 64, 32), PADS
@@ -542,39 +563,42 @@ def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, monkeypatch
   dy = bf(_random((2, 9, 7, 32), 63))
   y = _mask_with_specials(dy.shape, 64)
   np.testing.assert_array_equal(
-      fwd.on_transposed_kernel(amx.WINOGRAD_NAME, dy, w, pads, mask=y),
-      fwd.on_transposed_kernel(amx.WINOGRAD_NAME, amx.relu_masked(dy, y), w, pads))
+      amx.winograd_forward(dy, w, pads, flip=True, mask=y, units=units),
+      amx.winograd_forward(amx.relu_masked(dy, y), w, pads, flip=True, units=units))
   x = bf(_random(x_shape, 61, relu=True))
-  jax.tree.map(np.testing.assert_array_equal,
-               amx.winograd_weight_and_bias_grad(x, dy, k_shape, pads, jnp.float32, jnp.float32, mask=y),
-               amx.winograd_weight_and_bias_grad(x, amx.relu_masked(dy, y), k_shape, pads, jnp.float32,
-                                                 jnp.float32))
-  # conv2d's backward with the fused ReLU on the native Winograd: each gradient as called by hand
-  # on the masked dy (its y is the layer's nonnegative output).
-  from cxr_jax.ops import conv
+  grads = functools.partial(amx.winograd_weight_and_bias_grad, kernel_shape=k_shape, padding=pads,
+                            dtype=jnp.float32, bias_dtype=jnp.float32, units=units)
+  jax.tree.map(np.testing.assert_array_equal, grads(x, dy, mask=y), grads(x, amx.relu_masked(dy, y)))
+  name = {u: n for n, u in amx.WINOGRAD.items()}.get(units)
+  if name is not None:
+    # conv2d's backward with the fused ReLU on the native Winograd: each gradient as called by
+    # hand on the masked dy (its y is the layer's nonnegative output).
+    from cxr_jax.ops import conv
 
-  b = bf(_random((32,), 66))
-  name = amx.WINOGRAD_NAME
-  y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, name, name, b_, relu=True), x, w, b)
-  dx, dw, db = vjp(dy)
-  keep = amx.relu_masked(dy, y_out)
-  assert 0.2 < float(jnp.mean(keep == 0)) < 0.9
-  np.testing.assert_array_equal(dx, fwd.on_transposed_kernel(name, keep, w, pads))
-  want_dw, want_db = amx.winograd_weight_and_bias_grad(x, keep, k_shape, pads, w.dtype, b.dtype)
-  np.testing.assert_array_equal(dw, want_dw)
-  np.testing.assert_array_equal(db, want_db)
+    b = bf(_random((32,), 66))
+    y_out, vjp = jax.vjp(lambda x_, w_, b_: conv.conv2d(x_, w_, pads, name, name, b_, relu=True),
+                         x, w, b)
+    dx, dw, db = vjp(dy)
+    keep = amx.relu_masked(dy, y_out)
+    assert 0.2 < float(jnp.mean(keep == 0)) < 0.9
+    np.testing.assert_array_equal(dx, fwd.on_transposed_kernel(name, keep, w, pads))
+    want_dw, want_db = amx.winograd_weight_and_bias_grad(x, keep, k_shape, pads, w.dtype, b.dtype,
+                                                         units=units)
+    np.testing.assert_array_equal(dw, want_dw)
+    np.testing.assert_array_equal(db, want_db)
   x = x.at[1, 4, 3, 0].set(jnp.nan)
   reached = jnp.isnan(fwd.xla(x.astype(jnp.float32), w.astype(jnp.float32), pads))
-  got = jnp.isnan(amx.winograd_forward(x, w, pads, bias=jnp.zeros(32), relu=True))
+  got = jnp.isnan(amx.winograd_forward(x, w, pads, bias=jnp.zeros(32), relu=True, units=units))
   assert bool(reached.any()) and not bool(jnp.any(reached & ~got))
   assert not bool(got[0].any())  # the other image's tiles never see it
   for bad_w, bad_x in ((jnp.zeros((3, 3, 64, 48), jnp.bfloat16), x),  # 48 outputs
                        (jnp.zeros((1, 1, 64, 32), jnp.bfloat16), x),  # not 3x3
                        (w.astype(jnp.float32), x.astype(jnp.float32))):
     with pytest.raises(ValueError, match="does not cover"):
-      amx.winograd_forward(bad_x, bad_w, pads)
+      amx.winograd_forward(bad_x, bad_w, pads, units=units)
     with pytest.raises(ValueError, match="does not cover"):
-      amx.winograd_weight_and_bias_grad(bad_x, dy, bad_w.shape, pads, jnp.float32, jnp.float32)
+      amx.winograd_weight_and_bias_grad(bad_x, dy, bad_w.shape, pads, jnp.float32, jnp.float32,
+                                        units=units)
 
 
 def test_amx_work_units_keep_every_core_busy_within_the_cache_bound(monkeypatch):
@@ -634,13 +658,14 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
                            ((3, 3, 64, 48), jnp.bfloat16)):
       assert units not in tuning.applicable("fwd", k_shape, dtype)
       assert units not in tuning.applicable("wgrad", k_shape, dtype)
-  # The native Winograd: 3x3 bfloat16 kernels with both channel counts in multiples of 32.
-  for op in ("fwd", "wgrad"):
-    assert amx.WINOGRAD_NAME in tuning.applicable(op, (3, 3, 64, 32), jnp.bfloat16)
+  # The native Winograd (either units): 3x3 bfloat16 kernels with both channel counts in multiples
+  # of 32.
+  for op, name in itertools.product(("fwd", "wgrad"), amx.WINOGRAD):
+    assert name in tuning.applicable(op, (3, 3, 64, 32), jnp.bfloat16)
     for k_shape, dtype in (((3, 3, 64, 32), jnp.float32), ((3, 3, 3, 64), jnp.bfloat16),
                            ((3, 3, 64, 48), jnp.bfloat16), ((1, 1, 64, 32), jnp.bfloat16),
                            ((3, 1, 64, 32), jnp.bfloat16)):
-      assert amx.WINOGRAD_NAME not in tuning.applicable(op, k_shape, dtype), (op, k_shape)
+      assert name not in tuning.applicable(op, k_shape, dtype), (op, name, k_shape)
   with pytest.raises(ValueError, match="does not cover"):
     amx.forward(jnp.zeros((1, 4, 4, 64)), jnp.zeros((3, 3, 64, 32)), PADS)
   # The input gradient of a 3-channel layer (its kernel 3x3x32x3 flipped): im2col rows, which the
@@ -654,7 +679,7 @@ def test_amx_formulation_only_where_it_covers(monkeypatch):
   amx._library.cache_clear()
   amx._load.cache_clear()
   try:
-    for units in amx.NAMES:
+    for units in (*amx.UNITS, *amx.WINOGRAD):
       assert amx.unavailable_reason(units) == "CXR_JAX_AMX=0"
     for name in amx.NATIVE:
       assert name not in tuning.applicable("fwd", (3, 3, 64, 32), jnp.bfloat16)

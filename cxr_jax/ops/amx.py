@@ -39,7 +39,15 @@ the products' operands are the values `winograd`'s XLA form rounds to bfloat16 (
 bit for bit so far, the weight gradient within float32 summation order), 2.25x fewer products
 than the direct sums, and none of the float32 transform and convert passes that took ~30 % of a
 bf16 step in XLA. For 3x3 kernels with both channel counts in multiples of 32; the rules take it
-on AVX512-BF16 CPUs without AMX (`winograd_rule`).
+on AVX512-BF16 CPUs without AMX (`winograd_rule`). The same Winograd with its 16 products on the
+AMX tiles is WINOGRAD_AMX_NAME ("wino2_amx"): tested, not yet timed on an AMX CPU, so no rule takes
+it; measurement does (`conv_impl="fast_mm"`), or a name (`"wino2_amx"`, `"fwd_wino2_amx"`,
+`"wgrad_wino2_amx"`).
+
+Every call takes `units`: NAME (the tiles), VECTOR_NAME (the vector units) or EMULATED_NAME
+("amx_emulated"): the tiles' code path with each tile instruction done in software on the vector
+units, so that its layouts, strides and loop bounds are tested on any CPU with avx512_bf16 (for
+tests; slow, and no formulation of the rules or measurements).
 """
 
 from __future__ import annotations
@@ -66,18 +74,26 @@ FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-mavx512f", "-mavx512bw", "-m
 NAME = "amx"  # the formulation's name in fwd.FORMULATIONS and wgrad.FORMULATIONS
 VECTOR_NAME = "avx512bf16"  # the same kernel on AVX512-BF16's vector units (module doc)
 NAMES = (NAME, VECTOR_NAME)
-# Winograd F(2x2, 3x3) on the vector units, its transforms in the kernel (`winograd_forward`,
-# `winograd_weight_and_bias_grad`).
+# The tiles' code path, each tile instruction emulated on the vector units: a `units`, for tests.
+EMULATED_NAME = "amx_emulated"
+UNITS = (*NAMES, EMULATED_NAME)  # what every call's `units` may be
+# Winograd F(2x2, 3x3), its transforms in the kernel (`winograd_forward`,
+# `winograd_weight_and_bias_grad`), its products on the vector units or the tiles.
 WINOGRAD_NAME = "wino2_avx512bf16"
-NATIVE = (*NAMES, WINOGRAD_NAME)  # every formulation of the native library (bfloat16 only)
-# (formulation, call) -> (XLA target name, the library's handler symbol)
-TARGETS = {(NAME, "forward"): ("cxr_amx_conv_forward", "CxrAmxConvForward"),
-           (NAME, "weight_grad"): ("cxr_amx_conv_weight_grad", "CxrAmxConvWeightGrad"),
-           (VECTOR_NAME, "forward"): ("cxr_bf16_conv_forward", "CxrBf16ConvForward"),
-           (VECTOR_NAME, "weight_grad"): ("cxr_bf16_conv_weight_grad", "CxrBf16ConvWeightGrad"),
-           (WINOGRAD_NAME, "forward"): ("cxr_bf16_winograd_forward", "CxrBf16WinogradForward"),
-           (WINOGRAD_NAME, "weight_grad"): ("cxr_bf16_winograd_weight_grad",
-                                            "CxrBf16WinogradWeightGrad")}
+WINOGRAD_AMX_NAME = "wino2_amx"
+WINOGRAD = {WINOGRAD_NAME: VECTOR_NAME, WINOGRAD_AMX_NAME: NAME}  # formulation -> its units
+NATIVE = (*NAMES, *WINOGRAD)  # every formulation of the native library (bfloat16 only)
+# (units, call) -> (XLA target name, the library's handler symbol): the native code defines each
+# call for every units (`CXR_HANDLERS`).
+TARGETS = {(units, call): (f"{target}_{suffix}", f"{symbol}{suffix_symbol}")
+           for units, (target, symbol) in {NAME: ("cxr_amx", "CxrAmx"),
+                                           VECTOR_NAME: ("cxr_bf16", "CxrBf16"),
+                                           EMULATED_NAME: ("cxr_amx_emulated", "CxrAmxEmulated")}.items()
+           for call, (suffix, suffix_symbol) in {
+               "forward": ("conv_forward", "ConvForward"),
+               "weight_grad": ("conv_weight_grad", "ConvWeightGrad"),
+               "winograd_forward": ("winograd_forward", "WinogradForward"),
+               "winograd_weight_grad": ("winograd_weight_grad", "WinogradWeightGrad")}.items()}
 # Operand bytes of a panel, the rows a worker takes at a time: forward, the panel's input rows
 # (each 32-wide slice of the kernel passes over them in L2, so a larger panel reads the kernel
 # fewer times: VGG16's 512-channel kernels are 2.4-4.7 MB); weight gradient, both operands.
@@ -124,6 +140,8 @@ def _library() -> str | None:
     return f"backend {jax.default_backend()} (AMX and AVX512-BF16 are CPU units)"
   if not {"avx512bw", "avx512vl", "avx512_bf16"} <= set(machine.isa()):
     return f"no avx512_bf16 on this CPU ({machine.cpu_model()})"
+  if "lib" in _LIBRARY:  # registered by an earlier call (before a cache_clear): XLA takes each
+    return None          # target once per process, and another build's handlers would clash
   compiler = _compiler()
   if compiler is None:
     return "no C++ compiler ($CXX, c++ or g++) to build ops/native/amx_conv.cc"
@@ -154,8 +172,9 @@ def _load() -> str | None:
 
 
 def unavailable_reason(name: str = NAME) -> str | None:
-  """None where formulation `name` (NAME or VECTOR_NAME) runs here, else the reason it does not."""
-  return _load() if name == NAME else _library()
+  """None where formulation or units `name` (NATIVE, UNITS) runs here, else the reason it does not:
+  the tiles need AMX, the rest (the emulated tiles too) AVX512-BF16."""
+  return _load() if WINOGRAD.get(name, name) == NAME else _library()
 
 
 def available(name: str = NAME) -> bool:
@@ -175,17 +194,24 @@ def _columns(kernel_shape) -> int:
 
 def covers(name: str, kernel_shape, dtype) -> bool:
   """Whether formulation `name` computes this convolution here: every one but this module's
-  always; "amx" and "avx512bf16" for bfloat16 with output channels in multiples of 32 and input
+  always; the direct sums (UNITS) for bfloat16 with output channels in multiples of 32 and input
   channels too, or few enough for im2col rows of at most IM2COL_COLUMNS, where their units are
-  usable; WINOGRAD_NAME for bfloat16 3x3 kernels with both channel counts in multiples of 32, where
-  the vector units are."""
-  if name == WINOGRAD_NAME:
-    return (jnp.dtype(dtype) == jnp.bfloat16 and tuple(kernel_shape[:2]) == (3, 3)
-            and kernel_shape[2] % 32 == 0 and kernel_shape[3] % 32 == 0 and available(VECTOR_NAME))
-  if name not in NAMES:
-    return True
-  return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[3] % 32 == 0
-          and _columns(kernel_shape) <= max(IM2COL_COLUMNS, kernel_shape[2]) and available(name))
+  usable; Winograd (WINOGRAD) for bfloat16 3x3 kernels with both channel counts in multiples of 32,
+  where its units are."""
+  if name in WINOGRAD:
+    return _covers(WINOGRAD[name], kernel_shape, dtype, winograd=True)
+  return name not in UNITS or _covers(name, kernel_shape, dtype, winograd=False)
+
+
+def _covers(units: str, kernel_shape, dtype, winograd: bool) -> bool:
+  """`covers` for the direct sums or (`winograd`) Winograd F(2x2) on `units` (UNITS). The shape
+  first: a shape no units covers never builds the library."""
+  if winograd:
+    shape = tuple(kernel_shape[:2]) == (3, 3) and kernel_shape[2] % 32 == 0
+  else:
+    shape = _columns(kernel_shape) <= max(IM2COL_COLUMNS, kernel_shape[2])
+  return (jnp.dtype(dtype) == jnp.bfloat16 and kernel_shape[3] % 32 == 0 and shape
+          and available(units))
 
 
 def vector_rule(kernel_shape, dtype) -> bool:
@@ -276,19 +302,19 @@ def flips(kernel_shape) -> bool:
   return not _im2col(kernel_shape[:2] + (kernel_shape[3], kernel_shape[2]))
 
 
-def _check(name: str, kernel_shape, dtype, names=NAMES) -> None:
+def _check(units: str, kernel_shape, dtype, winograd: bool = False) -> None:
   """The native code reads bfloat16 in 32-channel blocks: anything else would be read wrong.
-  `names`: the formulations the caller computes (`forward`'s units, or WINOGRAD_NAME)."""
-  if name not in names:
-    raise ValueError(f"units {name!r} is not one of {names}")
-  if not covers(name, kernel_shape, dtype):
-    needs = ("3x3, channels in multiples of 32" if name == WINOGRAD_NAME else
+  `units` (UNITS) runs the direct sums, or with `winograd` Winograd F(2x2)."""
+  if units not in UNITS:
+    raise ValueError(f"units {units!r} is not one of {UNITS}")
+  if not _covers(units, kernel_shape, dtype, winograd):
+    needs = ("3x3, channels in multiples of 32" if winograd else
              f"output channels in multiples of 32, input channels too or at most {IM2COL_COLUMNS} "
              "im2col columns")
-    why = unavailable_reason(VECTOR_NAME if name == WINOGRAD_NAME else name)
-    raise ValueError(f"the {name} convolution does not cover kernel {tuple(kernel_shape)} in "
-                     f"{jnp.dtype(dtype).name} here (bfloat16, {needs}, and "
-                     f"{why or 'its units available'})")
+    kind = "Winograd" if winograd else "direct"
+    raise ValueError(f"the {kind} convolution on units {units} does not cover kernel "
+                     f"{tuple(kernel_shape)} in {jnp.dtype(dtype).name} here (bfloat16, {needs}, "
+                     f"and {unavailable_reason(units) or 'its units available'})")
 
 
 def relu_masked(v, mask):
@@ -315,7 +341,8 @@ def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, ma
   max(0, .) taken, before the output's one rounding (`conv.conv2d`'s fused bias and ReLU). With
   `mask` (x's shape), x counts only where mask > 0: the input gradient of a layer whose ReLU output
   is `mask`, its dy masked as the kernel gathers it (`jnp.where(mask > 0, x, 0)`, exactly).
-  `units`: NAME (the AMX tiles) or VECTOR_NAME (AVX512-BF16's vector units)."""
+  `units`: NAME (the AMX tiles), VECTOR_NAME (AVX512-BF16's vector units) or EMULATED_NAME (the
+  tiles' code, emulated: for tests)."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
   _check(units, kernel_shape, x.dtype)
   if flip and not flips(w.shape):
@@ -333,20 +360,24 @@ def forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, ma
               relu=np.int64(relu), masked=masked, **attrs)
 
 
-def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, mask=None):
-  """`forward`'s convolution (3x3 kernels, on the vector units) as Winograd F(2x2, 3x3): 2.25x
-  fewer products, the same values in them as `winograd.forward(m=2)`'s bfloat16 ones (G w G^T and
-  each input tile's B^T d B in float32, rounded to bfloat16, both in the native code), float32
-  sums, then the output transform, bias and ReLU on them before the one rounding to bfloat16.
-  `flip`, `bias`, `relu` and `mask` as `forward`'s."""
+def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = False, mask=None,
+                     units: str = VECTOR_NAME):
+  """`forward`'s convolution (3x3 kernels) as Winograd F(2x2, 3x3): 2.25x fewer products, the same
+  values in them as `winograd.forward(m=2)`'s bfloat16 ones (G w G^T and each input tile's B^T d B
+  in float32, rounded to bfloat16, both in the native code), float32 sums, then the output
+  transform, bias and ReLU on them before the one rounding to bfloat16. `flip`, `bias`, `relu`,
+  `mask` and `units` as `forward`'s (the vector units by default: WINOGRAD_NAME; the tiles are
+  WINOGRAD_AMX_NAME)."""
   kernel_shape = w.shape[:2] + (w.shape[3], w.shape[2]) if flip else w.shape
-  _check(WINOGRAD_NAME, kernel_shape, x.dtype, names=(WINOGRAD_NAME,))
+  _check(units, kernel_shape, x.dtype, winograd=True)
   keep, masked = _mask_of(mask, x)
   (top, bottom), (left, right) = padding
   ho, wo = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
   o = kernel_shape[3]
-  panel = _panel(_tiles(x.shape[0], ho, wo), WINOGRAD_PANEL_BYTES // (16 * 2 * x.shape[3]), step=8)
-  call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "forward"][0],
+  # A unit's tiles in strips of 8 (the vector units' registers) or 32 (the tiles' rows).
+  step = 8 if units == VECTOR_NAME else 32
+  panel = _panel(_tiles(x.shape[0], ho, wo), WINOGRAD_PANEL_BYTES // (16 * 2 * x.shape[3]), step=step)
+  call = jax.ffi.ffi_call(TARGETS[units, "winograd_forward"][0],
                           jax.ShapeDtypeStruct((x.shape[0], ho, wo, o), x.dtype),
                           vmap_method="sequential")
   bias = jnp.zeros((o,), jnp.float32) if bias is None else bias.astype(jnp.float32)
@@ -354,13 +385,14 @@ def winograd_forward(x, w, padding, flip: bool = False, bias=None, relu: bool = 
               flip=np.int64(flip), relu=np.int64(relu), masked=masked)
 
 
-def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None):
+def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None,
+                                  units: str = VECTOR_NAME):
   """(dw, db) of `winograd_forward` (plus a bias) for output gradient dy: Winograd's adjoint with the
   same rounded operands as `winograd.weight_grad(m=2)`'s bfloat16 products (B^T d B of the input
   tiles, A dy A^T of dy's 2x2 blocks), float32 sums, G^T dU G in float32, cast to `dtype`; db the
   float32 sum of dy, cast to `bias_dtype`. With `mask` (dy's shape, the layer's ReLU output), dy
-  counts only where mask > 0, applied as the kernel reads dy."""
-  _check(WINOGRAD_NAME, kernel_shape, x.dtype, names=(WINOGRAD_NAME,))
+  counts only where mask > 0, applied as the kernel reads dy. `units` as `winograd_forward`'s."""
+  _check(units, kernel_shape, x.dtype, winograd=True)
   dy = dy.astype(x.dtype)
   keep, masked = _mask_of(mask, dy)
   (top, _), (left, _) = padding
@@ -369,7 +401,7 @@ def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtyp
   # 2 WINOGRAD_PANEL_BYTES, whole 32-tile transposes, no more than the tiles.
   most = max(32, WINOGRAD_PANEL_BYTES // (4 * (c + o)) // 32 * 32)
   panel = np.int64(min(most, _up32(_tiles(*dy.shape[:3]))))
-  call = jax.ffi.ffi_call(TARGETS[WINOGRAD_NAME, "weight_grad"][0],
+  call = jax.ffi.ffi_call(TARGETS[units, "winograd_weight_grad"][0],
                           (jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32),
                            jax.ShapeDtypeStruct((o,), jnp.float32)),
                           vmap_method="sequential")
@@ -380,9 +412,9 @@ def winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtyp
   return dw.astype(dtype), db.astype(bias_dtype)
 
 
-def winograd_weight_grad(x, dy, kernel_shape, padding, dtype):
+def winograd_weight_grad(x, dy, kernel_shape, padding, dtype, units: str = VECTOR_NAME):
   """dw of `winograd_forward` for output gradient dy (`winograd_weight_and_bias_grad`'s)."""
-  return winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, dtype)[0]
+  return winograd_weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, dtype, units=units)[0]
 
 
 def weight_and_bias_grad(x, dy, kernel_shape, padding, dtype, bias_dtype, mask=None,

@@ -56,8 +56,10 @@ FORMULATIONS: dict[str, Callable] = {
     **winograd.formulations(winograd.forward),
     # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
     **{units: functools.partial(amx.forward, units=units) for units in amx.NAMES},
-    # Winograd F(2x2) with its transforms in the native code, on AVX512-BF16's vector units
-    amx.WINOGRAD_NAME: amx.winograd_forward,
+    # Winograd F(2x2) with its transforms in the native code, on AVX512-BF16's vector units / the
+    # AMX tiles
+    **{name: functools.partial(amx.winograd_forward, units=units)
+       for name, units in amx.WINOGRAD.items()},
 }
 
 
@@ -67,8 +69,8 @@ def with_epilogue(name: str, x, w, padding: Padding, bias=None, relu: bool = Fal
   flax's Conv and nn.relu would."""
   if name in amx.NAMES:
     return amx.forward(x, w, padding, bias=bias, relu=relu, units=name)
-  if name == amx.WINOGRAD_NAME:
-    return amx.winograd_forward(x, w, padding, bias=bias, relu=relu)
+  if name in amx.WINOGRAD:
+    return amx.winograd_forward(x, w, padding, bias=bias, relu=relu, units=amx.WINOGRAD[name])
   y = FORMULATIONS[name](x, w, padding)
   if bias is not None:
     y = y + bias.reshape((1, 1, 1, -1))
@@ -128,6 +130,6 @@ def on_transposed_kernel(name: str, dy, w, padding: Padding, mask=None):
   ReLU output), dy counts only where mask > 0 (`amx.relu_masked`; the AMX kernel as it reads dy)."""
   if name in amx.NAMES and amx.flips(w.shape):
     return amx.forward(dy, w, padding, flip=True, mask=mask, units=name)
-  if name == amx.WINOGRAD_NAME:
-    return amx.winograd_forward(dy, w, padding, flip=True, mask=mask)
+  if name in amx.WINOGRAD:
+    return amx.winograd_forward(dy, w, padding, flip=True, mask=mask, units=amx.WINOGRAD[name])
   return FORMULATIONS[name](amx.relu_masked(dy, mask), transposed_kernel(w), padding)

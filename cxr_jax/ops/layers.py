@@ -85,8 +85,11 @@ CONV_IMPLS: dict[str, tuple[str, str] | None] = {
     "fast_mm": ("auto", "auto"),   # forward and input gradient measured too (Winograd in fp32)
     "fast_mm_rule": ("rule", "rule"),
     # bfloat16 on AVX512-BF16's vector units in every layer they cover (`amx.VECTOR_NAME`), the
-    # rules elsewhere: to run and measure them on a CPU without AMX (not in the rules until then).
+    # rules elsewhere (which take them on such CPUs without AMX where they measured faster).
     amx.VECTOR_NAME: (amx.VECTOR_NAME, amx.VECTOR_NAME),
+    # Winograd F(2x2) with its products on the AMX tiles in every layer it covers, the rules
+    # elsewhere: to run and measure it on an AMX CPU (not in the rules until then).
+    amx.WINOGRAD_AMX_NAME: (amx.WINOGRAD_AMX_NAME, amx.WINOGRAD_AMX_NAME),
     **{f"wgrad_{name}": ("xla", name) for name in wgrad.FORMULATIONS},
     **{f"fwd_{name}": (name, "rule") for name in fwd.FORMULATIONS},
 }

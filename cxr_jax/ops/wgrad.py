@@ -111,8 +111,10 @@ FORMULATIONS: dict[str, Callable] = {
     **winograd.formulations(winograd.weight_grad),
     # bfloat16 on AMX tiles / AVX512-BF16's vector units, where `amx.covers`
     **{units: functools.partial(amx.weight_grad, units=units) for units in amx.NAMES},
-    # Winograd F(2x2)'s adjoint in native code, products on AVX512-BF16's vector units
-    amx.WINOGRAD_NAME: amx.winograd_weight_grad,
+    # Winograd F(2x2)'s adjoint in native code, products on AVX512-BF16's vector units / the AMX
+    # tiles
+    **{name: functools.partial(amx.winograd_weight_grad, units=units)
+       for name, units in amx.WINOGRAD.items()},
 }
 
 
@@ -123,8 +125,8 @@ def weight_and_bias_grad(name: str, x, dy, kernel_shape, padding: Padding, dtype
   layer's ReLU output), dy counts only where mask > 0: the AMX kernel masks dy as it reads it, the
   others get `jnp.where(mask > 0, dy, 0)` first."""
   if name in amx.NATIVE:
-    grads = (amx.winograd_weight_and_bias_grad if name == amx.WINOGRAD_NAME
-             else functools.partial(amx.weight_and_bias_grad, units=name))
+    grads = (functools.partial(amx.winograd_weight_and_bias_grad, units=amx.WINOGRAD[name])
+             if name in amx.WINOGRAD else functools.partial(amx.weight_and_bias_grad, units=name))
     dw, db = grads(x, dy, kernel_shape, padding, dtype, bias_dtype or dtype, mask=mask)
     return dw, None if bias_dtype is None else db
   dy = amx.relu_masked(dy, mask)

@@ -21,7 +21,10 @@
 // Tiles: 4 accumulators (a 32 x 32 block of the output), 2 A tiles and 2 B tiles (16 x 32 bf16).
 // Work is split over XLA's intra-op thread pool; the caller's thread takes a share too. Each call
 // is also built for AVX512-BF16's vector units (`Strip`, for CPUs without AMX): the same operands,
-// layouts and epilogue, the products VDPBF16PS instead of the tiles'.
+// layouts and epilogue, the products VDPBF16PS instead of the tiles'. And each tile call is built a
+// third time with every tile instruction done in software (`EmulatedTiles`): the tile code path,
+// its layouts, strides and loop bounds, tested on any CPU with avx512_bf16 (slow; not a
+// formulation the rules or measurements take).
 
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -66,6 +69,70 @@ void ConfigureTiles() {
   }
   _tile_loadconfig(&cfg);
 }
+
+// Where a call's products run (module doc): the AMX tiles, AVX512-BF16's vector units, or the
+// tiles' instructions emulated on the vector units.
+enum class Units { kVector, kTiles, kEmulated };
+
+// The tile registers as `ConfigureTiles` sets them up (8 tiles of 16 rows x 64 bytes), per thread,
+// and the four instructions the kernels use, each as Intel's pseudo-code defines it: TDPBF16PS adds
+// to each float32 row m of the destination, for each pair k in order, the products of A's row m's
+// pair k with B's row k's 16 pairs (one VDPBF16PS, which like TDPBF16PS treats bf16 denormals as
+// zero). For the tests of the tile code path on CPUs without AMX, not for speed.
+struct EmulatedTiles {
+  static uint8_t (&Reg(int t))[16][64] {
+    alignas(64) static thread_local uint8_t reg[8][16][64];
+    return reg[t];
+  }
+  static void Zero(int t) { std::memset(Reg(t), 0, sizeof(Reg(t))); }
+  static void Load(int t, const void* base, int64_t stride) {
+    for (int r = 0; r < 16; ++r)
+      std::memcpy(Reg(t)[r], static_cast<const uint8_t*>(base) + r * stride, 64);
+  }
+  static void Store(int t, void* base, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<uint8_t*>(base) + r * stride, Reg(t)[r], 64);
+  }
+  static void Dot(int dst, int a, int b) {
+    for (int m = 0; m < 16; ++m) {
+      __m512 acc = _mm512_loadu_ps(Reg(dst)[m]);
+      for (int k = 0; k < 16; ++k) {
+        int32_t pair;
+        std::memcpy(&pair, Reg(a)[m] + 4 * k, 4);
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(pair),
+                               (__m512bh)_mm512_loadu_si512(Reg(b)[k]));
+      }
+      _mm512_storeu_ps(Reg(dst)[m], acc);
+    }
+  }
+};
+
+// The tile instructions in a kernel templated on `Units kU`: the AMX instruction itself (its tile
+// numbers must be literals: GCC's intrinsics paste them into the assembly), or with
+// Units::kEmulated `EmulatedTiles`' (the choice made at compile time: the tiles' code is the same
+// as with the intrinsics alone).
+#define CXR_TILE_ZERO(t) \
+  do { if constexpr (kU == Units::kEmulated) EmulatedTiles::Zero(t); else _tile_zero(t); } while (0)
+#define CXR_TILE_LOAD(t, base, stride)                                   \
+  do {                                                                   \
+    if constexpr (kU == Units::kEmulated) EmulatedTiles::Load(t, base, stride); \
+    else _tile_loadd(t, base, stride);                                   \
+  } while (0)
+#define CXR_TILE_STORE(t, base, stride)                                   \
+  do {                                                                    \
+    if constexpr (kU == Units::kEmulated) EmulatedTiles::Store(t, base, stride); \
+    else _tile_stored(t, base, stride);                                   \
+  } while (0)
+// The four products of a 32 x 32 block: accumulators 0-3 += A tiles 4, 5 x B tiles 6, 7.
+#define CXR_TILE_BLOCK_PRODUCTS()                                                      \
+  do {                                                                                 \
+    if constexpr (kU == Units::kEmulated) {                                            \
+      EmulatedTiles::Dot(0, 4, 6); EmulatedTiles::Dot(1, 4, 7);                        \
+      EmulatedTiles::Dot(2, 5, 6); EmulatedTiles::Dot(3, 5, 7);                        \
+    } else {                                                                           \
+      _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);                                \
+      _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);                                \
+    }                                                                                  \
+  } while (0)
 
 // Runs fn(unit) for every unit in [0, units), on this thread and up to (pool threads - 1) tasks
 // of XLA's pool, each taking the next unit until none is left. The caller never waits for a task
@@ -443,7 +510,7 @@ struct Problem {
 // ReLU output is `keep`, its dy masked as it is gathered (`CopyWherePositive`). Units:
 // panels of `panel` flat rows; a worker gathers its panel's operand rows (and the halo) into a
 // buffer that stays in L2 while each 32-wide slice of the kernel passes over every 32-row block.
-template <bool kTiles>
+template <Units kU>
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
                    ffi::Buffer<ffi::F32> bias, ffi::AnyBuffer keepb,
                    ffi::Span<const int64_t> offsets, int64_t panel, int64_t top, int64_t left,
@@ -464,6 +531,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
   const float* b_o = bias.typed_data();
   const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_forward"); e.failure()) return e;
+  constexpr bool kTiles = kU != Units::kVector;
   const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
   const int64_t* tap_offsets = pr.walk.offsets.data();
   const auto& tap_ij = pr.tap_ij;
@@ -543,28 +611,25 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
     int64_t k_block = 0;
     for (int64_t ob = 0; ob < o / 32; ++ob) {
       for (int64_t r = 0; r < n_rows; r += 32, ++k_block) {
-        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
         for (int64_t t = 0; t < taps; ++t) {
           const uint16_t* a = xl + (r + tap_offsets[t]) * c;
           const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
           for (int64_t k = 0; k < cc; ++k) {
-            _tile_loadd(4, a + k * 32, c * 2);
-            _tile_loadd(5, a + 16 * c + k * 32, c * 2);
-            _tile_loadd(6, b + k * tile_w, 64);
-            _tile_loadd(7, b + (cc + k) * tile_w, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+            CXR_TILE_LOAD(4, a + k * 32, c * 2);
+            CXR_TILE_LOAD(5, a + 16 * c + k * 32, c * 2);
+            CXR_TILE_LOAD(6, b + k * tile_w, 64);
+            CXR_TILE_LOAD(7, b + (cc + k) * tile_w, 64);
+            CXR_TILE_BLOCK_PRODUCTS();
           }
           drain(std::min<int64_t>(32, (t + 1) * per_tap));
         }
         drain(32);
         float* block = blocks[k_block & 1];
-        _tile_stored(0, block, 128);
-        _tile_stored(1, block + 16, 128);
-        _tile_stored(2, block + 16 * 32, 128);
-        _tile_stored(3, block + 16 * 32 + 16, 128);
+        CXR_TILE_STORE(0, block, 128);
+        CXR_TILE_STORE(1, block + 16, 128);
+        CXR_TILE_STORE(2, block + 16 * 32, 128);
+        CXR_TILE_STORE(3, block + 16 * 32 + 16, 128);
         pending_ob = ob;
         pending = block;
         done = 0;
@@ -572,7 +637,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
       }
     }
     drain(32);
-  }, kTiles);
+  }, kU == Units::kTiles);
   return ffi::Error::Success();
 }
 
@@ -584,7 +649,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
 // over them, adding into the group's own sums (group 0's are dw itself). The groups' sums are
 // added in group order at the end: the same sums in the same order whichever thread ran a group,
 // so the result is the same on every call.
-template <bool kTiles>
+template <Units kU>
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
                       ffi::AnyBuffer keepb, ffi::Span<const int64_t> offsets, int64_t panel,
                       int64_t top, int64_t left, int64_t hp, int64_t wp, int64_t im2col,
@@ -599,6 +664,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
         "amx_conv_weight_grad: O must be a multiple of 32, N as x's, the mask dy's shape");
   const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
   if (auto e = CheckGrid(g, offsets, panel, c, "amx_conv_weight_grad"); e.failure()) return e;
+  constexpr bool kTiles = kU != Units::kVector;
   const int64_t taps = pr.walk.count(), halo = pr.walk.halo;
   const int64_t* tap_offsets = pr.walk.offsets.data();
   const auto& tap_ij = pr.tap_ij;
@@ -689,30 +755,27 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
               }
               continue;
             }
-            _tile_loadd(0, gb, o * 4);
-            _tile_loadd(1, gb + 16, o * 4);
-            _tile_loadd(2, gb + 16 * o, o * 4);
-            _tile_loadd(3, gb + 16 * o + 16, o * 4);
+            CXR_TILE_LOAD(0, gb, o * 4);
+            CXR_TILE_LOAD(1, gb + 16, o * 4);
+            CXR_TILE_LOAD(2, gb + 16 * o, o * 4);
+            CXR_TILE_LOAD(3, gb + 16 * o + 16, o * 4);
             for (int64_t r = 0; r < panel; r += 32) {
-              _tile_loadd(4, a + r, width * 2);
-              _tile_loadd(5, a + 16 * width + r, width * 2);
+              CXR_TILE_LOAD(4, a + r, width * 2);
+              CXR_TILE_LOAD(5, a + 16 * width + r, width * 2);
               const uint16_t* b = dp + (r / 2) * o * 2 + ob * 64;
-              _tile_loadd(6, b, o * 4);
-              _tile_loadd(7, b + 32, o * 4);
-              _tile_dpbf16ps(0, 4, 6);
-              _tile_dpbf16ps(1, 4, 7);
-              _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
+              CXR_TILE_LOAD(6, b, o * 4);
+              CXR_TILE_LOAD(7, b + 32, o * 4);
+              CXR_TILE_BLOCK_PRODUCTS();
             }
-            _tile_stored(0, gb, o * 4);
-            _tile_stored(1, gb + 16, o * 4);
-            _tile_stored(2, gb + 16 * o, o * 4);
-            _tile_stored(3, gb + 16 * o + 16, o * 4);
+            CXR_TILE_STORE(0, gb, o * 4);
+            CXR_TILE_STORE(1, gb + 16, o * 4);
+            CXR_TILE_STORE(2, gb + 16 * o, o * 4);
+            CXR_TILE_STORE(3, gb + 16 * o + 16, o * 4);
           }
         }
       }
     }
-  }, kTiles);
+  }, kU == Units::kTiles);
   for (int64_t k = 1; k < groups; ++k)
     for (int64_t i = 0; i < size; ++i) out[i] += sums[(k - 1) * size + i];
   float* bout = reinterpret_cast<float*>(db->untyped_data());
@@ -812,7 +875,7 @@ const uint16_t* WinogradKernel(ffi::ThreadPool& pool, const Permutes& pm, const 
   return packed;
 }
 
-// Winograd F(2x2, 3x3) forward on AVX512-BF16's vector units: y [N, Ho, Wo, O] from x [N, H, W, C]
+// Winograd F(2x2, 3x3) forward on AVX512-BF16's vector units (or the tiles: below): y [N, Ho, Wo, O] from x [N, H, W, C]
 // and the kernel w [3, 3, C, O] (with `flip`, the forward kernel whose input gradient this is,
 // `WinogradKernel`), plus the float32 bias, then with `relu`
 // max(0, .), rounded once to bfloat16; with `masked`, x counts only where `keep` is positive (the
@@ -824,6 +887,9 @@ const uint16_t* WinogradKernel(ffi::ThreadPool& pool, const Permutes& pm, const 
 // transforms ran in separate float32 fusions with converts around the products: ~30 % of a bf16
 // VGG16 step (benchmarks/results/bf16_step_profile_epyc_avx512bf16_vector.md). Units: panels of
 // `panel` tiles (a multiple of 8), V staying in L2 while every output block passes over it.
+// On the tiles (kU not kVector) the 16 products are `Forward`'s tile products with one tap: u is
+// already in their B layout, V's rows (32-tile blocks: a panel a multiple of 32) their A rows.
+template <Units kU>
 ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer ub,
                            ffi::Buffer<ffi::F32> bias, ffi::AnyBuffer keepb, int64_t panel,
                            int64_t top, int64_t left, int64_t flip, int64_t relu, int64_t masked,
@@ -832,12 +898,14 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
   const auto yd = y->dimensions();
   const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3];
   const int64_t ho = yd[1], wo = yd[2], o = yd[3];
+  constexpr bool kTiles = kU != Units::kVector;
+  constexpr int64_t strip = kTiles ? 32 : 8;  // the tiles' products take 32 tiles at a time
   if (yd[0] != n || c % 32 || o % 32 || ub.element_count() != 9 * c * o ||
-      bias.element_count() != o || panel <= 0 || panel % 8 || top < 0 || left < 0 || ho <= 0 ||
+      bias.element_count() != o || panel <= 0 || panel % strip || top < 0 || left < 0 || ho <= 0 ||
       wo <= 0 || (masked && keepb.element_count() != xb.element_count()))
     return ffi::Error::InvalidArgument(
         "bf16_winograd_forward: C and O must be multiples of 32, w 3 x 3 x C x O, the bias O, the "
-        "panel a positive multiple of 8 tiles, the mask x's shape");
+        "panel a positive multiple of 8 tiles (32 on the tiles), the mask x's shape");
   const uint16_t* x = reinterpret_cast<const uint16_t*>(xb.untyped_data());
   const uint16_t* keep = masked ? reinterpret_cast<const uint16_t*>(keepb.untyped_data()) : nullptr;
   const float* b_o = bias.typed_data();
@@ -848,7 +916,8 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
                                      c, o, flip);
   const int64_t cc = c / 32, tile_w = 16 * 32, units = (tiles + panel - 1) / panel;
   Parallel(pool, units, [&](int64_t p) {
-    const int64_t q0 = p * panel, nq = std::min(panel, tiles - q0), rows = (nq + 7) / 8 * 8;
+    const int64_t q0 = p * panel, nq = std::min(panel, tiles - q0);
+    const int64_t rows = (nq + strip - 1) / strip * strip;
     uint16_t* v = Scratch<uint16_t>(0, 16 * rows * c);  // V[k][tile][c]
     float* m = Scratch<float>(1, 16 * rows * 32);       // the products of one output block
     TileWalk tile(th, tw, q0);
@@ -894,6 +963,25 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
       for (int k = 0; k < 16; ++k) {
         // u_k's 32 columns of this block (C x 32, 2C pair rows) stay in L1 over every strip.
         const uint16_t* b = u + ((k * (o / 16) + 2 * ob) * cc) * tile_w;
+        if constexpr (kTiles) {
+          for (int64_t i0 = 0; i0 < rows; i0 += 32) {
+            const uint16_t* a = v + (k * rows + i0) * c;
+            CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
+            for (int64_t kb = 0; kb < cc; ++kb) {
+              CXR_TILE_LOAD(4, a + kb * 32, c * 2);
+              CXR_TILE_LOAD(5, a + 16 * c + kb * 32, c * 2);
+              CXR_TILE_LOAD(6, b + kb * tile_w, 64);
+              CXR_TILE_LOAD(7, b + (cc + kb) * tile_w, 64);
+              CXR_TILE_BLOCK_PRODUCTS();
+            }
+            float* mk = m + (k * rows + i0) * 32;
+            CXR_TILE_STORE(0, mk, 128);
+            CXR_TILE_STORE(1, mk + 16, 128);
+            CXR_TILE_STORE(2, mk + 16 * 32, 128);
+            CXR_TILE_STORE(3, mk + 16 * 32 + 16, 128);
+          }
+          continue;
+        }
         for (int64_t i0 = 0; i0 < rows; i0 += 8) {
           __m512 acc[8][2];
 #pragma GCC unroll 8
@@ -940,7 +1028,7 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
         }
       }
     }
-  }, false);
+  }, kU == Units::kTiles);
   return ffi::Error::Success();
 }
 
@@ -957,7 +1045,9 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
 // bandwidth, not the products, set the pace), channels first ([4, C, panel], `Transpose32` from
 // tile rows), dM pair-interleaved per 32 outputs ([4, O/32, panel/2, 32, 2]: a block's pairs one
 // contiguous run), and adds the products into its own sums: the same sums in the same order
-// whichever thread ran it.
+// whichever thread ran it. On the tiles (kU not kVector) the products are `WeightGrad`'s: 16
+// channels x 32 tiles of V an A tile, 16 dM pair rows of 16 outputs a B tile.
+template <Units kU>
 ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dyb,
                               ffi::AnyBuffer keepb, int64_t panel, int64_t groups_wanted,
                               int64_t top, int64_t left, int64_t masked, ffi::Result<ffi::AnyBuffer> dw,
@@ -1080,7 +1170,28 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
       }
       for (int b = 0; b < 4; ++b)
         for (int64_t ci = 0; ci < cb; ++ci)
-          for (int64_t ob = 0; ob < obs; ++ob)
+          for (int64_t ob = 0; ob < obs; ++ob) {
+            const uint16_t* bp = dp + b * panel * o + ob * (panel / 2) * 64;
+            if constexpr (kU != Units::kVector) {
+              float* g = acc + b * co + ci * 32 * o + ob * 32;
+              const uint16_t* a = vt + (b * c + ci * 32) * panel;
+              CXR_TILE_LOAD(0, g, o * 4);
+              CXR_TILE_LOAD(1, g + 16, o * 4);
+              CXR_TILE_LOAD(2, g + 16 * o, o * 4);
+              CXR_TILE_LOAD(3, g + 16 * o + 16, o * 4);
+              for (int64_t r = 0; r < panel; r += 32) {
+                CXR_TILE_LOAD(4, a + r, panel * 2);
+                CXR_TILE_LOAD(5, a + 16 * panel + r, panel * 2);
+                CXR_TILE_LOAD(6, bp + (r / 2) * 64, 128);
+                CXR_TILE_LOAD(7, bp + (r / 2) * 64 + 32, 128);
+                CXR_TILE_BLOCK_PRODUCTS();
+              }
+              CXR_TILE_STORE(0, g, o * 4);
+              CXR_TILE_STORE(1, g + 16, o * 4);
+              CXR_TILE_STORE(2, g + 16 * o, o * 4);
+              CXR_TILE_STORE(3, g + 16 * o + 16, o * 4);
+              continue;
+            }
             for (int64_t i0 = 0; i0 < 32; i0 += 8) {
               float* g = acc + b * co + (ci * 32 + i0) * o + ob * 32;
               __m512 sums[8][2];
@@ -1089,7 +1200,6 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
                 sums[i][0] = _mm512_loadu_ps(g + i * o);
                 sums[i][1] = _mm512_loadu_ps(g + i * o + 16);
               }
-              const uint16_t* bp = dp + b * panel * o + ob * (panel / 2) * 64;
               Strip(sums, vt + (b * c + ci * 32 + i0) * panel, panel, bp, bp + 32, 64, panel / 2);
 #pragma GCC unroll 8
               for (int i = 0; i < 8; ++i) {
@@ -1097,8 +1207,9 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
                 _mm512_storeu_ps(g + i * o + 16, sums[i][1]);
               }
             }
+          }
     }
-  }, false);
+  }, kU == Units::kTiles);
   for (int64_t grp = 1; grp < groups; ++grp)  // the groups' sums, in group order
     for (int64_t e = 0; e < 16 * co; ++e) du[e] += du[grp * 16 * co + e];
   // dw = G^T dU G: over the tile's rows (a), then its columns (b), as winograd.weight_grad.
@@ -1130,7 +1241,7 @@ extern "C" int cxr_amx_enable() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0 ? 1 : 0;
 }
 
-// The bindings, one per call, each instantiated for the tiles (Amx) and the vector units (Bf16).
+// The bindings, one per call (`CXR_HANDLERS` below defines each call for every `Units`).
 #define CXR_GEOMETRY_ATTRS                  \
   .Attr<ffi::Span<const int64_t>>("offsets") \
       .Attr<int64_t>("panel")               \
@@ -1188,10 +1299,17 @@ extern "C" int cxr_amx_enable() {
       .Ret<ffi::AnyBuffer>()                    \
       .Ret<ffi::AnyBuffer>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvForward, Forward<true>, CXR_FORWARD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrAmxConvWeightGrad, WeightGrad<true>, CXR_WEIGHT_GRAD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvForward, Forward<false>, CXR_FORWARD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16ConvWeightGrad, WeightGrad<false>, CXR_WEIGHT_GRAD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16WinogradForward, WinogradForward, CXR_WINOGRAD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrBf16WinogradWeightGrad, WinogradWeightGrad,
-                              CXR_WINOGRAD_WEIGHT_GRAD_BINDING);
+// Each call for each of `Units`: the tiles (Amx), the vector units (Bf16), the tiles emulated
+// (AmxEmulated).
+#define CXR_HANDLERS(prefix, units)                                                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(prefix##ConvForward, Forward<units>, CXR_FORWARD_BINDING);         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(prefix##ConvWeightGrad, WeightGrad<units>,                         \
+                                CXR_WEIGHT_GRAD_BINDING);                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(prefix##WinogradForward, WinogradForward<units>,                   \
+                                CXR_WINOGRAD_BINDING);                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(prefix##WinogradWeightGrad, WinogradWeightGrad<units>,             \
+                                CXR_WINOGRAD_WEIGHT_GRAD_BINDING)
+
+CXR_HANDLERS(CxrAmx, Units::kTiles);
+CXR_HANDLERS(CxrBf16, Units::kVector);
+CXR_HANDLERS(CxrAmxEmulated, Units::kEmulated);
