@@ -486,6 +486,53 @@ __attribute__((always_inline)) inline void Strip(__m512 (&acc)[8][2], const uint
   }
 }
 
+// The tiles' counterparts of `Strip`, on a 32 x 32 block of float32 sums in accumulators 0-3.
+// `TileProducts` adds the products of 32 A rows (`lda` apart, the first 16 tile 4, the next tile 5)
+// with `kc` packed B tile pairs (`Pack`'s layout: block k at b + k * 512, its columns 16-31 at
+// b + (kc + k) * 512), the k-th 32 columns of A with the k-th pair.
+template <Units kU>
+__attribute__((always_inline)) inline void TileProducts(const uint16_t* a, int64_t lda,
+                                                        const uint16_t* b, int64_t kc) {
+  constexpr int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
+  for (int64_t k = 0; k < kc; ++k) {
+    CXR_TILE_LOAD(4, a + k * 32, lda * 2);
+    CXR_TILE_LOAD(5, a + 16 * lda + k * 32, lda * 2);
+    CXR_TILE_LOAD(6, b + k * tile_w, 64);
+    CXR_TILE_LOAD(7, b + (kc + k) * tile_w, 64);
+    CXR_TILE_BLOCK_PRODUCTS();
+  }
+}
+
+// Stores accumulators 0-3 to the block at g, rows `ldg` floats apart.
+template <Units kU>
+__attribute__((always_inline)) inline void TileStore(float* g, int64_t ldg) {
+  CXR_TILE_STORE(0, g, ldg * 4);
+  CXR_TILE_STORE(1, g + 16, ldg * 4);
+  CXR_TILE_STORE(2, g + 16 * ldg, ldg * 4);
+  CXR_TILE_STORE(3, g + 16 * ldg + 16, ldg * 4);
+}
+
+// g's 32 x 32 block (rows `ldg` floats apart) += the products over `len` rows (a multiple of 32) of
+// A, 32 channel rows of the rows side by side (`lda` apart), with B, pair rows of 32 outputs x 2
+// (`ldb` elements apart): row pair k of A's rows r.. meets B's pair row r / 2 + k.
+template <Units kU>
+__attribute__((always_inline)) inline void TileSums(float* g, int64_t ldg, const uint16_t* a,
+                                                    int64_t lda, const uint16_t* b, int64_t ldb,
+                                                    int64_t len) {
+  CXR_TILE_LOAD(0, g, ldg * 4);
+  CXR_TILE_LOAD(1, g + 16, ldg * 4);
+  CXR_TILE_LOAD(2, g + 16 * ldg, ldg * 4);
+  CXR_TILE_LOAD(3, g + 16 * ldg + 16, ldg * 4);
+  for (int64_t r = 0; r < len; r += 32) {
+    CXR_TILE_LOAD(4, a + r, lda * 2);
+    CXR_TILE_LOAD(5, a + 16 * lda + r, lda * 2);
+    CXR_TILE_LOAD(6, b + (r / 2) * ldb, ldb * 2);
+    CXR_TILE_LOAD(7, b + (r / 2) * ldb + 32, ldb * 2);
+    CXR_TILE_BLOCK_PRODUCTS();
+  }
+  TileStore<kU>(g, ldg);
+}
+
 // What both calls derive from x [N, H, W, C], the attributes and the output's spatial size: the
 // grid, the operand's columns per row, the taps the tiles walk and each offset's (di, dj).
 struct Problem {
@@ -613,23 +660,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
       for (int64_t r = 0; r < n_rows; r += 32, ++k_block) {
         CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
         for (int64_t t = 0; t < taps; ++t) {
-          const uint16_t* a = xl + (r + tap_offsets[t]) * c;
-          const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
-          for (int64_t k = 0; k < cc; ++k) {
-            CXR_TILE_LOAD(4, a + k * 32, c * 2);
-            CXR_TILE_LOAD(5, a + 16 * c + k * 32, c * 2);
-            CXR_TILE_LOAD(6, b + k * tile_w, 64);
-            CXR_TILE_LOAD(7, b + (cc + k) * tile_w, 64);
-            CXR_TILE_BLOCK_PRODUCTS();
-          }
+          TileProducts<kU>(xl + (r + tap_offsets[t]) * c, c,
+                           w + ((t * (o / 16) + 2 * ob) * cc) * tile_w, cc);
           drain(std::min<int64_t>(32, (t + 1) * per_tap));
         }
         drain(32);
         float* block = blocks[k_block & 1];
-        CXR_TILE_STORE(0, block, 128);
-        CXR_TILE_STORE(1, block + 16, 128);
-        CXR_TILE_STORE(2, block + 16 * 32, 128);
-        CXR_TILE_STORE(3, block + 16 * 32 + 16, 128);
+        TileStore<kU>(block, 32);
         pending_ob = ob;
         pending = block;
         done = 0;
@@ -755,22 +792,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer dy
               }
               continue;
             }
-            CXR_TILE_LOAD(0, gb, o * 4);
-            CXR_TILE_LOAD(1, gb + 16, o * 4);
-            CXR_TILE_LOAD(2, gb + 16 * o, o * 4);
-            CXR_TILE_LOAD(3, gb + 16 * o + 16, o * 4);
-            for (int64_t r = 0; r < panel; r += 32) {
-              CXR_TILE_LOAD(4, a + r, width * 2);
-              CXR_TILE_LOAD(5, a + 16 * width + r, width * 2);
-              const uint16_t* b = dp + (r / 2) * o * 2 + ob * 64;
-              CXR_TILE_LOAD(6, b, o * 4);
-              CXR_TILE_LOAD(7, b + 32, o * 4);
-              CXR_TILE_BLOCK_PRODUCTS();
-            }
-            CXR_TILE_STORE(0, gb, o * 4);
-            CXR_TILE_STORE(1, gb + 16, o * 4);
-            CXR_TILE_STORE(2, gb + 16 * o, o * 4);
-            CXR_TILE_STORE(3, gb + 16 * o + 16, o * 4);
+            TileSums<kU>(gb, o, a, width, dp + ob * 64, o * 2, panel);
           }
         }
       }
@@ -965,20 +987,9 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
         const uint16_t* b = u + ((k * (o / 16) + 2 * ob) * cc) * tile_w;
         if constexpr (kTiles) {
           for (int64_t i0 = 0; i0 < rows; i0 += 32) {
-            const uint16_t* a = v + (k * rows + i0) * c;
             CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
-            for (int64_t kb = 0; kb < cc; ++kb) {
-              CXR_TILE_LOAD(4, a + kb * 32, c * 2);
-              CXR_TILE_LOAD(5, a + 16 * c + kb * 32, c * 2);
-              CXR_TILE_LOAD(6, b + kb * tile_w, 64);
-              CXR_TILE_LOAD(7, b + (cc + kb) * tile_w, 64);
-              CXR_TILE_BLOCK_PRODUCTS();
-            }
-            float* mk = m + (k * rows + i0) * 32;
-            CXR_TILE_STORE(0, mk, 128);
-            CXR_TILE_STORE(1, mk + 16, 128);
-            CXR_TILE_STORE(2, mk + 16 * 32, 128);
-            CXR_TILE_STORE(3, mk + 16 * 32 + 16, 128);
+            TileProducts<kU>(v + (k * rows + i0) * c, c, b, cc);
+            TileStore<kU>(m + (k * rows + i0) * 32, 32);
           }
           continue;
         }
@@ -1173,23 +1184,8 @@ ffi::Error WinogradWeightGrad(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyB
           for (int64_t ob = 0; ob < obs; ++ob) {
             const uint16_t* bp = dp + b * panel * o + ob * (panel / 2) * 64;
             if constexpr (kU != Units::kVector) {
-              float* g = acc + b * co + ci * 32 * o + ob * 32;
-              const uint16_t* a = vt + (b * c + ci * 32) * panel;
-              CXR_TILE_LOAD(0, g, o * 4);
-              CXR_TILE_LOAD(1, g + 16, o * 4);
-              CXR_TILE_LOAD(2, g + 16 * o, o * 4);
-              CXR_TILE_LOAD(3, g + 16 * o + 16, o * 4);
-              for (int64_t r = 0; r < panel; r += 32) {
-                CXR_TILE_LOAD(4, a + r, panel * 2);
-                CXR_TILE_LOAD(5, a + 16 * panel + r, panel * 2);
-                CXR_TILE_LOAD(6, bp + (r / 2) * 64, 128);
-                CXR_TILE_LOAD(7, bp + (r / 2) * 64 + 32, 128);
-                CXR_TILE_BLOCK_PRODUCTS();
-              }
-              CXR_TILE_STORE(0, g, o * 4);
-              CXR_TILE_STORE(1, g + 16, o * 4);
-              CXR_TILE_STORE(2, g + 16 * o, o * 4);
-              CXR_TILE_STORE(3, g + 16 * o + 16, o * 4);
+              TileSums<kU>(acc + b * co + ci * 32 * o + ob * 32, o, vt + (b * c + ci * 32) * panel,
+                           panel, bp, 64, panel);
               continue;
             }
             for (int64_t i0 = 0; i0 < 32; i0 += 8) {
