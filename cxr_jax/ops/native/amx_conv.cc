@@ -75,10 +75,12 @@ void ConfigureTiles() {
 enum class Units { kVector, kTiles, kEmulated };
 
 // The tile registers as `ConfigureTiles` sets them up (8 tiles of 16 rows x 64 bytes), per thread,
-// and the four instructions the kernels use, each as Intel's pseudo-code defines it: TDPBF16PS adds
+// and the four instructions the kernels use, on the bytes Intel's definitions name: TDPBF16PS adds
 // to each float32 row m of the destination, for each pair k in order, the products of A's row m's
-// pair k with B's row k's 16 pairs (one VDPBF16PS, which like TDPBF16PS treats bf16 denormals as
-// zero). For the tests of the tile code path on CPUs without AMX, not for speed.
+// pair k with B's row k's 16 pairs; here one VDPBF16PS per (m, k), which like TDPBF16PS treats bf16
+// denormals as zero (within a pair Intel's pseudo-code adds the two products in the other order:
+// the tests' bounds hold for any order of the float32 sums). For the tests of the tile code path on
+// CPUs without AMX, not for speed.
 struct EmulatedTiles {
   static uint8_t (&Reg(int t))[16][64] {
     alignas(64) static thread_local uint8_t reg[8][16][64];
@@ -90,7 +92,8 @@ struct EmulatedTiles {
       std::memcpy(Reg(t)[r], static_cast<const uint8_t*>(base) + r * stride, 64);
   }
   static void Store(int t, void* base, int64_t stride) {
-    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<uint8_t*>(base) + r * stride, Reg(t)[r], 64);
+    for (int r = 0; r < 16; ++r)
+      std::memcpy(static_cast<uint8_t*>(base) + r * stride, Reg(t)[r], 64);
   }
   static void Dot(int dst, int a, int b) {
     for (int m = 0; m < 16; ++m) {
@@ -512,9 +515,10 @@ __attribute__((always_inline)) inline void TileStore(float* g, int64_t ldg) {
   CXR_TILE_STORE(3, g + 16 * ldg + 16, ldg * 4);
 }
 
-// g's 32 x 32 block (rows `ldg` floats apart) += the products over `len` rows (a multiple of 32) of
-// A, 32 channel rows of the rows side by side (`lda` apart), with B, pair rows of 32 outputs x 2
-// (`ldb` elements apart): row pair k of A's rows r.. meets B's pair row r / 2 + k.
+// g's 32 x 32 block (rows `ldg` floats apart) += the sums over `len` summed rows (a multiple of
+// 32) of A, 32 rows of channels (`lda` elements apart, each along the summed rows; the first 16
+// tile 4, the next tile 5), times B, pair rows of 32 outputs x 2 (`ldb` elements apart): A's
+// columns r + 2 k, r + 2 k + 1 meet B's pair row r / 2 + k.
 template <Units kU>
 __attribute__((always_inline)) inline void TileSums(float* g, int64_t ldg, const uint16_t* a,
                                                     int64_t lda, const uint16_t* b, int64_t ldb,
@@ -897,9 +901,9 @@ const uint16_t* WinogradKernel(ffi::ThreadPool& pool, const Permutes& pm, const 
   return packed;
 }
 
-// Winograd F(2x2, 3x3) forward on AVX512-BF16's vector units (or the tiles: below): y [N, Ho, Wo, O] from x [N, H, W, C]
-// and the kernel w [3, 3, C, O] (with `flip`, the forward kernel whose input gradient this is,
-// `WinogradKernel`), plus the float32 bias, then with `relu`
+// Winograd F(2x2, 3x3) forward on AVX512-BF16's vector units (or the tiles: below): y [N, Ho, Wo,
+// O] from x [N, H, W, C] and the kernel w [3, 3, C, O] (with `flip`, the forward kernel whose
+// input gradient this is, `WinogradKernel`), plus the float32 bias, then with `relu`
 // max(0, .), rounded once to bfloat16; with `masked`, x counts only where `keep` is positive (the
 // input gradient's dy, as `Forward` masks it). The 4 x 4 input tiles at stride 2 (the first at
 // (-top, -left)) are transformed (B^T d B, float32, rounded to bfloat16: the same values as
