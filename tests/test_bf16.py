@@ -473,6 +473,13 @@ def test_amx_kernels_mask_dy_exactly_as_the_relu_gradient(x_shape, k_shape, pads
     np.testing.assert_array_equal(dx, amx.forward(keep, w, tpads, flip=True, units=units))
 
 
+def _winograd_formulation(units):
+  """The native Winograd formulation on `units` (amx.WINOGRAD), or None (the emulated tiles)."""
+  from cxr_jax.ops import amx
+
+  return {u: name for name, u in amx.WINOGRAD.items()}.get(units)
+
+
 WINOGRAD_CASES = [  # (x shape, kernel shape, padding): odd maps (partial 2x2 tiles), asymmetric
     ((2, 13, 11, 64), (3, 3, 64, 32), PADS),  # and wider padding, VALID, three images, 96 outputs
     ((1, 7, 5, 32), (3, 3, 32, 64), ((0, 2), (1, 0))),
@@ -513,7 +520,7 @@ def test_native_winograd_within_its_derived_bound(x_shape, k_shape, pads, small_
   assert all(v.dtype == jnp.bfloat16 for v in got.values())
   got["dw"], got["db"] = amx.winograd_weight_and_bias_grad(bf(x), bf(dy), k_shape, pads, jnp.float32,
                                                            jnp.float32, units=units)
-  name = {u: n for n, u in amx.WINOGRAD.items()}.get(units)
+  name = _winograd_formulation(units)
   if name is not None:
     np.testing.assert_array_equal(fwd.FORMULATIONS[name](bf(x), bf(w), pads), got["y"])
     np.testing.assert_array_equal(fwd.with_epilogue(name, bf(x), bf(w), pads, bias=b, relu=True),
@@ -569,7 +576,7 @@ def test_native_winograd_masks_dy_exactly_and_keeps_nan(small_units, units, monk
   grads = functools.partial(amx.winograd_weight_and_bias_grad, kernel_shape=k_shape, padding=pads,
                             dtype=jnp.float32, bias_dtype=jnp.float32, units=units)
   jax.tree.map(np.testing.assert_array_equal, grads(x, dy, mask=y), grads(x, amx.relu_masked(dy, y)))
-  name = {u: n for n, u in amx.WINOGRAD.items()}.get(units)
+  name = _winograd_formulation(units)
   if name is not None:
     # conv2d's backward with the fused ReLU on the native Winograd: each gradient as called by
     # hand on the masked dy (its y is the layer's nonnegative output).

@@ -70,6 +70,9 @@ void ConfigureTiles() {
   _tile_loadconfig(&cfg);
 }
 
+// One packed B tile (`Pack`'s layout: 16 pair rows x 32), in bf16 elements.
+constexpr int64_t kTileW = 16 * 32;
+
 // Where a call's products run (module doc): the AMX tiles, AVX512-BF16's vector units, or the
 // tiles' instructions emulated on the vector units.
 enum class Units { kVector, kTiles, kEmulated };
@@ -490,18 +493,22 @@ __attribute__((always_inline)) inline void Strip(__m512 (&acc)[8][2], const uint
 }
 
 // The tiles' counterparts of `Strip`, on a 32 x 32 block of float32 sums in accumulators 0-3.
+template <Units kU>
+__attribute__((always_inline)) inline void TileZero() {
+  CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
+}
+
 // `TileProducts` adds the products of 32 A rows (`lda` apart, the first 16 tile 4, the next tile 5)
-// with `kc` packed B tile pairs (`Pack`'s layout: block k at b + k * 512, its columns 16-31 at
-// b + (kc + k) * 512), the k-th 32 columns of A with the k-th pair.
+// with `kc` packed B tile pairs (`Pack`'s layout: block k at b + k * kTileW, its columns 16-31 at
+// b + (kc + k) * kTileW), the k-th 32 columns of A with the k-th pair.
 template <Units kU>
 __attribute__((always_inline)) inline void TileProducts(const uint16_t* a, int64_t lda,
                                                         const uint16_t* b, int64_t kc) {
-  constexpr int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
   for (int64_t k = 0; k < kc; ++k) {
     CXR_TILE_LOAD(4, a + k * 32, lda * 2);
     CXR_TILE_LOAD(5, a + 16 * lda + k * 32, lda * 2);
-    CXR_TILE_LOAD(6, b + k * tile_w, 64);
-    CXR_TILE_LOAD(7, b + (kc + k) * tile_w, 64);
+    CXR_TILE_LOAD(6, b + k * kTileW, 64);
+    CXR_TILE_LOAD(7, b + (kc + k) * kTileW, 64);
     CXR_TILE_BLOCK_PRODUCTS();
   }
 }
@@ -593,7 +600,6 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
   uint16_t* out = reinterpret_cast<uint16_t*>(y->untyped_data());
   const int64_t cc = c / 32;
   const int64_t rows = (g.Rows() + 31) / 32 * 32, panels = (rows + panel - 1) / panel;
-  const int64_t tile_w = 16 * 32;  // one packed B tile, in bf16 elements
   Parallel(pool, panels, [&](int64_t p) {
     const int64_t r0 = p * panel, n_rows = std::min(panel, rows - r0);
     uint16_t* xl = Scratch<uint16_t>(0, (n_rows + halo) * c);
@@ -639,9 +645,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
             for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
             for (int64_t t = 0; t < taps; ++t) {
               const uint16_t* a = xl + (r + i0 + tap_offsets[t]) * c;
-              const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * tile_w;
+              const uint16_t* b = w + ((t * (o / 16) + 2 * ob) * cc) * kTileW;
               for (int64_t k = 0; k < cc; ++k)
-                Strip(acc, a + k * 32, c, b + k * tile_w, b + (cc + k) * tile_w, 32, 16);
+                Strip(acc, a + k * 32, c, b + k * kTileW, b + (cc + k) * kTileW, 32, 16);
             }
 #pragma GCC unroll 8
             for (int i = 0; i < 8; ++i) {
@@ -662,10 +668,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuffer wb,
     int64_t k_block = 0;
     for (int64_t ob = 0; ob < o / 32; ++ob) {
       for (int64_t r = 0; r < n_rows; r += 32, ++k_block) {
-        CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
+        TileZero<kU>();
         for (int64_t t = 0; t < taps; ++t) {
           TileProducts<kU>(xl + (r + tap_offsets[t]) * c, c,
-                           w + ((t * (o / 16) + 2 * ob) * cc) * tile_w, cc);
+                           w + ((t * (o / 16) + 2 * ob) * cc) * kTileW, cc);
           drain(std::min<int64_t>(32, (t + 1) * per_tap));
         }
         drain(32);
@@ -940,7 +946,7 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
   const Permutes pm;
   const uint16_t* u = WinogradKernel(pool, pm, reinterpret_cast<const uint16_t*>(ub.untyped_data()),
                                      c, o, flip);
-  const int64_t cc = c / 32, tile_w = 16 * 32, units = (tiles + panel - 1) / panel;
+  const int64_t cc = c / 32, units = (tiles + panel - 1) / panel;
   Parallel(pool, units, [&](int64_t p) {
     const int64_t q0 = p * panel, nq = std::min(panel, tiles - q0);
     const int64_t rows = (nq + strip - 1) / strip * strip;
@@ -988,10 +994,10 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
     for (int64_t ob = 0; ob < o / 32; ++ob) {
       for (int k = 0; k < 16; ++k) {
         // u_k's 32 columns of this block (C x 32, 2C pair rows) stay in L1 over every strip.
-        const uint16_t* b = u + ((k * (o / 16) + 2 * ob) * cc) * tile_w;
+        const uint16_t* b = u + ((k * (o / 16) + 2 * ob) * cc) * kTileW;
         if constexpr (kTiles) {
           for (int64_t i0 = 0; i0 < rows; i0 += 32) {
-            CXR_TILE_ZERO(0); CXR_TILE_ZERO(1); CXR_TILE_ZERO(2); CXR_TILE_ZERO(3);
+            TileZero<kU>();
             TileProducts<kU>(v + (k * rows + i0) * c, c, b, cc);
             TileStore<kU>(m + (k * rows + i0) * 32, 32);
           }
@@ -1003,7 +1009,7 @@ ffi::Error WinogradForward(ffi::ThreadPool pool, ffi::AnyBuffer xb, ffi::AnyBuff
           for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
           const uint16_t* a = v + (k * rows + i0) * c;
           for (int64_t kb = 0; kb < cc; ++kb)
-            Strip(acc, a + kb * 32, c, b + kb * tile_w, b + (cc + kb) * tile_w, 32, 16);
+            Strip(acc, a + kb * 32, c, b + kb * kTileW, b + (cc + kb) * kTileW, 32, 16);
           float* mk = m + (k * rows + i0) * 32;
 #pragma GCC unroll 8
           for (int i = 0; i < 8; ++i) {
